@@ -1,0 +1,167 @@
+//! The local APIC (xAPIC through MMIO, or x2APIC through MSRs when CPUID offers it) and
+//! its timer in one-shot mode: the tickless scheduler arms it for the next preemption
+//! point only.
+//!
+//! The timer is calibrated against the TSC. The legacy 8259 PICs are masked so that no
+//! stray ISA interrupt lands on an exception vector.
+
+use crate::time;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use raw_cpuid::CpuId;
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+/// Vector of the local APIC timer.
+pub const TIMER_VECTOR: u8 = 0x40;
+/// Vector of the spurious interrupt (needs no end-of-interrupt).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+
+const REGISTER_ID: u32 = 0x20;
+const REGISTER_TASK_PRIORITY: u32 = 0x80;
+const REGISTER_END_OF_INTERRUPT: u32 = 0xb0;
+const REGISTER_SPURIOUS: u32 = 0xf0;
+const REGISTER_LVT_TIMER: u32 = 0x320;
+const REGISTER_TIMER_INITIAL: u32 = 0x380;
+const REGISTER_TIMER_CURRENT: u32 = 0x390;
+const REGISTER_TIMER_DIVIDE: u32 = 0x3e0;
+const LVT_MASKED: u32 = 1 << 16;
+/// Divide configuration 0b0011: divide the bus clock by 16.
+const TIMER_DIVIDE_BY_16: u32 = 0b0011;
+
+/// Which interface the APIC is driven through: 0 = not initialised, 1 = xAPIC, 2 = x2APIC.
+static MODE: AtomicU8 = AtomicU8::new(0);
+/// xAPIC MMIO base (physical = virtual under the identity map).
+static MMIO_BASE: AtomicU64 = AtomicU64::new(0xfee0_0000);
+/// Timer ticks per second (after the divider), 0 until calibrated.
+static TIMER_HERTZ: AtomicU64 = AtomicU64::new(0);
+
+/// What [`init`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct ApicInfo {
+    /// True when driven as x2APIC.
+    pub x2apic: bool,
+    /// The APIC id of this CPU.
+    pub id: u32,
+    /// Physical base of the xAPIC MMIO page.
+    pub mmio_base: u64,
+    /// Timer ticks per second after the divider.
+    pub timer_hertz: u64,
+}
+
+/// The physical address of the xAPIC page, for the page-table builder to map uncached.
+pub fn mmio_base_from_msr() -> u64 {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
+    unsafe { Msr::new(IA32_APIC_BASE).read() & 0x000f_ffff_ffff_f000 }
+}
+
+fn read(register: u32) -> u32 {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: x2APIC mode is enabled; MSR 0x800 + register/16 is the register.
+        2 => unsafe { Msr::new(0x800 + (register >> 4)).read() as u32 },
+        1 => {
+            let address = MMIO_BASE.load(Ordering::Relaxed) + u64::from(register);
+            // SAFETY: the xAPIC page is identity-mapped uncached by the page-table
+            // builder; registers are 32-bit aligned.
+            unsafe { core::ptr::read_volatile(address as *const u32) }
+        }
+        _ => 0,
+    }
+}
+
+fn write(register: u32, value: u32) {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: x2APIC mode is enabled; MSR 0x800 + register/16 is the register.
+        2 => unsafe { Msr::new(0x800 + (register >> 4)).write(u64::from(value)) },
+        1 => {
+            let address = MMIO_BASE.load(Ordering::Relaxed) + u64::from(register);
+            // SAFETY: as in `read`.
+            unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+        }
+        _ => {}
+    }
+}
+
+fn mask_legacy_pics() {
+    // SAFETY: 0x21 and 0xa1 are the 8259 PICs' data ports; writing 0xff masks every
+    // legacy interrupt line. Keel routes nothing through them.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
+/// Enables this CPU's local APIC and calibrates its timer against the TSC.
+///
+/// Call after the page tables map [`mmio_base_from_msr`] and after TSC calibration.
+pub fn init() -> ApicInfo {
+    mask_legacy_pics();
+    let x2apic = CpuId::new()
+        .get_feature_info()
+        .is_some_and(|features| features.has_x2apic());
+    let mut base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: enabling the APIC (and x2APIC mode when CPUID reports it) through its base
+    // MSR is the architected procedure; the base address is left unchanged.
+    let base = unsafe {
+        let value = base_msr.read();
+        let mut enabled = value | APIC_BASE_ENABLE;
+        if x2apic {
+            enabled |= APIC_BASE_X2APIC;
+        }
+        base_msr.write(enabled);
+        value & 0x000f_ffff_ffff_f000
+    };
+    MMIO_BASE.store(base, Ordering::Relaxed);
+    MODE.store(if x2apic { 2 } else { 1 }, Ordering::Release);
+    write(REGISTER_TASK_PRIORITY, 0);
+    write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    let timer_hertz = calibrate_timer();
+    TIMER_HERTZ.store(timer_hertz, Ordering::Relaxed);
+    let id = read(REGISTER_ID);
+    ApicInfo {
+        x2apic,
+        id: if x2apic { id } else { id >> 24 },
+        mmio_base: base,
+        timer_hertz,
+    }
+}
+
+fn calibrate_timer() -> u64 {
+    const WINDOW_NANOS: u64 = 10_000_000;
+    write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_INITIAL, u32::MAX);
+    time::busy_wait_nanos(WINDOW_NANOS);
+    let remaining = read(REGISTER_TIMER_CURRENT);
+    write(REGISTER_TIMER_INITIAL, 0);
+    u64::from(u32::MAX - remaining) * 1_000_000_000 / WINDOW_NANOS
+}
+
+/// Timer ticks per second, 0 before [`init`].
+pub fn timer_hertz() -> u64 {
+    TIMER_HERTZ.load(Ordering::Relaxed)
+}
+
+/// Arms the one-shot timer to fire [`TIMER_VECTOR`] after at least `nanos` nanoseconds
+/// (clamped to the counter's 32-bit range). Re-arming replaces the previous deadline.
+pub fn arm_oneshot(nanos: u64) {
+    let ticks = (u128::from(nanos) * u128::from(timer_hertz())).div_ceil(1_000_000_000);
+    let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
+    write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_INITIAL, ticks);
+}
+
+/// Stops the timer (tickless idle: no interrupt when there is nothing to preempt).
+pub fn cancel_timer() {
+    write(REGISTER_TIMER_INITIAL, 0);
+    write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+}
+
+/// Acknowledges the interrupt being handled.
+pub fn end_of_interrupt() {
+    write(REGISTER_END_OF_INTERRUPT, 0);
+}

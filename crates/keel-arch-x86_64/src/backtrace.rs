@@ -1,0 +1,113 @@
+//! Frame-pointer backtraces, symbolized with the kernel's own symbol table.
+//!
+//! The workspace builds with `-C force-frame-pointers=yes`, so every Keel function
+//! starts with `push rbp; mov rbp, rsp` and `[rbp]` holds the caller's `rbp`, `[rbp+8]`
+//! the return address. The prebuilt `core` may not keep frame pointers; the walker
+//! therefore checks every frame (inside a known stack, aligned, strictly increasing)
+//! and stops at the first implausible one instead of faulting.
+
+use core::fmt::Write;
+use keel_ksyms::SymbolTable;
+
+unsafe extern "C" {
+    static __ksyms_start: u8;
+    static __ksyms_end: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+}
+
+/// Frames printed at most.
+pub const MAX_FRAMES: usize = 48;
+
+/// The kernel's symbol table, or why it cannot be read.
+pub fn symbol_table() -> Result<SymbolTable<'static>, keel_ksyms::SymbolTableError> {
+    // SAFETY: the linker script defines both symbols around the loaded, read-only
+    // `.ksyms` section; the range is mapped and never written at run time.
+    let bytes = unsafe {
+        let start = &raw const __ksyms_start;
+        let end = &raw const __ksyms_end;
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    };
+    SymbolTable::parse(bytes)
+}
+
+fn text_range() -> (u64, u64) {
+    (
+        (&raw const __text_start) as u64,
+        (&raw const __text_end) as u64,
+    )
+}
+
+/// Known stacks: the boot stack and the IST stacks.
+fn stack_ranges() -> impl Iterator<Item = (u64, u64)> {
+    let boot = (
+        (&raw const crate::boot::keel_boot_stack_guard) as u64 + 4096,
+        (&raw const crate::boot::keel_boot_stack_top) as u64,
+    );
+    core::iter::once(boot).chain(crate::gdt::ist_stack_ranges())
+}
+
+fn in_known_stack(address: u64) -> bool {
+    stack_ranges().any(|(bottom, top)| address >= bottom && address + 16 <= top)
+}
+
+/// Writes one line for `address`: `  #n 0x... name+0xoff`.
+pub fn write_frame(out: &mut impl Write, index: usize, address: u64) {
+    let _ = match symbol_table().ok().and_then(|table| table.lookup(address)) {
+        Some(symbol) => writeln!(
+            out,
+            "  #{index:<2} {address:#018x} {}+{:#x}",
+            symbol.name,
+            symbol.offset_of(address)
+        ),
+        None => writeln!(out, "  #{index:<2} {address:#018x} <unknown>"),
+    };
+}
+
+/// Prints a backtrace that starts at `rip` with frame pointer `rbp`.
+pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
+    if let Err(error) = symbol_table() {
+        let _ = writeln!(out, "  (no symbols: {error}; build with `cargo xtask build`)");
+    }
+    write_frame(out, 0, rip);
+    let (text_start, text_end) = text_range();
+    for index in 1..MAX_FRAMES {
+        if rbp % 8 != 0 || !in_known_stack(rbp) {
+            break;
+        }
+        // SAFETY: rbp is 8-aligned and lies with 16 bytes to spare inside one of the
+        // kernel's stacks, all of which are mapped; reading two words cannot fault.
+        let (next_rbp, return_address) = unsafe {
+            let frame = rbp as *const u64;
+            (frame.read(), frame.add(1).read())
+        };
+        if return_address < text_start || return_address >= text_end {
+            break;
+        }
+        // The return address points after the call; symbolize the call itself.
+        write_frame(out, index, return_address - 1);
+        if next_rbp <= rbp {
+            break;
+        }
+        rbp = next_rbp;
+    }
+}
+
+/// Prints a backtrace of the caller.
+#[inline(never)]
+pub fn write_current_backtrace(out: &mut impl Write) {
+    let rbp: u64;
+    // SAFETY: reads the frame pointer register; no memory access.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack)) };
+    let (caller_rbp, caller_rip) = if in_known_stack(rbp) && rbp % 8 == 0 {
+        // SAFETY: with frame pointers, [rbp] and [rbp+8] of this function's frame hold the
+        // caller's rbp and our return address, inside a checked, mapped stack.
+        unsafe {
+            let frame = rbp as *const u64;
+            (frame.read(), frame.add(1).read())
+        }
+    } else {
+        (0, 0)
+    };
+    write_backtrace(out, caller_rip.saturating_sub(1), caller_rbp);
+}

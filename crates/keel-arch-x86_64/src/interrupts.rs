@@ -1,0 +1,297 @@
+//! The IDT, the trap frame and trap dispatch.
+//!
+//! All 256 vectors enter through the assembly stubs in [`crate::boot`], which save the
+//! general registers and the x87/SSE state and call [`keel_arch_trap`] with a
+//! [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
+//! counted and resumed. Vectors 32..=255 go to handlers registered with
+//! [`set_interrupt_handler`]; an unexpected interrupt is logged and acknowledged.
+//!
+//! A fatal exception prints the vector, error code, RIP, CR2, every register and a
+//! symbolized backtrace, then ends the VM with [`ExitCode::Failure`].
+
+use crate::cpu::{self, ExitCode};
+use crate::gdt::IstSlot;
+use crate::{apic, backtrace, serial};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use x86_64::VirtAddr;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::InterruptDescriptorTable;
+
+/// What the entry stubs push, lowest address first.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rax: u64,
+    /// The vector number pushed by the stub.
+    pub vector: u64,
+    /// The CPU's error code, or 0 for vectors without one.
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// Names of the architectural exception vectors.
+pub fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error (#DE)",
+        1 => "debug (#DB)",
+        2 => "non-maskable interrupt",
+        3 => "breakpoint (#BP)",
+        4 => "overflow (#OF)",
+        5 => "bound range exceeded (#BR)",
+        6 => "invalid opcode (#UD)",
+        7 => "device not available (#NM)",
+        8 => "double fault (#DF)",
+        10 => "invalid TSS (#TS)",
+        11 => "segment not present (#NP)",
+        12 => "stack-segment fault (#SS)",
+        13 => "general protection fault (#GP)",
+        14 => "page fault (#PF)",
+        16 => "x87 floating-point error (#MF)",
+        17 => "alignment check (#AC)",
+        18 => "machine check (#MC)",
+        19 => "SIMD floating-point error (#XM)",
+        20 => "virtualization exception (#VE)",
+        21 => "control protection (#CP)",
+        _ if vector < 32 => "reserved exception",
+        _ => "interrupt",
+    }
+}
+
+/// An interrupt handler for vectors 32..=255. It runs with interrupts disabled, on the
+/// interrupt IST stack; the local APIC is acknowledged after it returns.
+pub type InterruptHandler = fn(&mut TrapFrame);
+
+struct HandlerTable {
+    handlers: [AtomicUsize; 256],
+}
+
+static HANDLERS: HandlerTable = HandlerTable {
+    handlers: [const { AtomicUsize::new(0) }; 256],
+};
+
+/// Installs `handler` for `vector` (32..=255). Returns false for exception vectors.
+pub fn set_interrupt_handler(vector: u8, handler: InterruptHandler) -> bool {
+    if vector < 32 {
+        return false;
+    }
+    HANDLERS.handlers[vector as usize].store(handler as usize, Ordering::Release);
+    true
+}
+
+static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+static UNEXPECTED_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static IN_FATAL: AtomicBool = AtomicBool::new(false);
+
+/// Number of `int3` breakpoints taken and resumed so far.
+pub fn breakpoint_count() -> u64 {
+    BREAKPOINTS.load(Ordering::Relaxed)
+}
+
+/// Number of interrupts that arrived on a vector without a handler.
+pub fn unexpected_interrupt_count() -> u64 {
+    UNEXPECTED_INTERRUPTS.load(Ordering::Relaxed)
+}
+
+struct Idt(UnsafeCell<InterruptDescriptorTable>);
+
+// SAFETY: written once by `init` on the boot CPU before it is loaded; read-only after.
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(UnsafeCell::new(InterruptDescriptorTable::new()));
+
+fn stub_address(vector: u8) -> VirtAddr {
+    let base = (&raw const crate::boot::keel_isr_stubs) as u64;
+    VirtAddr::new(base + u64::from(vector) * crate::boot::ISR_STUB_SPACING)
+}
+
+/// Fills and loads the IDT: every vector points at its stub and switches to an IST stack.
+///
+/// # Safety
+/// Call once, on the boot CPU, with interrupts disabled, after [`crate::gdt::init`].
+pub unsafe fn init() {
+    // SAFETY: per the contract nothing else accesses the IDT yet.
+    let idt = unsafe { &mut *IDT.0.get() };
+    macro_rules! exception {
+        ($field:ident, $vector:expr, $slot:expr) => {
+            // SAFETY: the stub for this vector saves state and calls keel_arch_trap,
+            // matching the entry type; the IST slot index is loaded in the TSS.
+            unsafe {
+                idt.$field
+                    .set_handler_addr(stub_address($vector))
+                    .set_stack_index($slot as u16);
+            }
+        };
+    }
+    use IstSlot::*;
+    exception!(divide_error, 0, Exceptions);
+    exception!(debug, 1, Exceptions);
+    exception!(non_maskable_interrupt, 2, Nmi);
+    exception!(breakpoint, 3, Exceptions);
+    exception!(overflow, 4, Exceptions);
+    exception!(bound_range_exceeded, 5, Exceptions);
+    exception!(invalid_opcode, 6, Exceptions);
+    exception!(device_not_available, 7, Exceptions);
+    exception!(double_fault, 8, DoubleFault);
+    exception!(invalid_tss, 10, Exceptions);
+    exception!(segment_not_present, 11, Exceptions);
+    exception!(stack_segment_fault, 12, Exceptions);
+    exception!(general_protection_fault, 13, Exceptions);
+    exception!(page_fault, 14, Exceptions);
+    exception!(x87_floating_point, 16, Exceptions);
+    exception!(alignment_check, 17, Exceptions);
+    exception!(machine_check, 18, MachineCheck);
+    exception!(simd_floating_point, 19, Exceptions);
+    exception!(virtualization, 20, Exceptions);
+    exception!(cp_protection_exception, 21, Exceptions);
+    for vector in 32..=255u8 {
+        // SAFETY: as above, for the interrupt stubs and the interrupt IST slot.
+        unsafe {
+            idt[vector]
+                .set_handler_addr(stub_address(vector))
+                .set_stack_index(IstSlot::Interrupts as u16);
+        }
+    }
+    // SAFETY: IDT is a static that is never written again.
+    unsafe { (*IDT.0.get()).load_unsafe() };
+}
+
+/// The common trap handler, called by the assembly stubs.
+///
+/// # Safety
+/// Only the entry stubs call this, with a pointer to the frame they pushed.
+pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
+    // SAFETY: the stub passes its own stack frame, valid for the whole call.
+    let frame = unsafe { &mut *frame };
+    match frame.vector {
+        3 => {
+            BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+        }
+        vector @ 32..=255 => {
+            let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
+            if handler == 0 {
+                UNEXPECTED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // SAFETY: only `set_interrupt_handler` stores non-zero values, and it
+                // stores valid `InterruptHandler` function pointers.
+                let handler: InterruptHandler = unsafe { core::mem::transmute(handler) };
+                handler(frame);
+            }
+            if vector != u64::from(apic::SPURIOUS_VECTOR) {
+                apic::end_of_interrupt();
+            }
+        }
+        _ => fatal_exception(frame),
+    }
+}
+
+fn fatal_exception(frame: &TrapFrame) -> ! {
+    let mut out = serial::emergency_writer();
+    if IN_FATAL.swap(true, Ordering::SeqCst) {
+        let _ = writeln!(
+            out,
+            "\nKEEL FATAL: nested {} at rip={:#x} while reporting a crash",
+            exception_name(frame.vector),
+            frame.rip
+        );
+        cpu::exit(ExitCode::Failure);
+    }
+    let _ = writeln!(
+        out,
+        "\nKEEL FATAL: CPU exception {} {} (error code {:#x})",
+        frame.vector,
+        exception_name(frame.vector),
+        frame.error_code
+    );
+    if frame.vector == 14 {
+        let address = Cr2::read_raw();
+        let code = frame.error_code;
+        let _ = writeln!(
+            out,
+            "  page fault at cr2={address:#018x}: {} {} access{}{}{}",
+            if code & 1 != 0 {
+                "protection violation on a"
+            } else {
+                "non-present page on a"
+            },
+            if code & 16 != 0 {
+                "instruction fetch"
+            } else if code & 2 != 0 {
+                "write"
+            } else {
+                "read"
+            },
+            if code & 4 != 0 { ", user mode" } else { "" },
+            if code & 8 != 0 { ", reserved bit set" } else { "" },
+            if is_guard_page(address) {
+                " (guard page: stack overflow)"
+            } else {
+                ""
+            },
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x} cr2={:#018x}",
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        frame.rsp,
+        frame.ss,
+        Cr2::read_raw()
+    );
+    let registers = [
+        ("rax", frame.rax),
+        ("rbx", frame.rbx),
+        ("rcx", frame.rcx),
+        ("rdx", frame.rdx),
+        ("rsi", frame.rsi),
+        ("rdi", frame.rdi),
+        ("rbp", frame.rbp),
+        ("r8", frame.r8),
+        ("r9", frame.r9),
+        ("r10", frame.r10),
+        ("r11", frame.r11),
+        ("r12", frame.r12),
+        ("r13", frame.r13),
+        ("r14", frame.r14),
+        ("r15", frame.r15),
+    ];
+    for row in registers.chunks(3) {
+        let _ = write!(out, " ");
+        for (name, value) in row {
+            let _ = write!(out, " {name:>3}={value:#018x}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "backtrace:");
+    backtrace::write_backtrace(&mut out, frame.rip, frame.rbp);
+    let _ = writeln!(out, "KEEL FATAL: halting with failure status");
+    cpu::exit(ExitCode::Failure)
+}
+
+fn is_guard_page(address: u64) -> bool {
+    let page = address & !0xfff;
+    let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
+    page == boot_guard || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+}

@@ -1,0 +1,145 @@
+//! Keel's x86-64 architecture crate: everything that touches the hardware.
+//!
+//! The PVH entry ([`boot`]) takes the CPU from QEMU's 32-bit hand-off to long mode with
+//! SSE enabled and calls [`boot_entry_64`], which brings up, in order: the serial
+//! console and the `log` backend ([`serial`], [`logger`]), AVX where present ([`cpu`]),
+//! the GDT/TSS with an IST stack for every vector ([`gdt`]), the IDT and trap dispatch
+//! with crash reports and symbolized backtraces ([`interrupts`], [`backtrace`]), the
+//! start-info structure ([`bootinfo`]), the TSC clock ([`time`]), the real page tables
+//! ([`paging`]) and the local APIC with its one-shot timer ([`apic`]). It then hands an
+//! [`ArchInfo`] to the kernel binary's `keel_kernel_main`.
+//!
+//! This crate is where Keel's `unsafe` lives, in small modules; every block states what
+//! it relies on. The pure parts (the start-info parser) are unit-tested on the host;
+//! the rest is exercised by the in-guest test kernel (`cargo xtask test`).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod apic;
+pub mod backtrace;
+pub mod boot;
+pub mod bootinfo;
+pub mod cpu;
+pub mod gdt;
+pub mod interrupts;
+pub mod logger;
+pub mod paging;
+pub mod serial;
+pub mod time;
+
+use bootinfo::{BootInfo, BootInfoError, PhysicalMemory};
+use core::fmt::Write;
+use cpu::ExitCode;
+
+/// Everything the architecture layer found and set up, handed to the kernel.
+#[derive(Debug)]
+pub struct ArchInfo {
+    /// The start-info structure, copied.
+    pub boot: BootInfo,
+    /// TSC calibration.
+    pub tsc: time::TscCalibration,
+    /// Extended-state features enabled.
+    pub extended_state: cpu::ExtendedState,
+    /// The page tables built.
+    pub paging: paging::PagingReport,
+    /// The local APIC.
+    pub apic: apic::ApicInfo,
+    /// The kernel image layout.
+    pub layout: paging::KernelLayout,
+    /// TSC at the PVH entry.
+    pub tsc_at_entry: u64,
+}
+
+unsafe extern "Rust" {
+    /// The kernel binary's main function.
+    fn keel_kernel_main(info: &'static ArchInfo) -> !;
+}
+
+/// Identity-mapped memory below 4 GiB, as set up by the boot code.
+struct BootIdentityMap;
+
+impl PhysicalMemory for BootIdentityMap {
+    fn read(&self, address: u64, out: &mut [u8]) -> Result<(), BootInfoError> {
+        let end = address.checked_add(out.len() as u64);
+        // A null pointer is refused; above 4 GiB is not mapped by the boot tables. (The
+        // loader may put the start info and memory map in page 0, which the boot tables
+        // map; the final tables do not.)
+        if address == 0 || end.is_none_or(|end| end > 1 << 32) {
+            return Err(BootInfoError::Unreadable {
+                address,
+                len: out.len(),
+            });
+        }
+        // SAFETY: the range lies inside the first 4 GiB, which the boot tables
+        // identity-map; reading it (even MMIO holes, which read as all-ones in QEMU)
+        // does not alias any Rust object that is being mutated.
+        unsafe {
+            core::ptr::copy_nonoverlapping(address as *const u8, out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+}
+
+fn boot_failure(what: &str, error: &dyn core::fmt::Display) -> ! {
+    let mut out = serial::emergency_writer();
+    let _ = writeln!(out, "KEEL FATAL: {what}: {error}");
+    cpu::exit(ExitCode::Failure)
+}
+
+struct ArchInfoCell(core::cell::UnsafeCell<core::mem::MaybeUninit<ArchInfo>>);
+
+// SAFETY: written once by `boot_entry_64` on the boot CPU before any reader exists;
+// read-only afterwards.
+unsafe impl Sync for ArchInfoCell {}
+
+static ARCH_INFO: ArchInfoCell =
+    ArchInfoCell(core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()));
+
+/// The Rust side of the PVH entry, called by [`boot`] on the boot stack.
+///
+/// # Safety
+/// Only the boot code calls this, once, with the start-info address from `ebx`.
+pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
+    serial::init();
+    logger::init(log::LevelFilter::Info);
+    let extended_state = cpu::enable_extended_state();
+    // SAFETY: boot CPU, interrupts disabled, first and only call.
+    unsafe {
+        gdt::init();
+        interrupts::init();
+    }
+    let boot = match BootInfo::parse(&BootIdentityMap, u64::from(start_info)) {
+        Ok(boot) => boot,
+        Err(error) => boot_failure("bad PVH start info", &error),
+    };
+    if let Some(level) = boot.command_line_value("log") {
+        match logger::parse_level(level) {
+            Some(level) => log::set_max_level(level),
+            None => log::warn!("unknown log level {level:?} on the command line; using info"),
+        }
+    }
+    let tsc = time::calibrate();
+    let apic_base = apic::mmio_base_from_msr();
+    // SAFETY: boot CPU, interrupts disabled, boot identity map active, first call.
+    let paging = match unsafe { paging::init(&boot, apic_base) } {
+        Ok(report) => report,
+        Err(error) => boot_failure("cannot build page tables", &error),
+    };
+    let apic = apic::init();
+    let info = ArchInfo {
+        boot,
+        tsc,
+        extended_state,
+        paging,
+        apic,
+        layout: paging::KernelLayout::current(),
+        // SAFETY: written by the boot code before any Rust code ran.
+        tsc_at_entry: unsafe { core::ptr::read_volatile(&raw const boot::keel_boot_tsc_at_entry) },
+    };
+    // SAFETY: single writer, before any reader; the reference handed out is shared.
+    let info: &'static ArchInfo = unsafe { (*ARCH_INFO.0.get()).write(info) };
+    // SAFETY: the kernel binary defines `keel_kernel_main` with this signature.
+    unsafe { keel_kernel_main(info) }
+}

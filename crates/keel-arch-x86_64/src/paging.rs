@@ -1,0 +1,337 @@
+//! The kernel's page tables, built with the `x86_64` crate, with real protections.
+//!
+//! The boot code's temporary tables map the first 4 GiB read-write-execute. [`init`]
+//! replaces them with an identity map (physical = virtual, as in OSv's early kernel)
+//! where:
+//! - the kernel's text is read+execute, its rodata (and the symbol table) read-only and
+//!   no-execute, its data and bss read-write and no-execute, all with 4 KiB pages;
+//! - the guard page under every stack (boot stack, IST stacks) is left unmapped, so a
+//!   stack overflow faults;
+//! - page 0 is unmapped, so null dereferences fault;
+//! - every other memory-map region is read-write and no-execute, with 2 MiB pages where
+//!   alignment allows; RAM and ACPI regions are write-back, everything else (MMIO) and
+//!   the local APIC page are uncached.
+//!
+//! Page-table frames come from a bump region right after the kernel image; [`init`]
+//! reports its extent so the page allocator can leave it out.
+
+use crate::bootinfo::{BootInfo, MemoryKind};
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::mapper::{MapToError, Translate, TranslateResult};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags,
+    PhysFrame, Size2MiB, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __kernel_end: u8;
+}
+
+/// Bytes reserved for page-table frames right after the kernel image.
+pub const TABLE_REGION_SIZE: u64 = 2 * 1024 * 1024;
+const PAGE: u64 = 4096;
+const HUGE: u64 = 2 * 1024 * 1024;
+
+/// The kernel image's sections, from the linker script.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelLayout {
+    /// First byte of the image.
+    pub start: u64,
+    /// Text (code): `[text_start, text_end)`.
+    pub text_start: u64,
+    /// End of text.
+    pub text_end: u64,
+    /// Read-only data, including the symbol table.
+    pub rodata_start: u64,
+    /// End of read-only data.
+    pub rodata_end: u64,
+    /// Data and bss.
+    pub data_start: u64,
+    /// One past the image's last byte.
+    pub end: u64,
+}
+
+impl KernelLayout {
+    /// The running kernel's layout.
+    pub fn current() -> Self {
+        Self {
+            start: (&raw const __kernel_start) as u64,
+            text_start: (&raw const __text_start) as u64,
+            text_end: (&raw const __text_end) as u64,
+            rodata_start: (&raw const __rodata_start) as u64,
+            rodata_end: (&raw const __rodata_end) as u64,
+            data_start: (&raw const __data_start) as u64,
+            end: (&raw const __kernel_end) as u64,
+        }
+    }
+}
+
+/// What [`init`] built.
+#[derive(Debug, Clone, Copy)]
+pub struct PagingReport {
+    /// Physical range used for page-table frames: `[start, start + TABLE_REGION_SIZE)`.
+    pub table_region_start: u64,
+    /// Frames of the region actually used.
+    pub table_frames_used: u64,
+    /// Bytes mapped with 2 MiB pages.
+    pub huge_bytes: u64,
+    /// Bytes mapped with 4 KiB pages.
+    pub small_bytes: u64,
+    /// Mappings skipped because memory-map regions overlapped.
+    pub overlaps_skipped: u64,
+}
+
+/// Why the page tables could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingError {
+    /// The region after the kernel image is not usable RAM below 4 GiB.
+    NoTableRegion,
+    /// The bump region ran out of frames.
+    OutOfTableFrames,
+}
+
+impl core::fmt::Display for PagingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoTableRegion => write!(
+                f,
+                "no usable RAM below 4 GiB right after the kernel image for page tables"
+            ),
+            Self::OutOfTableFrames => write!(f, "page-table frame region exhausted"),
+        }
+    }
+}
+
+struct BumpFrames {
+    next: u64,
+    end: u64,
+    used: u64,
+}
+
+// SAFETY: every frame handed out is unused RAM in the reserved region, handed out once,
+// and (because it is below 4 GiB) reachable through the boot identity map so that the
+// mapper can zero and fill it.
+unsafe impl FrameAllocator<Size4KiB> for BumpFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let frame = PhysFrame::containing_address(PhysAddr::new(self.next));
+        self.next += PAGE;
+        self.used += 1;
+        Some(frame)
+    }
+}
+
+struct Builder<'t> {
+    mapper: OffsetPageTable<'t>,
+    frames: BumpFrames,
+    report: PagingReport,
+    guards: [u64; 8],
+    guard_count: usize,
+}
+
+impl Builder<'_> {
+    fn is_guard(&self, page: u64) -> bool {
+        self.guards[..self.guard_count].contains(&page)
+    }
+
+    fn map_small(&mut self, address: u64, flags: PageTableFlags) -> Result<(), PagingError> {
+        if address == 0 || self.is_guard(address) {
+            return Ok(());
+        }
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+        let frame = PhysFrame::containing_address(PhysAddr::new(address));
+        // SAFETY: an identity mapping of memory the memory map (or the kernel image)
+        // describes; the new table is not active yet, so no TLB flush is needed.
+        match unsafe { self.mapper.map_to(page, frame, flags, &mut self.frames) } {
+            Ok(flush) => {
+                flush.ignore();
+                self.report.small_bytes += PAGE;
+                Ok(())
+            }
+            Err(MapToError::FrameAllocationFailed) => Err(PagingError::OutOfTableFrames),
+            Err(_) => {
+                self.report.overlaps_skipped += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn map_huge(&mut self, address: u64, flags: PageTableFlags) -> Result<(), PagingError> {
+        let page = Page::<Size2MiB>::containing_address(VirtAddr::new(address));
+        let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(address));
+        // SAFETY: as in `map_small`.
+        match unsafe { self.mapper.map_to(page, frame, flags, &mut self.frames) } {
+            Ok(flush) => {
+                flush.ignore();
+                self.report.huge_bytes += HUGE;
+                Ok(())
+            }
+            Err(MapToError::FrameAllocationFailed) => Err(PagingError::OutOfTableFrames),
+            Err(_) => {
+                self.report.overlaps_skipped += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Identity-maps `[start, end)` with `flags`, 2 MiB pages where possible, avoiding
+    /// `avoid` (the kernel image, mapped separately) and guard pages.
+    fn map_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        flags: PageTableFlags,
+        avoid: (u64, u64),
+    ) -> Result<(), PagingError> {
+        let mut address = start & !(PAGE - 1);
+        let end = end.next_multiple_of(PAGE);
+        while address < end {
+            if address >= avoid.0 && address < avoid.1 {
+                address = avoid.1;
+                continue;
+            }
+            let huge_end = address + HUGE;
+            let huge_fits = address % HUGE == 0
+                && huge_end <= end
+                && (huge_end <= avoid.0 || address >= avoid.1)
+                && !self.guards[..self.guard_count]
+                    .iter()
+                    .any(|&guard| guard >= address && guard < huge_end);
+            if huge_fits {
+                self.map_huge(address, flags | PageTableFlags::HUGE_PAGE)?;
+                address = huge_end;
+            } else {
+                self.map_small(address, flags)?;
+                address += PAGE;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the kernel's page tables and switches to them.
+///
+/// # Safety
+/// Call once on the boot CPU, while the boot code's identity map of the first 4 GiB is
+/// active, with interrupts disabled.
+pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, PagingError> {
+    let layout = KernelLayout::current();
+    let table_start = layout.end.next_multiple_of(PAGE);
+    let table_end = table_start + TABLE_REGION_SIZE;
+    let inside_ram = boot.memory_regions().iter().any(|region| {
+        region.kind == MemoryKind::Ram && region.start <= table_start && region.end() >= table_end
+    });
+    if !inside_ram || table_end > 1 << 32 {
+        return Err(PagingError::NoTableRegion);
+    }
+    let mut frames = BumpFrames {
+        next: table_start,
+        end: table_end,
+        used: 0,
+    };
+    let root_frame = frames
+        .allocate_frame()
+        .ok_or(PagingError::OutOfTableFrames)?;
+    let root_address = root_frame.start_address().as_u64();
+    // SAFETY: the frame is unused RAM below 4 GiB, identity-mapped by the boot tables,
+    // page aligned, and exclusively ours; a zeroed PageTable is valid.
+    let root = unsafe {
+        let table = root_address as *mut PageTable;
+        table.write(PageTable::new());
+        &mut *table
+    };
+    // SAFETY: with offset 0 every physical frame is reachable at its own address, which
+    // holds for table frames below 4 GiB under both the boot and the new tables.
+    let mapper = unsafe { OffsetPageTable::new(root, VirtAddr::new(0)) };
+    let mut builder = Builder {
+        mapper,
+        frames,
+        report: PagingReport {
+            table_region_start: table_start,
+            table_frames_used: 0,
+            huge_bytes: 0,
+            small_bytes: 0,
+            overlaps_skipped: 0,
+        },
+        guards: [0; 8],
+        guard_count: 0,
+    };
+    let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
+    for guard in core::iter::once(boot_guard).chain(crate::gdt::ist_guard_pages()) {
+        if builder.guard_count < builder.guards.len() {
+            builder.guards[builder.guard_count] = guard;
+            builder.guard_count += 1;
+        }
+    }
+
+    let present = PageTableFlags::PRESENT;
+    let writable = PageTableFlags::WRITABLE;
+    let no_execute = PageTableFlags::NO_EXECUTE;
+    let uncached = PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
+
+    // The kernel image, section by section, with 4 KiB pages.
+    let mut address = layout.start;
+    while address < layout.end {
+        let flags = if address < layout.text_end && address >= layout.text_start {
+            present
+        } else if address >= layout.rodata_start && address < layout.rodata_end {
+            present | no_execute
+        } else if address >= layout.data_start {
+            present | writable | no_execute
+        } else {
+            // Between the image start and the text: headers, never executed.
+            present | no_execute
+        };
+        builder.map_small(address, flags)?;
+        address += PAGE;
+    }
+    let image = (layout.start, layout.end.next_multiple_of(PAGE));
+
+    // The low megabyte (BIOS data, ACPI RSDP area) even where the map leaves gaps.
+    builder.map_range(PAGE, 0x10_0000, present | writable | no_execute, image)?;
+    for region in boot.memory_regions() {
+        let flags = if region.kind.is_memory() {
+            present | writable | no_execute
+        } else {
+            present | writable | no_execute | uncached
+        };
+        builder.map_range(region.start, region.end(), flags, image)?;
+    }
+    // Local APIC, I/O APIC, HPET: uncached MMIO.
+    for mmio in [apic_base, 0xfec0_0000, 0xfed0_0000] {
+        builder.map_range(mmio, mmio + PAGE, present | writable | no_execute | uncached, image)?;
+    }
+
+    builder.report.table_frames_used = builder.frames.used;
+    let report = builder.report;
+    // SAFETY: the new tables map the running code (text), the stack in use (boot stack,
+    // in bss), all data, and every table frame (RAM region), so execution continues.
+    unsafe { Cr3::write(root_frame, Cr3Flags::empty()) };
+    Ok(report)
+}
+
+/// The flags of the page mapping `address` in the active tables, or `None` if unmapped.
+pub fn flags_of(address: u64) -> Option<PageTableFlags> {
+    let (frame, _) = Cr3::read();
+    // SAFETY: the active tables identity-map all page-table frames (they are RAM), so the
+    // root table is readable at its physical address; we only read through it.
+    let root = unsafe { &mut *(frame.start_address().as_u64() as *mut PageTable) };
+    // SAFETY: as above; offset 0 is the identity map.
+    let mapper = unsafe { OffsetPageTable::new(root, VirtAddr::new(0)) };
+    match mapper.translate(VirtAddr::new(address)) {
+        TranslateResult::Mapped { flags, .. } => Some(flags),
+        _ => None,
+    }
+}
+
+/// Size of a 4 KiB page.
+pub const PAGE_SIZE: u64 = Size4KiB::SIZE;

@@ -1,0 +1,391 @@
+//! The in-guest test suite (`--features ktest`), run by `cargo xtask test`.
+//!
+//! Each case returns `Ok(())` or a [`Failure`] carrying the failed check's message and
+//! location. The runner prints one line per case and closes with `N passed, N failed`,
+//! then leaves QEMU through `isa-debug-exit` with success only when nothing failed.
+//! `ktest.crash=NAME` on the command line runs one deliberate crash instead
+//! ([`crash`]); the host checks that it is reported with symbols and a failure status.
+
+use core::hint::black_box;
+use core::sync::atomic::{AtomicBool, Ordering};
+use keel_arch_x86_64::cpu::{self, ExitCode};
+use keel_arch_x86_64::interrupts::{self, TrapFrame};
+use keel_arch_x86_64::{ArchInfo, apic, backtrace, gdt, kprintln, paging, time};
+use x86_64::structures::paging::PageTableFlags;
+
+/// A failed check.
+#[derive(Debug)]
+pub struct Failure {
+    message: &'static str,
+    file: &'static str,
+    line: u32,
+}
+
+type TestResult = Result<(), Failure>;
+
+/// Fails the current case with `message` unless `condition` holds; prints the values.
+macro_rules! check {
+    ($condition:expr, $message:literal $(, $value:expr)* $(,)?) => {
+        if !$condition {
+            kprintln!(concat!("    check failed: ", stringify!($condition)));
+            $( kprintln!("      {} = {:?}", stringify!($value), $value); )*
+            return Err(Failure { message: $message, file: file!(), line: line!() });
+        }
+    };
+}
+
+const CASES: &[(&str, fn(&ArchInfo) -> TestResult)] = &[
+    ("boot_info_has_memory_map", boot_info_has_memory_map),
+    ("kernel_text_is_read_execute", kernel_text_is_read_execute),
+    ("kernel_rodata_is_read_only_no_execute", kernel_rodata_is_read_only_no_execute),
+    ("kernel_data_is_no_execute", kernel_data_is_no_execute),
+    ("null_page_and_stack_guards_unmapped", null_page_and_stack_guards_unmapped),
+    ("ram_is_mapped_no_execute", ram_is_mapped_no_execute),
+    ("symbol_table_names_functions", symbol_table_names_functions),
+    ("breakpoint_is_handled_and_resumed", breakpoint_is_handled_and_resumed),
+    ("interrupt_preserves_sse_registers", interrupt_preserves_sse_registers),
+    ("floating_point_works", floating_point_works),
+    ("avx_enabled_when_cpu_has_it", avx_enabled_when_cpu_has_it),
+    ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
+    ("apic_oneshot_timer_fires_after_deadline", apic_oneshot_timer_fires_after_deadline),
+    ("apic_timer_cancel_prevents_interrupt", apic_timer_cancel_prevents_interrupt),
+];
+
+/// Runs the suite (or the crash named on the command line) and exits the VM.
+pub fn run(info: &'static ArchInfo) -> ! {
+    if let Some(name) = info.boot.command_line_value("ktest.crash") {
+        crash::run(name);
+    }
+    let (mut passed, mut failed) = (0u32, 0u32);
+    for (name, case) in CASES {
+        let start = time::monotonic_nanos();
+        match case(info) {
+            Ok(()) => {
+                passed += 1;
+                kprintln!(
+                    "test {name} ... ok ({} us)",
+                    (time::monotonic_nanos() - start) / 1000
+                );
+            }
+            Err(failure) => {
+                failed += 1;
+                kprintln!(
+                    "test {name} ... FAILED: {} at {}:{}",
+                    failure.message,
+                    failure.file,
+                    failure.line
+                );
+            }
+        }
+    }
+    kprintln!("{passed} passed, {failed} failed");
+    cpu::exit(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}
+
+fn boot_info_has_memory_map(info: &ArchInfo) -> TestResult {
+    let usable = info.boot.usable_memory();
+    check!(usable >= 64 << 20, "less than 64 MiB of usable RAM", usable);
+    check!(
+        info.boot.memory_regions().iter().all(|r| r.size > 0),
+        "empty memory-map region kept"
+    );
+    check!(info.boot.version >= 1, "start info without memory map");
+    Ok(())
+}
+
+fn kernel_text_is_read_execute(_: &ArchInfo) -> TestResult {
+    let address = kernel_text_is_read_execute as *const () as u64;
+    let flags = paging::flags_of(address);
+    check!(flags.is_some(), "kernel text unmapped", address);
+    let flags = flags.unwrap_or(PageTableFlags::empty());
+    check!(!flags.contains(PageTableFlags::WRITABLE), "text is writable", flags);
+    check!(!flags.contains(PageTableFlags::NO_EXECUTE), "text is not executable", flags);
+    Ok(())
+}
+
+static RODATA_PROBE: u64 = 0x6b65_656c;
+
+fn kernel_rodata_is_read_only_no_execute(_: &ArchInfo) -> TestResult {
+    let address = &RODATA_PROBE as *const u64 as u64;
+    let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
+    check!(flags.contains(PageTableFlags::PRESENT), "rodata unmapped", flags);
+    check!(!flags.contains(PageTableFlags::WRITABLE), "rodata is writable", flags);
+    check!(flags.contains(PageTableFlags::NO_EXECUTE), "rodata is executable", flags);
+    check!(black_box(RODATA_PROBE) == 0x6b65_656c, "rodata value wrong");
+    Ok(())
+}
+
+static DATA_PROBE: AtomicBool = AtomicBool::new(false);
+
+fn kernel_data_is_no_execute(_: &ArchInfo) -> TestResult {
+    DATA_PROBE.store(true, Ordering::Relaxed);
+    let address = &DATA_PROBE as *const AtomicBool as u64;
+    let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
+    check!(flags.contains(PageTableFlags::WRITABLE), "data not writable", flags);
+    check!(flags.contains(PageTableFlags::NO_EXECUTE), "data is executable", flags);
+    let stack_variable = 0u64;
+    let flags = paging::flags_of(&stack_variable as *const u64 as u64).unwrap_or(PageTableFlags::empty());
+    check!(flags.contains(PageTableFlags::NO_EXECUTE), "stack is executable", flags);
+    Ok(())
+}
+
+fn null_page_and_stack_guards_unmapped(_: &ArchInfo) -> TestResult {
+    check!(paging::flags_of(0).is_none(), "page 0 is mapped");
+    let boot_guard = (&raw const keel_arch_x86_64::boot::keel_boot_stack_guard) as u64;
+    check!(paging::flags_of(boot_guard).is_none(), "boot stack guard mapped", boot_guard);
+    check!(
+        paging::flags_of(boot_guard + 4096).is_some(),
+        "boot stack bottom unmapped"
+    );
+    for guard in gdt::ist_guard_pages() {
+        check!(paging::flags_of(guard).is_none(), "IST guard mapped", guard);
+        check!(paging::flags_of(guard + 4096).is_some(), "IST stack unmapped", guard);
+    }
+    Ok(())
+}
+
+fn ram_is_mapped_no_execute(info: &ArchInfo) -> TestResult {
+    let table_start = info.paging.table_region_start;
+    for region in info.boot.memory_regions().iter().filter(|r| r.kind.is_memory()) {
+        for address in [region.start.max(4096), region.end() - 1] {
+            if address >= info.layout.start && address < info.layout.end {
+                continue;
+            }
+            let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
+            check!(flags.contains(PageTableFlags::PRESENT), "RAM unmapped", address);
+            check!(flags.contains(PageTableFlags::NO_EXECUTE), "RAM executable", address);
+        }
+    }
+    check!(paging::flags_of(table_start).is_some(), "page tables unmapped");
+    Ok(())
+}
+
+fn symbol_table_names_functions(_: &ArchInfo) -> TestResult {
+    let table = backtrace::symbol_table();
+    check!(table.is_ok(), "no symbol table (built without cargo xtask?)");
+    let Ok(table) = table else { return Ok(()) };
+    check!(table.len() > 100, "too few symbols", table.len());
+    let address = symbol_table_names_functions as *const () as u64;
+    let found = table.lookup(address + 1).map(|symbol| symbol.name);
+    check!(
+        found == Some("keel_kernel::ktest::symbol_table_names_functions"),
+        "lookup returned the wrong name",
+        found
+    );
+    Ok(())
+}
+
+fn breakpoint_is_handled_and_resumed(_: &ArchInfo) -> TestResult {
+    let before = interrupts::breakpoint_count();
+    // SAFETY: int3 traps into the kernel's breakpoint handler, which counts and resumes.
+    unsafe { core::arch::asm!("int3") };
+    // SAFETY: as above.
+    unsafe { core::arch::asm!("int3") };
+    let after = interrupts::breakpoint_count();
+    check!(after == before + 2, "breakpoints not counted", before, after);
+    Ok(())
+}
+
+fn interrupt_preserves_sse_registers(_: &ArchInfo) -> TestResult {
+    let pattern: u64 = 0x0123_4567_89ab_cdef;
+    let result: u64;
+    // SAFETY: loads xmm7, traps through the breakpoint handler (which runs Rust code that
+    // may use SSE registers), and reads xmm7 back; xmm7 is declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "movq xmm7, {pattern}",
+            "int3",
+            "movq {result}, xmm7",
+            pattern = in(reg) pattern,
+            result = out(reg) result,
+            out("xmm7") _,
+        );
+    }
+    check!(result == pattern, "xmm7 changed across a trap", result);
+    Ok(())
+}
+
+fn floating_point_works(_: &ArchInfo) -> TestResult {
+    let x = black_box(2.0f64);
+    let root = libm_free_sqrt(x);
+    check!((root * root - 2.0).abs() < 1e-12, "sqrt(2)^2 != 2", root);
+    let sum: f32 = (1..=100).map(|value| black_box(value as f32)).sum();
+    check!(sum == 5050.0, "f32 sum wrong", sum);
+    Ok(())
+}
+
+/// Newton's method; avoids depending on a libm for one test.
+fn libm_free_sqrt(value: f64) -> f64 {
+    let mut estimate = value;
+    for _ in 0..60 {
+        estimate = 0.5 * (estimate + value / estimate);
+    }
+    estimate
+}
+
+fn avx_enabled_when_cpu_has_it(info: &ArchInfo) -> TestResult {
+    let cpu_has_avx = raw_cpuid_has_avx();
+    check!(info.extended_state.avx == cpu_has_avx, "AVX state not enabled", cpu_has_avx);
+    if cpu_has_avx {
+        let xcr0 = x86_64::registers::xcontrol::XCr0::read_raw();
+        check!(xcr0 & 0b111 == 0b111, "XCR0 lacks x87/SSE/AVX", xcr0);
+    }
+    Ok(())
+}
+
+fn raw_cpuid_has_avx() -> bool {
+    let leaf = core::arch::x86_64::__cpuid(1);
+    leaf.ecx & (1 << 28) != 0 && leaf.ecx & (1 << 26) != 0
+}
+
+fn tsc_calibrated_and_monotonic(info: &ArchInfo) -> TestResult {
+    let hertz = time::tsc_hertz();
+    check!((100_000_000..=20_000_000_000).contains(&hertz), "TSC frequency implausible", hertz);
+    check!(hertz == info.tsc.hertz, "frequency changed");
+    let mut previous = time::monotonic_nanos();
+    for _ in 0..10_000 {
+        let now = time::monotonic_nanos();
+        check!(now >= previous, "clock went backwards", previous, now);
+        previous = now;
+    }
+    let start = time::monotonic_nanos();
+    time::busy_wait_nanos(1_000_000);
+    let waited = time::monotonic_nanos() - start;
+    check!(waited >= 1_000_000, "busy wait returned early", waited);
+    Ok(())
+}
+
+static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
+static TIMER_FIRED_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn on_timer(_: &mut TrapFrame) {
+    TIMER_FIRED_TSC.store(time::read_tsc(), Ordering::Relaxed);
+    TIMER_FIRED.store(true, Ordering::Release);
+}
+
+/// Waits with interrupts enabled until the timer fired or `limit_nanos` passed.
+fn wait_for_timer(limit_nanos: u64) -> bool {
+    let end = time::read_tsc() + time::nanos_to_ticks(limit_nanos);
+    while time::read_tsc() < end {
+        if TIMER_FIRED.load(Ordering::Acquire) {
+            return true;
+        }
+        // sti; hlt would sleep until the interrupt; enable_and_hlt does it atomically.
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+    }
+    TIMER_FIRED.load(Ordering::Acquire)
+}
+
+fn apic_oneshot_timer_fires_after_deadline(info: &ArchInfo) -> TestResult {
+    check!(info.apic.timer_hertz > 0, "APIC timer not calibrated");
+    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    for deadline_micros in [2_000u64, 5_000, 20_000] {
+        TIMER_FIRED.store(false, Ordering::Relaxed);
+        let start = time::read_tsc();
+        apic::arm_oneshot(deadline_micros * 1000);
+        let fired = wait_for_timer(2_000_000_000);
+        check!(fired, "one-shot timer never fired", deadline_micros);
+        let elapsed_micros = time::ticks_to_nanos(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start) / 1000;
+        // The APIC and TSC are calibrated against each other; allow 5% calibration error.
+        check!(
+            elapsed_micros * 100 >= deadline_micros * 95,
+            "timer fired before its deadline",
+            deadline_micros,
+            elapsed_micros
+        );
+        kprintln!("    one-shot {deadline_micros} us fired after {elapsed_micros} us");
+    }
+    Ok(())
+}
+
+fn apic_timer_cancel_prevents_interrupt(_: &ArchInfo) -> TestResult {
+    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    TIMER_FIRED.store(false, Ordering::Relaxed);
+    apic::arm_oneshot(3_000_000);
+    apic::cancel_timer();
+    x86_64::instructions::interrupts::enable();
+    time::busy_wait_nanos(10_000_000);
+    x86_64::instructions::interrupts::disable();
+    check!(!TIMER_FIRED.load(Ordering::Acquire), "cancelled timer fired");
+    Ok(())
+}
+
+/// Deliberate crashes: each must end in a report with symbols and a failure status.
+pub mod crash {
+    use core::hint::black_box;
+    use keel_arch_x86_64::cpu::{self, ExitCode};
+    use keel_arch_x86_64::kprintln;
+
+    /// Runs the crash named `name`; returns only for an unknown name (which fails too).
+    pub fn run(name: &str) -> ! {
+        kprintln!("ktest: deliberate crash {name:?}");
+        match name {
+            "null-read" => null_read(),
+            "stack-overflow" => {
+                black_box(recurse(0));
+            }
+            "write-rodata" => write_rodata(),
+            "execute-data" => execute_data(),
+            "invalid-opcode" => invalid_opcode(),
+            "panic" => deliberate_panic(),
+            _ => kprintln!("ktest: unknown crash {name:?}"),
+        }
+        kprintln!("ktest: crash {name:?} did not crash");
+        cpu::exit(ExitCode::Failure)
+    }
+
+    #[inline(never)]
+    fn null_read() {
+        let value: u64;
+        // SAFETY: deliberately not safe: reads address 0, which is unmapped, to check
+        // that the page fault is reported. The kernel never returns from the fault.
+        unsafe { core::arch::asm!("mov {}, qword ptr [0]", out(reg) value) };
+        black_box(value);
+    }
+
+    #[inline(never)]
+    fn recurse(depth: u64) -> u64 {
+        let mut frame = [0u8; 512];
+        black_box(&mut frame);
+        if black_box(depth) == u64::MAX {
+            return 0;
+        }
+        recurse(depth + 1) + u64::from(frame[(depth % 512) as usize])
+    }
+
+    static READ_ONLY: u64 = 7;
+
+    #[inline(never)]
+    fn write_rodata() {
+        let address = &READ_ONLY as *const u64 as u64;
+        // SAFETY: deliberately not safe: writes to read-only data to check that the
+        // protection fault is reported. The kernel never returns from the fault.
+        unsafe { core::arch::asm!("mov qword ptr [{}], 1", in(reg) address) };
+    }
+
+    static DATA_WITH_CODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0xc3);
+
+    #[inline(never)]
+    fn execute_data() {
+        let address = &DATA_WITH_CODE as *const _ as u64;
+        // SAFETY: deliberately not safe: calls into a no-execute data page (holding a
+        // `ret`) to check that the fault is reported.
+        unsafe { core::arch::asm!("call {}", in(reg) address, clobber_abi("C")) };
+    }
+
+    #[inline(never)]
+    fn invalid_opcode() {
+        // SAFETY: ud2 raises #UD, which the kernel reports; it never returns.
+        unsafe { core::arch::asm!("ud2") };
+    }
+
+    #[inline(never)]
+    fn deliberate_panic() {
+        panic!("deliberate panic for the crash test");
+    }
+}

@@ -1,0 +1,88 @@
+//! The Keel kernel binary: thin wiring of the crates into a bootable guest.
+//!
+//! `keel-arch-x86_64` boots the CPU and calls [`keel_kernel_main`], which prints the
+//! banner (CPU, memory, boot time), then runs the default application — or, when built
+//! with the `ktest` feature, the in-guest test suite (`cargo xtask test`). The kernel
+//! owns the statics (the page allocator, the heap); the crates hold the logic.
+#![no_std]
+#![no_main]
+
+#[cfg(not(feature = "ktest"))]
+mod app;
+#[cfg(feature = "ktest")]
+mod ktest;
+mod mem;
+
+use core::fmt::Write;
+use keel_arch_x86_64::cpu::{self, ExitCode};
+use keel_arch_x86_64::{ArchInfo, backtrace, kprintln, serial, time};
+
+/// The kernel's main function, called by the architecture crate once the CPU, the page
+/// tables, the clock and the APIC are up.
+#[unsafe(no_mangle)]
+pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
+    let main_tsc = time::read_tsc();
+    print_banner(info, main_tsc);
+    #[cfg(feature = "ktest")]
+    ktest::run(info);
+    #[cfg(not(feature = "ktest"))]
+    {
+        let code = app::main(info);
+        cpu::exit(code)
+    }
+}
+
+fn print_banner(info: &ArchInfo, main_tsc: u64) {
+    let mut brand_buffer = [0u8; 48];
+    let brand = cpu::brand(&mut brand_buffer);
+    let boot_micros = time::nanos_since_entry(main_tsc) / 1_000;
+    kprintln!("");
+    kprintln!("Keel {} - a research unikernel", env!("CARGO_PKG_VERSION"));
+    kprintln!(
+        "  cpus:   1 online ({brand}, TSC {}.{:03} GHz via {:?}, AVX {})",
+        info.tsc.hertz / 1_000_000_000,
+        info.tsc.hertz / 1_000_000 % 1000,
+        info.tsc.source,
+        if info.extended_state.avx { "on" } else { "off" }
+    );
+    kprintln!(
+        "  memory: {} MiB usable in {} regions; kernel image {:#x}..{:#x}",
+        info.boot.usable_memory() / (1024 * 1024),
+        info.boot.memory_regions().len(),
+        info.layout.start,
+        info.layout.end
+    );
+    kprintln!(
+        "  paging: {} MiB in 2 MiB pages, {} KiB in 4 KiB pages, {} table frames",
+        info.paging.huge_bytes / (1024 * 1024),
+        info.paging.small_bytes / 1024,
+        info.paging.table_frames_used
+    );
+    kprintln!(
+        "  apic:   {} id {}, timer {} kHz",
+        if info.apic.x2apic { "x2APIC" } else { "xAPIC" },
+        info.apic.id,
+        info.apic.timer_hertz / 1000
+    );
+    kprintln!("  cmdline: {:?}", info.boot.command_line());
+    kprintln!("boot: entry to main {boot_micros} us");
+}
+
+#[panic_handler]
+fn panic(panic: &core::panic::PanicInfo<'_>) -> ! {
+    let mut out = serial::emergency_writer();
+    let _ = write!(out, "\nKEEL PANIC: {}", panic.message());
+    if let Some(location) = panic.location() {
+        let _ = write!(
+            out,
+            " at {}:{}:{}",
+            location.file(),
+            location.line(),
+            location.column()
+        );
+    }
+    let _ = writeln!(out, "\nbacktrace:");
+    backtrace::write_current_backtrace(&mut out);
+    let _ = writeln!(out, "KEEL PANIC: halting with failure status");
+    cpu::exit(ExitCode::Failure)
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask test`: host unit tests, loom models, in-guest tests and crash tests.
+//!
+//! Every stage's counts are printed, and the run closes with one `N passed, N failed`
+//! line over all stages. Any failure, timeout or crash makes the command exit non-zero.
+
+use crate::kernel::{self, BuildOptions};
+use crate::qemu::{self, GUEST_FAILURE_STATUS, GUEST_SUCCESS_STATUS, Machine, QemuOptions};
+use crate::{cargo, workspace_root};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Time limit for one in-guest test-suite boot.
+const SUITE_LIMIT: Duration = Duration::from_secs(180);
+/// Time limit for one crash-test boot: a crash must be reported within seconds.
+const CRASH_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Stage {
+    name: String,
+    passed: u64,
+    failed: u64,
+    problems: Vec<String>,
+}
+
+/// Runs a `cargo test` command, echoing its output and adding up its result lines.
+fn cargo_test(stage: &mut Stage, mut command: Command) -> Result<(), String> {
+    command.stdout(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot run cargo: {error}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some((passed, failed)) = parse_cargo_result(&line) {
+            stage.passed += passed;
+            stage.failed += failed;
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|error| format!("waiting for cargo: {error}"))?;
+    if !status.success() {
+        stage
+            .problems
+            .push(format!("cargo test exited with {status}"));
+    }
+    Ok(())
+}
+
+/// Parses `test result: ok. 4 passed; 0 failed; ...`.
+fn parse_cargo_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<u64> {
+        let index = rest.find(word)?;
+        rest[..index].split_whitespace().last()?.parse().ok()
+    };
+    Some((number_before(" passed")?, number_before(" failed")?))
+}
+
+/// Parses the guest's closing `N passed, N failed` line.
+fn parse_guest_result(output: &str) -> Option<(u64, u64)> {
+    output.lines().rev().find_map(|line| {
+        let line = line.trim();
+        let (passed, failed) = line.split_once(" passed, ")?;
+        let failed = failed.strip_suffix(" failed")?;
+        Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
+    })
+}
+
+fn host_stage() -> Result<Stage, String> {
+    let mut stage = Stage {
+        name: "host unit tests".into(),
+        ..Stage::default()
+    };
+    eprintln!("xtask: running host unit and property tests (cargo test --workspace)");
+    let mut command = cargo();
+    command.args(["test", "--workspace", "--exclude", "keel-kernel"]);
+    cargo_test(&mut stage, command)?;
+    Ok(stage)
+}
+
+fn loom_stage() -> Result<Stage, String> {
+    let mut stage = Stage {
+        name: "loom models".into(),
+        ..Stage::default()
+    };
+    let target = workspace_root().join("loom-target");
+    for features in [None, Some("broken-spinlock")] {
+        eprintln!(
+            "xtask: running the loom models{} (--cfg loom, release, target dir loom-target)",
+            features.map_or(String::new(), |f| format!(" with the deliberately broken variant ({f}), which they must catch"))
+        );
+        let mut command = cargo();
+        command
+            .args(["test", "--package", "keel-loom-tests", "--release"])
+            .env("RUSTFLAGS", "--cfg loom -C force-frame-pointers=yes")
+            .env("CARGO_TARGET_DIR", &target)
+            .env("LOOM_MAX_PREEMPTIONS", "3");
+        if let Some(features) = features {
+            command.args(["--features", features]);
+        }
+        cargo_test(&mut stage, command)?;
+    }
+    Ok(stage)
+}
+
+struct CrashCase {
+    name: &'static str,
+    expect: &'static [&'static str],
+}
+
+const CRASH_CASES: &[CrashCase] = &[
+    CrashCase {
+        name: "null-read",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "cr2=0x0000000000000000",
+            "non-present page on a read access",
+            "keel_kernel::ktest::crash::null_read",
+            "keel_kernel::ktest::crash::run",
+        ],
+    },
+    CrashCase {
+        name: "stack-overflow",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "(guard page: stack overflow)",
+            "keel_kernel::ktest::crash::recurse",
+        ],
+    },
+    CrashCase {
+        name: "write-rodata",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "protection violation on a write access",
+            "keel_kernel::ktest::crash::write_rodata",
+        ],
+    },
+    CrashCase {
+        name: "execute-data",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "protection violation on a instruction fetch access",
+        ],
+    },
+    CrashCase {
+        name: "invalid-opcode",
+        expect: &[
+            "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
+            "keel_kernel::ktest::crash::invalid_opcode",
+        ],
+    },
+    CrashCase {
+        name: "panic",
+        expect: &[
+            "KEEL PANIC: deliberate panic for the crash test",
+            "keel_kernel::ktest::crash::deliberate_panic",
+        ],
+    },
+];
+
+fn guest_stage() -> Result<Stage, String> {
+    let mut stage = Stage {
+        name: "in-guest tests".into(),
+        ..Stage::default()
+    };
+    qemu::ensure_qemu()?;
+    let image = kernel::build(&BuildOptions {
+        release: false,
+        features: vec!["ktest".into()],
+    })?;
+    let suites = [
+        ("q35", Machine::Q35, 1, "256M"),
+        ("q35-1G", Machine::Q35, 1, "1G"),
+        ("microvm", Machine::Microvm, 1, "256M"),
+    ];
+    for (label, machine, smp, memory) in suites {
+        eprintln!("xtask: booting the in-guest test suite on {label}");
+        let options = QemuOptions {
+            machine,
+            smp,
+            memory: memory.into(),
+            ..QemuOptions::default()
+        };
+        let outcome = qemu::boot_captured(&image, &options, SUITE_LIMIT, Some("  | "))?;
+        eprintln!(
+            "xtask: {label}: QEMU process time {:.3} s",
+            outcome.elapsed.as_secs_f64()
+        );
+        match (parse_guest_result(&outcome.output), outcome.status) {
+            (Some((passed, failed)), Some(GUEST_SUCCESS_STATUS)) if failed == 0 => {
+                stage.passed += passed;
+            }
+            (counts, status) => {
+                let (passed, failed) = counts.unwrap_or((0, 1));
+                stage.passed += passed;
+                stage.failed += failed.max(1);
+                stage.problems.push(format!(
+                    "{label}: suite ended with status {status:?} and counts {counts:?}"
+                ));
+            }
+        }
+    }
+    for case in CRASH_CASES {
+        eprintln!("xtask: crash test {}: the kernel must report it and fail", case.name);
+        let options = QemuOptions {
+            append: vec![format!("ktest.crash={}", case.name)],
+            ..QemuOptions::default()
+        };
+        let outcome = qemu::boot_captured(&image, &options, CRASH_LIMIT, Some("  | "))?;
+        let missing: Vec<&str> = case
+            .expect
+            .iter()
+            .copied()
+            .filter(|text| !outcome.output.contains(text))
+            .collect();
+        if outcome.status == Some(GUEST_FAILURE_STATUS) && missing.is_empty() {
+            stage.passed += 1;
+            eprintln!(
+                "xtask: crash test {} ok: reported and failed in {:.3} s",
+                case.name,
+                outcome.elapsed.as_secs_f64()
+            );
+        } else {
+            stage.failed += 1;
+            stage.problems.push(format!(
+                "crash test {}: status {:?} (want {GUEST_FAILURE_STATUS}), missing {missing:?}",
+                case.name, outcome.status
+            ));
+        }
+    }
+    Ok(stage)
+}
+
+/// `cargo xtask test`.
+pub fn run(arguments: &[String]) -> Result<(), String> {
+    let (mut host, mut loom, mut guest) = (true, true, true);
+    for argument in arguments {
+        match argument.as_str() {
+            "--no-host" => host = false,
+            "--no-loom" => loom = false,
+            "--no-guest" => guest = false,
+            other => return Err(format!("unknown test option {other:?}")),
+        }
+    }
+    let mut stages = Vec::new();
+    if host {
+        stages.push(host_stage()?);
+    }
+    if loom {
+        stages.push(loom_stage()?);
+    }
+    if guest {
+        stages.push(guest_stage()?);
+    }
+    println!("\nxtask test summary:");
+    let (mut passed, mut failed) = (0, 0);
+    let mut ok = true;
+    for stage in &stages {
+        println!(
+            "  {:<16} {:>5} passed, {:>3} failed",
+            stage.name, stage.passed, stage.failed
+        );
+        for problem in &stage.problems {
+            println!("    problem: {problem}");
+        }
+        passed += stage.passed;
+        failed += stage.failed;
+        ok &= stage.failed == 0 && stage.problems.is_empty();
+    }
+    println!("{passed} passed, {failed} failed");
+    if ok {
+        Ok(())
+    } else {
+        Err("some tests failed".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cargo_result_lines() {
+        assert_eq!(
+            parse_cargo_result(
+                "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out"
+            ),
+            Some((12, 0))
+        );
+        assert_eq!(
+            parse_cargo_result("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(parse_cargo_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn parses_guest_result_line() {
+        let output = "boot\ntest a ... ok\n7 passed, 0 failed\n";
+        assert_eq!(parse_guest_result(output), Some((7, 0)));
+        assert_eq!(parse_guest_result("ktest: 3 passed, 2 failed"), None);
+        assert_eq!(parse_guest_result("no summary"), None);
+    }
+}
