@@ -9,7 +9,10 @@ pub fn main(info: &ArchInfo) -> ExitCode {
     kprintln!("hello from Keel: one application, one address space, no syscalls");
     let mut primes = 0u32;
     for candidate in 2..20_000u32 {
-        if (2..candidate).take_while(|d| d * d <= candidate).all(|d| candidate % d != 0) {
+        if (2..candidate)
+            .take_while(|d| d * d <= candidate)
+            .all(|d| candidate % d != 0)
+        {
             primes += 1;
         }
     }

@@ -22,11 +22,13 @@ pub struct Failure {
 }
 
 type TestResult = Result<(), Failure>;
+type TestCase = fn(&ArchInfo) -> TestResult;
 
 /// Fails the current case with `message` unless `condition` holds; prints the values.
 macro_rules! check {
     ($condition:expr, $message:literal $(, $value:expr)* $(,)?) => {
-        if !$condition {
+        let holds: bool = $condition;
+        if !holds {
             kprintln!(concat!("    check failed: ", stringify!($condition)));
             $( kprintln!("      {} = {:?}", stringify!($value), $value); )*
             return Err(Failure { message: $message, file: file!(), line: line!() });
@@ -34,21 +36,39 @@ macro_rules! check {
     };
 }
 
-const CASES: &[(&str, fn(&ArchInfo) -> TestResult)] = &[
+const CASES: &[(&str, TestCase)] = &[
     ("boot_info_has_memory_map", boot_info_has_memory_map),
     ("kernel_text_is_read_execute", kernel_text_is_read_execute),
-    ("kernel_rodata_is_read_only_no_execute", kernel_rodata_is_read_only_no_execute),
+    (
+        "kernel_rodata_is_read_only_no_execute",
+        kernel_rodata_is_read_only_no_execute,
+    ),
     ("kernel_data_is_no_execute", kernel_data_is_no_execute),
-    ("null_page_and_stack_guards_unmapped", null_page_and_stack_guards_unmapped),
+    (
+        "null_page_and_stack_guards_unmapped",
+        null_page_and_stack_guards_unmapped,
+    ),
     ("ram_is_mapped_no_execute", ram_is_mapped_no_execute),
     ("symbol_table_names_functions", symbol_table_names_functions),
-    ("breakpoint_is_handled_and_resumed", breakpoint_is_handled_and_resumed),
-    ("interrupt_preserves_sse_registers", interrupt_preserves_sse_registers),
+    (
+        "breakpoint_is_handled_and_resumed",
+        breakpoint_is_handled_and_resumed,
+    ),
+    (
+        "interrupt_preserves_sse_registers",
+        interrupt_preserves_sse_registers,
+    ),
     ("floating_point_works", floating_point_works),
     ("avx_enabled_when_cpu_has_it", avx_enabled_when_cpu_has_it),
     ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
-    ("apic_oneshot_timer_fires_after_deadline", apic_oneshot_timer_fires_after_deadline),
-    ("apic_timer_cancel_prevents_interrupt", apic_timer_cancel_prevents_interrupt),
+    (
+        "apic_oneshot_timer_fires_after_deadline",
+        apic_oneshot_timer_fires_after_deadline,
+    ),
+    (
+        "apic_timer_cancel_prevents_interrupt",
+        apic_timer_cancel_prevents_interrupt,
+    ),
 ];
 
 /// Runs the suite (or the crash named on the command line) and exits the VM.
@@ -102,8 +122,16 @@ fn kernel_text_is_read_execute(_: &ArchInfo) -> TestResult {
     let flags = paging::flags_of(address);
     check!(flags.is_some(), "kernel text unmapped", address);
     let flags = flags.unwrap_or(PageTableFlags::empty());
-    check!(!flags.contains(PageTableFlags::WRITABLE), "text is writable", flags);
-    check!(!flags.contains(PageTableFlags::NO_EXECUTE), "text is not executable", flags);
+    check!(
+        !flags.contains(PageTableFlags::WRITABLE),
+        "text is writable",
+        flags
+    );
+    check!(
+        !flags.contains(PageTableFlags::NO_EXECUTE),
+        "text is not executable",
+        flags
+    );
     Ok(())
 }
 
@@ -112,9 +140,21 @@ static RODATA_PROBE: u64 = 0x6b65_656c;
 fn kernel_rodata_is_read_only_no_execute(_: &ArchInfo) -> TestResult {
     let address = &RODATA_PROBE as *const u64 as u64;
     let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
-    check!(flags.contains(PageTableFlags::PRESENT), "rodata unmapped", flags);
-    check!(!flags.contains(PageTableFlags::WRITABLE), "rodata is writable", flags);
-    check!(flags.contains(PageTableFlags::NO_EXECUTE), "rodata is executable", flags);
+    check!(
+        flags.contains(PageTableFlags::PRESENT),
+        "rodata unmapped",
+        flags
+    );
+    check!(
+        !flags.contains(PageTableFlags::WRITABLE),
+        "rodata is writable",
+        flags
+    );
+    check!(
+        flags.contains(PageTableFlags::NO_EXECUTE),
+        "rodata is executable",
+        flags
+    );
     check!(black_box(RODATA_PROBE) == 0x6b65_656c, "rodata value wrong");
     Ok(())
 }
@@ -125,48 +165,88 @@ fn kernel_data_is_no_execute(_: &ArchInfo) -> TestResult {
     DATA_PROBE.store(true, Ordering::Relaxed);
     let address = &DATA_PROBE as *const AtomicBool as u64;
     let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
-    check!(flags.contains(PageTableFlags::WRITABLE), "data not writable", flags);
-    check!(flags.contains(PageTableFlags::NO_EXECUTE), "data is executable", flags);
+    check!(
+        flags.contains(PageTableFlags::WRITABLE),
+        "data not writable",
+        flags
+    );
+    check!(
+        flags.contains(PageTableFlags::NO_EXECUTE),
+        "data is executable",
+        flags
+    );
     let stack_variable = 0u64;
-    let flags = paging::flags_of(&stack_variable as *const u64 as u64).unwrap_or(PageTableFlags::empty());
-    check!(flags.contains(PageTableFlags::NO_EXECUTE), "stack is executable", flags);
+    let flags =
+        paging::flags_of(&stack_variable as *const u64 as u64).unwrap_or(PageTableFlags::empty());
+    check!(
+        flags.contains(PageTableFlags::NO_EXECUTE),
+        "stack is executable",
+        flags
+    );
     Ok(())
 }
 
 fn null_page_and_stack_guards_unmapped(_: &ArchInfo) -> TestResult {
     check!(paging::flags_of(0).is_none(), "page 0 is mapped");
     let boot_guard = (&raw const keel_arch_x86_64::boot::keel_boot_stack_guard) as u64;
-    check!(paging::flags_of(boot_guard).is_none(), "boot stack guard mapped", boot_guard);
+    check!(
+        paging::flags_of(boot_guard).is_none(),
+        "boot stack guard mapped",
+        boot_guard
+    );
     check!(
         paging::flags_of(boot_guard + 4096).is_some(),
         "boot stack bottom unmapped"
     );
     for guard in gdt::ist_guard_pages() {
         check!(paging::flags_of(guard).is_none(), "IST guard mapped", guard);
-        check!(paging::flags_of(guard + 4096).is_some(), "IST stack unmapped", guard);
+        check!(
+            paging::flags_of(guard + 4096).is_some(),
+            "IST stack unmapped",
+            guard
+        );
     }
     Ok(())
 }
 
 fn ram_is_mapped_no_execute(info: &ArchInfo) -> TestResult {
     let table_start = info.paging.table_region_start;
-    for region in info.boot.memory_regions().iter().filter(|r| r.kind.is_memory()) {
+    for region in info
+        .boot
+        .memory_regions()
+        .iter()
+        .filter(|r| r.kind.is_memory())
+    {
         for address in [region.start.max(4096), region.end() - 1] {
             if address >= info.layout.start && address < info.layout.end {
                 continue;
             }
             let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
-            check!(flags.contains(PageTableFlags::PRESENT), "RAM unmapped", address);
-            check!(flags.contains(PageTableFlags::NO_EXECUTE), "RAM executable", address);
+            check!(
+                flags.contains(PageTableFlags::PRESENT),
+                "RAM unmapped",
+                address
+            );
+            check!(
+                flags.contains(PageTableFlags::NO_EXECUTE),
+                "RAM executable",
+                address
+            );
         }
     }
-    check!(paging::flags_of(table_start).is_some(), "page tables unmapped");
+    check!(
+        paging::flags_of(table_start).is_some(),
+        "page tables unmapped"
+    );
     Ok(())
 }
 
 fn symbol_table_names_functions(_: &ArchInfo) -> TestResult {
     let table = backtrace::symbol_table();
-    check!(table.is_ok(), "no symbol table (built without cargo xtask?)");
+    check!(
+        table.is_ok(),
+        "no symbol table (built without cargo xtask?)"
+    );
     let Ok(table) = table else { return Ok(()) };
     check!(table.len() > 100, "too few symbols", table.len());
     let address = symbol_table_names_functions as *const () as u64;
@@ -186,7 +266,12 @@ fn breakpoint_is_handled_and_resumed(_: &ArchInfo) -> TestResult {
     // SAFETY: as above.
     unsafe { core::arch::asm!("int3") };
     let after = interrupts::breakpoint_count();
-    check!(after == before + 2, "breakpoints not counted", before, after);
+    check!(
+        after == before + 2,
+        "breakpoints not counted",
+        before,
+        after
+    );
     Ok(())
 }
 
@@ -229,7 +314,11 @@ fn libm_free_sqrt(value: f64) -> f64 {
 
 fn avx_enabled_when_cpu_has_it(info: &ArchInfo) -> TestResult {
     let cpu_has_avx = raw_cpuid_has_avx();
-    check!(info.extended_state.avx == cpu_has_avx, "AVX state not enabled", cpu_has_avx);
+    check!(
+        info.extended_state.avx == cpu_has_avx,
+        "AVX state not enabled",
+        cpu_has_avx
+    );
     if cpu_has_avx {
         let xcr0 = x86_64::registers::xcontrol::XCr0::read_raw();
         check!(xcr0 & 0b111 == 0b111, "XCR0 lacks x87/SSE/AVX", xcr0);
@@ -244,7 +333,11 @@ fn raw_cpuid_has_avx() -> bool {
 
 fn tsc_calibrated_and_monotonic(info: &ArchInfo) -> TestResult {
     let hertz = time::tsc_hertz();
-    check!((100_000_000..=20_000_000_000).contains(&hertz), "TSC frequency implausible", hertz);
+    check!(
+        (100_000_000..=20_000_000_000).contains(&hertz),
+        "TSC frequency implausible",
+        hertz
+    );
     check!(hertz == info.tsc.hertz, "frequency changed");
     let mut previous = time::monotonic_nanos();
     for _ in 0..10_000 {
@@ -290,7 +383,8 @@ fn apic_oneshot_timer_fires_after_deadline(info: &ArchInfo) -> TestResult {
         apic::arm_oneshot(deadline_micros * 1000);
         let fired = wait_for_timer(2_000_000_000);
         check!(fired, "one-shot timer never fired", deadline_micros);
-        let elapsed_micros = time::ticks_to_nanos(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start) / 1000;
+        let elapsed_micros =
+            time::ticks_to_nanos(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start) / 1000;
         // The APIC and TSC are calibrated against each other; allow 5% calibration error.
         check!(
             elapsed_micros * 100 >= deadline_micros * 95,
@@ -311,7 +405,10 @@ fn apic_timer_cancel_prevents_interrupt(_: &ArchInfo) -> TestResult {
     x86_64::instructions::interrupts::enable();
     time::busy_wait_nanos(10_000_000);
     x86_64::instructions::interrupts::disable();
-    check!(!TIMER_FIRED.load(Ordering::Acquire), "cancelled timer fired");
+    check!(
+        !TIMER_FIRED.load(Ordering::Acquire),
+        "cancelled timer fired"
+    );
     Ok(())
 }
 

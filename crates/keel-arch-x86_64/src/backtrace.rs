@@ -67,12 +67,15 @@ pub fn write_frame(out: &mut impl Write, index: usize, address: u64) {
 /// Prints a backtrace that starts at `rip` with frame pointer `rbp`.
 pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
     if let Err(error) = symbol_table() {
-        let _ = writeln!(out, "  (no symbols: {error}; build with `cargo xtask build`)");
+        let _ = writeln!(
+            out,
+            "  (no symbols: {error}; build with `cargo xtask build`)"
+        );
     }
     write_frame(out, 0, rip);
     let (text_start, text_end) = text_range();
     for index in 1..MAX_FRAMES {
-        if rbp % 8 != 0 || !in_known_stack(rbp) {
+        if !rbp.is_multiple_of(8) || !in_known_stack(rbp) {
             break;
         }
         // SAFETY: rbp is 8-aligned and lies with 16 bytes to spare inside one of the
@@ -99,7 +102,7 @@ pub fn write_current_backtrace(out: &mut impl Write) {
     let rbp: u64;
     // SAFETY: reads the frame pointer register; no memory access.
     unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack)) };
-    let (caller_rbp, caller_rip) = if in_known_stack(rbp) && rbp % 8 == 0 {
+    let (caller_rbp, caller_rip) = if in_known_stack(rbp) && rbp.is_multiple_of(8) {
         // SAFETY: with frame pointers, [rbp] and [rbp+8] of this function's frame hold the
         // caller's rbp and our return address, inside a checked, mapped stack.
         unsafe {

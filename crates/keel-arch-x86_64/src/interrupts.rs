@@ -242,7 +242,11 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
                 "read"
             },
             if code & 4 != 0 { ", user mode" } else { "" },
-            if code & 8 != 0 { ", reserved bit set" } else { "" },
+            if code & 8 != 0 {
+                ", reserved bit set"
+            } else {
+                ""
+            },
             if is_guard_page(address) {
                 " (guard page: stack overflow)"
             } else {

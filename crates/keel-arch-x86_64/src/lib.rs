@@ -10,17 +10,17 @@
 //! [`ArchInfo`] to the kernel binary's `keel_kernel_main`.
 //!
 //! This crate is where Keel's `unsafe` lives, in small modules; every block states what
-//! it relies on. The pure parts (the start-info parser) are unit-tested on the host;
-//! the rest is exercised by the in-guest test kernel (`cargo xtask test`).
+//! it relies on. The pure parts live in their own crates and are unit-tested on the host
+//! (the start-info parser in `keel-bootinfo`, the symbol table in `keel-ksyms`); this
+//! crate's boot assembly cannot link into a host test executable, so it is exercised by
+//! the in-guest test kernel and the crash tests (`cargo xtask test`).
 #![no_std]
 
-#[cfg(test)]
-extern crate std;
+pub use keel_bootinfo as bootinfo;
 
 pub mod apic;
 pub mod backtrace;
 pub mod boot;
-pub mod bootinfo;
 pub mod cpu;
 pub mod gdt;
 pub mod interrupts;

@@ -19,8 +19,8 @@ use crate::bootinfo::{BootInfo, MemoryKind};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::mapper::{MapToError, Translate, TranslateResult};
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags,
-    PhysFrame, Size2MiB, Size4KiB,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags, PhysFrame,
+    Size2MiB, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -200,7 +200,7 @@ impl Builder<'_> {
                 continue;
             }
             let huge_end = address + HUGE;
-            let huge_fits = address % HUGE == 0
+            let huge_fits = address.is_multiple_of(HUGE)
                 && huge_end <= end
                 && (huge_end <= avoid.0 || address >= avoid.1)
                 && !self.guards[..self.guard_count]
@@ -308,7 +308,12 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
     }
     // Local APIC, I/O APIC, HPET: uncached MMIO.
     for mmio in [apic_base, 0xfec0_0000, 0xfed0_0000] {
-        builder.map_range(mmio, mmio + PAGE, present | writable | no_execute | uncached, image)?;
+        builder.map_range(
+            mmio,
+            mmio + PAGE,
+            present | writable | no_execute | uncached,
+            image,
+        )?;
     }
 
     builder.report.table_frames_used = builder.frames.used;

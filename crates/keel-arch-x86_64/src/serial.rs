@@ -52,13 +52,13 @@ static CONSOLE: Mutex<SerialPort> = Mutex::new(SerialPort { _private: () });
 /// Programs COM1 for 115200 baud, 8N1, FIFOs on, interrupts off.
 pub fn init() {
     let settings: [(u16, u8); 7] = [
-        (1, 0x00),    // interrupt enable: none
-        (3, 0x80),    // line control: DLAB on to set the divisor
-        (0, 0x01),    // divisor low: 115200 baud
-        (1, 0x00),    // divisor high
-        (3, 0x03),    // line control: 8 bits, no parity, one stop bit, DLAB off
-        (2, 0xc7),    // FIFO control: enable, clear, 14-byte threshold
-        (4, 0x03),    // modem control: DTR, RTS
+        (1, 0x00), // interrupt enable: none
+        (3, 0x80), // line control: DLAB on to set the divisor
+        (0, 0x01), // divisor low: 115200 baud
+        (1, 0x00), // divisor high
+        (3, 0x03), // line control: 8 bits, no parity, one stop bit, DLAB off
+        (2, 0xc7), // FIFO control: enable, clear, 14-byte threshold
+        (4, 0x03), // modem control: DTR, RTS
     ];
     for (offset, value) in settings {
         // SAFETY: these are COM1's standard configuration registers; nothing else uses

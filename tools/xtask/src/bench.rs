@@ -47,9 +47,14 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     let [name] = arguments else {
         return Err("usage: cargo xtask bench NAME (for example pagealloc or heap)".into());
     };
-    let bench_file = workspace_root().join("benches/benches").join(format!("{name}.rs"));
+    let bench_file = workspace_root()
+        .join("benches/benches")
+        .join(format!("{name}.rs"));
     if !bench_file.exists() {
-        return Err(format!("no bench named {name:?} (expected {})", bench_file.display()));
+        return Err(format!(
+            "no bench named {name:?} (expected {})",
+            bench_file.display()
+        ));
     }
     let criterion_directory = workspace_root().join("target/criterion");
     let _ = std::fs::remove_dir_all(&criterion_directory);
@@ -68,7 +73,10 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     for directory in results {
         let benchmark = read_json(&directory.join("benchmark.json"))?;
         let estimates = read_json(&directory.join("estimates.json"))?;
-        let group = benchmark["group_id"].as_str().unwrap_or_default().to_string();
+        let group = benchmark["group_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if !group.starts_with(&format!("{name}/")) {
             continue;
         }
@@ -80,12 +88,18 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
         let median = estimates["median"]["point_estimate"]
             .as_f64()
             .ok_or(format!("{}: no median", directory.display()))?;
-        table.entry(case).or_default().insert(implementation, median);
+        table
+            .entry(case)
+            .or_default()
+            .insert(implementation, median);
     }
     if table.is_empty() {
         return Err(format!("no results for groups named {name}/..."));
     }
-    println!("\n{:<36} {:<24} {:>14} {:>14} {:>8}", "case", "peer", "keel median", "peer median", "ratio");
+    println!(
+        "\n{:<36} {:<24} {:>14} {:>14} {:>8}",
+        "case", "peer", "keel median", "peer median", "ratio"
+    );
     for (case, implementations) in &table {
         let ours = implementations.get("keel").copied();
         for (peer, median) in implementations.iter().filter(|(name, _)| *name != "keel") {

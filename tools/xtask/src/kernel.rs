@@ -57,7 +57,11 @@ pub fn build(options: &BuildOptions) -> Result<PathBuf, String> {
     eprintln!(
         "xtask: building the kernel ({} profile{}{})",
         if options.release { "release" } else { "dev" },
-        if options.features.is_empty() { "" } else { ", features " },
+        if options.features.is_empty() {
+            ""
+        } else {
+            ", features "
+        },
         options.features.join(",")
     );
     let mut command = cargo();
@@ -78,8 +82,8 @@ pub fn build(options: &BuildOptions) -> Result<PathBuf, String> {
         .join("target")
         .join(if options.release { "release" } else { "debug" })
         .join("keel-kernel");
-    let mut image =
-        std::fs::read(&built).map_err(|error| format!("cannot read {}: {error}", built.display()))?;
+    let mut image = std::fs::read(&built)
+        .map_err(|error| format!("cannot read {}: {error}", built.display()))?;
     let count = symbols::embed(&mut image)?;
     let output_directory = root.join("target").join("keel");
     std::fs::create_dir_all(&output_directory)
@@ -87,6 +91,9 @@ pub fn build(options: &BuildOptions) -> Result<PathBuf, String> {
     let output = output_directory.join(options.image_name());
     std::fs::write(&output, image)
         .map_err(|error| format!("cannot write {}: {error}", output.display()))?;
-    eprintln!("xtask: kernel ready with {count} symbols: {}", output.display());
+    eprintln!(
+        "xtask: kernel ready with {count} symbols: {}",
+        output.display()
+    );
     Ok(output)
 }

@@ -66,7 +66,9 @@ fn parse_memory(value: &str) -> Result<String, String> {
     match digits.parse::<u64>() {
         Ok(number) if number > 0 && digits.len() < value.len() => Ok(value.to_uppercase()),
         Ok(number) if number > 0 => Ok(format!("{number}M")),
-        _ => Err(format!("--memory {value:?}: expected a size such as 256M or 2G")),
+        _ => Err(format!(
+            "--memory {value:?}: expected a size such as 256M or 2G"
+        )),
     }
 }
 
@@ -124,7 +126,14 @@ pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
     command
         .args(["-smp", &options.smp.to_string()])
         .args(["-m", &options.memory])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .arg("-kernel")
         .arg(kernel);
@@ -170,7 +179,10 @@ pub fn boot_captured(
     let reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).is_ok_and(|read| read > 0) {
+        while reader
+            .read_until(b'\n', &mut line)
+            .is_ok_and(|read| read > 0)
+        {
             let text = String::from_utf8_lossy(&line).replace('\r', "");
             if let Some(prefix) = &prefix {
                 eprint!("{prefix}{text}");
@@ -265,7 +277,11 @@ pub fn run_command(arguments: &[String]) -> Result<(), String> {
             "--" => {
                 options.append.extend(iter.by_ref().cloned());
             }
-            other => return Err(format!("unknown run option {other:?} (kernel arguments go after --)")),
+            other => {
+                return Err(format!(
+                    "unknown run option {other:?} (kernel arguments go after --)"
+                ));
+            }
         }
     }
     ensure_qemu()?;

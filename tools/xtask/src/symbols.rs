@@ -20,17 +20,27 @@ pub fn embed(image: &mut [u8]) -> Result<usize, String> {
             .filter_map(|symbol| {
                 let name = elf.strtab.get_at(symbol.st_name)?;
                 let demangled = format!("{:#}", rustc_demangle::demangle(name));
-                Some((symbol.st_value, symbol.st_size.min(u64::from(u32::MAX)) as u32, demangled))
+                Some((
+                    symbol.st_value,
+                    symbol.st_size.min(u64::from(u32::MAX)) as u32,
+                    demangled,
+                ))
             })
             .collect();
         // Assembly labels carry no FUNC type; add the entry points worth naming.
         for symbol in elf.syms.iter() {
-            let Some(name) = elf.strtab.get_at(symbol.st_name) else { continue };
+            let Some(name) = elf.strtab.get_at(symbol.st_name) else {
+                continue;
+            };
             if name == "keel_pvh_start32" || name == "keel_isr_stubs" {
                 symbols.push((symbol.st_value, 0, name.to_string()));
             }
         }
-        (section.sh_offset as usize, section.sh_size as usize, symbols)
+        (
+            section.sh_offset as usize,
+            section.sh_size as usize,
+            symbols,
+        )
     };
     symbols.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     symbols.dedup_by_key(|symbol| symbol.0);
