@@ -1,23 +1,67 @@
-//! The default application: what `cargo xtask run` shows after the banner.
+//! The default application: what `cargo xtask run` shows after the banner. It exercises
+//! the heap (strings, vectors, a B-tree map) and reports what it did.
 
+use crate::memory;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 use keel_arch_x86_64::cpu::ExitCode;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
+
+const TEXT: &str = "the mutex that never spins the scheduler that never ticks when idle \
+    the channel that carries packets to the thread that wants them the linker that \
+    runs ordinary shared objects one application one address space the kernel is the \
+    library and the library is the kernel";
 
 /// Runs the application and returns how the VM should exit.
 pub fn main(info: &ArchInfo) -> ExitCode {
     let start = time::monotonic_nanos();
-    kprintln!("hello from Keel: one application, one address space, no syscalls");
-    let mut primes = 0u32;
-    for candidate in 2..20_000u32 {
-        if (2..candidate)
-            .take_while(|d| d * d <= candidate)
-            .all(|d| candidate % d != 0)
-        {
-            primes += 1;
+    kprintln!("hello from Keel: one application, one address space, no system calls");
+
+    // A sieve of Eratosthenes over a heap-allocated table.
+    let limit = 1_000_000usize;
+    let mut composite = vec![false; limit + 1];
+    let mut primes = Vec::new();
+    for candidate in 2..=limit {
+        if !composite[candidate] {
+            primes.push(candidate);
+            for multiple in (candidate * candidate..=limit).step_by(candidate) {
+                composite[multiple] = true;
+            }
         }
     }
     kprintln!(
-        "app: {primes} primes below 20000 in {} us; command line {:?}",
+        "app: {} primes up to {limit}; the largest is {}",
+        primes.len(),
+        primes.last().copied().unwrap_or(0)
+    );
+
+    // Word frequencies in a B-tree map of owned strings.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for word in TEXT.split_whitespace() {
+        *counts.entry(String::from(word)).or_default() += 1;
+    }
+    let mut ranked: Vec<(&String, &usize)> = counts.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let top: Vec<String> = ranked
+        .iter()
+        .take(4)
+        .map(|(word, count)| alloc::format!("{word} x{count}"))
+        .collect();
+    kprintln!(
+        "app: {} distinct words; most frequent: {}",
+        counts.len(),
+        top.join(", ")
+    );
+
+    let stats = memory::heap_stats();
+    kprintln!(
+        "app: heap holds {} pages for {} live allocations ({} bytes); done in {} us; \
+         command line {:?}",
+        stats.pages_held,
+        stats.live_allocations,
+        stats.bytes_in_use,
         (time::monotonic_nanos() - start) / 1000,
         info.boot.command_line()
     );

@@ -6,6 +6,7 @@
 //! `ktest.crash=NAME` on the command line runs one deliberate crash instead
 //! ([`crash`]); the host checks that it is reported with symbols and a failure status.
 
+use crate::memory;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
 use keel_arch_x86_64::cpu::{self, ExitCode};
@@ -69,6 +70,18 @@ const CASES: &[(&str, TestCase)] = &[
         "apic_timer_cancel_prevents_interrupt",
         apic_timer_cancel_prevents_interrupt,
     ),
+    (
+        "pages_are_distinct_and_writable",
+        pages_are_distinct_and_writable,
+    ),
+    ("page_double_free_is_refused", page_double_free_is_refused),
+    ("contiguous_page_runs", contiguous_page_runs),
+    ("heap_collections_work", heap_collections_work),
+    (
+        "heap_large_and_aligned_allocations",
+        heap_large_and_aligned_allocations,
+    ),
+    ("acpi_lists_the_cpus", acpi_lists_the_cpus),
 ];
 
 /// Runs the suite (or the crash named on the command line) and exits the VM.
@@ -339,6 +352,11 @@ fn tsc_calibrated_and_monotonic(info: &ArchInfo) -> TestResult {
         hertz
     );
     check!(hertz == info.tsc.hertz, "frequency changed");
+    check!(
+        info.tsc.source != time::TscSource::Guess,
+        "TSC frequency guessed: no PIT or CPUID source worked",
+        info.tsc.pit_samples
+    );
     let mut previous = time::monotonic_nanos();
     for _ in 0..10_000 {
         let now = time::monotonic_nanos();
@@ -485,4 +503,166 @@ pub mod crash {
     fn deliberate_panic() {
         panic!("deliberate panic for the crash test");
     }
+}
+
+fn pages_are_distinct_and_writable(_: &ArchInfo) -> TestResult {
+    // Pages the heap holds (for this test's vectors) count as not free; add them back.
+    let free_pages = || memory::free_page_count() + memory::heap_stats().pages_held as u64;
+    let free_before = free_pages();
+    let mut frames = alloc::vec::Vec::new();
+    for index in 0..300u64 {
+        let frame = memory::alloc_page();
+        check!(frame.is_some(), "page allocation failed", index);
+        let frame = frame.unwrap_or(keel_pagealloc::PageFrameNumber::new(0));
+        let address = frame.as_u64() * 4096;
+        // SAFETY: the page was just allocated to us, is RAM, and is identity-mapped.
+        unsafe {
+            core::ptr::write_bytes(address as *mut u8, 0, 4096);
+            (address as *mut u64).write(frame.as_u64());
+        }
+        frames.push(frame);
+    }
+    let mut sorted = frames.clone();
+    sorted.sort();
+    sorted.dedup();
+    check!(sorted.len() == frames.len(), "a page was handed out twice");
+    for frame in &frames {
+        // SAFETY: still ours, as above.
+        let stored = unsafe { ((frame.as_u64() * 4096) as *const u64).read() };
+        check!(
+            stored == frame.as_u64(),
+            "page contents overwritten",
+            frame,
+            stored
+        );
+    }
+    for frame in frames {
+        check!(
+            memory::free_page(frame).is_ok(),
+            "freeing a page failed",
+            frame
+        );
+    }
+    let free_after = free_pages();
+    check!(
+        free_after == free_before,
+        "free page count not restored",
+        free_before,
+        free_after
+    );
+    Ok(())
+}
+
+fn page_double_free_is_refused(_: &ArchInfo) -> TestResult {
+    let range = memory::alloc_pages(4);
+    check!(range.is_ok(), "allocating 4 pages failed");
+    let Ok(range) = range else { return Ok(()) };
+    check!(memory::free_pages(range).is_ok(), "first free failed");
+    let second = memory::free_pages(range);
+    check!(second.is_err(), "double free accepted", second);
+    Ok(())
+}
+
+fn contiguous_page_runs(_: &ArchInfo) -> TestResult {
+    for count in [1u64, 3, 16, 512, 4096] {
+        let range = memory::alloc_pages(count);
+        check!(range.is_ok(), "run allocation failed", count);
+        let Ok(range) = range else { return Ok(()) };
+        check!(range.count == count, "wrong run length", count, range.count);
+        let start = range.start.as_u64() * 4096;
+        let end = start + count * 4096;
+        // SAFETY: the run is ours, RAM, identity-mapped read-write.
+        unsafe {
+            (start as *mut u8).write(0xa5);
+            ((end - 1) as *mut u8).write(0x5a);
+        }
+        check!(memory::free_pages(range).is_ok(), "run free failed", count);
+    }
+    Ok(())
+}
+
+fn heap_collections_work(_: &ArchInfo) -> TestResult {
+    use alloc::collections::BTreeMap;
+    use alloc::string::String;
+    let before = memory::heap_stats();
+    {
+        let numbers: alloc::vec::Vec<u64> = (0..200_000).collect();
+        let sum: u64 = numbers.iter().sum();
+        check!(sum == 199_999 * 200_000 / 2, "vector sum wrong", sum);
+        let mut map = BTreeMap::new();
+        for key in 0..5_000u32 {
+            map.insert(
+                key.wrapping_mul(2_654_435_761),
+                alloc::format!("value {key}"),
+            );
+        }
+        check!(map.len() == 5_000, "map lost entries", map.len());
+        let boxed = alloc::boxed::Box::new([7u8; 3000]);
+        check!(boxed.iter().all(|&byte| byte == 7), "box contents wrong");
+        let mut text = String::new();
+        for _ in 0..1000 {
+            text.push_str("keel ");
+        }
+        check!(text.len() == 5000, "string length wrong", text.len());
+    }
+    let after = memory::heap_stats();
+    check!(
+        after.live_allocations == before.live_allocations
+            && after.bytes_in_use == before.bytes_in_use,
+        "heap leaked",
+        before,
+        after
+    );
+    Ok(())
+}
+
+fn heap_large_and_aligned_allocations(_: &ArchInfo) -> TestResult {
+    use core::alloc::Layout;
+    for (size, align) in [(4 << 20, 8), (100, 4096), (5000, 65536), (1, 1), (24, 16)] {
+        let layout = Layout::from_size_align(size, align);
+        check!(layout.is_ok(), "bad layout", size, align);
+        let Ok(layout) = layout else { return Ok(()) };
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { alloc::alloc::alloc(layout) };
+        check!(!pointer.is_null(), "allocation failed", size, align);
+        check!(
+            pointer as usize % align == 0,
+            "misaligned",
+            size,
+            align,
+            pointer
+        );
+        // SAFETY: the block is ours for `size` bytes.
+        unsafe {
+            pointer.write(1);
+            pointer.add(size - 1).write(2);
+            alloc::alloc::dealloc(pointer, layout);
+        }
+    }
+    Ok(())
+}
+
+fn acpi_lists_the_cpus(info: &ArchInfo) -> TestResult {
+    let platform = info.platform.as_ref();
+    check!(platform.is_ok(), "ACPI MADT unreadable", platform.err());
+    let Ok(platform) = platform else {
+        return Ok(());
+    };
+    check!(
+        platform.apic_ids().contains(&info.apic.id),
+        "boot CPU's APIC id not in the MADT",
+        info.apic.id,
+        platform.apic_ids()
+    );
+    // The host passes the -smp count it gave QEMU, so the count is checked, not assumed.
+    if let Some(expected) = info.boot.command_line_value("ktest.expect_cpus") {
+        let expected: Option<usize> = expected.parse().ok();
+        check!(
+            expected == Some(platform.cpu_count()),
+            "MADT CPU count differs from -smp",
+            expected,
+            platform.cpu_count()
+        );
+    }
+    Ok(())
 }

@@ -7,11 +7,14 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 #[cfg(not(feature = "ktest"))]
 mod app;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod mem;
+mod memory;
 
 use core::fmt::Write;
 use keel_arch_x86_64::cpu::{self, ExitCode};
@@ -21,8 +24,16 @@ use keel_arch_x86_64::{ArchInfo, backtrace, kprintln, serial, time};
 /// tables, the clock and the APIC are up.
 #[unsafe(no_mangle)]
 pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
+    let memory_start = time::read_tsc();
+    let memory = match memory::init(info) {
+        Ok(report) => report,
+        Err(error) => {
+            kprintln!("KEEL FATAL: cannot set up memory: {error}");
+            cpu::exit(ExitCode::Failure)
+        }
+    };
     let main_tsc = time::read_tsc();
-    print_banner(info, main_tsc);
+    print_banner(info, &memory, memory_start, main_tsc);
     #[cfg(feature = "ktest")]
     ktest::run(info);
     #[cfg(not(feature = "ktest"))]
@@ -32,14 +43,18 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
     }
 }
 
-fn print_banner(info: &ArchInfo, main_tsc: u64) {
+fn print_banner(info: &ArchInfo, memory: &memory::MemoryReport, memory_start: u64, main_tsc: u64) {
     let mut brand_buffer = [0u8; 48];
     let brand = cpu::brand(&mut brand_buffer);
     let boot_micros = time::nanos_since_entry(main_tsc) / 1_000;
     kprintln!("");
     kprintln!("Keel {} - a research unikernel", env!("CARGO_PKG_VERSION"));
+    let cpus = match &info.platform {
+        Ok(platform) => alloc::format!("1 of {} online", platform.cpu_count()),
+        Err(error) => alloc::format!("1 online (ACPI MADT unreadable: {error:?})"),
+    };
     kprintln!(
-        "  cpus:   1 online ({brand}, TSC {}.{:03} GHz via {:?}, AVX {})",
+        "  cpus:   {cpus} ({brand}, TSC {}.{:03} GHz via {:?}, AVX {})",
         info.tsc.hertz / 1_000_000_000,
         info.tsc.hertz / 1_000_000 % 1000,
         info.tsc.source,
@@ -51,6 +66,11 @@ fn print_banner(info: &ArchInfo, main_tsc: u64) {
         info.boot.memory_regions().len(),
         info.layout.start,
         info.layout.end
+    );
+    kprintln!(
+        "  pages:  {} MiB free for allocation ({} KiB of page metadata)",
+        memory.free_pages * 4096 / (1024 * 1024),
+        memory.metadata_bytes / 1024
     );
     kprintln!(
         "  paging: {} MiB in 2 MiB pages, {} KiB in 4 KiB pages, {} table frames",
@@ -65,6 +85,16 @@ fn print_banner(info: &ArchInfo, main_tsc: u64) {
         info.apic.timer_hertz / 1000
     );
     kprintln!("  cmdline: {:?}", info.boot.command_line());
+    let phase = |from: u64, to: u64| time::ticks_to_nanos(to.saturating_sub(from)) / 1000;
+    let phases = &info.phases;
+    kprintln!(
+        "boot: early {} us, TSC calibration {} us, paging {} us, APIC {} us, memory {} us",
+        phase(info.tsc_at_entry, phases.early),
+        phase(phases.early, phases.tsc_calibrated),
+        phase(phases.tsc_calibrated, phases.paging),
+        phase(phases.paging, phases.apic),
+        phase(memory_start, main_tsc)
+    );
     kprintln!("boot: entry to main {boot_micros} us");
 }
 

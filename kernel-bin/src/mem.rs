@@ -88,3 +88,10 @@ pub unsafe extern "C" fn bcmp(left: *const u8, right: *const u8, count: usize) -
 /// Referenced by the prebuilt `core`; never called with `panic = "abort"`.
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
+
+/// Referenced by the prebuilt `alloc` (built with unwinding). With `panic = "abort"`
+/// nothing unwinds, so reaching it is a kernel bug: report and stop.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume(_exception: *mut u8) -> ! {
+    panic!("_Unwind_Resume called, but the kernel is built with panic = \"abort\"")
+}

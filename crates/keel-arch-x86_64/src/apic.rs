@@ -132,7 +132,7 @@ pub fn init() -> ApicInfo {
 }
 
 fn calibrate_timer() -> u64 {
-    const WINDOW_NANOS: u64 = 10_000_000;
+    const WINDOW_NANOS: u64 = 4_000_000;
     write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, u32::MAX);
     time::busy_wait_nanos(WINDOW_NANOS);

@@ -26,6 +26,7 @@ pub mod gdt;
 pub mod interrupts;
 pub mod logger;
 pub mod paging;
+pub mod platform;
 pub mod serial;
 pub mod time;
 
@@ -46,10 +47,27 @@ pub struct ArchInfo {
     pub paging: paging::PagingReport,
     /// The local APIC.
     pub apic: apic::ApicInfo,
+    /// CPUs and I/O APIC from the ACPI MADT, or why they could not be read.
+    pub platform: Result<platform::Platform, acpi::AcpiError>,
     /// The kernel image layout.
     pub layout: paging::KernelLayout,
     /// TSC at the PVH entry.
     pub tsc_at_entry: u64,
+    /// TSC when each boot phase ended, to show where boot time goes.
+    pub phases: BootPhases,
+}
+
+/// TSC values at the end of each boot phase of the architecture layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootPhases {
+    /// Console, CPU state, GDT/IDT and start info ready.
+    pub early: u64,
+    /// TSC calibrated.
+    pub tsc_calibrated: u64,
+    /// Page tables built and active.
+    pub paging: u64,
+    /// Local APIC enabled and its timer calibrated.
+    pub apic: u64,
 }
 
 unsafe extern "Rust" {
@@ -120,23 +138,33 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
             None => log::warn!("unknown log level {level:?} on the command line; using info"),
         }
     }
+    let mut phases = BootPhases {
+        early: time::read_tsc(),
+        ..BootPhases::default()
+    };
     let tsc = time::calibrate();
+    phases.tsc_calibrated = time::read_tsc();
     let apic_base = apic::mmio_base_from_msr();
     // SAFETY: boot CPU, interrupts disabled, boot identity map active, first call.
     let paging = match unsafe { paging::init(&boot, apic_base) } {
         Ok(report) => report,
         Err(error) => boot_failure("cannot build page tables", &error),
     };
+    phases.paging = time::read_tsc();
     let apic = apic::init();
+    phases.apic = time::read_tsc();
+    let platform = platform::discover(boot.rsdp);
     let info = ArchInfo {
         boot,
         tsc,
         extended_state,
         paging,
         apic,
+        platform,
         layout: paging::KernelLayout::current(),
         // SAFETY: written by the boot code before any Rust code ran.
         tsc_at_entry: unsafe { core::ptr::read_volatile(&raw const boot::keel_boot_tsc_at_entry) },
+        phases,
     };
     // SAFETY: single writer, before any reader; the reference handed out is shared.
     let info: &'static ArchInfo = unsafe { (*ARCH_INFO.0.get()).write(info) };

@@ -1,7 +1,8 @@
 //! The TSC and the monotonic nanosecond clock.
 //!
-//! The TSC frequency is measured against the legacy PIT (channel 2, gated through port
-//! 0x61): three 10 ms windows, median taken, result sanity-checked. The PIT is present
+//! The TSC frequency is measured against the legacy PIT (channel 0, polled through the
+//! counter latch): three windows of [`PIT_WINDOW_MILLIS`] ms, median taken, accepted only when
+//! the three agree within 2%. The PIT is present
 //! on both `q35` and `microvm` and, unlike CPUID leaves 0x15/0x16, measures the rate at
 //! which this (possibly emulated) TSC really ticks: under QEMU's TCG the guest TSC
 //! follows the host's, whatever CPUID claims. CPUID 0x15, 0x16 and the hypervisor leaf
@@ -46,6 +47,8 @@ pub struct TscCalibration {
 }
 
 const PIT_HERTZ: u64 = 1_193_182;
+/// Length of one PIT calibration window.
+pub const PIT_WINDOW_MILLIS: u64 = 5;
 const MIN_PLAUSIBLE_HERTZ: u64 = 100_000_000;
 const MAX_PLAUSIBLE_HERTZ: u64 = 20_000_000_000;
 
@@ -59,32 +62,60 @@ fn tsc_at_entry() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const crate::boot::keel_boot_tsc_at_entry) }
 }
 
-/// Measures the TSC over one PIT window of `millis` milliseconds; `None` when the PIT
-/// does not count (no PIT, or it never signals the end of the window).
-fn measure_against_pit(millis: u64) -> Option<u64> {
-    let latch = PIT_HERTZ * millis / 1000;
-    let mut gate: Port<u8> = Port::new(0x61);
+/// Reads PIT channel 0's current count (latched, so the two bytes belong together).
+fn read_pit_channel0() -> u16 {
     let mut command: Port<u8> = Port::new(0x43);
-    let mut channel2: Port<u8> = Port::new(0x42);
-    // SAFETY: ports 0x61/0x43/0x42 are the PC speaker gate and PIT channel 2, used by
-    // nothing else in Keel. The sequence: gate on, speaker off; channel 2, lobyte/hibyte,
-    // mode 0 (interrupt on terminal count); load the count, which starts the window.
-    let start = unsafe {
-        let value = gate.read();
-        gate.write((value & !0x02) | 0x01);
-        command.write(0b1011_0000);
-        channel2.write((latch & 0xff) as u8);
-        channel2.write((latch >> 8) as u8);
-        read_tsc()
-    };
-    for _ in 0..50_000_000u64 {
-        // SAFETY: reading port 0x61 has no side effect; bit 5 is PIT channel 2's output.
-        if unsafe { gate.read() } & 0x20 != 0 {
-            let ticks = read_tsc() - start;
-            return Some(ticks * 1000 / millis);
-        }
+    let mut channel0: Port<u8> = Port::new(0x40);
+    // SAFETY: the latch command (channel 0, counter latch) followed by reading the low
+    // and high byte is the architected way to read the counter; Keel owns the PIT.
+    unsafe {
+        command.write(0b0000_0000);
+        let low = channel0.read();
+        let high = channel0.read();
+        u16::from_le_bytes([low, high])
     }
-    None
+}
+
+/// Measures the TSC over about `millis` milliseconds of PIT channel 0 ticks; `None`
+/// when the PIT does not count.
+///
+/// Channel 0 runs in mode 2 (rate generator) from 65535 and is polled through the
+/// counter-latch command, summing the ticks between polls (a window is far shorter than
+/// the 55 ms wrap period). Unlike the usual channel-2 method, this needs no port 0x61
+/// gate, which QEMU's `microvm` lacks (it reads as 0xff there). Interrupts are off, so
+/// channel 0's IRQ 0 is never delivered.
+fn measure_against_pit(millis: u64) -> Option<u64> {
+    let target_ticks = PIT_HERTZ * millis / 1000;
+    let mut command: Port<u8> = Port::new(0x43);
+    let mut channel0: Port<u8> = Port::new(0x40);
+    // SAFETY: channel 0, lobyte/hibyte access, mode 2, binary; reload value 0xffff.
+    // Keel owns the PIT; nothing else programs it.
+    unsafe {
+        command.write(0b0011_0100);
+        channel0.write(0xff);
+        channel0.write(0xff);
+    }
+    let mut previous = read_pit_channel0();
+    let start_tsc = read_tsc();
+    let mut elapsed: u64 = 0;
+    let mut unchanged_polls: u64 = 0;
+    while elapsed < target_ticks {
+        let current = read_pit_channel0();
+        let delta = u64::from(previous.wrapping_sub(current));
+        if delta == 0 {
+            unchanged_polls += 1;
+            // A PIT that never moves (absent device) must not hang the boot.
+            if unchanged_polls > 5_000_000 {
+                return None;
+            }
+            continue;
+        }
+        unchanged_polls = 0;
+        elapsed += delta;
+        previous = current;
+    }
+    let ticks = read_tsc() - start_tsc;
+    Some((u128::from(ticks) * u128::from(PIT_HERTZ) / u128::from(elapsed)) as u64)
 }
 
 fn plausible(hertz: u64) -> bool {
@@ -120,7 +151,7 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
 pub fn calibrate() -> TscCalibration {
     let mut samples = [0u64; 3];
     for sample in samples.iter_mut() {
-        *sample = measure_against_pit(10).unwrap_or(0);
+        *sample = measure_against_pit(PIT_WINDOW_MILLIS).unwrap_or(0);
     }
     let mut sorted = samples;
     sorted.sort_unstable();

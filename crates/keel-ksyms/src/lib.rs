@@ -255,12 +255,11 @@ impl<'b> SymbolTableWriter<'b> {
         let at = HEADER_LEN + self.count * ENTRY_LEN;
         self.buffer[at..at + 8].copy_from_slice(&address.to_le_bytes());
         self.buffer[at + 8..at + 12].copy_from_slice(&size.to_le_bytes());
-        let name_offset = u32::try_from(self.strings_len).map_err(|_| {
-            SymbolTableError::BufferTooSmall {
+        let name_offset =
+            u32::try_from(self.strings_len).map_err(|_| SymbolTableError::BufferTooSmall {
                 needed: name_end,
                 available: self.buffer.len(),
-            }
-        })?;
+            })?;
         self.buffer[at + 12..at + 16].copy_from_slice(&name_offset.to_le_bytes());
         self.strings_len += name.len() + 1;
         self.count += 1;
@@ -302,7 +301,11 @@ mod tests {
 
     #[test]
     fn lookup_finds_containing_function() {
-        let bytes = build(&[(0x1000, 0x10, "a"), (0x1010, 0x20, "b::c"), (0x2000, 0, "d")]);
+        let bytes = build(&[
+            (0x1000, 0x10, "a"),
+            (0x1010, 0x20, "b::c"),
+            (0x2000, 0, "d"),
+        ]);
         let table = SymbolTable::parse(&bytes).unwrap();
         assert_eq!(table.len(), 3);
         assert_eq!(table.lookup(0x1000).unwrap().name, "a");
@@ -311,7 +314,11 @@ mod tests {
         assert_eq!((b.name, b.offset_of(0x1015)), ("b::c", 5));
         assert_eq!(table.lookup(0x1030), None, "past b's end, before d");
         assert_eq!(table.lookup(0xfff), None, "below the first symbol");
-        assert_eq!(table.lookup(0x9999).unwrap().name, "d", "unknown size extends");
+        assert_eq!(
+            table.lookup(0x9999).unwrap().name,
+            "d",
+            "unknown size extends"
+        );
     }
 
     #[test]
@@ -347,7 +354,11 @@ mod tests {
         let mut writer = SymbolTableWriter::new(&mut buffer, 2).unwrap();
         writer.push(0x2000, 1, "x").unwrap();
         assert_eq!(writer.push(0x1000, 1, "y"), Err(SymbolTableError::Unsorted));
-        assert!(writer.push(0x3000, 1, "a-very-long-name-that-cannot-fit").is_err());
+        assert!(
+            writer
+                .push(0x3000, 1, "a-very-long-name-that-cannot-fit")
+                .is_err()
+        );
         assert!(SymbolTableWriter::new(&mut [0u8; 8], 1).is_err());
     }
 }

@@ -174,8 +174,8 @@ fn guest_stage() -> Result<Stage, String> {
     })?;
     let suites = [
         ("q35", Machine::Q35, 1, "256M"),
-        ("q35-1G", Machine::Q35, 1, "1G"),
-        ("microvm", Machine::Microvm, 1, "256M"),
+        ("q35-smp3-1G", Machine::Q35, 3, "1G"),
+        ("microvm-smp2", Machine::Microvm, 2, "256M"),
     ];
     for (label, machine, smp, memory) in suites {
         eprintln!("xtask: booting the in-guest test suite on {label}");
@@ -183,6 +183,7 @@ fn guest_stage() -> Result<Stage, String> {
             machine,
             smp,
             memory: memory.into(),
+            append: vec![format!("ktest.expect_cpus={smp}")],
             ..QemuOptions::default()
         };
         let outcome = qemu::boot_captured(&image, &options, SUITE_LIMIT, Some("  | "))?;

@@ -1,0 +1,183 @@
+//! Keel's page allocator beside `buddy_system_allocator::FrameAllocator`, in the same
+//! run, over the same 1 GiB (262 144 pages) with the same fragmenting prefill.
+//!
+//! Groups are `pagealloc/<case>`; inside each, `keel` is ours and
+//! `buddy_system_allocator` the peer.
+//!
+//! - `pagealloc/single-page`: allocate and free one page. Ours goes through a
+//!   `PerCpuPageCache` over the `BuddyAllocator` (the kernel's single-page path); the
+//!   peer has no cache, so it is `alloc(1)` + `dealloc`.
+//! - `pagealloc/single-page-burst-64`: allocate 64 single pages, then free them, so
+//!   ours crosses the cache's refill and drain batches to the buddy allocator.
+//! - `pagealloc/run-2^k`, k in {0, 4, 9}: allocate and free one block of `2^k` pages
+//!   straight from the buddy allocators (`alloc(k)` / `alloc(1 << k)`).
+//!
+//! Run with `cargo bench -p keel-benches --bench pagealloc`.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use buddy_system_allocator::FrameAllocator;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use keel_pagealloc::{BuddyAllocator, PageFrameNumber, PageMeta, PageRange, PerCpuPageCache};
+
+/// 1 GiB of 4 KiB pages.
+const PAGES: usize = 262_144;
+/// First frame of the managed memory (the low 1 MiB is left out, as on a PC).
+const BASE: u64 = 256;
+
+type PeerAllocator = FrameAllocator<32>;
+
+/// The prefill both allocators get: a deterministic mix of single pages and small
+/// runs, all allocated, then every other one freed, so the free lists hold many
+/// fragments and the large blocks are split. Returns (order, freed again) pairs.
+fn prefill_plan() -> Vec<(u32, bool)> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..6000)
+        .map(|step| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let order = match state % 8 {
+                0..=4 => 0,
+                5 | 6 => 2,
+                _ => 5,
+            };
+            (order, step % 2 == 1)
+        })
+        .collect()
+}
+
+fn keel_allocator(metadata: &mut [PageMeta]) -> BuddyAllocator<'_> {
+    let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber(0));
+    allocator
+        .add_free_range(PageRange::new(PageFrameNumber(BASE), PAGES as u64 - BASE))
+        .expect("add memory");
+    let plan = prefill_plan();
+    let blocks: Vec<_> = plan
+        .iter()
+        .map(|&(order, _)| allocator.alloc(order).expect("prefill"))
+        .collect();
+    for (&(order, frees), &block) in plan.iter().zip(&blocks) {
+        if frees {
+            allocator.free(block, order).expect("prefill free");
+        }
+    }
+    allocator
+}
+
+fn peer_allocator() -> PeerAllocator {
+    let mut allocator = PeerAllocator::new();
+    allocator.add_frame(BASE as usize, PAGES);
+    let plan = prefill_plan();
+    let blocks: Vec<_> = plan
+        .iter()
+        .map(|&(order, _)| allocator.alloc(1 << order).expect("prefill"))
+        .collect();
+    for (&(order, frees), &block) in plan.iter().zip(&blocks) {
+        if frees {
+            allocator.dealloc(block, 1 << order);
+        }
+    }
+    allocator
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+}
+
+fn single_page(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("pagealloc/single-page");
+    configure(&mut group);
+
+    let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+    let mut global = keel_allocator(&mut metadata);
+    let mut cache = PerCpuPageCache::<64>::new();
+    group.bench_function("keel", |bencher| {
+        bencher.iter(|| {
+            let page = cache.alloc(&mut global).expect("page");
+            cache.free(black_box(page), &mut global).expect("free page");
+        });
+    });
+    cache.drain_all(&mut global);
+    assert_eq!(global.rejected_free_count(), 0);
+
+    let mut peer = peer_allocator();
+    group.bench_function("buddy_system_allocator", |bencher| {
+        bencher.iter(|| {
+            let page = peer.alloc(1).expect("page");
+            peer.dealloc(black_box(page), 1);
+        });
+    });
+    group.finish();
+}
+
+fn single_page_burst(criterion: &mut Criterion) {
+    const BURST: usize = 64;
+    let mut group = criterion.benchmark_group("pagealloc/single-page-burst-64");
+    configure(&mut group);
+
+    let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+    let mut global = keel_allocator(&mut metadata);
+    let mut cache = PerCpuPageCache::<64>::new();
+    let mut pages = [PageFrameNumber(0); BURST];
+    group.bench_function("keel", |bencher| {
+        bencher.iter(|| {
+            for page in &mut pages {
+                *page = cache.alloc(&mut global).expect("page");
+            }
+            for &page in black_box(&pages) {
+                cache.free(page, &mut global).expect("free page");
+            }
+        });
+    });
+    cache.drain_all(&mut global);
+    assert_eq!(global.rejected_free_count(), 0);
+
+    let mut peer = peer_allocator();
+    let mut frames = [0usize; BURST];
+    group.bench_function("buddy_system_allocator", |bencher| {
+        bencher.iter(|| {
+            for frame in &mut frames {
+                *frame = peer.alloc(1).expect("page");
+            }
+            for &frame in black_box(&frames) {
+                peer.dealloc(frame, 1);
+            }
+        });
+    });
+    group.finish();
+}
+
+fn runs(criterion: &mut Criterion) {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+    let mut ours = keel_allocator(&mut metadata);
+    let mut peer = peer_allocator();
+    for order in [0u32, 4, 9] {
+        let mut group = criterion.benchmark_group(format!("pagealloc/run-2^{order}"));
+        configure(&mut group);
+        group.bench_function("keel", |bencher| {
+            bencher.iter(|| {
+                let block = ours.alloc(black_box(order)).expect("block");
+                ours.free(black_box(block), order).expect("free block");
+            });
+        });
+        let count = 1usize << order;
+        group.bench_function("buddy_system_allocator", |bencher| {
+            bencher.iter(|| {
+                let block = peer.alloc(black_box(count)).expect("block");
+                peer.dealloc(black_box(block), count);
+            });
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, single_page, single_page_burst, runs);
+criterion_main!(benches);

@@ -1,0 +1,178 @@
+//! Keel's per-CPU thread scheduler, after OSv's (`core/sched.cc`), generic over the
+//! machine.
+//!
+//! **Design.** A [`Scheduler`] is an instance (no global state): one [`Arch`]
+//! implementation, one policy instance and run queue per CPU, and the CPUs' wake-up
+//! queues. Each CPU calls [`Scheduler::run_cpu`], which turns the calling context
+//! into that CPU's idle loop. Threads ([`Scheduler::spawn`]) have their own stacks
+//! and are switched by this crate's x86-64 assembly (callee-saved registers, stack
+//! pointer, MXCSR and the x87 control word), directly from thread to thread; the idle
+//! loop runs only when nothing is runnable.
+//!
+//! - **Per-CPU run queues** are touched only by their own CPU, with interrupts
+//!   masked. Other CPUs (and host threads) hand threads over through the target's
+//!   lock-free [`wakeup::WakeQueue`] (one MPSC queue per target CPU, whose head word
+//!   also holds the target's "sleeping" flag), and send a wake-up (IPI) only when that
+//!   flag says the target is asleep: not when it runs threads or polls.
+//! - **Policies** ([`Policy`]) order the run queue and decide preemption.
+//!   [`FairPolicy`] (the default) is OSv's: the runnable thread with the smallest
+//!   exponentially decayed runtime (time constant `tau` = 200 ms) runs, with 2 ms of
+//!   hysteresis and a 10 µs switch penalty (OSv's constants); priorities scale the
+//!   runtime charged. [`RoundRobinPolicy`] is FIFO/round-robin for experiments.
+//! - **Tickless timers**: each CPU keeps its sleeping threads' deadlines and arms the
+//!   one-shot timer only for the next deadline or preemption point, never when idle
+//!   with nothing pending.
+//! - **Blocking**: [`Scheduler::park`] / [`Scheduler::unpark`] (a token, tolerant of
+//!   unpark-before-park, like std; what a lock-free mutex's "parker" maps onto),
+//!   [`Scheduler::sleep`], [`Scheduler::join`], [`Scheduler::yield_now`],
+//!   [`Scheduler::exit`].
+//! - **Load balancing**: at scheduling decisions, at most every
+//!   [`SchedulerConfig::balance_interval_nanos`], a CPU with at least two more
+//!   runnable threads than the least loaded one pushes one unpinned queued thread
+//!   there (through the wake-up queue). Pinned threads never migrate.
+//!
+//! **The `Arch` contract** ([`Arch`], an `unsafe trait`): current CPU id, interrupt
+//! masking guard, monotonic `now_nanos`, arm/cancel a one-shot timer, `send_wakeup`
+//! (IPI), `idle_wait` (hlt), stack allocation with a guard page, `set_thread_pointer`
+//! (FS base). See the trait for what an implementation must guarantee.
+//!
+//! **Hosted vs kernel.** The same scheduler code runs in both. With the `hosted`
+//! feature, [`hosted::HostedArch`] maps CPUs to Linux threads (wake-up = unpark of
+//! the CPU's OS thread, idle wait = park with timeout, stacks = `mmap` with a
+//! `PROT_NONE` guard page, thread pointer = no-op since std's TLS lives in FS), and
+//! [`hosted::Machine`] starts them. The one difference: a hosted CPU cannot be
+//! interrupted, so preemption happens only at scheduler entry points (`yield_now`,
+//! `park`, `sleep`, `join`, [`Scheduler::preempt_check`]); the kernel calls
+//! [`Scheduler::timer_interrupt`] from its timer interrupt instead.
+//!
+//! Threads must not unwind: a panic that escapes a thread's closure aborts.
+#![no_std]
+
+extern crate alloc;
+
+#[cfg(any(test, feature = "hosted"))]
+extern crate std;
+
+mod arch;
+mod context;
+mod math;
+pub mod policy;
+mod scheduler;
+mod thread;
+pub mod wakeup;
+
+#[cfg(all(feature = "hosted", not(loom)))]
+pub mod hosted;
+
+pub use arch::{Arch, StackMemory};
+pub use policy::{Accounting, FairParams, FairPolicy, Policy, RoundRobinPolicy};
+pub use scheduler::{Scheduler, SchedulerConfig};
+pub use thread::{JoinHandle, Thread};
+
+use core::fmt;
+
+/// The smallest stack [`Scheduler::spawn`] accepts, in bytes.
+pub const MIN_STACK_SIZE: usize = 4096;
+
+/// A CPU number, `0..cpu_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuId(pub usize);
+
+/// A thread's unique id within its scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ThreadId(pub u64);
+
+/// The factor by which a thread's runtime is charged (OSv's convention): 1 is the
+/// default, 2 makes the thread look as if it ran twice as long (it gets half the CPU
+/// share of a priority-1 thread under the fair policy).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Priority(f64);
+
+impl Priority {
+    /// The default priority, 1.
+    pub const DEFAULT: Priority = Priority(1.0);
+
+    /// A priority factor; `None` unless finite and positive.
+    pub fn new(factor: f64) -> Option<Self> {
+        (factor.is_finite() && factor > 0.0).then_some(Self(factor))
+    }
+
+    /// The factor.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How to create a thread; [`Default`] gives the scheduler's stack size, priority 1,
+/// no pinning and no thread pointer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SpawnOptions {
+    /// Stack size in bytes; `None` for [`SchedulerConfig::default_stack_size`].
+    pub stack_size: Option<usize>,
+    /// Runtime accounting factor.
+    pub priority: Priority,
+    /// Run only on this CPU (never migrated).
+    pub pin: Option<CpuId>,
+    /// Thread pointer (FS base) to install when the thread runs; 0 for none.
+    pub thread_pointer: u64,
+}
+
+impl SpawnOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the stack size.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Pins the thread to `cpu`.
+    pub fn pin(mut self, cpu: CpuId) -> Self {
+        self.pin = Some(cpu);
+        self
+    }
+
+    /// Sets the thread pointer.
+    pub fn thread_pointer(mut self, value: u64) -> Self {
+        self.thread_pointer = value;
+        self
+    }
+}
+
+/// Why a thread could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The stack could not be allocated.
+    StackAllocation,
+    /// The requested stack size is below [`MIN_STACK_SIZE`].
+    StackTooSmall(usize),
+    /// The requested CPU does not exist.
+    NoSuchCpu(CpuId),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnError::StackAllocation => f.write_str("could not allocate a thread stack"),
+            SpawnError::StackTooSmall(size) => write!(f, "stack of {size} bytes is too small"),
+            SpawnError::NoSuchCpu(cpu) => write!(f, "no CPU {}", cpu.0),
+        }
+    }
+}
+
+impl core::error::Error for SpawnError {}

@@ -1,0 +1,973 @@
+//! The scheduler instance: per-CPU state, the scheduling decision, blocking and
+//! waking, timers and the load balancer.
+
+use alloc::boxed::Box;
+use alloc::collections::BinaryHeap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::cmp::Ordering as CmpOrdering;
+use core::fmt;
+
+use keel_sync::SpinLock;
+use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, spin_loop};
+
+use crate::arch::{Arch, StackMemory};
+use crate::context::{self, switch_context};
+use crate::policy::{Accounting, FairPolicy, Policy};
+use crate::thread::{JoinHandle, Thread, ThreadInner, state};
+use crate::wakeup::{PushOutcome, WakeQueue};
+use crate::{CpuId, SpawnError, SpawnOptions, ThreadId};
+
+/// Scheduler-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Stack size of threads spawned without [`SpawnOptions::stack_size`].
+    pub default_stack_size: usize,
+    /// How often (at most) each CPU runs the load balancer, in nanoseconds; `None`
+    /// disables balancing. Balancing runs only at scheduling decisions.
+    pub balance_interval_nanos: Option<u64>,
+    /// How many times an idle CPU polls its wake-up queue before it sleeps (OSv polls
+    /// 10 000 times before halting; hosted CPUs share host cores, so keep it small).
+    pub idle_poll_iterations: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            default_stack_size: 256 * 1024,
+            balance_interval_nanos: Some(10_000_000),
+            idle_poll_iterations: 1_000,
+        }
+    }
+}
+
+/// A per-CPU scheduler instance; see the [crate docs](crate) for the design.
+///
+/// Each CPU runs [`run_cpu`](Scheduler::run_cpu); threads are created with
+/// [`spawn`](Scheduler::spawn) and use the blocking calls (`park`, `sleep`,
+/// `yield_now`, `join`, `exit`) on themselves.
+pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
+    arch: A,
+    cpus: Box<[Cpu<P>]>,
+    config: SchedulerConfig,
+    /// Source of thread ids (`Relaxed`: only uniqueness matters).
+    next_thread_id: AtomicU64,
+    /// Set once by `request_shutdown` (`Release`), read by idle CPUs (`Acquire`).
+    shutdown: AtomicBool,
+}
+
+/// One CPU: the part other CPUs may touch (atomics) and the part only it touches.
+#[repr(align(128))]
+struct Cpu<P> {
+    /// Threads woken, spawned or migrated onto this CPU by others.
+    incoming: WakeQueue<Thread>,
+    /// Runnable threads (queued plus running), published for the balancer
+    /// (`Relaxed`: a heuristic).
+    load: AtomicUsize,
+    /// Only this CPU touches it, with interrupts masked.
+    local: UnsafeCell<CpuLocal<P>>,
+}
+
+// SAFETY: `local` is only accessed by its own CPU (see `Cpu::local`), and the rest is
+// atomic or the lock-free queue; `P: Send` moves the policy with the scheduler.
+unsafe impl<P: Send> Sync for Cpu<P> {}
+
+/// State private to one CPU.
+struct CpuLocal<P> {
+    policy: P,
+    run_queue: RunQueue,
+    /// The running thread; `None` while the CPU's idle loop runs.
+    current: Option<Thread>,
+    /// The idle loop's saved stack pointer while a thread runs.
+    idle_context: usize,
+    /// The thread just switched away from, released by the next context after the
+    /// switch (its stack may be freed only once nothing runs on it).
+    switched_out: Option<Thread>,
+    timers: BinaryHeap<TimerEntry>,
+    /// When the current thread (or the idle loop) started running.
+    running_since: u64,
+    /// The deadline the one-shot timer is armed for.
+    armed_deadline: Option<u64>,
+    last_balance: u64,
+    /// The thread pointer last installed.
+    thread_pointer: u64,
+    /// Increases with every enqueue (ties in the run queue go in this order).
+    enqueue_sequence: u64,
+    timer_sequence: u64,
+}
+
+/// Run queue: sorted so that the next thread to run is last (`pop` is O(1)).
+#[derive(Default)]
+struct RunQueue {
+    entries: Vec<QueueEntry>,
+}
+
+struct QueueEntry {
+    key: f64,
+    sequence: u64,
+    thread: Thread,
+}
+
+impl RunQueue {
+    fn insert(&mut self, key: f64, sequence: u64, thread: Thread) {
+        let position = self
+            .entries
+            .partition_point(|entry| match entry.key.total_cmp(&key) {
+                CmpOrdering::Greater => true,
+                CmpOrdering::Less => false,
+                CmpOrdering::Equal => entry.sequence > sequence,
+            });
+        self.entries.insert(
+            position,
+            QueueEntry {
+                key,
+                sequence,
+                thread,
+            },
+        );
+    }
+
+    fn pop(&mut self) -> Option<Thread> {
+        self.entries.pop().map(|entry| entry.thread)
+    }
+
+    fn peek(&self) -> Option<&Thread> {
+        self.entries.last().map(|entry| &entry.thread)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// A sleeping thread's wake-up time on its CPU's timer list.
+struct TimerEntry {
+    deadline: u64,
+    sequence: u64,
+    generation: u64,
+    thread: Thread,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.deadline, other.sequence).cmp(&(self.deadline, self.sequence))
+    }
+}
+
+/// Why the scheduler is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// The current thread blocked or exited (its state is no longer `RUNNING`,
+    /// unless a wake-up already raced in).
+    Block,
+    /// The current thread yields to any other runnable thread.
+    Yield,
+    /// A preemption point: switch if the policy says so.
+    Preempt,
+    /// The idle loop looks for work.
+    Idle,
+}
+
+/// Raw accounting pointer of a thread.
+fn accounting(thread: &Thread) -> *mut Accounting {
+    thread.inner.accounting.get()
+}
+
+impl<P> Cpu<P> {
+    /// Exclusive access to this CPU's private state.
+    ///
+    /// # Safety
+    ///
+    /// The caller must run on this CPU (per [`Arch::current_cpu`]) with interrupts
+    /// masked, and no other reference obtained from this function for this CPU may be
+    /// alive while the returned one is used (in particular none may be held across a
+    /// context switch).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn local(&self) -> &mut CpuLocal<P> {
+        // SAFETY: forwarded to the caller (see `# Safety`).
+        unsafe { &mut *self.local.get() }
+    }
+}
+
+impl<A: Arch, P: Policy + Default> Scheduler<A, P> {
+    /// A scheduler for `arch.cpu_count()` CPUs, each with a default policy.
+    pub fn new(arch: A, config: SchedulerConfig) -> Self {
+        Self::with_policy(arch, config, |_| P::default())
+    }
+}
+
+impl<A: Arch, P: Policy> Scheduler<A, P> {
+    /// A scheduler whose CPU `n` uses the policy `make_policy(n)`.
+    pub fn with_policy(
+        arch: A,
+        config: SchedulerConfig,
+        mut make_policy: impl FnMut(CpuId) -> P,
+    ) -> Self {
+        let cpus = (0..arch.cpu_count())
+            .map(|index| Cpu {
+                incoming: WakeQueue::new(),
+                load: AtomicUsize::new(0),
+                local: UnsafeCell::new(CpuLocal {
+                    policy: make_policy(CpuId(index)),
+                    run_queue: RunQueue::default(),
+                    current: None,
+                    idle_context: 0,
+                    switched_out: None,
+                    timers: BinaryHeap::new(),
+                    running_since: 0,
+                    armed_deadline: None,
+                    last_balance: 0,
+                    thread_pointer: 0,
+                    enqueue_sequence: 0,
+                    timer_sequence: 0,
+                }),
+            })
+            .collect();
+        Self {
+            arch,
+            cpus,
+            config,
+            next_thread_id: AtomicU64::new(1),
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// The architecture implementation.
+    pub fn arch(&self) -> &A {
+        &self.arch
+    }
+
+    /// Number of CPUs.
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// The scheduler's settings.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Monotonic time (the arch clock), in nanoseconds.
+    pub fn now_nanos(&self) -> u64 {
+        self.arch.now_nanos()
+    }
+
+    // ----- threads -------------------------------------------------------------
+
+    /// Creates a thread running `function` and makes it runnable on `options.pin` (it
+    /// then never migrates), else on the calling CPU, else (called from outside the
+    /// scheduler's CPUs) on CPU 0. May be called from anywhere.
+    pub fn spawn<F, T>(
+        &self,
+        options: SpawnOptions,
+        function: F,
+    ) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cpu = match options.pin {
+            Some(cpu) if cpu.0 >= self.cpus.len() => return Err(SpawnError::NoSuchCpu(cpu)),
+            Some(cpu) => cpu,
+            None => self.arch.current_cpu().unwrap_or(CpuId(0)),
+        };
+        let size = options.stack_size.unwrap_or(self.config.default_stack_size);
+        if size < crate::MIN_STACK_SIZE {
+            return Err(SpawnError::StackTooSmall(size));
+        }
+        let stack = self
+            .arch
+            .allocate_stack(size)
+            .ok_or(SpawnError::StackAllocation)?;
+        if stack.size() < crate::MIN_STACK_SIZE {
+            return Err(SpawnError::StackAllocation);
+        }
+        // SAFETY: relies on (1) `StackMemory::top` being 16-byte aligned with `size()`
+        // (checked above to be at least one page) usable bytes below it; (2) the
+        // `Arch` contract that the stack memory is ours alone.
+        let stack_pointer = unsafe { context::prepare_stack(stack.top(), thread_start::<A, P>) };
+        let result = Arc::new(SpinLock::new(None));
+        let result_slot = Arc::clone(&result);
+        let entry: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let value = function();
+            *result_slot.lock() = Some(value);
+        });
+        let thread = Thread {
+            inner: Arc::new(ThreadInner {
+                id: ThreadId(self.next_thread_id.fetch_add(1, Ordering::Relaxed)),
+                state: AtomicU32::new(state::WAKING),
+                token: AtomicBool::new(false),
+                home_cpu: AtomicUsize::new(cpu.0),
+                pinned: options.pin.is_some(),
+                sleep_generation: AtomicU64::new(0),
+                context: UnsafeCell::new(stack_pointer),
+                accounting: UnsafeCell::new(Accounting::new(options.priority)),
+                entry: UnsafeCell::new(Some(entry)),
+                joiner: SpinLock::new(None),
+                thread_pointer: options.thread_pointer,
+                _stack: Box::new(stack),
+            }),
+        };
+        self.deliver(thread.clone());
+        Ok(JoinHandle { thread, result })
+    }
+
+    /// Waits (blocking the calling thread) until `handle`'s thread finishes; returns
+    /// its result, or `None` if it ended through [`exit`](Scheduler::exit). Must be
+    /// called from a thread of this scheduler.
+    pub fn join<T>(&self, handle: JoinHandle<T>) -> Option<T> {
+        let target = &handle.thread.inner;
+        if target.state.load(Ordering::Acquire) != state::TERMINATED {
+            let me = self
+                .current()
+                .expect("join called outside a scheduler thread");
+            *target.joiner.lock() = Some(me);
+            self.with_current(|me| {
+                while target.state.load(Ordering::Acquire) != state::TERMINATED {
+                    self.block_current(me, || {
+                        target.state.load(Ordering::SeqCst) == state::TERMINATED
+                    });
+                }
+            });
+        }
+        handle.result.lock().take()
+    }
+
+    /// The calling thread, or `None` outside the scheduler's threads.
+    pub fn current(&self) -> Option<Thread> {
+        let cpu = self.arch.current_cpu()?;
+        let _interrupts = self.arch.mask_interrupts();
+        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+        let local = unsafe { self.cpus[cpu.0].local() };
+        local.current.clone()
+    }
+
+    /// Gives the CPU to another runnable thread, if any (the caller is requeued).
+    pub fn yield_now(&self) {
+        let _interrupts = self.arch.mask_interrupts();
+        self.schedule(Entry::Yield);
+    }
+
+    /// A preemption point: lets the policy switch to a more deserving thread (for
+    /// example when the current one used up its time slice). Hosted code calls it in
+    /// long loops; in the kernel the timer interrupt does it (see
+    /// [`timer_interrupt`](Scheduler::timer_interrupt)).
+    pub fn preempt_check(&self) {
+        if self.arch.current_cpu().is_none() {
+            return;
+        }
+        let _interrupts = self.arch.mask_interrupts();
+        self.schedule(Entry::Preempt);
+    }
+
+    /// Kernel only: called by the one-shot timer's interrupt handler on its CPU, at a
+    /// point where switching threads is allowed (the end of the handler). Fires
+    /// expired sleep timers and preempts the current thread if the policy says so.
+    pub fn timer_interrupt(&self) {
+        let Some(cpu) = self.arch.current_cpu() else {
+            return;
+        };
+        let _interrupts = self.arch.mask_interrupts();
+        {
+            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+            let local = unsafe { self.cpus[cpu.0].local() };
+            local.armed_deadline = None;
+        }
+        self.schedule(Entry::Preempt);
+    }
+
+    /// Blocks the calling thread until its park token is available, then consumes
+    /// it. [`unpark`](Scheduler::unpark) makes the token available (once: tokens do
+    /// not accumulate), so an unpark before the park makes it return at once, as with
+    /// `std::thread::park`. Unlike std, it never returns spuriously.
+    pub fn park(&self) {
+        self.with_current(|me| {
+            loop {
+                if me.token.swap(false, Ordering::Acquire) {
+                    return;
+                }
+                self.block_current(me, || me.token.load(Ordering::SeqCst));
+            }
+        });
+    }
+
+    /// Makes `thread`'s park token available and wakes it if it is parked. May be
+    /// called from anywhere (any CPU, an interrupt handler, a host thread).
+    pub fn unpark(&self, thread: &Thread) {
+        thread.inner.token.store(true, Ordering::SeqCst);
+        self.wake(thread);
+    }
+
+    /// Blocks the calling thread for at least `nanos` nanoseconds.
+    pub fn sleep(&self, nanos: u64) {
+        self.sleep_until(self.arch.now_nanos().saturating_add(nanos));
+    }
+
+    /// Blocks the calling thread until the arch clock reads at least `deadline_nanos`.
+    /// The wake-up is a timer on the thread's CPU; the park token is left untouched.
+    pub fn sleep_until(&self, deadline_nanos: u64) {
+        if self.arch.now_nanos() >= deadline_nanos {
+            return;
+        }
+        self.with_current(|me| {
+            let generation = me.sleep_generation.load(Ordering::Relaxed);
+            {
+                let cpu = self.current_cpu();
+                let _interrupts = self.arch.mask_interrupts();
+                // SAFETY: we run on `cpu` with interrupts masked and hold no other
+                // reference.
+                let local = unsafe { self.cpus[cpu.0].local() };
+                let thread = local.current.clone().expect("sleep outside a thread");
+                local.timer_sequence += 1;
+                local.timers.push(TimerEntry {
+                    deadline: deadline_nanos,
+                    sequence: local.timer_sequence,
+                    generation,
+                    thread,
+                });
+            }
+            while self.arch.now_nanos() < deadline_nanos {
+                self.block_current(me, || self.arch.now_nanos() >= deadline_nanos);
+            }
+            me.sleep_generation.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Ends the calling thread (its closure's remaining frames are not unwound, so
+    /// their destructors do not run); its joiner gets `None`.
+    pub fn exit(&self) -> ! {
+        self.exit_current()
+    }
+
+    /// Asks every CPU's [`run_cpu`](Scheduler::run_cpu) to return once it has no
+    /// runnable thread left. Threads still blocked then are never resumed.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for cpu in 0..self.cpus.len() {
+            self.arch.send_wakeup(CpuId(cpu));
+        }
+    }
+
+    /// Number of runnable threads (queued plus running) of each CPU, as last published.
+    pub fn loads(&self) -> Vec<usize> {
+        self.cpus
+            .iter()
+            .map(|cpu| cpu.load.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    // ----- the CPU loop ----------------------------------------------------------
+
+    /// Runs CPU `cpu`: the calling context becomes its idle loop, which runs threads
+    /// until none is runnable, then polls its wake-up queue, then waits for a wake-up
+    /// or its timer. Returns after [`request_shutdown`](Scheduler::request_shutdown)
+    /// once the CPU has nothing runnable. Call it once per CPU, on that CPU.
+    pub fn run_cpu(&self, cpu: CpuId) {
+        self.arch.cpu_online(cpu);
+        assert_eq!(
+            self.arch.current_cpu(),
+            Some(cpu),
+            "Arch::cpu_online broke current_cpu"
+        );
+        let this = &self.cpus[cpu.0];
+        {
+            let _interrupts = self.arch.mask_interrupts();
+            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+            let local = unsafe { this.local() };
+            local.running_since = self.arch.now_nanos();
+            local.last_balance = local.running_since;
+        }
+        loop {
+            {
+                let _interrupts = self.arch.mask_interrupts();
+                self.schedule(Entry::Idle);
+            }
+            if self.shutdown.load(Ordering::Acquire) && !this.incoming.has_pending() {
+                break;
+            }
+            let mut polls = 0;
+            while polls < self.config.idle_poll_iterations && !this.incoming.has_pending() {
+                spin_loop();
+                polls += 1;
+            }
+            if this.incoming.has_pending() {
+                continue;
+            }
+            let deadline = {
+                let _interrupts = self.arch.mask_interrupts();
+                // SAFETY: we run on `cpu` with interrupts masked and hold no other
+                // reference.
+                let local = unsafe { this.local() };
+                local.timers.peek().map(|timer| timer.deadline)
+            };
+            if deadline.is_some_and(|deadline| deadline <= self.arch.now_nanos()) {
+                continue;
+            }
+            if this.incoming.try_sleep() && !self.shutdown.load(Ordering::Acquire) {
+                self.arch.idle_wait(cpu, deadline);
+            }
+            // Clears the sleeping flag; what it took is enqueued by the next decision.
+            self.absorb(cpu, this.incoming.drain());
+        }
+    }
+
+    // ----- internals -------------------------------------------------------------
+
+    /// The current CPU; panics outside the scheduler's CPUs.
+    fn current_cpu(&self) -> CpuId {
+        self.arch
+            .current_cpu()
+            .expect("called outside the scheduler's CPUs")
+    }
+
+    /// Calls `body` with the running thread's record.
+    fn with_current<R>(&self, body: impl FnOnce(&ThreadInner) -> R) -> R {
+        let inner: *const ThreadInner = {
+            let cpu = self.current_cpu();
+            let _interrupts = self.arch.mask_interrupts();
+            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+            let local = unsafe { self.cpus[cpu.0].local() };
+            let current = local
+                .current
+                .as_ref()
+                .expect("called outside a scheduler thread");
+            Arc::as_ptr(&current.inner)
+        };
+        // SAFETY: relies on (1) the scheduler holding a strong reference to a thread
+        // from the moment it becomes some CPU's current thread until after the switch
+        // away from it (`current`, then `switched_out` or the run queue); (2) a thread
+        // only running again if someone held a strong reference to wake it, and then
+        // becoming current again. So whenever code of `body` runs (on this thread),
+        // the record is alive; if the last reference goes while the thread is
+        // switched out, `body` never resumes.
+        body(unsafe { &*inner })
+    }
+
+    /// Blocks the current thread (`me`) until a wake-up, unless `ready()` holds after
+    /// it is marked waiting. Spurious returns are possible; callers loop.
+    fn block_current(&self, me: &ThreadInner, ready: impl Fn() -> bool) {
+        let _interrupts = self.arch.mask_interrupts();
+        // SeqCst store, then the re-check: pairs with a waker's "publish condition
+        // (SeqCst), then CAS WAITING -> WAKING (SeqCst)": either we see its condition,
+        // or its CAS sees WAITING and it delivers us.
+        me.state.store(state::WAITING, Ordering::SeqCst);
+        if ready()
+            && me
+                .state
+                .compare_exchange(
+                    state::WAITING,
+                    state::RUNNING,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return;
+        }
+        self.schedule(Entry::Block);
+    }
+
+    /// Wakes `thread` if it is waiting. Returns whether this call woke it.
+    fn wake(&self, thread: &Thread) -> bool {
+        if thread
+            .inner
+            .state
+            .compare_exchange(
+                state::WAITING,
+                state::WAKING,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.deliver(thread.clone());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Makes a `WAKING` thread runnable on its home CPU: directly when that is this
+    /// CPU, else through the home CPU's wake-up queue (waking the CPU if asleep).
+    fn deliver(&self, thread: Thread) {
+        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        let _interrupts = self.arch.mask_interrupts();
+        if self.arch.current_cpu() == Some(home) {
+            // SAFETY: we run on `home` with interrupts masked; `deliver` is never
+            // called while this CPU's state is borrowed (`schedule` uses
+            // `deliver_from` instead).
+            let local = unsafe { self.cpus[home.0].local() };
+            Self::make_runnable(local, thread);
+            self.publish_load(home, local);
+        } else {
+            self.push_remote(home, thread);
+        }
+    }
+
+    /// `deliver` for callers that already hold this CPU's state.
+    fn deliver_from(&self, cpu: CpuId, local: &mut CpuLocal<P>, thread: Thread) {
+        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        if home == cpu {
+            Self::make_runnable(local, thread);
+        } else {
+            self.push_remote(home, thread);
+        }
+    }
+
+    fn push_remote(&self, home: CpuId, thread: Thread) {
+        if self.cpus[home.0].incoming.push(thread) == PushOutcome::WakeConsumer {
+            self.arch.send_wakeup(home);
+        }
+    }
+
+    /// Enqueues a thread delivered to this CPU (or marks the current thread running
+    /// again if a wake-up raced with its blocking).
+    fn make_runnable(local: &mut CpuLocal<P>, thread: Thread) {
+        if local
+            .current
+            .as_ref()
+            .is_some_and(|current| current.ptr_eq(&thread))
+        {
+            thread.inner.state.store(state::RUNNING, Ordering::Relaxed);
+            return;
+        }
+        thread.inner.state.store(state::QUEUED, Ordering::Relaxed);
+        local.enqueue_sequence += 1;
+        let sequence = local.enqueue_sequence;
+        // SAFETY: the thread is owned by this CPU (delivered to it), not running, and
+        // no other reference to its accounting is alive.
+        let accounting = unsafe { &mut *accounting(&thread) };
+        local.policy.enqueue(accounting, sequence);
+        local.run_queue.insert(accounting.key, sequence, thread);
+    }
+
+    /// Enqueues what `drain` took from the wake-up queue.
+    fn absorb(&self, cpu: CpuId, drained: impl Iterator<Item = Thread>) {
+        let _interrupts = self.arch.mask_interrupts();
+        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+        let local = unsafe { self.cpus[cpu.0].local() };
+        for thread in drained {
+            Self::make_runnable(local, thread);
+        }
+    }
+
+    fn publish_load(&self, cpu: CpuId, local: &CpuLocal<P>) {
+        let load = local.run_queue.len() + usize::from(local.current.is_some());
+        let slot = &self.cpus[cpu.0].load;
+        if slot.load(Ordering::Relaxed) != load {
+            slot.store(load, Ordering::Relaxed);
+        }
+    }
+
+    /// The scheduling decision, and the switch. Called with interrupts masked, on a
+    /// thread of this scheduler or the idle loop.
+    fn schedule(&self, entry: Entry) {
+        let cpu = self.current_cpu();
+        let this = &self.cpus[cpu.0];
+        // SAFETY: we run on `cpu` with interrupts masked; the reference is not used
+        // after the context switch below (the resumed side fetches its own).
+        let local = unsafe { this.local() };
+        let now = self.arch.now_nanos();
+
+        for thread in this.incoming.drain() {
+            Self::make_runnable(local, thread);
+        }
+        self.expire_timers(cpu, local, now);
+        self.charge_current(local, now);
+        if let Some(interval) = self.config.balance_interval_nanos
+            && self.cpus.len() > 1
+            && now.saturating_sub(local.last_balance) >= interval
+        {
+            local.last_balance = now;
+            self.balance(cpu, local);
+        }
+
+        let previous_runnable = local
+            .current
+            .as_ref()
+            .is_some_and(|current| current.inner.state.load(Ordering::Relaxed) == state::RUNNING);
+        let switch = match (&local.current, local.run_queue.peek()) {
+            // Nothing else to run: keep running the current thread (or stay idle).
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(_), Some(_)) if !previous_runnable => true,
+            (Some(current), Some(candidate)) => match entry {
+                Entry::Yield => true,
+                Entry::Block | Entry::Idle => false,
+                Entry::Preempt => {
+                    // SAFETY: both threads are owned by this CPU and are distinct (one
+                    // is current, the other queued); only shared references are made.
+                    let (running, candidate) =
+                        unsafe { (&*accounting(current), &*accounting(candidate)) };
+                    local.policy.should_preempt(running, candidate, now)
+                }
+            },
+        };
+        if !switch {
+            let runs_thread = local.current.is_some() && previous_runnable;
+            if local.current.is_some() && !previous_runnable {
+                // Blocked with nothing else runnable: switch to the idle loop.
+                self.switch_to(cpu, local, None, now, false);
+                return;
+            }
+            self.arm_timer(cpu, local, now, runs_thread);
+            self.publish_load(cpu, local);
+            return;
+        }
+        let next = local.run_queue.pop();
+        self.switch_to(cpu, local, next, now, previous_runnable);
+    }
+
+    /// Switches from the current context to `next` (`None`: the idle loop), requeueing
+    /// the current thread if it is still runnable. Returns when the calling context is
+    /// resumed.
+    fn switch_to(
+        &self,
+        cpu: CpuId,
+        local: &mut CpuLocal<P>,
+        next: Option<Thread>,
+        now: u64,
+        previous_runnable: bool,
+    ) {
+        let previous = local.current.take();
+        let save_into: *mut usize = match &previous {
+            Some(thread) => thread.inner.context.get(),
+            None => &raw mut local.idle_context,
+        };
+        if let Some(thread) = &previous {
+            // SAFETY: the current thread is owned by this CPU; no other reference to
+            // its accounting is alive.
+            let accounting = unsafe { &mut *accounting(thread) };
+            local.policy.switch_out(accounting);
+        }
+        let resume_from = match &next {
+            Some(thread) => {
+                thread.inner.state.store(state::RUNNING, Ordering::Relaxed);
+                // SAFETY: the thread was just taken from this CPU's run queue; no
+                // other reference to its accounting is alive.
+                let accounting = unsafe { &mut *accounting(thread) };
+                local.policy.switch_in(accounting, now, previous_runnable);
+                if thread.inner.thread_pointer != 0
+                    && thread.inner.thread_pointer != local.thread_pointer
+                {
+                    local.thread_pointer = thread.inner.thread_pointer;
+                    // SAFETY: the thread's own thread pointer, given at spawn for it.
+                    unsafe { self.arch.set_thread_pointer(local.thread_pointer) };
+                }
+                // SAFETY: only this CPU touches the saved context of its threads.
+                unsafe { *thread.inner.context.get() }
+            }
+            None => local.idle_context,
+        };
+        if let Some(thread) = previous {
+            if previous_runnable {
+                Self::make_runnable(local, thread);
+            } else {
+                // Released by the next context, once nothing runs on its stack.
+                local.switched_out = Some(thread);
+            }
+        }
+        local.current = next;
+        local.running_since = now;
+        self.arm_timer(cpu, local, now, local.current.is_some());
+        self.publish_load(cpu, local);
+        // SAFETY: relies on (1) `save_into` pointing at the saved-context slot of the
+        // current context (the previous thread's record, kept alive by the run queue
+        // or `switched_out`, or this CPU's idle slot); (2) `resume_from` being the
+        // stack pointer saved by the last switch away from `next` (or prepared at
+        // spawn), on a stack its record keeps alive, not resumed since: only the home
+        // CPU resumes a thread, once per enqueue; (3) `local` not being used after
+        // this call.
+        unsafe { switch_context(save_into, resume_from, self as *const Self as usize) };
+        self.after_switch();
+    }
+
+    /// Runs in the resumed context right after a switch: releases the thread switched
+    /// away from.
+    fn after_switch(&self) {
+        let cpu = self.current_cpu();
+        let switched_out = {
+            // SAFETY: we run on `cpu` with interrupts masked (the switcher masked
+            // them) and hold no other reference.
+            let local = unsafe { self.cpus[cpu.0].local() };
+            local.switched_out.take()
+        };
+        // Dropped without the CPU state borrowed: it may free a stack and a closure.
+        drop(switched_out);
+    }
+
+    fn charge_current(&self, local: &mut CpuLocal<P>, now: u64) {
+        let ran = now.saturating_sub(local.running_since);
+        local.running_since = now;
+        let Some(current) = &local.current else {
+            return;
+        };
+        // SAFETY: the current thread is owned by this CPU; no other reference to its
+        // accounting is alive.
+        let accounting_of_current = unsafe { &mut *accounting(current) };
+        if local.policy.charge(accounting_of_current, ran) {
+            for entry in &mut local.run_queue.entries {
+                // SAFETY: queued threads are owned by this CPU and distinct from the
+                // current one; one reference at a time.
+                let queued = unsafe { &mut *accounting(&entry.thread) };
+                local.policy.renormalize(queued);
+                entry.key = queued.key;
+            }
+        }
+    }
+
+    fn expire_timers(&self, cpu: CpuId, local: &mut CpuLocal<P>, now: u64) {
+        while let Some(timer) = local.timers.peek()
+            && timer.deadline <= now
+        {
+            let Some(timer) = local.timers.pop() else {
+                break;
+            };
+            if timer.thread.inner.sleep_generation.load(Ordering::Relaxed) == timer.generation
+                && timer
+                    .thread
+                    .inner
+                    .state
+                    .compare_exchange(
+                        state::WAITING,
+                        state::WAKING,
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                self.deliver_from(cpu, local, timer.thread);
+            }
+        }
+    }
+
+    /// Arms the one-shot timer for the earliest of the next sleep timer and (when a
+    /// thread runs with others waiting) the current thread's preemption point;
+    /// disarms it when there is neither (tickless).
+    fn arm_timer(&self, cpu: CpuId, local: &mut CpuLocal<P>, now: u64, runs_thread: bool) {
+        let mut deadline = local.timers.peek().map(|timer| timer.deadline);
+        if runs_thread && let (Some(current), Some(next)) = (&local.current, local.run_queue.peek())
+        {
+            // SAFETY: distinct threads owned by this CPU; shared references only.
+            let (running, next) = unsafe { (&*accounting(current), &*accounting(next)) };
+            if let Some(slice) = local.policy.time_slice(running, next, now) {
+                let preempt_at = now.saturating_add(slice);
+                deadline = Some(deadline.map_or(preempt_at, |timer| timer.min(preempt_at)));
+            }
+        }
+        if deadline != local.armed_deadline {
+            local.armed_deadline = deadline;
+            match deadline {
+                Some(deadline) => self.arch.arm_timer(cpu, deadline),
+                None => self.arch.cancel_timer(cpu),
+            }
+        }
+    }
+
+    /// Pushes one runnable, unpinned thread to the least loaded CPU if this one has at
+    /// least two more runnable threads (OSv's balancer moves one thread at a time
+    /// too). The thread travels through the target's wake-up queue, so run queues
+    /// stay private to their CPU.
+    fn balance(&self, cpu: CpuId, local: &mut CpuLocal<P>) {
+        let my_load = local.run_queue.len() + usize::from(local.current.is_some());
+        let Some((target, target_load)) = self
+            .cpus
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != cpu.0)
+            .map(|(index, other)| (index, other.load.load(Ordering::Relaxed)))
+            .min_by_key(|(_, load)| *load)
+        else {
+            return;
+        };
+        if my_load < target_load + 2 {
+            return;
+        }
+        // The thread that would run last here.
+        let Some(position) = local
+            .run_queue
+            .entries
+            .iter()
+            .position(|entry| !entry.thread.inner.pinned)
+        else {
+            return;
+        };
+        let thread = local.run_queue.entries.remove(position).thread;
+        // SAFETY: the thread was queued on this CPU; no other reference to its
+        // accounting is alive.
+        local.policy.export(unsafe { &mut *accounting(&thread) });
+        thread.inner.state.store(state::WAKING, Ordering::Relaxed);
+        thread.inner.home_cpu.store(target, Ordering::Release);
+        // Count it at once so that other CPUs' balancers see it.
+        self.cpus[target].load.fetch_add(1, Ordering::Relaxed);
+        self.publish_load(cpu, local);
+        self.push_remote(CpuId(target), thread);
+    }
+
+    /// Ends the current thread: marks it terminated, wakes its joiner, switches away.
+    fn exit_current(&self) -> ! {
+        let interrupts = self.arch.mask_interrupts();
+        self.with_current(|me| {
+            me.state.store(state::TERMINATED, Ordering::SeqCst);
+            let joiner = me.joiner.lock().take();
+            if let Some(joiner) = joiner {
+                self.wake(&joiner);
+            }
+        });
+        self.schedule(Entry::Block);
+        // The guard's state dies with this thread.
+        core::mem::forget(interrupts);
+        unreachable!("a terminated thread was resumed");
+    }
+
+    /// The body of every thread, entered through the trampoline.
+    fn run_new_thread(&self) -> ! {
+        self.after_switch();
+        self.arch.enable_interrupts();
+        let entry = self.with_current(|me| {
+            // SAFETY: `entry` is only touched by the thread itself, here, once (and by
+            // the record's drop, which cannot run while the thread runs).
+            unsafe { (*me.entry.get()).take() }
+        });
+        if let Some(entry) = entry {
+            entry();
+        }
+        self.exit_current()
+    }
+}
+
+/// Entry function of new threads (see [`context`]): `scheduler` is the address of
+/// the scheduler that switched to the thread for the first time.
+extern "sysv64" fn thread_start<A: Arch, P: Policy>(scheduler: usize) -> ! {
+    let scheduler = scheduler as *const Scheduler<A, P>;
+    // SAFETY: relies on (1) `switch_to` passing `self` as the switch argument, so this
+    // is the scheduler whose CPU is running us; (2) that scheduler being borrowed by
+    // the `run_cpu` call of this CPU, underneath every context it runs, for as long as
+    // this thread runs. (Threads only run inside `run_cpu`.)
+    let scheduler = unsafe { &*scheduler };
+    scheduler.run_new_thread()
+}
+
+impl<A: Arch + fmt::Debug, P: Policy> fmt::Debug for Scheduler<A, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("arch", &self.arch)
+            .field("cpus", &self.cpus.len())
+            .field("config", &self.config)
+            .field("loads", &self.loads())
+            .finish()
+    }
+}

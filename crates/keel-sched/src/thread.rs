@@ -1,0 +1,138 @@
+//! Threads: the shared per-thread record, its handle, and join handles.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::cell::UnsafeCell;
+use core::fmt;
+
+use keel_sync::SpinLock;
+use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::arch::StackMemory;
+use crate::policy::Accounting;
+use crate::{CpuId, ThreadId};
+
+/// Scheduling states of a thread (`ThreadInner::state`).
+pub(crate) mod state {
+    /// Running on its home CPU (it is that CPU's current thread).
+    pub(crate) const RUNNING: u32 = 0;
+    /// In its home CPU's run queue.
+    pub(crate) const QUEUED: u32 = 1;
+    /// Blocked (parked, sleeping, joining); only a wake-up makes it runnable.
+    pub(crate) const WAITING: u32 = 2;
+    /// Claimed by a waker (or a migration, or spawn) and on its way into a run queue.
+    pub(crate) const WAKING: u32 = 3;
+    /// Finished; never runs again.
+    pub(crate) const TERMINATED: u32 = 4;
+}
+
+/// Everything the scheduler knows about one thread; shared through [`Thread`].
+pub(crate) struct ThreadInner {
+    pub(crate) id: ThreadId,
+    /// One of [`state`]'s values. Transitions: `WAITING -> WAKING` only by a
+    /// `SeqCst` compare-and-swap of a waker (the winner alone delivers the thread);
+    /// all other transitions are made by the thread's home CPU. `SeqCst` on the
+    /// `WAITING` store of a blocking thread and on the waker's CAS orders them with
+    /// the condition re-check (see `Scheduler::block_current`).
+    pub(crate) state: AtomicU32,
+    /// The park token: set (`SeqCst`) by `unpark`, consumed (`Acquire` swap) by
+    /// `park`, so whatever the unparker wrote before `unpark` is visible after `park`.
+    pub(crate) token: AtomicBool,
+    /// The CPU that owns the thread (`CpuId` index). Changed only by that CPU when it
+    /// migrates a queued thread, before publishing it (`Release`) to the new CPU's
+    /// wake-up queue; read (`Acquire`) by wakers to route wake-ups.
+    pub(crate) home_cpu: AtomicUsize,
+    /// Never migrated by the balancer.
+    pub(crate) pinned: bool,
+    /// Bumped when a sleep ends: timer entries of older generations are stale.
+    /// `Relaxed`: a stale timer firing is only a spurious wake-up.
+    pub(crate) sleep_generation: AtomicU64,
+    /// The saved stack pointer while the thread is not running. Accessed only by the
+    /// home CPU (and by the context switch on it).
+    pub(crate) context: UnsafeCell<usize>,
+    /// Policy state; accessed only by the home CPU.
+    pub(crate) accounting: UnsafeCell<Accounting>,
+    /// The closure to run; taken by the thread itself when it first runs.
+    pub(crate) entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    /// The thread waiting in `join`, woken at exit.
+    pub(crate) joiner: SpinLock<Option<Thread>>,
+    /// The thread pointer (TLS) to install when it runs; 0 for none.
+    pub(crate) thread_pointer: u64,
+    /// The stack; freed with the last handle, never while the thread runs (the CPU
+    /// holds a handle of its current thread until it has switched away).
+    pub(crate) _stack: Box<dyn StackMemory>,
+}
+
+// SAFETY: the `UnsafeCell` fields are only accessed by the thread's home CPU with
+// interrupts masked (`context`, `accounting`) or by the thread itself (`entry`), and
+// ownership moves between CPUs only through the wake-up queues (Release/Acquire);
+// every other field is atomic or a lock. The boxed closure and stack are `Send`.
+unsafe impl Send for ThreadInner {}
+// SAFETY: as for `Send`: shared access from other CPUs touches only atomics and the
+// joiner lock.
+unsafe impl Sync for ThreadInner {}
+
+/// A handle to a thread: cheap to clone; used to [`unpark`](crate::Scheduler::unpark)
+/// it. Keeps the thread's record and stack alive.
+#[derive(Clone)]
+pub struct Thread {
+    pub(crate) inner: Arc<ThreadInner>,
+}
+
+impl Thread {
+    /// The thread's id.
+    pub fn id(&self) -> ThreadId {
+        self.inner.id
+    }
+
+    /// The CPU that currently owns the thread (it may change unless pinned).
+    pub fn cpu(&self) -> CpuId {
+        CpuId(self.inner.home_cpu.load(Ordering::Relaxed))
+    }
+
+    /// Whether the thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == state::TERMINATED
+    }
+
+    /// Whether both handles name the same thread.
+    pub fn ptr_eq(&self, other: &Thread) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl fmt::Debug for Thread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Thread")
+            .field("id", &self.inner.id)
+            .field("state", &self.inner.state.load(Ordering::Relaxed))
+            .field("cpu", &self.inner.home_cpu.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Owns the result of a spawned thread; see [`Scheduler::join`](crate::Scheduler::join).
+pub struct JoinHandle<T> {
+    pub(crate) thread: Thread,
+    pub(crate) result: Arc<SpinLock<Option<T>>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// The thread's handle.
+    pub fn thread(&self) -> &Thread {
+        &self.thread
+    }
+
+    /// Whether the thread has finished (`join` would not block).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("thread", &self.thread)
+            .finish()
+    }
+}

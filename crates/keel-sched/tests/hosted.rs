@@ -1,0 +1,441 @@
+//! The scheduler on hosted CPUs (Linux threads): exact outcomes, ordering, and no lost
+//! wake-ups. Run with `cargo test -p keel-sched --features hosted`.
+#![cfg(feature = "hosted")]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use keel_sched::hosted::{HostedArch, Machine};
+use keel_sched::{
+    CpuId, FairPolicy, Policy, RoundRobinPolicy, Scheduler, SchedulerConfig, SpawnError,
+    SpawnOptions,
+};
+
+type Sched<P> = Arc<Scheduler<HostedArch, P>>;
+
+/// Runs `body` as the main keel thread of a fresh machine; fails (instead of hanging)
+/// if it does not finish within 60 s, which would mean a lost wake-up.
+fn run_on<P, R>(machine: &Machine<P>, body: impl FnOnce(Sched<P>) -> R + Send + 'static) -> R
+where
+    P: Policy,
+    R: Send + 'static,
+{
+    let scheduler = Arc::clone(machine.scheduler());
+    let (sender, receiver) = mpsc::channel();
+    machine
+        .scheduler()
+        .spawn(SpawnOptions::new(), move || {
+            let _ = sender.send(body(scheduler));
+        })
+        .unwrap();
+    receiver
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the main keel thread did not finish: lost wake-up or deadlock")
+}
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
+        balance_interval_nanos: None,
+        ..SchedulerConfig::default()
+    }
+}
+
+#[test]
+fn spawn_join_returns_values() {
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    let total = run_on(&machine, |s| {
+        let handles: Vec<_> = (0..10_u64)
+            .map(|i| s.spawn(SpawnOptions::new(), move || i * i).unwrap())
+            .collect();
+        handles.into_iter().map(|h| s.join(h).unwrap()).sum::<u64>()
+    });
+    assert_eq!(total, (0..10).map(|i| i * i).sum());
+}
+
+#[test]
+fn machine_run_from_host_thread() {
+    let machine = Machine::<FairPolicy>::start(2);
+    let scheduler = Arc::clone(machine.scheduler());
+    let value = machine.run(SpawnOptions::new(), move || {
+        assert!(scheduler.current().is_some());
+        7
+    });
+    assert_eq!(value, 7);
+    assert!(machine.scheduler().current().is_none());
+}
+
+#[test]
+fn fifo_yield_round_robins_in_order() {
+    let machine =
+        Machine::<RoundRobinPolicy>::with_policy(1, config(), |_| RoundRobinPolicy::fifo());
+    let order = run_on(&machine, |s| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handles: Vec<_> = (0..3)
+            .map(|id| {
+                let (s2, log) = (Arc::clone(&s), Arc::clone(&log));
+                s.spawn(SpawnOptions::new(), move || {
+                    for _ in 0..3 {
+                        log.lock().unwrap().push(id);
+                        s2.yield_now();
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        for h in handles {
+            s.join(h).unwrap();
+        }
+        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
+    });
+    assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+}
+
+#[test]
+fn park_unpark_ping_pong_counts_exactly() {
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    let rounds = run_on(&machine, |s| {
+        const ROUNDS: u64 = 10_000;
+        let turn = Arc::new(AtomicU64::new(0));
+        let main = s.current().unwrap();
+        let (s2, turn2) = (Arc::clone(&s), Arc::clone(&turn));
+        let partner = s
+            .spawn(SpawnOptions::new(), move || {
+                for round in 0..ROUNDS {
+                    while turn2.load(Ordering::Acquire) != 2 * round + 1 {
+                        s2.park();
+                    }
+                    turn2.store(2 * round + 2, Ordering::Release);
+                    s2.unpark(&main);
+                }
+            })
+            .unwrap();
+        let partner_thread = partner.thread().clone();
+        for round in 0..ROUNDS {
+            turn.store(2 * round + 1, Ordering::Release);
+            s.unpark(&partner_thread);
+            while turn.load(Ordering::Acquire) != 2 * round + 2 {
+                s.park();
+            }
+        }
+        s.join(partner).unwrap();
+        turn.load(Ordering::Acquire)
+    });
+    assert_eq!(rounds, 20_000);
+}
+
+#[test]
+fn unpark_before_park_returns_at_once_and_tokens_do_not_accumulate() {
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    let parks = run_on(&machine, |s| {
+        let me = s.current().unwrap();
+        s.unpark(&me);
+        s.unpark(&me);
+        s.park(); // consumes the single token
+        // A second park must block until someone unparks us.
+        let woke = Arc::new(AtomicBool::new(false));
+        let (s2, woke2, me2) = (Arc::clone(&s), Arc::clone(&woke), me.clone());
+        let waker = s
+            .spawn(SpawnOptions::new(), move || {
+                woke2.store(true, Ordering::Release);
+                s2.unpark(&me2);
+            })
+            .unwrap();
+        s.park();
+        assert!(
+            woke.load(Ordering::Acquire),
+            "park returned before the unpark"
+        );
+        s.join(waker).unwrap();
+        2
+    });
+    assert_eq!(parks, 2);
+}
+
+#[test]
+fn sleepers_wake_in_deadline_order_and_not_early() {
+    let machine =
+        Machine::<RoundRobinPolicy>::with_policy(1, config(), |_| RoundRobinPolicy::fifo());
+    let order = run_on(&machine, |s| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handles: Vec<_> = [30_u64, 10, 20]
+            .into_iter()
+            .map(|ms| {
+                let (s2, log) = (Arc::clone(&s), Arc::clone(&log));
+                s.spawn(SpawnOptions::new(), move || {
+                    let deadline = s2.now_nanos() + ms * 1_000_000;
+                    s2.sleep_until(deadline);
+                    assert!(s2.now_nanos() >= deadline, "woke before the deadline");
+                    log.lock().unwrap().push(ms);
+                })
+                .unwrap()
+            })
+            .collect();
+        for h in handles {
+            s.join(h).unwrap();
+        }
+        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
+    });
+    assert_eq!(order, [10, 20, 30]);
+}
+
+#[test]
+fn sleep_keeps_the_park_token() {
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    run_on(&machine, |s| {
+        let me = s.current().unwrap();
+        s.unpark(&me);
+        s.sleep(1_000_000);
+        // The token set before the sleep is still there: park returns at once.
+        s.park();
+    });
+}
+
+#[test]
+fn exit_ends_a_thread_and_join_gets_none() {
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    let result = run_on(&machine, |s| {
+        let s2 = Arc::clone(&s);
+        let handle = s
+            .spawn(SpawnOptions::new(), move || -> u32 { s2.exit() })
+            .unwrap();
+        s.join(handle)
+    });
+    assert_eq!(result, None);
+}
+
+#[test]
+fn spawn_errors_are_reported() {
+    let machine = Machine::<FairPolicy>::with_config(2, config());
+    let s = machine.scheduler();
+    assert_eq!(
+        s.spawn(SpawnOptions::new().pin(CpuId(5)), || ())
+            .unwrap_err(),
+        SpawnError::NoSuchCpu(CpuId(5))
+    );
+    assert_eq!(
+        s.spawn(SpawnOptions::new().stack_size(100), || ())
+            .unwrap_err(),
+        SpawnError::StackTooSmall(100)
+    );
+}
+
+#[test]
+fn many_threads_are_created_and_reclaimed() {
+    let machine = Machine::<FairPolicy>::with_config(2, config());
+    let sum = run_on(&machine, |s| {
+        let mut sum = 0;
+        for batch in 0..10_u64 {
+            let handles: Vec<_> = (0..100_u64)
+                .map(|i| {
+                    s.spawn(SpawnOptions::new().stack_size(64 * 1024), move || {
+                        batch * 100 + i
+                    })
+                    .unwrap()
+                })
+                .collect();
+            sum += handles.into_iter().map(|h| s.join(h).unwrap()).sum::<u64>();
+        }
+        sum
+    });
+    assert_eq!(sum, (0..1000).sum());
+}
+
+#[test]
+fn fair_policy_preempts_a_cpu_hog_at_preemption_points() {
+    // Two CPU-bound threads on one CPU with the fair policy: the second must get to
+    // run while the first still loops (the first stops only when it sees that).
+    let machine = Machine::<FairPolicy>::with_config(1, config());
+    let (interleaved, _) = run_on(&machine, |s| {
+        let second_ran = Arc::new(AtomicBool::new(false));
+        let (s1, seen) = (Arc::clone(&s), Arc::clone(&second_ran));
+        let hog = s
+            .spawn(SpawnOptions::new(), move || {
+                let give_up = s1.now_nanos() + 5_000_000_000;
+                while !seen.load(Ordering::Acquire) && s1.now_nanos() < give_up {
+                    s1.preempt_check();
+                }
+                seen.load(Ordering::Acquire)
+            })
+            .unwrap();
+        let (s2, flag) = (Arc::clone(&s), Arc::clone(&second_ran));
+        let other = s
+            .spawn(SpawnOptions::new(), move || {
+                flag.store(true, Ordering::Release);
+                s2.preempt_check();
+            })
+            .unwrap();
+        (s.join(hog).unwrap(), s.join(other).unwrap())
+    });
+    assert!(interleaved, "the fair policy never preempted the hog");
+}
+
+#[test]
+fn counters_on_four_cpus_are_exact() {
+    let machine = Machine::<FairPolicy>::with_config(
+        4,
+        SchedulerConfig {
+            balance_interval_nanos: Some(1_000_000),
+            ..SchedulerConfig::default()
+        },
+    );
+    let (atomic, locked) = run_on(&machine, |s| {
+        let atomic = Arc::new(AtomicU64::new(0));
+        let locked = Arc::new(keel_sync::SpinLock::new(0_u64));
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let (s2, atomic, locked) =
+                    (Arc::clone(&s), Arc::clone(&atomic), Arc::clone(&locked));
+                let options = if i % 2 == 0 {
+                    SpawnOptions::new().pin(CpuId(i % 4))
+                } else {
+                    SpawnOptions::new()
+                };
+                s.spawn(options, move || {
+                    for _ in 0..2_000 {
+                        atomic.fetch_add(1, Ordering::Relaxed);
+                        *locked.lock() += 1;
+                        s2.yield_now();
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        for h in handles {
+            s.join(h).unwrap();
+        }
+        (atomic.load(Ordering::Relaxed), *locked.lock())
+    });
+    assert_eq!(atomic, 64_000);
+    assert_eq!(locked, 64_000);
+}
+
+#[test]
+fn cross_cpu_park_unpark_loses_no_wakeup() {
+    for cpus in [2, 3] {
+        let machine = Machine::<FairPolicy>::with_config(cpus, config());
+        let rounds = run_on(&machine, move |s| {
+            const ROUNDS: u64 = 20_000;
+            let turn = Arc::new(AtomicU64::new(0));
+            let main = s.current().unwrap();
+            let (s2, turn2) = (Arc::clone(&s), Arc::clone(&turn));
+            let partner = s
+                .spawn(SpawnOptions::new().pin(CpuId(cpus - 1)), move || {
+                    for round in 0..ROUNDS {
+                        while turn2.load(Ordering::Acquire) != 2 * round + 1 {
+                            s2.park();
+                        }
+                        turn2.store(2 * round + 2, Ordering::Release);
+                        s2.unpark(&main);
+                    }
+                })
+                .unwrap();
+            let partner_thread = partner.thread().clone();
+            for round in 0..ROUNDS {
+                turn.store(2 * round + 1, Ordering::Release);
+                s.unpark(&partner_thread);
+                while turn.load(Ordering::Acquire) != 2 * round + 2 {
+                    s.park();
+                }
+            }
+            s.join(partner).unwrap();
+            turn.load(Ordering::Acquire)
+        });
+        assert_eq!(rounds, 40_000, "{cpus} CPUs");
+    }
+}
+
+#[test]
+fn unpark_from_host_threads_wakes_parked_threads() {
+    let machine = Machine::<FairPolicy>::with_config(2, config());
+    let s = Arc::clone(machine.scheduler());
+    let counter = Arc::new(AtomicUsize::new(0));
+    let (sender, receiver) = mpsc::channel();
+    let (s2, counter2) = (Arc::clone(&s), Arc::clone(&counter));
+    let waiter = s
+        .spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+            let me = s2.current().unwrap();
+            sender.send(me).unwrap();
+            let mut seen = 0;
+            while seen < 1_000 {
+                s2.park();
+                seen = counter2.load(Ordering::Acquire);
+            }
+            seen
+        })
+        .unwrap();
+    let target = receiver.recv().unwrap();
+    for _ in 0..1_000 {
+        counter.fetch_add(1, Ordering::Release);
+        s.unpark(&target);
+        std::thread::yield_now();
+    }
+    let waiter_thread = waiter.thread().clone();
+    let mut waited = 0;
+    while !waiter_thread.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 60_000, "lost wake-up");
+    }
+    assert_eq!(waiter_thread.cpu(), CpuId(1));
+}
+
+#[test]
+fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
+    let machine = Machine::<FairPolicy>::with_config(
+        4,
+        SchedulerConfig {
+            balance_interval_nanos: Some(200_000),
+            ..SchedulerConfig::default()
+        },
+    );
+    let (pinned_cpus, spread_cpus) = run_on(&machine, |s| {
+        // Everything starts on CPU 0 (the main thread's CPU).
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let pinned_seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let spread_enough = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for i in 0..16 {
+            let (s2, seen, pinned_seen, spread_enough) = (
+                Arc::clone(&s),
+                Arc::clone(&seen),
+                Arc::clone(&pinned_seen),
+                Arc::clone(&spread_enough),
+            );
+            let pinned = i < 4;
+            let options = if pinned {
+                SpawnOptions::new().pin(CpuId(0))
+            } else {
+                SpawnOptions::new()
+            };
+            handles.push(
+                s.spawn(options, move || {
+                    let give_up = s2.now_nanos() + 10_000_000_000;
+                    while !spread_enough.load(Ordering::Acquire) && s2.now_nanos() < give_up {
+                        let me = s2.current().unwrap();
+                        if pinned {
+                            pinned_seen.lock().unwrap().insert(me.cpu().0);
+                        } else {
+                            let mut seen = seen.lock().unwrap();
+                            seen.insert(me.cpu().0);
+                            if seen.len() == 4 {
+                                spread_enough.store(true, Ordering::Release);
+                            }
+                        }
+                        s2.yield_now();
+                    }
+                })
+                .unwrap(),
+            );
+        }
+        for h in handles {
+            s.join(h).unwrap();
+        }
+        let pinned_cpus = pinned_seen.lock().unwrap().clone();
+        let spread = seen.lock().unwrap().clone();
+        (pinned_cpus, spread)
+    });
+    assert_eq!(pinned_cpus, BTreeSet::from([0]));
+    assert_eq!(spread_cpus, BTreeSet::from([0, 1, 2, 3]));
+}

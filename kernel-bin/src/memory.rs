@@ -1,0 +1,256 @@
+//! Physical memory and the kernel heap: the statics that compose `keel-pagealloc` and
+//! `keel-heap`.
+//!
+//! At boot, [`init`] carves the page-metadata array out of RAM, creates the buddy
+//! allocator over `[0, highest RAM page)`, and hands it every RAM page except the first
+//! megabyte (firmware data), the kernel image, the boot page-table region and the
+//! metadata array itself. Single pages go through a per-CPU cache (one CPU until SMP
+//! arrives); the heap gets contiguous runs from the buddy allocator through
+//! [`BuddyPageSource`]. Physical and virtual addresses are equal (identity map).
+//!
+//! Locks: the buddy allocator and the cache sit behind `keel_sync::SpinLock`s. Nothing
+//! allocates in interrupt handlers, so the locks are not interrupt-safe yet; the
+//! scheduler issue revisits this with per-CPU data.
+
+// The page API is the kernel's interface for the subsystems to come; today the ktest
+// suite is its only caller besides the heap.
+#![cfg_attr(not(feature = "ktest"), allow(dead_code))]
+
+use core::ptr::NonNull;
+use keel_arch_x86_64::ArchInfo;
+use keel_arch_x86_64::bootinfo::MemoryKind;
+use keel_heap::{KernelHeap, PageSource as HeapPageSource};
+use keel_pagealloc::{
+    BuddyAllocator, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta, PageRange, PageSource,
+    PerCpuPageCache, metadata_bytes,
+};
+use keel_sync::SpinLock;
+
+/// The global buddy allocator, `None` until [`init`].
+static PAGES: SpinLock<Option<BuddyAllocator<'static>>> = SpinLock::new(None);
+/// The boot CPU's single-page cache.
+static PAGE_CACHE: SpinLock<PerCpuPageCache> = SpinLock::new(PerCpuPageCache::new());
+
+/// The heap's page source: contiguous runs from the buddy allocator.
+#[derive(Debug)]
+pub struct BuddyPageSource;
+
+// SAFETY: runs come from the buddy allocator, which hands each page out once; they are
+// RAM, identity-mapped read-write, and page aligned; `free_pages` returns exactly the
+// run that `alloc_pages` produced.
+unsafe impl HeapPageSource for BuddyPageSource {
+    fn alloc_pages(&self, count: usize) -> Option<NonNull<u8>> {
+        let mut pages = PAGES.lock();
+        let range = pages.as_mut()?.alloc_pages(count as u64).ok()?;
+        let address = range.start.start_address()?.as_u64();
+        NonNull::new(address as *mut u8)
+    }
+
+    unsafe fn free_pages(&self, start: NonNull<u8>, count: usize) {
+        let frame = PageFrameNumber::new(start.as_ptr() as u64 / PAGE_SIZE);
+        if let Some(pages) = PAGES.lock().as_mut()
+            && let Err(error) = pages.free_pages(PageRange::new(frame, count as u64))
+        {
+            log::error!("heap returned a bad page run at {frame}: {error}");
+        }
+    }
+}
+
+#[global_allocator]
+static HEAP: KernelHeap<BuddyPageSource> = KernelHeap::new(BuddyPageSource);
+
+/// What [`init`] set up.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryReport {
+    /// Pages handed to the allocator.
+    pub free_pages: u64,
+    /// Pages covered by the metadata array.
+    pub span_pages: u64,
+    /// Bytes of page metadata.
+    pub metadata_bytes: u64,
+}
+
+/// Why physical memory could not be set up.
+#[derive(Debug, Clone, Copy)]
+pub enum MemoryError {
+    /// No RAM region can hold the metadata array.
+    NoRoomForMetadata(u64),
+    /// The allocator refused a range.
+    Allocator(PageAllocError),
+}
+
+impl core::fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRoomForMetadata(bytes) => {
+                write!(f, "no RAM region can hold {bytes} bytes of page metadata")
+            }
+            Self::Allocator(error) => write!(f, "page allocator: {error}"),
+        }
+    }
+}
+
+/// Subtracts `holes` from `[start, end)` and calls `add` for each remaining piece.
+fn for_each_piece(start: u64, end: u64, holes: &[(u64, u64)], add: &mut dyn FnMut(u64, u64)) {
+    let mut cursor = start;
+    while cursor < end {
+        // The nearest hole that overlaps [cursor, end).
+        let next_hole = holes
+            .iter()
+            .filter(|(hole_start, hole_end)| *hole_end > cursor && *hole_start < end)
+            .min_by_key(|(hole_start, _)| *hole_start);
+        match next_hole {
+            Some(&(hole_start, hole_end)) => {
+                if hole_start > cursor {
+                    add(cursor, hole_start);
+                }
+                cursor = cursor.max(hole_end);
+            }
+            None => {
+                add(cursor, end);
+                cursor = end;
+            }
+        }
+    }
+}
+
+/// Sets up the page allocator and the heap.
+pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
+    let ram = || {
+        info.boot
+            .memory_regions()
+            .iter()
+            .filter(|region| region.kind == MemoryKind::Ram)
+    };
+    let highest = ram().map(|region| region.end()).max().unwrap_or(0);
+    let span_pages = highest / PAGE_SIZE;
+    let metadata_size = metadata_bytes(span_pages).next_multiple_of(PAGE_SIZE);
+    let image = (
+        info.layout.start,
+        info.layout.end.next_multiple_of(PAGE_SIZE),
+    );
+    let tables = (
+        info.paging.table_region_start,
+        info.paging.table_region_start + keel_arch_x86_64::paging::TABLE_REGION_SIZE,
+    );
+    let low_memory = (0, 0x10_0000);
+    // The metadata array goes in the first RAM gap big enough, above the tables.
+    let mut metadata_at = None;
+    for region in ram() {
+        for_each_piece(
+            region.start.next_multiple_of(PAGE_SIZE),
+            region.end() & !(PAGE_SIZE - 1),
+            &[low_memory, image, tables],
+            &mut |start, end| {
+                if metadata_at.is_none() && end - start >= metadata_size {
+                    metadata_at = Some(start);
+                }
+            },
+        );
+    }
+    let metadata_start = metadata_at.ok_or(MemoryError::NoRoomForMetadata(metadata_size))?;
+    let slots = span_pages as usize;
+    let metadata_pointer = metadata_start as *mut PageMeta;
+    // SAFETY: [metadata_start, +metadata_size) is RAM that no one else uses (it avoids
+    // low memory, the kernel image and the page tables, and is never handed to the
+    // allocator below), identity-mapped read-write, and aligned for PageMeta (page
+    // aligned). Every slot is initialised before the slice is formed; the slice lives
+    // for the rest of the kernel's life, referenced only by the allocator.
+    let metadata: &'static mut [PageMeta] = unsafe {
+        for index in 0..slots {
+            metadata_pointer.add(index).write(PageMeta::UNAVAILABLE);
+        }
+        core::slice::from_raw_parts_mut(metadata_pointer, slots)
+    };
+    let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
+    let metadata_hole = (metadata_start, metadata_start + metadata_size);
+    let mut failure = None;
+    for region in ram() {
+        for_each_piece(
+            region.start.next_multiple_of(PAGE_SIZE),
+            region.end() & !(PAGE_SIZE - 1),
+            &[low_memory, image, tables, metadata_hole],
+            &mut |start, end| {
+                let range = PageRange::new(
+                    PageFrameNumber::new(start / PAGE_SIZE),
+                    (end - start) / PAGE_SIZE,
+                );
+                if let Err(error) = allocator.add_free_range(range) {
+                    failure.get_or_insert(error);
+                }
+            },
+        );
+    }
+    if let Some(error) = failure {
+        return Err(MemoryError::Allocator(error));
+    }
+    let report = MemoryReport {
+        free_pages: allocator.free_page_count(),
+        span_pages,
+        metadata_bytes: metadata_size,
+    };
+    *PAGES.lock() = Some(allocator);
+    Ok(report)
+}
+
+/// The global allocator as the cache's refill/drain source: the global lock is taken
+/// only when the cache runs empty or full, never on the cache's fast path.
+struct LockedBuddy;
+
+impl PageSource for LockedBuddy {
+    fn alloc_page_batch(&mut self, out: &mut [PageFrameNumber]) -> usize {
+        PAGES
+            .lock()
+            .as_mut()
+            .map_or(0, |allocator| allocator.alloc_page_batch(out))
+    }
+
+    fn free_page_batch(&mut self, pages: &[PageFrameNumber]) {
+        if let Some(allocator) = PAGES.lock().as_mut() {
+            allocator.free_page_batch(pages);
+        }
+    }
+}
+
+/// Allocates one page through the CPU's cache.
+pub fn alloc_page() -> Option<PageFrameNumber> {
+    PAGE_CACHE.lock().alloc(&mut LockedBuddy)
+}
+
+/// Frees one page through the CPU's cache.
+pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
+    PAGE_CACHE.lock().free(frame, &mut LockedBuddy)
+}
+
+/// Allocates `count` contiguous pages.
+pub fn alloc_pages(count: u64) -> Result<PageRange, PageAllocError> {
+    PAGES
+        .lock()
+        .as_mut()
+        .ok_or(PageAllocError::OutOfMemory)?
+        .alloc_pages(count)
+}
+
+/// Frees a run from [`alloc_pages`].
+pub fn free_pages(range: PageRange) -> Result<(), PageAllocError> {
+    PAGES
+        .lock()
+        .as_mut()
+        .ok_or(PageAllocError::NotAllocated)?
+        .free_pages(range)
+}
+
+/// Free pages in the buddy allocator plus the cache.
+pub fn free_page_count() -> u64 {
+    let cached = PAGE_CACHE.lock().len() as u64;
+    PAGES
+        .lock()
+        .as_ref()
+        .map_or(0, |allocator| allocator.free_page_count())
+        + cached
+}
+
+/// The heap's statistics.
+pub fn heap_stats() -> keel_heap::HeapStats {
+    HEAP.stats()
+}

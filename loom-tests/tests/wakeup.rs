@@ -1,0 +1,94 @@
+//! loom models of `keel_sched::wakeup::WakeQueue`: the cross-CPU wake-up queue whose
+//! head word also carries the target CPU's "sleeping" flag.
+//!
+//! The target CPU is modelled by a loom thread that runs the scheduler's idle
+//! protocol: drain; if nothing came, `try_sleep` (fails if something is queued) and
+//! then `loom::thread::park()` as `idle_wait`. Waker threads push a value and, when
+//! the push reports that the target was asleep, `unpark` it as `send_wakeup`.
+//! No lost wake-up means: the target always ends up with every value. If a wake-up
+//! were lost, the target would park forever and loom would report a deadlock; a
+//! missing value would fail the final assertion.
+//!
+//! Run: `RUSTFLAGS="--cfg loom -C force-frame-pointers=yes"
+//! CARGO_TARGET_DIR=/work/tmp/target-sched-loom cargo test -p keel-loom-tests --release
+//! --test wakeup`.
+#![cfg(loom)]
+
+use keel_sched::wakeup::{PushOutcome, WakeQueue};
+use loom::sync::Arc;
+use loom::thread;
+
+fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.check(model);
+}
+
+/// The target CPU: collects `expected` values, sleeping whenever the queue is empty.
+fn target_loop(queue: &WakeQueue<usize>, expected: usize, poll_first: bool) -> Vec<usize> {
+    let mut received = Vec::new();
+    while received.len() < expected {
+        received.extend(queue.drain());
+        if received.len() == expected {
+            break;
+        }
+        if poll_first && queue.has_pending() {
+            continue;
+        }
+        if queue.try_sleep() {
+            // idle_wait: only a wake-up (unpark) ends it.
+            thread::park();
+        }
+    }
+    received
+}
+
+/// A waker: push, and send the wake-up exactly when the push says so.
+fn wake(queue: &WakeQueue<usize>, target: &thread::Thread, value: usize) {
+    if queue.push(value) == PushOutcome::WakeConsumer {
+        target.unpark();
+    }
+}
+
+#[test]
+fn one_waker_never_loses_the_wakeup() {
+    check(3, || {
+        let queue = Arc::new(WakeQueue::new());
+        let target_queue = Arc::clone(&queue);
+        let target = thread::spawn(move || target_loop(&target_queue, 1, false));
+        let target_thread = target.thread().clone();
+        wake(&queue, &target_thread, 7);
+        assert_eq!(target.join().unwrap(), [7]);
+    });
+}
+
+#[test]
+fn two_wakers_never_lose_a_wakeup_or_a_value() {
+    check(2, || {
+        let queue = Arc::new(WakeQueue::new());
+        let target_queue = Arc::clone(&queue);
+        let target = thread::spawn(move || target_loop(&target_queue, 2, true));
+        let target_thread = target.thread().clone();
+        let other_queue = Arc::clone(&queue);
+        let other_target = target_thread.clone();
+        let other = thread::spawn(move || wake(&other_queue, &other_target, 2));
+        wake(&queue, &target_thread, 1);
+        other.join().unwrap();
+        let mut received = target.join().unwrap();
+        received.sort_unstable();
+        assert_eq!(received, [1, 2]);
+    });
+}
+
+#[test]
+fn values_from_one_waker_arrive_in_order() {
+    check(3, || {
+        let queue = Arc::new(WakeQueue::new());
+        let target_queue = Arc::clone(&queue);
+        let target = thread::spawn(move || target_loop(&target_queue, 2, false));
+        let target_thread = target.thread().clone();
+        wake(&queue, &target_thread, 1);
+        wake(&queue, &target_thread, 2);
+        assert_eq!(target.join().unwrap(), [1, 2]);
+    });
+}
