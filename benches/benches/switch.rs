@@ -2,7 +2,7 @@
 //! one core, measured as **one round trip per iteration** (two switches: there and
 //! back). OSv's `misc-ctxsw` "colocated" case.
 //!
-//! - `keel`: two keel threads on one hosted CPU (`keel_sched::hosted::Machine` with
+//! - `keel`: two keel threads on one hosted CPU (`keel_hosted::Machine` with
 //!   one CPU, fair policy) ping-ponging through `park`/`unpark`: each round trip is
 //!   two scheduling decisions (run-queue update, policy accounting, timer re-arm,
 //!   clock read) and two of Keel's assembly context switches.
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use corosensei::Coroutine;
 use criterion::{Criterion, criterion_group, criterion_main};
-use keel_sched::hosted::Machine;
+use keel_hosted::Machine;
 use keel_sched::{FairPolicy, SchedulerConfig, SpawnOptions};
 
 /// `iters` park/unpark round trips between two keel threads on one hosted CPU.

@@ -2,12 +2,15 @@
 //! the heap (strings, vectors, a B-tree map) and reports what it did.
 
 use crate::memory;
+use crate::threads::{self, KernelParker};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use keel_arch_x86_64::cpu::ExitCode;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
+use keel_lfmutex::Mutex;
+use keel_sched::{CpuId, SpawnOptions};
 
 const TEXT: &str = "the mutex that never spins the scheduler that never ticks when idle \
     the channel that carries packets to the thread that wants them the linker that \
@@ -37,11 +40,36 @@ pub fn main(info: &ArchInfo) -> ExitCode {
         primes.last().copied().unwrap_or(0)
     );
 
-    // Word frequencies in a B-tree map of owned strings.
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for word in TEXT.split_whitespace() {
-        *counts.entry(String::from(word)).or_default() += 1;
+    // Word frequencies: one worker thread per CPU counts its share of the words and
+    // merges into a B-tree map behind the lock-free mutex.
+    static COUNTS: Mutex<BTreeMap<String, usize>, KernelParker> = Mutex::new(BTreeMap::new());
+    let scheduler = threads::scheduler();
+    let workers = scheduler.cpu_count();
+    let mut handles = Vec::new();
+    for worker in 0..workers {
+        let options = SpawnOptions::new().pin(CpuId(worker));
+        let spawned = scheduler.spawn(options, move || {
+            let mut local: BTreeMap<&str, usize> = BTreeMap::new();
+            for word in TEXT.split_whitespace().skip(worker).step_by(workers) {
+                *local.entry(word).or_default() += 1;
+            }
+            let mut shared = COUNTS.lock();
+            for (word, count) in local {
+                *shared.entry(String::from(word)).or_default() += count;
+            }
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                kprintln!("app: cannot spawn a worker: {error:?}");
+                return ExitCode::Failure;
+            }
+        }
     }
+    for handle in handles {
+        scheduler.join(handle);
+    }
+    let counts = COUNTS.lock();
     let mut ranked: Vec<(&String, &usize)> = counts.iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let top: Vec<String> = ranked
@@ -50,10 +78,11 @@ pub fn main(info: &ArchInfo) -> ExitCode {
         .map(|(word, count)| alloc::format!("{word} x{count}"))
         .collect();
     kprintln!(
-        "app: {} distinct words; most frequent: {}",
+        "app: {} distinct words counted by {workers} threads on {workers} CPUs; most frequent: {}",
         counts.len(),
         top.join(", ")
     );
+    drop(counts);
 
     let stats = memory::heap_stats();
     kprintln!(

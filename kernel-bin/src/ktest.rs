@@ -82,7 +82,35 @@ const CASES: &[(&str, TestCase)] = &[
         heap_large_and_aligned_allocations,
     ),
     ("acpi_lists_the_cpus", acpi_lists_the_cpus),
+    ("threads_spawn_and_join", threads_spawn_and_join),
+    ("timer_preempts_busy_threads", timer_preempts_busy_threads),
+    ("sleepers_never_wake_early", sleepers_never_wake_early),
+    (
+        "lfmutex_counts_exactly_on_keel_threads",
+        lfmutex_counts_exactly_on_keel_threads,
+    ),
+    (
+        "condvar_ping_pong_on_keel_threads",
+        condvar_ping_pong_on_keel_threads,
+    ),
+    (
+        "every_cpu_runs_its_pinned_threads",
+        every_cpu_runs_its_pinned_threads,
+    ),
+    (
+        "cross_cpu_park_unpark_loses_no_wakeup",
+        cross_cpu_park_unpark_loses_no_wakeup,
+    ),
 ];
+
+/// Runs a crash named on the command line that needs no scheduler, on the boot stack.
+pub fn run_early_crash(info: &ArchInfo) {
+    if let Some(name) = info.boot.command_line_value("ktest.crash")
+        && name != "thread-stack-overflow"
+    {
+        crash::run(name);
+    }
+}
 
 /// Runs the suite (or the crash named on the command line) and exits the VM.
 pub fn run(info: &'static ArchInfo) -> ! {
@@ -392,9 +420,29 @@ fn wait_for_timer(limit_nanos: u64) -> bool {
     TIMER_FIRED.load(Ordering::Acquire)
 }
 
+/// Runs `body` with the test's own timer handler, interrupts masked outside the waits,
+/// then gives the timer back to the scheduler.
+fn with_test_timer(body: impl FnOnce() -> TestResult) -> TestResult {
+    let scheduler_handler = interrupts::interrupt_handler(apic::TIMER_VECTOR);
+    let were_enabled = x86_64::instructions::interrupts::are_enabled();
+    x86_64::instructions::interrupts::disable();
+    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    let result = body();
+    if let Some(handler) = scheduler_handler {
+        interrupts::set_interrupt_handler(apic::TIMER_VECTOR, handler);
+    }
+    if were_enabled {
+        x86_64::instructions::interrupts::enable();
+    }
+    result
+}
+
 fn apic_oneshot_timer_fires_after_deadline(info: &ArchInfo) -> TestResult {
     check!(info.apic.timer_hertz > 0, "APIC timer not calibrated");
-    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    with_test_timer(oneshot_deadlines)
+}
+
+fn oneshot_deadlines() -> TestResult {
     for deadline_micros in [2_000u64, 5_000, 20_000] {
         TIMER_FIRED.store(false, Ordering::Relaxed);
         let start = time::read_tsc();
@@ -416,7 +464,10 @@ fn apic_oneshot_timer_fires_after_deadline(info: &ArchInfo) -> TestResult {
 }
 
 fn apic_timer_cancel_prevents_interrupt(_: &ArchInfo) -> TestResult {
-    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    with_test_timer(cancelled_timer_stays_quiet)
+}
+
+fn cancelled_timer_stays_quiet() -> TestResult {
     TIMER_FIRED.store(false, Ordering::Relaxed);
     apic::arm_oneshot(3_000_000);
     apic::cancel_timer();
@@ -448,6 +499,13 @@ pub mod crash {
             "execute-data" => execute_data(),
             "invalid-opcode" => invalid_opcode(),
             "panic" => deliberate_panic(),
+            "thread-stack-overflow" => {
+                let scheduler = crate::threads::scheduler();
+                let options = keel_sched::SpawnOptions::new().stack_size(16 * 1024);
+                if let Ok(handle) = scheduler.spawn(options, || black_box(recurse(0))) {
+                    scheduler.join(handle);
+                }
+            }
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");
@@ -626,7 +684,7 @@ fn heap_large_and_aligned_allocations(_: &ArchInfo) -> TestResult {
         let pointer = unsafe { alloc::alloc::alloc(layout) };
         check!(!pointer.is_null(), "allocation failed", size, align);
         check!(
-            pointer as usize % align == 0,
+            (pointer as usize).is_multiple_of(align),
             "misaligned",
             size,
             align,
@@ -664,5 +722,237 @@ fn acpi_lists_the_cpus(info: &ArchInfo) -> TestResult {
             platform.cpu_count()
         );
     }
+    Ok(())
+}
+
+fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
+    let scheduler = crate::threads::scheduler();
+    let mut handles = alloc::vec::Vec::new();
+    for index in 0..64u64 {
+        let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || index * index);
+        check!(spawned.is_ok(), "spawn failed", index);
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    let mut sum = 0;
+    for handle in handles {
+        sum += scheduler.join(handle).unwrap_or(0);
+    }
+    let expected: u64 = (0..64u64).map(|index| index * index).sum();
+    check!(sum == expected, "joined results wrong", sum, expected);
+    Ok(())
+}
+
+/// Two threads that never yield: the second can only run if the timer preempts the
+/// first, which spins until the second has run.
+fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    static SECOND_RAN: AtomicBool = AtomicBool::new(false);
+    static SPINS: AtomicU64 = AtomicU64::new(0);
+    SECOND_RAN.store(false, Ordering::SeqCst);
+    let scheduler = crate::threads::scheduler();
+    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let first = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
+        while !SECOND_RAN.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+            SPINS.fetch_add(1, Ordering::Relaxed);
+        }
+        SECOND_RAN.load(Ordering::SeqCst)
+    });
+    let second = scheduler.spawn(keel_sched::SpawnOptions::new(), || {
+        SECOND_RAN.store(true, Ordering::SeqCst);
+    });
+    check!(first.is_ok() && second.is_ok(), "spawn failed");
+    let (Ok(first), Ok(second)) = (first, second) else {
+        return Ok(());
+    };
+    let saw_second = scheduler.join(first);
+    scheduler.join(second);
+    check!(
+        saw_second == Some(true),
+        "busy thread was never preempted",
+        saw_second
+    );
+    Ok(())
+}
+
+fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
+    use keel_lfmutex::Mutex;
+    /// (deadline, the order in which the sleeper got going again)
+    static WOKEN: Mutex<alloc::vec::Vec<(u64, u64)>, crate::threads::KernelParker> =
+        Mutex::new(alloc::vec::Vec::new());
+    WOKEN.lock().clear();
+    let scheduler = crate::threads::scheduler();
+    let mut handles = alloc::vec::Vec::new();
+    for millis in [9u64, 3, 6, 1] {
+        let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
+            let deadline = time::monotonic_nanos() + millis * 1_000_000;
+            crate::threads::scheduler().sleep_until(deadline);
+            let woke = time::monotonic_nanos();
+            WOKEN.lock().push((deadline, woke));
+            (deadline, woke)
+        });
+        check!(spawned.is_ok(), "spawn failed");
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    for handle in handles {
+        let (deadline, woke) = scheduler.join(handle).unwrap_or((1, 0));
+        check!(woke >= deadline, "woke before the deadline", deadline, woke);
+    }
+    let woken = WOKEN.lock().clone();
+    check!(woken.len() == 4, "a sleeper never woke", woken);
+    // Reported, not asserted (no timing assertions): how late each sleeper got going.
+    // Known issue (see the scheduler issue's notes): with several sleepers, some run
+    // several milliseconds after their deadline under TCG.
+    for (deadline, woke) in &woken {
+        kprintln!(
+            "    deadline {deadline} ns: running again {} us later",
+            (woke - deadline) / 1000
+        );
+    }
+    Ok(())
+}
+
+fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult {
+    use keel_lfmutex::Mutex;
+    static COUNTER: Mutex<u64, crate::threads::KernelParker> = Mutex::new(0);
+    *COUNTER.lock() = 0;
+    let scheduler = crate::threads::scheduler();
+    let mut handles = alloc::vec::Vec::new();
+    let cpus = scheduler.cpu_count();
+    for index in 0..16 {
+        // Spread over every CPU, so the mutex is contended across CPUs.
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(index % cpus));
+        let spawned = scheduler.spawn(options, || {
+            for round in 0..500u32 {
+                let mut counter = COUNTER.lock();
+                *counter += 1;
+                if round % 50 == 0 {
+                    // Yield inside the critical section: the others queue on the mutex.
+                    crate::threads::scheduler().yield_now();
+                }
+            }
+        });
+        check!(spawned.is_ok(), "spawn failed");
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    for handle in handles {
+        scheduler.join(handle);
+    }
+    let total = *COUNTER.lock();
+    check!(total == 16 * 500, "lost increments", total);
+    Ok(())
+}
+
+fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
+    use keel_lfmutex::{Condvar, Mutex};
+    type Parker = crate::threads::KernelParker;
+    static TURN: Mutex<u32, Parker> = Mutex::new(0);
+    static CHANGED: Condvar<Parker> = Condvar::new();
+    const ROUNDS: u32 = 1000;
+    *TURN.lock() = 0;
+    let scheduler = crate::threads::scheduler();
+    let player = |parity: u32| {
+        move || {
+            for _ in 0..ROUNDS {
+                let mut turn = TURN.lock();
+                turn = CHANGED.wait_while(turn, |turn| *turn % 2 != parity);
+                *turn += 1;
+                CHANGED.notify_all();
+            }
+        }
+    };
+    // On different CPUs when there are several.
+    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let even = scheduler.spawn(
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        player(0),
+    );
+    let odd = scheduler.spawn(keel_sched::SpawnOptions::new().pin(last), player(1));
+    check!(even.is_ok() && odd.is_ok(), "spawn failed");
+    let (Ok(even), Ok(odd)) = (even, odd) else {
+        return Ok(());
+    };
+    scheduler.join(even);
+    scheduler.join(odd);
+    let turns = *TURN.lock();
+    check!(turns == 2 * ROUNDS, "ping-pong lost a turn", turns);
+    Ok(())
+}
+
+fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
+    let scheduler = crate::threads::scheduler();
+    let cpus = scheduler.cpu_count();
+    if let Ok(platform) = &info.platform {
+        check!(
+            cpus == platform.cpu_count(),
+            "not every CPU came online",
+            cpus,
+            platform.cpu_count()
+        );
+    }
+    let mut handles = alloc::vec::Vec::new();
+    for round in 0..4 {
+        for cpu in 0..cpus {
+            let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(cpu));
+            let spawned = scheduler.spawn(options, move || {
+                (cpu, round, keel_arch_x86_64::percpu::current_index())
+            });
+            check!(spawned.is_ok(), "spawn failed", cpu);
+            if let Ok(handle) = spawned {
+                handles.push(handle);
+            }
+        }
+    }
+    for handle in handles {
+        let result = scheduler.join(handle);
+        check!(
+            matches!(result, Some((pinned, _, ran_on)) if pinned == ran_on),
+            "a pinned thread ran on another CPU",
+            result
+        );
+    }
+    Ok(())
+}
+
+/// Two threads on different CPUs hand a token back and forth through park/unpark;
+/// a lost wake-up would hang (and the host's time limit would fail the suite).
+fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    const ROUNDS: u64 = 2000;
+    static BALL: AtomicU64 = AtomicU64::new(0);
+    BALL.store(0, Ordering::SeqCst);
+    let scheduler = crate::threads::scheduler();
+    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let me = scheduler.current();
+    check!(me.is_some(), "test runner is not a Keel thread");
+    let Some(me) = me else { return Ok(()) };
+    let runner = me.clone();
+    let peer = scheduler.spawn(keel_sched::SpawnOptions::new().pin(last), move || {
+        let scheduler = crate::threads::scheduler();
+        for round in 0..ROUNDS {
+            while BALL.load(Ordering::SeqCst) != 2 * round + 1 {
+                scheduler.park();
+            }
+            BALL.store(2 * round + 2, Ordering::SeqCst);
+            scheduler.unpark(&runner);
+        }
+    });
+    check!(peer.is_ok(), "spawn failed");
+    let Ok(peer) = peer else { return Ok(()) };
+    let peer_thread = peer.thread().clone();
+    for round in 0..ROUNDS {
+        BALL.store(2 * round + 1, Ordering::SeqCst);
+        scheduler.unpark(&peer_thread);
+        while BALL.load(Ordering::SeqCst) != 2 * round + 2 {
+            scheduler.park();
+        }
+    }
+    scheduler.join(peer);
+    check!(BALL.load(Ordering::SeqCst) == 2 * ROUNDS, "ball lost");
     Ok(())
 }

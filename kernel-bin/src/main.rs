@@ -13,8 +13,12 @@ extern crate alloc;
 mod app;
 #[cfg(feature = "ktest")]
 mod ktest;
+#[cfg(not(feature = "ktest"))]
+mod lockbench;
 mod mem;
 mod memory;
+mod smp;
+mod threads;
 
 use core::fmt::Write;
 use keel_arch_x86_64::cpu::{self, ExitCode};
@@ -32,25 +36,46 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
             cpu::exit(ExitCode::Failure)
         }
     };
+    let cpus_online = smp::start_application_processors(info);
     let main_tsc = time::read_tsc();
-    print_banner(info, &memory, memory_start, main_tsc);
+    print_banner(info, &memory, cpus_online, memory_start, main_tsc);
     #[cfg(feature = "ktest")]
-    ktest::run(info);
-    #[cfg(not(feature = "ktest"))]
-    {
-        let code = app::main(info);
-        cpu::exit(code)
-    }
+    ktest::run_early_crash(info);
+    // The application (or the test suite) runs as the first Keel thread; this context
+    // becomes CPU 0's idle loop.
+    threads::start(cpus_online, move || {
+        #[cfg(feature = "ktest")]
+        ktest::run(info);
+        #[cfg(not(feature = "ktest"))]
+        {
+            let code = if info.boot.command_line_value("app") == Some("lockbench") {
+                if lockbench::run(info) {
+                    ExitCode::Success
+                } else {
+                    ExitCode::Failure
+                }
+            } else {
+                app::main(info)
+            };
+            cpu::exit(code)
+        }
+    })
 }
 
-fn print_banner(info: &ArchInfo, memory: &memory::MemoryReport, memory_start: u64, main_tsc: u64) {
+fn print_banner(
+    info: &ArchInfo,
+    memory: &memory::MemoryReport,
+    cpus_online: usize,
+    memory_start: u64,
+    main_tsc: u64,
+) {
     let mut brand_buffer = [0u8; 48];
     let brand = cpu::brand(&mut brand_buffer);
     let boot_micros = time::nanos_since_entry(main_tsc) / 1_000;
     kprintln!("");
     kprintln!("Keel {} - a research unikernel", env!("CARGO_PKG_VERSION"));
     let cpus = match &info.platform {
-        Ok(platform) => alloc::format!("1 of {} online", platform.cpu_count()),
+        Ok(platform) => alloc::format!("{cpus_online} of {} online", platform.cpu_count()),
         Err(error) => alloc::format!("1 online (ACPI MADT unreadable: {error:?})"),
     };
     kprintln!(
@@ -95,6 +120,7 @@ fn print_banner(info: &ArchInfo, memory: &memory::MemoryReport, memory_start: u6
         phase(phases.paging, phases.apic),
         phase(memory_start, main_tsc)
     );
+    kprintln!("boot: memory and {cpus_online} CPUs ready; entry to main includes AP start-up");
     kprintln!("boot: entry to main {boot_micros} us");
 }
 

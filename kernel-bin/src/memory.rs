@@ -64,8 +64,6 @@ static HEAP: KernelHeap<BuddyPageSource> = KernelHeap::new(BuddyPageSource);
 pub struct MemoryReport {
     /// Pages handed to the allocator.
     pub free_pages: u64,
-    /// Pages covered by the metadata array.
-    pub span_pages: u64,
     /// Bytes of page metadata.
     pub metadata_bytes: u64,
 }
@@ -186,7 +184,6 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     }
     let report = MemoryReport {
         free_pages: allocator.free_page_count(),
-        span_pages,
         metadata_bytes: metadata_size,
     };
     *PAGES.lock() = Some(allocator);

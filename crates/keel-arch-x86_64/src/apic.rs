@@ -13,6 +13,8 @@ use x86_64::registers::model_specific::Msr;
 
 /// Vector of the local APIC timer.
 pub const TIMER_VECTOR: u8 = 0x40;
+/// Vector of the cross-CPU wake-up IPI.
+pub const WAKEUP_VECTOR: u8 = 0x41;
 /// Vector of the spurious interrupt (needs no end-of-interrupt).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -24,6 +26,8 @@ const REGISTER_ID: u32 = 0x20;
 const REGISTER_TASK_PRIORITY: u32 = 0x80;
 const REGISTER_END_OF_INTERRUPT: u32 = 0xb0;
 const REGISTER_SPURIOUS: u32 = 0xf0;
+const REGISTER_INTERRUPT_COMMAND_LOW: u32 = 0x300;
+const REGISTER_INTERRUPT_COMMAND_HIGH: u32 = 0x310;
 const REGISTER_LVT_TIMER: u32 = 0x320;
 const REGISTER_TIMER_INITIAL: u32 = 0x380;
 const REGISTER_TIMER_CURRENT: u32 = 0x390;
@@ -122,10 +126,9 @@ pub fn init() -> ApicInfo {
     write(REGISTER_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     let timer_hertz = calibrate_timer();
     TIMER_HERTZ.store(timer_hertz, Ordering::Relaxed);
-    let id = read(REGISTER_ID);
     ApicInfo {
         x2apic,
-        id: if x2apic { id } else { id >> 24 },
+        id: current_id(),
         mmio_base: base,
         timer_hertz,
     }
@@ -164,4 +167,73 @@ pub fn cancel_timer() {
 /// Acknowledges the interrupt being handled.
 pub fn end_of_interrupt() {
     write(REGISTER_END_OF_INTERRUPT, 0);
+}
+
+/// Delivery modes of the interrupt command register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiKind {
+    /// A fixed interrupt on `vector`.
+    Fixed(u8),
+    /// INIT (resets the target CPU into wait-for-SIPI).
+    Init,
+    /// Start-up IPI: the target starts in real mode at `page * 4096`.
+    Startup(u8),
+}
+
+/// Sends an inter-processor interrupt to the CPU with local APIC id `apic_id`.
+pub fn send_ipi(apic_id: u32, kind: IpiKind) {
+    let low = match kind {
+        IpiKind::Fixed(vector) => u32::from(vector),
+        // Level assert (bit 14), delivery mode INIT (0b101 << 8).
+        IpiKind::Init => (0b101 << 8) | (1 << 14),
+        // Level assert, delivery mode start-up (0b110 << 8), vector = start page.
+        IpiKind::Startup(page) => (0b110 << 8) | (1 << 14) | u32::from(page),
+    };
+    match MODE.load(Ordering::Relaxed) {
+        2 => {
+            // SAFETY: x2APIC mode: the ICR is one 64-bit MSR (0x830), destination in
+            // the high half; writing it sends the IPI.
+            unsafe { Msr::new(0x830).write((u64::from(apic_id) << 32) | u64::from(low)) };
+        }
+        1 => {
+            // Wait until the previous IPI was accepted (delivery status, bit 12).
+            for _ in 0..1_000_000 {
+                if read(REGISTER_INTERRUPT_COMMAND_LOW) & (1 << 12) == 0 {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            write(REGISTER_INTERRUPT_COMMAND_HIGH, apic_id << 24);
+            write(REGISTER_INTERRUPT_COMMAND_LOW, low);
+        }
+        _ => {}
+    }
+}
+
+/// This CPU's local APIC id.
+pub fn current_id() -> u32 {
+    let id = read(REGISTER_ID);
+    if MODE.load(Ordering::Relaxed) == 2 {
+        id
+    } else {
+        id >> 24
+    }
+}
+
+/// Enables the local APIC of an application processor (the boot CPU's [`init`] already
+/// chose the mode and calibrated the timer, which runs at the same rate on every CPU).
+pub fn init_application_processor() {
+    let mut base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: as in `init`: enable this CPU's APIC (x2APIC mode if the boot CPU chose it).
+    unsafe {
+        let mut value = base_msr.read() | APIC_BASE_ENABLE;
+        if MODE.load(Ordering::Relaxed) == 2 {
+            value |= APIC_BASE_X2APIC;
+        }
+        base_msr.write(value);
+    }
+    write(REGISTER_TASK_PRIORITY, 0);
+    write(REGISTER_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    write(REGISTER_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
 }

@@ -3,8 +3,9 @@
 //! The workspace builds with `-C force-frame-pointers=yes`, so every Keel function
 //! starts with `push rbp; mov rbp, rsp` and `[rbp]` holds the caller's `rbp`, `[rbp+8]`
 //! the return address. The prebuilt `core` may not keep frame pointers; the walker
-//! therefore checks every frame (inside a known stack, aligned, strictly increasing)
-//! and stops at the first implausible one instead of faulting.
+//! therefore checks every frame (aligned, strictly increasing, inside a known stack or
+//! on mapped pages, return address inside the kernel's text) and stops at the first
+//! implausible one instead of faulting.
 
 use core::fmt::Write;
 use keel_ksyms::SymbolTable;
@@ -47,8 +48,13 @@ fn stack_ranges() -> impl Iterator<Item = (u64, u64)> {
     core::iter::once(boot).chain(crate::gdt::ist_stack_ranges())
 }
 
+/// Whether a frame record at `address` can be read without faulting: inside one of the
+/// static stacks, or (thread stacks come from the page allocator) on mapped pages.
 fn in_known_stack(address: u64) -> bool {
     stack_ranges().any(|(bottom, top)| address >= bottom && address + 16 <= top)
+        || (address >= 4096
+            && crate::paging::flags_of(address).is_some()
+            && crate::paging::flags_of(address + 15).is_some())
 }
 
 /// Writes one line for `address`: `  #n 0x... name+0xoff`.
@@ -78,8 +84,8 @@ pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
         if !rbp.is_multiple_of(8) || !in_known_stack(rbp) {
             break;
         }
-        // SAFETY: rbp is 8-aligned and lies with 16 bytes to spare inside one of the
-        // kernel's stacks, all of which are mapped; reading two words cannot fault.
+        // SAFETY: rbp is 8-aligned and the 16 bytes at it are mapped (a known stack, or
+        // pages checked in the live tables); reading two words cannot fault.
         let (next_rbp, return_address) = unsafe {
             let frame = rbp as *const u64;
             (frame.read(), frame.add(1).read())

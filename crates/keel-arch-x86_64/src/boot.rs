@@ -17,7 +17,9 @@
 //!
 //! The same `global_asm!` block holds the 256 interrupt entry stubs (16 bytes apart,
 //! starting at `keel_isr_stubs`), which push a uniform [`crate::interrupts::TrapFrame`]
-//! and call [`crate::interrupts::keel_arch_trap`].
+//! and call [`crate::interrupts::keel_arch_trap`]. Every vector enters on an IST stack
+//! (the red zone); device interrupts and IPIs then move their frame to the interrupted
+//! stack below its red zone, so that a handler may switch threads.
 
 use core::arch::global_asm;
 
@@ -52,6 +54,7 @@ global_asm!(
 
     .section .bss.keel_boot, "aw", @nobits
     .p2align 12
+    .global keel_boot_pml4
     keel_boot_pml4: .skip 4096
     keel_boot_pdpt: .skip 4096
     keel_boot_pd:   .skip 4096 * 4
@@ -211,6 +214,39 @@ keel_boot_long_mode:
     .endr
 
     keel_isr_common:
+    /* Interrupts (vector >= 32) move from their IST stack to the interrupted stack,
+       below its 128-byte red zone, so the handler may switch threads: the frame then
+       stays with the thread it belongs to and the shared IST stack is free again.
+       Exceptions stay on their IST stacks (they are reported, not resumed elsewhere). */
+    cmp qword ptr [rsp], 32
+    jb keel_isr_on_stack
+    push rax
+    push rbx
+    mov rax, [rsp + 56]     /* interrupted rsp (above: rbx, rax, vector, error, rip, cs, rflags) */
+    sub rax, 128 + 56
+    and rax, -16
+    mov rbx, [rsp + 16]
+    mov [rax], rbx          /* vector */
+    mov rbx, [rsp + 24]
+    mov [rax + 8], rbx      /* error code */
+    mov rbx, [rsp + 32]
+    mov [rax + 16], rbx     /* rip */
+    mov rbx, [rsp + 40]
+    mov [rax + 24], rbx     /* cs */
+    mov rbx, [rsp + 48]
+    mov [rax + 32], rbx     /* rflags */
+    mov rbx, [rsp + 56]
+    mov [rax + 40], rbx     /* rsp */
+    mov rbx, [rsp + 64]
+    mov [rax + 48], rbx     /* ss */
+    mov rbx, [rsp + 8]
+    mov [rax - 8], rbx      /* the interrupted rax */
+    mov rbx, [rsp]
+    mov [rax - 16], rbx     /* the interrupted rbx */
+    lea rsp, [rax - 16]
+    pop rbx
+    pop rax
+    keel_isr_on_stack:
     push rax
     push rcx
     push rdx

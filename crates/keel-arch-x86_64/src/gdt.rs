@@ -35,7 +35,8 @@ pub enum IstSlot {
     Interrupts = 4,
 }
 
-const IST_COUNT: usize = 5;
+/// Number of IST slots in use.
+pub const IST_COUNT: usize = 5;
 
 /// A stack with an unmapped guard page below it.
 #[repr(C, align(4096))]
@@ -134,6 +135,36 @@ pub unsafe fn init() {
     let tss_selector = gdt.append(Descriptor::tss_segment(tss_static));
     // SAFETY: the GDT is static and holds valid 64-bit code/data descriptors and a TSS
     // descriptor; the selectors come from it.
+    unsafe {
+        gdt.load_unsafe();
+        CS::set_reg(code);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        SS::set_reg(data);
+        load_tss(tss_selector);
+    }
+}
+
+/// Loads a fresh GDT and TSS on an application processor, with IST stacks whose tops are
+/// `ist_tops` (indexed by [`IstSlot`]); the tables are allocated and leaked (they live as
+/// long as the CPU).
+///
+/// # Safety
+/// Call once per AP, on that AP, with interrupts disabled; every top must be the
+/// 16-byte aligned end of a stack of the AP's own.
+pub unsafe fn init_application_processor(ist_tops: [u64; IST_COUNT]) {
+    let mut tss = TaskStateSegment::new();
+    for (slot, top) in ist_tops.iter().enumerate() {
+        tss.interrupt_stack_table[slot] = VirtAddr::new(*top);
+    }
+    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+    let gdt: &'static mut GlobalDescriptorTable =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(GlobalDescriptorTable::new()));
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss_selector = gdt.append(Descriptor::tss_segment(tss));
+    // SAFETY: the GDT and TSS are leaked (live forever) and hold valid descriptors; the
+    // selectors come from them.
     unsafe {
         gdt.load_unsafe();
         CS::set_reg(code);

@@ -79,7 +79,8 @@ pub fn exception_name(vector: u64) -> &'static str {
 }
 
 /// An interrupt handler for vectors 32..=255. It runs with interrupts disabled, on the
-/// interrupt IST stack; the local APIC is acknowledged after it returns.
+/// interrupted thread's stack (below its red zone), after the local APIC has been
+/// acknowledged; it may switch threads.
 pub type InterruptHandler = fn(&mut TrapFrame);
 
 struct HandlerTable {
@@ -89,6 +90,14 @@ struct HandlerTable {
 static HANDLERS: HandlerTable = HandlerTable {
     handlers: [const { AtomicUsize::new(0) }; 256],
 };
+
+/// The handler installed for `vector`, if any.
+pub fn interrupt_handler(vector: u8) -> Option<InterruptHandler> {
+    let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
+    // SAFETY: only `set_interrupt_handler` stores non-zero values, and it stores valid
+    // `InterruptHandler` function pointers.
+    (handler != 0).then(|| unsafe { core::mem::transmute::<usize, InterruptHandler>(handler) })
+}
 
 /// Installs `handler` for `vector` (32..=255). Returns false for exception vectors.
 pub fn set_interrupt_handler(vector: u8, handler: InterruptHandler) -> bool {
@@ -188,6 +197,12 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
             BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
         }
         vector @ 32..=255 => {
+            // Acknowledge first: the handler may switch threads and return much later.
+            // Interrupts stay disabled until the handler returns (or the thread it
+            // switches to enables them), so acknowledging early cannot nest them.
+            if vector != u64::from(apic::SPURIOUS_VECTOR) {
+                apic::end_of_interrupt();
+            }
             let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
             if handler == 0 {
                 UNEXPECTED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
@@ -196,9 +211,6 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
                 // stores valid `InterruptHandler` function pointers.
                 let handler: InterruptHandler = unsafe { core::mem::transmute(handler) };
                 handler(frame);
-            }
-            if vector != u64::from(apic::SPURIOUS_VECTOR) {
-                apic::end_of_interrupt();
             }
         }
         _ => fatal_exception(frame),
@@ -247,7 +259,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             } else {
                 ""
             },
-            if is_guard_page(address) {
+            if is_guard_page(address) || (code & 1 == 0 && near_stack_pointer(address, frame.rsp)) {
                 " (guard page: stack overflow)"
             } else {
                 ""
@@ -294,8 +306,23 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     cpu::exit(ExitCode::Failure)
 }
 
+/// A fault on a non-present page just below the stack pointer is a thread running off
+/// the bottom of its stack into the guard page (thread stacks are not known statically).
+fn near_stack_pointer(address: u64, rsp: u64) -> bool {
+    address < rsp.saturating_add(256) && address.saturating_add(4096) > rsp
+}
+
 fn is_guard_page(address: u64) -> bool {
     let page = address & !0xfff;
     let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
     page == boot_guard || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+}
+
+/// Loads the (already filled) IDT on an application processor.
+///
+/// # Safety
+/// Call after [`init`] ran on the boot CPU.
+pub unsafe fn load_on_application_processor() {
+    // SAFETY: per the contract the IDT is complete and never written again.
+    unsafe { (*IDT.0.get()).load_unsafe() };
 }

@@ -16,6 +16,8 @@
 //! the in-guest test kernel and the crash tests (`cargo xtask test`).
 #![no_std]
 
+extern crate alloc;
+
 pub use keel_bootinfo as bootinfo;
 
 pub mod apic;
@@ -26,8 +28,10 @@ pub mod gdt;
 pub mod interrupts;
 pub mod logger;
 pub mod paging;
+pub mod percpu;
 pub mod platform;
 pub mod serial;
+pub mod smp;
 pub mod time;
 
 use bootinfo::{BootInfo, BootInfoError, PhysicalMemory};
@@ -120,6 +124,7 @@ static ARCH_INFO: ArchInfoCell =
 /// # Safety
 /// Only the boot code calls this, once, with the start-info address from `ebx`.
 pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
+    percpu::init_this_cpu(0, 0);
     serial::init();
     logger::init(log::LevelFilter::Info);
     let extended_state = cpu::enable_extended_state();
@@ -152,6 +157,8 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
     };
     phases.paging = time::read_tsc();
     let apic = apic::init();
+    percpu::init_this_cpu(0, apic.id);
+    percpu::mark_online();
     phases.apic = time::read_tsc();
     let platform = platform::discover(boot.rsdp);
     let info = ArchInfo {

@@ -95,6 +95,8 @@ pub enum PagingError {
     NoTableRegion,
     /// The bump region ran out of frames.
     OutOfTableFrames,
+    /// The address is not mapped (or mapped by a 1 GiB page, which Keel never creates).
+    NotMapped(u64),
 }
 
 impl core::fmt::Display for PagingError {
@@ -105,6 +107,9 @@ impl core::fmt::Display for PagingError {
                 "no usable RAM below 4 GiB right after the kernel image for page tables"
             ),
             Self::OutOfTableFrames => write!(f, "page-table frame region exhausted"),
+            Self::NotMapped(address) => {
+                write!(f, "{address:#x} is not mapped by a 4 KiB or 2 MiB page")
+            }
         }
     }
 }
@@ -318,6 +323,11 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
 
     builder.report.table_frames_used = builder.frames.used;
     let report = builder.report;
+    *TABLE_FRAMES.lock() = Some(BumpFrames {
+        next: builder.frames.next,
+        end: builder.frames.end,
+        used: builder.frames.used,
+    });
     // SAFETY: the new tables map the running code (text), the stack in use (boot stack,
     // in bss), all data, and every table frame (RAM region), so execution continues.
     unsafe { Cr3::write(root_frame, Cr3Flags::empty()) };
@@ -340,3 +350,89 @@ pub fn flags_of(address: u64) -> Option<PageTableFlags> {
 
 /// Size of a 4 KiB page.
 pub const PAGE_SIZE: u64 = Size4KiB::SIZE;
+
+/// What is left of the page-table frame region after [`init`], for splitting huge pages.
+static TABLE_FRAMES: spin::Mutex<Option<BumpFrames>> = spin::Mutex::new(None);
+/// Serialises changes to the live page tables (all CPUs share them).
+static LIVE_TABLES: spin::Mutex<()> = spin::Mutex::new(());
+
+/// The page table at physical `address`.
+///
+/// # Safety
+/// `address` must be a page-table frame of the live tables (identity-mapped RAM), and the
+/// caller must hold [`LIVE_TABLES`].
+unsafe fn table_at(address: PhysAddr) -> &'static mut PageTable {
+    // SAFETY: per the contract.
+    unsafe { &mut *(address.as_u64() as *mut PageTable) }
+}
+
+/// Makes the 4 KiB page at `address` a guard page (`guard = true`: not present, so any
+/// access faults) or maps it again read-write, no-execute (`guard = false`). A 2 MiB
+/// mapping around it is first split into 4 KiB pages. Used for thread-stack guards.
+///
+/// Other CPUs may keep a stale TLB entry for a page just turned into a guard until their
+/// next flush; the guard then catches overflows a little later on those CPUs.
+pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
+    use x86_64::structures::paging::PageTableIndex;
+    let _lock = LIVE_TABLES.lock();
+    let virtual_address = VirtAddr::new(address);
+    let indices: [PageTableIndex; 4] = [
+        virtual_address.p4_index(),
+        virtual_address.p3_index(),
+        virtual_address.p2_index(),
+        virtual_address.p1_index(),
+    ];
+    let (root, _) = Cr3::read();
+    // SAFETY: CR3 holds the live root table; we hold the lock.
+    let level4 = unsafe { table_at(root.start_address()) };
+    let entry4 = &level4[indices[0]];
+    if !entry4.flags().contains(PageTableFlags::PRESENT) {
+        return Err(PagingError::NotMapped(address));
+    }
+    // SAFETY: a present non-huge level-4 entry points at a live level-3 table.
+    let level3 = unsafe { table_at(entry4.addr()) };
+    let entry3 = &level3[indices[1]];
+    let flags3 = entry3.flags();
+    if !flags3.contains(PageTableFlags::PRESENT) || flags3.contains(PageTableFlags::HUGE_PAGE) {
+        return Err(PagingError::NotMapped(address));
+    }
+    // SAFETY: as above, one level down.
+    let level2 = unsafe { table_at(entry3.addr()) };
+    let entry2 = &mut level2[indices[2]];
+    let flags2 = entry2.flags();
+    if !flags2.contains(PageTableFlags::PRESENT) {
+        return Err(PagingError::NotMapped(address));
+    }
+    if flags2.contains(PageTableFlags::HUGE_PAGE) {
+        let frame = TABLE_FRAMES
+            .lock()
+            .as_mut()
+            .and_then(|frames| frames.allocate_frame())
+            .ok_or(PagingError::OutOfTableFrames)?;
+        // SAFETY: a fresh frame from the reserved table region, identity-mapped RAM.
+        let split = unsafe { table_at(frame.start_address()) };
+        let base = entry2.addr().as_u64();
+        let small_flags = flags2 - PageTableFlags::HUGE_PAGE;
+        for (index, entry) in split.iter_mut().enumerate() {
+            entry.set_addr(PhysAddr::new(base + index as u64 * PAGE), small_flags);
+        }
+        entry2.set_addr(
+            frame.start_address(),
+            PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+        );
+        x86_64::instructions::tlb::flush_all();
+    }
+    // SAFETY: entry2 now points at a live level-1 table.
+    let level1 = unsafe { table_at(entry2.addr()) };
+    let entry1 = &mut level1[indices[3]];
+    let flags1 = entry1.flags();
+    let new_flags = if guard {
+        flags1 - PageTableFlags::PRESENT
+    } else {
+        flags1 | PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE
+    };
+    let frame_address = entry1.addr();
+    entry1.set_addr(frame_address, new_flags);
+    x86_64::instructions::tlb::flush(virtual_address);
+    Ok(())
+}

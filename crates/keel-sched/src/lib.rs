@@ -36,11 +36,11 @@
 //! (IPI), `idle_wait` (hlt), stack allocation with a guard page, `set_thread_pointer`
 //! (FS base). See the trait for what an implementation must guarantee.
 //!
-//! **Hosted vs kernel.** The same scheduler code runs in both. With the `hosted`
-//! feature, [`hosted::HostedArch`] maps CPUs to Linux threads (wake-up = unpark of
+//! **Hosted vs kernel.** The same scheduler code runs in both. The `keel-hosted` crate's
+//! `HostedArch` maps CPUs to Linux threads (wake-up = unpark of
 //! the CPU's OS thread, idle wait = park with timeout, stacks = `mmap` with a
 //! `PROT_NONE` guard page, thread pointer = no-op since std's TLS lives in FS), and
-//! [`hosted::Machine`] starts them. The one difference: a hosted CPU cannot be
+//! `keel_hosted::Machine` starts them. The one difference: a hosted CPU cannot be
 //! interrupted, so preemption happens only at scheduler entry points (`yield_now`,
 //! `park`, `sleep`, `join`, [`Scheduler::preempt_check`]); the kernel calls
 //! [`Scheduler::timer_interrupt`] from its timer interrupt instead.
@@ -50,7 +50,7 @@
 
 extern crate alloc;
 
-#[cfg(any(test, feature = "hosted"))]
+#[cfg(test)]
 extern crate std;
 
 mod arch;
@@ -60,9 +60,6 @@ pub mod policy;
 mod scheduler;
 mod thread;
 pub mod wakeup;
-
-#[cfg(all(feature = "hosted", not(loom)))]
-pub mod hosted;
 
 pub use arch::{Arch, StackMemory};
 pub use policy::{Accounting, FairParams, FairPolicy, Policy, RoundRobinPolicy};

@@ -111,13 +111,19 @@ struct QueueEntry {
 
 impl RunQueue {
     fn insert(&mut self, key: f64, sequence: u64, thread: Thread) {
-        let position = self
-            .entries
-            .partition_point(|entry| match entry.key.total_cmp(&key) {
-                CmpOrdering::Greater => true,
-                CmpOrdering::Less => false,
-                CmpOrdering::Equal => entry.sequence > sequence,
-            });
+        // Whether `entry` runs after the new one (so stays before it in the vector).
+        let runs_later = |entry: &QueueEntry| match entry.key.total_cmp(&key) {
+            CmpOrdering::Greater => true,
+            CmpOrdering::Less => false,
+            CmpOrdering::Equal => entry.sequence > sequence,
+        };
+        // The common cases (an empty queue, or the new thread runs next) append, without
+        // a search or a shift.
+        let position = match self.entries.last() {
+            None => 0,
+            Some(last) if runs_later(last) => self.entries.len(),
+            Some(_) => self.entries.partition_point(runs_later),
+        };
         self.entries.insert(
             position,
             QueueEntry {
@@ -394,12 +400,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// not accumulate), so an unpark before the park makes it return at once, as with
     /// `std::thread::park`. Unlike std, it never returns spuriously.
     pub fn park(&self) {
-        self.with_current(|me| {
+        let mut cpu = self.current_cpu();
+        self.with_current_on(cpu, |me| {
             loop {
-                if me.token.swap(false, Ordering::Acquire) {
+                // The relaxed load first spares the locked swap when no token is
+                // pending (the usual case when parking); a token set after it is seen
+                // by `block_current_on`'s re-check (or its waker's CAS).
+                if me.token.load(Ordering::Relaxed) && me.token.swap(false, Ordering::Acquire) {
                     return;
                 }
-                self.block_current(me, || me.token.load(Ordering::SeqCst));
+                cpu = self.block_current_on(cpu, me, || me.token.load(Ordering::SeqCst));
             }
         });
     }
@@ -535,8 +545,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// Calls `body` with the running thread's record.
     fn with_current<R>(&self, body: impl FnOnce(&ThreadInner) -> R) -> R {
+        self.with_current_on(self.current_cpu(), body)
+    }
+
+    /// [`with_current`](Self::with_current) when the caller already knows the current
+    /// CPU (`cpu`, read since the last context switch).
+    fn with_current_on<R>(&self, cpu: CpuId, body: impl FnOnce(&ThreadInner) -> R) -> R {
         let inner: *const ThreadInner = {
-            let cpu = self.current_cpu();
             let _interrupts = self.arch.mask_interrupts();
             // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
             let local = unsafe { self.cpus[cpu.0].local() };
@@ -559,6 +574,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Blocks the current thread (`me`) until a wake-up, unless `ready()` holds after
     /// it is marked waiting. Spurious returns are possible; callers loop.
     fn block_current(&self, me: &ThreadInner, ready: impl Fn() -> bool) {
+        self.block_current_on(self.current_cpu(), me, ready);
+    }
+
+    /// [`block_current`](Self::block_current) on `cpu`, the current CPU (read since
+    /// the last context switch). Returns the current CPU on return (the thread may
+    /// have been migrated while it was queued).
+    fn block_current_on(&self, cpu: CpuId, me: &ThreadInner, ready: impl Fn() -> bool) -> CpuId {
         let _interrupts = self.arch.mask_interrupts();
         // SeqCst store, then the re-check: pairs with a waker's "publish condition
         // (SeqCst), then CAS WAITING -> WAKING (SeqCst)": either we see its condition,
@@ -575,9 +597,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 )
                 .is_ok()
         {
-            return;
+            return cpu;
         }
-        self.schedule(Entry::Block);
+        self.schedule_on(cpu, Entry::Block)
     }
 
     /// Wakes `thread` if it is waiting. Returns whether this call woke it.
@@ -675,7 +697,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// The scheduling decision, and the switch. Called with interrupts masked, on a
     /// thread of this scheduler or the idle loop.
     fn schedule(&self, entry: Entry) {
-        let cpu = self.current_cpu();
+        self.schedule_on(self.current_cpu(), entry);
+    }
+
+    /// [`schedule`](Self::schedule) on `cpu`, the current CPU (read since the last
+    /// context switch). Returns the current CPU when the calling context continues
+    /// (it may be another one after a switch: a queued thread may migrate).
+    fn schedule_on(&self, cpu: CpuId, entry: Entry) -> CpuId {
         let this = &self.cpus[cpu.0];
         // SAFETY: we run on `cpu` with interrupts masked; the reference is not used
         // after the context switch below (the resumed side fetches its own).
@@ -720,20 +748,19 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             let runs_thread = local.current.is_some() && previous_runnable;
             if local.current.is_some() && !previous_runnable {
                 // Blocked with nothing else runnable: switch to the idle loop.
-                self.switch_to(cpu, local, None, now, false);
-                return;
+                return self.switch_to(cpu, local, None, now, false);
             }
             self.arm_timer(cpu, local, now, runs_thread);
             self.publish_load(cpu, local);
-            return;
+            return cpu;
         }
         let next = local.run_queue.pop();
-        self.switch_to(cpu, local, next, now, previous_runnable);
+        self.switch_to(cpu, local, next, now, previous_runnable)
     }
 
     /// Switches from the current context to `next` (`None`: the idle loop), requeueing
     /// the current thread if it is still runnable. Returns when the calling context is
-    /// resumed.
+    /// resumed, with the CPU it is resumed on.
     fn switch_to(
         &self,
         cpu: CpuId,
@@ -741,7 +768,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         next: Option<Thread>,
         now: u64,
         previous_runnable: bool,
-    ) {
+    ) -> CpuId {
         let previous = local.current.take();
         let save_into: *mut usize = match &previous {
             Some(thread) => thread.inner.context.get(),
@@ -792,12 +819,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // CPU resumes a thread, once per enqueue; (3) `local` not being used after
         // this call.
         unsafe { switch_context(save_into, resume_from, self as *const Self as usize) };
-        self.after_switch();
+        self.after_switch()
     }
 
     /// Runs in the resumed context right after a switch: releases the thread switched
-    /// away from.
-    fn after_switch(&self) {
+    /// away from. Returns the CPU the context now runs on.
+    fn after_switch(&self) -> CpuId {
         let cpu = self.current_cpu();
         let switched_out = {
             // SAFETY: we run on `cpu` with interrupts masked (the switcher masked
@@ -807,6 +834,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         };
         // Dropped without the CPU state borrowed: it may free a stack and a closure.
         drop(switched_out);
+        cpu
     }
 
     fn charge_current(&self, local: &mut CpuLocal<P>, now: u64) {
@@ -969,5 +997,98 @@ impl<A: Arch + fmt::Debug, P: Policy> fmt::Debug for Scheduler<A, P> {
             .field("config", &self.config)
             .field("loads", &self.loads())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::Priority;
+    use core::ptr::NonNull;
+    use std::vec::Vec;
+
+    /// A stack that is never run on (run-queue tests only look at records).
+    struct NoStack;
+
+    impl StackMemory for NoStack {
+        fn top(&self) -> NonNull<u8> {
+            NonNull::dangling()
+        }
+        fn size(&self) -> usize {
+            0
+        }
+    }
+
+    fn thread(id: u64) -> Thread {
+        Thread {
+            inner: Arc::new(ThreadInner {
+                id: ThreadId(id),
+                state: AtomicU32::new(state::QUEUED),
+                token: AtomicBool::new(false),
+                home_cpu: AtomicUsize::new(0),
+                pinned: false,
+                sleep_generation: AtomicU64::new(0),
+                context: UnsafeCell::new(0),
+                accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
+                entry: UnsafeCell::new(None),
+                joiner: SpinLock::new(None),
+                thread_pointer: 0,
+                _stack: Box::new(NoStack),
+            }),
+        }
+    }
+
+    /// Pops everything, returning thread ids in run order.
+    fn drain(queue: &mut RunQueue) -> Vec<u64> {
+        core::iter::from_fn(|| queue.pop().map(|thread| thread.id().0)).collect()
+    }
+
+    #[test]
+    fn run_queue_pops_smallest_key_first_then_enqueue_order() {
+        // Every insertion path: empty queue, appended (runs next), searched (middle and
+        // front), and equal keys (ties in sequence order).
+        let mut queue = RunQueue::default();
+        let inserts: [(f64, u64); 8] = [
+            (5.0, 1),
+            (3.0, 2),
+            (9.0, 3),
+            (3.0, 4),
+            (1.0, 5),
+            (7.0, 6),
+            (3.0, 7),
+            (0.5, 8),
+        ];
+        for (key, sequence) in inserts {
+            queue.insert(key, sequence, thread(sequence));
+            assert_eq!(queue.len(), sequence as usize);
+        }
+        assert_eq!(queue.peek().map(Thread::id), Some(ThreadId(8)));
+        assert_eq!(drain(&mut queue), [8, 5, 2, 4, 7, 1, 6, 3]);
+        assert!(queue.peek().is_none());
+    }
+
+    #[test]
+    fn run_queue_matches_a_sorted_reference() {
+        // Pseudo-random keys with many ties, against a stable sort.
+        let mut queue = RunQueue::default();
+        let mut reference = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for sequence in 1..=500_u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let key = (seed % 16) as f64;
+            queue.insert(key, sequence, thread(sequence));
+            reference.push((key, sequence));
+            // Interleave pops, as the scheduler does.
+            if seed.is_multiple_of(5) {
+                reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let expected = reference.remove(0).1;
+                assert_eq!(queue.pop().map(|thread| thread.id().0), Some(expected));
+            }
+        }
+        reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let expected: Vec<u64> = reference.iter().map(|entry| entry.1).collect();
+        assert_eq!(drain(&mut queue), expected);
     }
 }

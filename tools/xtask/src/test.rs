@@ -86,7 +86,7 @@ fn loom_stage() -> Result<Stage, String> {
         ..Stage::default()
     };
     let target = workspace_root().join("loom-target");
-    for features in [None, Some("broken-spinlock")] {
+    for features in [None, Some("broken-spinlock"), Some("broken-lfmutex")] {
         eprintln!(
             "xtask: running the loom models{} (--cfg loom, release, target dir loom-target)",
             features.map_or(String::new(), |f| format!(
@@ -97,8 +97,7 @@ fn loom_stage() -> Result<Stage, String> {
         command
             .args(["test", "--package", "keel-loom-tests", "--release"])
             .env("RUSTFLAGS", "--cfg loom -C force-frame-pointers=yes")
-            .env("CARGO_TARGET_DIR", &target)
-            .env("LOOM_MAX_PREEMPTIONS", "3");
+            .env("CARGO_TARGET_DIR", &target);
         if let Some(features) = features {
             command.args(["--features", features]);
         }
@@ -154,6 +153,15 @@ const CRASH_CASES: &[CrashCase] = &[
         ],
     },
     CrashCase {
+        name: "thread-stack-overflow",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "non-present page on a write access",
+            "(guard page: stack overflow)",
+            "keel_kernel::ktest::crash::recurse",
+        ],
+    },
+    CrashCase {
         name: "panic",
         expect: &[
             "KEEL PANIC: deliberate panic for the crash test",
@@ -174,7 +182,7 @@ fn guest_stage() -> Result<Stage, String> {
     })?;
     let suites = [
         ("q35", Machine::Q35, 1, "256M"),
-        ("q35-smp3-1G", Machine::Q35, 3, "1G"),
+        ("q35-smp4-1G", Machine::Q35, 4, "1G"),
         ("microvm-smp2", Machine::Microvm, 2, "256M"),
     ];
     for (label, machine, smp, memory) in suites {

@@ -1,13 +1,12 @@
 //! The scheduler on hosted CPUs (Linux threads): exact outcomes, ordering, and no lost
-//! wake-ups. Run with `cargo test -p keel-sched --features hosted`.
-#![cfg(feature = "hosted")]
+//! wake-ups. Run with `cargo test -p keel-hosted`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use keel_sched::hosted::{HostedArch, Machine};
+use keel_hosted::{HostedArch, Machine};
 use keel_sched::{
     CpuId, FairPolicy, Policy, RoundRobinPolicy, Scheduler, SchedulerConfig, SpawnError,
     SpawnOptions,
@@ -438,4 +437,95 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
     });
     assert_eq!(pinned_cpus, BTreeSet::from([0]));
     assert_eq!(spread_cpus, BTreeSet::from([0, 1, 2, 3]));
+}
+
+/// MXCSR and the x87 control word of this context.
+fn fp_control() -> (u32, u16) {
+    let mut mxcsr = 0_u32;
+    let mut fcw = 0_u16;
+    // SAFETY: stores the control registers into two local variables.
+    unsafe {
+        std::arch::asm!(
+            "stmxcsr [{m}]",
+            "fnstcw [{f}]",
+            m = in(reg) &raw mut mxcsr,
+            f = in(reg) &raw mut fcw,
+            options(nostack),
+        );
+    }
+    (mxcsr, fcw)
+}
+
+/// Sets MXCSR and the x87 control word of this context.
+fn set_fp_control(mxcsr: u32, fcw: u16) {
+    // SAFETY: loads valid control values (all exceptions masked, only the rounding
+    // and precision fields changed by the callers); the test's code does not depend on
+    // the rounding mode.
+    unsafe {
+        std::arch::asm!(
+            "ldmxcsr [{m}]",
+            "fldcw [{f}]",
+            m = in(reg) &raw const mxcsr,
+            f = in(reg) &raw const fcw,
+            options(nostack),
+        );
+    }
+}
+
+#[test]
+fn floating_point_control_state_is_per_thread() {
+    const DEFAULT: (u32, u16) = (0x1f80, 0x037f);
+    // Round toward zero (MXCSR bits 13-14, FCW bits 10-11); FCW single precision.
+    const ROUND_TO_ZERO: (u32, u16) = (0x1f80 | 0x6000, 0x037f | 0x0c00);
+    // Round up; FCW double precision.
+    const ROUND_UP: (u32, u16) = (0x1f80 | 0x4000, (0x037f & !0x0300) | 0x0200 | 0x0800);
+    let machine =
+        Machine::<RoundRobinPolicy>::with_policy(1, config(), |_| RoundRobinPolicy::fifo());
+    let seen = run_on(&machine, |s| {
+        let (s1, s2) = (Arc::clone(&s), Arc::clone(&s));
+        let first = s
+            .spawn(SpawnOptions::new(), move || {
+                let fresh = fp_control();
+                set_fp_control(ROUND_TO_ZERO.0, ROUND_TO_ZERO.1);
+                let mut kept = Vec::new();
+                for _ in 0..3 {
+                    s1.yield_now();
+                    kept.push(fp_control());
+                }
+                set_fp_control(DEFAULT.0, DEFAULT.1);
+                (fresh, kept)
+            })
+            .unwrap();
+        let second = s
+            .spawn(SpawnOptions::new(), move || {
+                let fresh = fp_control();
+                let mut kept = Vec::new();
+                for round in 0..3 {
+                    if round == 1 {
+                        set_fp_control(ROUND_UP.0, ROUND_UP.1);
+                    }
+                    s2.yield_now();
+                    kept.push(fp_control());
+                }
+                set_fp_control(DEFAULT.0, DEFAULT.1);
+                (fresh, kept)
+            })
+            .unwrap();
+        // This thread switches with both while they run with changed state.
+        let mut main_seen = Vec::new();
+        for _ in 0..4 {
+            s.yield_now();
+            main_seen.push(fp_control());
+        }
+        (s.join(first).unwrap(), s.join(second).unwrap(), main_seen)
+    });
+    let ((first_fresh, first_kept), (second_fresh, second_kept), main_seen) = seen;
+    assert_eq!(first_fresh, DEFAULT);
+    assert_eq!(second_fresh, DEFAULT);
+    assert_eq!(first_kept, [ROUND_TO_ZERO; 3]);
+    assert_eq!(second_kept, [DEFAULT, ROUND_UP, ROUND_UP]);
+    assert!(
+        main_seen.iter().all(|&state| state == DEFAULT),
+        "{main_seen:x?}"
+    );
 }

@@ -1,0 +1,85 @@
+//! Per-CPU data, found through the GS base: each CPU's `IA32_GS_BASE` points at its
+//! [`PerCpu`] record, whose first word is the CPU's index, so `mov rax, gs:[0]` names the
+//! current CPU in one instruction, without a lock or an APIC read.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use x86_64::registers::model_specific::Msr;
+
+/// CPUs supported.
+pub const MAX_CPUS: usize = crate::platform::MAX_CPUS;
+
+const IA32_GS_BASE: u32 = 0xc000_0101;
+const IA32_FS_BASE: u32 = 0xc000_0100;
+
+/// One CPU's record. `index` must stay the first field (read as `gs:[0]`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct PerCpu {
+    /// The CPU's index, `0..cpu_count` (written before GS base points here).
+    pub index: AtomicUsize,
+    /// The CPU's local APIC id.
+    pub apic_id: AtomicU32,
+    /// Set by [`mark_online`] once the CPU runs kernel code with its own tables.
+    pub online: AtomicBool,
+    /// Set by the wake-up IPI, consumed by the idle wait (see `kernel-bin`).
+    pub wakeup_pending: AtomicBool,
+    /// Whether the scheduler runs on this CPU (its `current_cpu` answers `Some`).
+    pub scheduling: AtomicBool,
+}
+
+static PER_CPU: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        index: AtomicUsize::new(0),
+        apic_id: AtomicU32::new(0),
+        online: AtomicBool::new(false),
+        wakeup_pending: AtomicBool::new(false),
+        scheduling: AtomicBool::new(false),
+    }
+}; MAX_CPUS];
+
+/// Points this CPU's GS base at record `index`. Call once per CPU, early.
+pub fn init_this_cpu(index: usize, apic_id: u32) {
+    let record = &PER_CPU[index];
+    record.index.store(index, Ordering::Relaxed);
+    record.apic_id.store(apic_id, Ordering::Relaxed);
+    // SAFETY: IA32_GS_BASE only affects gs-relative accesses, which only this module
+    // makes; the record is a static that lives forever.
+    unsafe { Msr::new(IA32_GS_BASE).write(record as *const PerCpu as u64) };
+}
+
+/// Marks this CPU as running.
+pub fn mark_online() {
+    current().online.store(true, Ordering::Release);
+}
+
+/// The current CPU's index. The boot CPU calls [`init_this_cpu`] first thing in Rust,
+/// and application processors before any Rust code that could call this.
+#[inline]
+pub fn current_index() -> usize {
+    let index: usize;
+    // SAFETY: GS base points at this CPU's `PerCpu` (set up before any caller runs),
+    // whose first field is `index`.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, readonly, preserves_flags))
+    };
+    index
+}
+
+/// The current CPU's record.
+pub fn current() -> &'static PerCpu {
+    &PER_CPU[current_index()]
+}
+
+/// CPU `index`'s record.
+pub fn get(index: usize) -> Option<&'static PerCpu> {
+    PER_CPU.get(index)
+}
+
+/// Sets this CPU's FS base (the thread pointer for TLS).
+///
+/// # Safety
+/// `value` must be what the code running next expects in FS (or unused by it).
+pub unsafe fn set_thread_pointer(value: u64) {
+    // SAFETY: per the contract; Keel itself makes no fs-relative accesses.
+    unsafe { Msr::new(IA32_FS_BASE).write(value) };
+}

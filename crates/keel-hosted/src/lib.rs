@@ -1,0 +1,17 @@
+//! Keel's hardware traits implemented on the host, so the same scheduler and locks that
+//! run in the kernel run inside an ordinary Linux process for tests and benches.
+//!
+//! - [`HostedArch`] / [`Machine`]: `keel-sched`'s `Arch` with Linux threads as CPUs and
+//!   user-space context switches (see [`sched`]).
+//! - [`StdParker`]: `keel-lfmutex`'s `Parker` on `std::thread::park` / `unpark`.
+//!
+//! This is a crate of its own, with `std`, rather than a `std`/`hosted` feature of
+//! `keel-sched` and `keel-lfmutex`: Cargo unifies features across the workspace, so such
+//! a feature, switched on by a bench or test, would also link `std` into the kernel
+//! binary (which depends on both crates) and break it with a duplicate `panic_impl`.
+
+mod parker;
+pub mod sched;
+
+pub use parker::StdParker;
+pub use sched::{HostedArch, Machine};

@@ -1,0 +1,117 @@
+//! OSv's lock-free mutex in Rust, with the blocking primitives built on it.
+//!
+//! - [`RawMutex`]: a recursive, blocking mutex whose lock and unlock paths are
+//!   lock-free: an atomic `count` of lockers, a lock-free multi-producer
+//!   single-consumer queue of wait records ([`queue::MpscQueue`]) and the
+//!   *responsibility hand-off* of Gidenstam & Papatriantafilou ("LFTHREADS", 2007),
+//!   following OSv's `lockfree::mutex` (`core/lfmutex.cc`).
+//! - [`Mutex`] / [`MutexGuard`] (exclusive `&mut T`, not recursive) and
+//!   [`ReentrantMutex`] (recursive, `&T`) on top of it.
+//! - [`Condvar`] with *wait morphing* (OSv's `send_lock`): a notify moves a waiter
+//!   from the condvar's queue onto the mutex's queue instead of waking it.
+//! - [`Semaphore`] and [`RwLock`] (writer-preferring, batched reader admission),
+//!   both on `Mutex` + `Condvar`.
+//!
+//! Everything blocks through the [`Parker`] trait ("park this thread / unpark that
+//! one" plus a thread identity), so the same code runs on host threads
+//! (`keel_hosted::StdParker`), under loom (`LoomParker`, `--cfg loom`) and on
+//! Keel's scheduler. **Waiters never spin**: a descheduled lock holder (a preempted
+//! vCPU) costs the others nothing but the wait. All atomics and cells come from
+//! [`keel_sync::shim`], so `loom-tests/` model-checks this code unchanged. This is
+//! the blocking counterpart of `keel_sync::SpinLock`, which is for short
+//! non-sleeping sections only.
+//!
+//! # The algorithm
+//!
+//! `lock` does `count.fetch_add(1)`. If the old value was 0 the mutex is ours.
+//! Otherwise we are *committed*: we push a wait record (on our own stack) onto the
+//! wait queue and park until someone sets its `woken` flag, which also means the
+//! mutex has been handed to us (ownership passes directly, `count` never drops to 0
+//! in between, so nobody can barge in).
+//!
+//! `unlock` does `count.fetch_sub(1)`. If the old value was 1 nobody was waiting:
+//! done. Otherwise some locker is committed, and the unlocker pops the oldest
+//! record and wakes it. **The race:** the committed locker may have incremented
+//! `count` but not pushed its record yet, so the pop finds nothing. The unlocker
+//! must not wait for the push (that would make unlock blocking, and the locker may
+//! be preempted for a long time), and must not just return (the locker would sleep
+//! forever: a lost wake-up; the `broken-lfmutex` feature does exactly that, and the
+//! loom models catch it). Instead it *hands off the responsibility*: it publishes a
+//! token in `handoff` and checks the queue once more. Every locker, after pushing,
+//! looks at `handoff`; if a token is there and the queue is non-empty, it claims
+//! the token with a compare-and-swap and does the unlocker's job (pops the oldest
+//! record and hands it the mutex; that may be its own record). If the unlocker's
+//! re-check finds the queue non-empty, it tries to take its own token back and
+//! loop; if the token is gone, its taker is responsible. `try_lock` may also claim
+//! a token and take the mutex itself. The ordering argument (the store-buffer
+//! pattern "publish token, then read queue" against "push, then read token") is
+//! made with read-modify-writes on the queue head, see
+//! [`MpscQueue`](queue::MpscQueue)'s `push_list`, so it holds under
+//! Release/Acquire alone, which loom models exactly.
+//!
+//! **Why a token and not a flag:** a locker may read an old token, be preempted,
+//! and resume after that hand-off was resolved and a *different* unlock published
+//! another one. With a plain flag its compare-and-swap would succeed on the new
+//! hand-off although its view (queue non-empty) belongs to the old one (ABA). Each
+//! hand-off therefore carries a fresh number from the per-mutex `sequence` (OSv's
+//! choice; G&P use per-processor numbers), 32 bits wrapping and skipping 0, so a
+//! stale claim fails unless a locker sleeps through 2³² hand-offs.
+//!
+//! **Single consumer:** the queue allows one `pop` at a time. Pops happen in an
+//! unlock with `count > 1` (only the holder unlocks, and a committed locker keeps
+//! `count > 0`, so no second holder appears until someone is woken) and by the
+//! taker of a token (which the unlocker gave up, and which only one thread can
+//! claim); each passes the role on through a Release/Acquire edge.
+//!
+//! **Recursion:** `owner` holds the holder's [`ThreadId`] (from [`Parker::current_id`])
+//! and `depth` the recursion depth; `lock` by the owner only increments `depth`.
+//! The owner is cleared *before* the releasing `fetch_sub`, so a later `lock` by the
+//! same thread cannot mistake a stale owner for recursion. [`Mutex`] refuses
+//! recursion (its guard is `&mut T`); [`ReentrantMutex`] allows it (`&T`).
+//!
+//! Each atomic field documents its encoding and orderings where it is declared
+//! ([`RawMutex`], [`queue::MpscQueue`], [`Condvar`]).
+//!
+//! `unsafe` is confined to the wait records (raw pointers to stack records linked
+//! into the queues) and the data cells of the guards; every block says what it
+//! relies on.
+#![no_std]
+
+#[cfg(any(test, loom))]
+extern crate std;
+
+mod condvar;
+mod mutex;
+mod parker;
+pub mod queue;
+mod raw;
+mod rwlock;
+mod semaphore;
+
+pub use condvar::Condvar;
+pub use mutex::{Mutex, MutexGuard, ReentrantMutex, ReentrantMutexGuard};
+#[cfg(loom)]
+pub use parker::LoomParker;
+#[cfg(test)]
+pub(crate) use parker::StdParker;
+pub use parker::{Parker, ThreadId};
+pub use raw::{RawMutex, UnlockError};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use semaphore::Semaphore;
+
+/// Whether the calling thread is unwinding inside a loom model.
+///
+/// Guards skip their unlock then: loom unwinds the threads of an execution that has
+/// already failed (a reported deadlock, for instance), and touching loom objects at
+/// that point panics again and aborts the test process. Always `false` outside loom.
+#[inline(always)]
+pub(crate) fn unwinding_under_loom() -> bool {
+    #[cfg(loom)]
+    {
+        std::thread::panicking()
+    }
+    #[cfg(not(loom))]
+    {
+        false
+    }
+}

@@ -1,0 +1,176 @@
+//! The blocking interface: how a waiter sleeps and how it is woken.
+
+use core::fmt;
+use core::num::NonZeroU64;
+
+/// The identity of a thread, as the locks record their owner: a non-zero `u64`
+/// (0 encodes "no owner" in the mutex's `owner` field), unique among the threads that
+/// are alive at the same time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadId(NonZeroU64);
+
+impl ThreadId {
+    /// Wraps a non-zero identity.
+    pub const fn new(id: NonZeroU64) -> Self {
+        Self(id)
+    }
+
+    /// The identity as a non-zero integer.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "thread {}", self.0)
+    }
+}
+
+/// "Block this thread / wake that thread": the only thing the locks need from a
+/// scheduler. Host threads ([`StdParker`]), loom's model threads (`LoomParker`,
+/// under `--cfg loom`) and, later, Keel's own scheduler implement it.
+///
+/// Thread identity comes from [`Parker::current_id`] rather than from the handle
+/// (std's `Thread` handle has no stable integer id), so the mutex can keep its owner
+/// in one `AtomicU64`.
+///
+/// # Safety
+/// Implementers must guarantee that:
+/// - `unpark(h)`, called after or concurrently with `park()` by the thread that `h`
+///   (obtained from `current()` on that thread) refers to, makes that `park` return,
+///   and an `unpark` that comes before the `park` makes the next `park` return at once
+///   (a wake-up token, like `std::thread::park` / `Thread::unpark`). `park` may also
+///   return spuriously: callers always re-check their condition.
+/// - `current_id()` returns the same value every time on one thread, and values that
+///   differ between any two threads alive at the same time. The locks' mutual
+///   exclusion for recursive locking depends on this.
+pub unsafe trait Parker {
+    /// What a waker needs to wake a thread.
+    type Handle: Clone + Send + Sync + fmt::Debug;
+
+    /// The handle of the calling thread.
+    fn current() -> Self::Handle;
+
+    /// The identity of the calling thread (see the trait's `# Safety`).
+    fn current_id() -> ThreadId;
+
+    /// Blocks the calling thread until it is unparked (or spuriously).
+    fn park();
+
+    /// Wakes the thread `handle` refers to, or makes its next `park` return at once.
+    fn unpark(handle: &Self::Handle);
+}
+
+/// Test-only: blocks host threads with `std::thread::park` and `Thread::unpark`. The
+/// public host parker is `keel_hosted::StdParker`; this copy exists because a crate's
+/// own unit tests cannot use a dependency that itself depends on the crate (the
+/// `Parker` trait would be a different copy).
+///
+/// Thread ids come from a process-wide counter, assigned on first use per thread;
+/// the counter is a plain `core` atomic on purpose: it is not part of any algorithm
+/// the loom models check.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdParker;
+
+#[cfg(test)]
+mod std_parker {
+    use super::{NonZeroU64, Parker, StdParker, ThreadId};
+    use core::cell::Cell;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// The next thread id to hand out; ids start at 1 (0 means "no owner").
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+    std::thread_local! {
+        /// This thread's id, 0 until first asked for.
+        static CURRENT_ID: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: std documents that `unpark` makes a concurrent or later `park` of that
+    // thread return (a token), and allows spurious `park` returns. Ids come from one
+    // counter incremented with an RMW, so they are distinct, non-zero (starting at 1,
+    // 2⁶⁴ threads never happen) and fixed per thread by the thread-local cache.
+    unsafe impl Parker for StdParker {
+        type Handle = std::thread::Thread;
+
+        #[inline]
+        fn current() -> Self::Handle {
+            std::thread::current()
+        }
+
+        #[inline]
+        fn current_id() -> ThreadId {
+            CURRENT_ID.with(|cached| {
+                let mut id = cached.get();
+                if id == 0 {
+                    id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    cached.set(id);
+                }
+                ThreadId::new(NonZeroU64::new(id).expect("thread ids start at 1"))
+            })
+        }
+
+        #[inline]
+        fn park() {
+            std::thread::park();
+        }
+
+        #[inline]
+        fn unpark(handle: &Self::Handle) {
+            handle.unpark();
+        }
+    }
+}
+
+/// Blocks loom's model threads with `loom::thread::park` and
+/// `loom::thread::Thread::unpark`, so a lost wake-up shows up as a loom deadlock.
+#[cfg(loom)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoomParker;
+
+#[cfg(loom)]
+mod loom_parker {
+    use super::{LoomParker, NonZeroU64, Parker, ThreadId};
+    use core::cell::Cell;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// The next id; a plain (unmodelled) atomic: ids only need to be distinct.
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+    loom::thread_local! {
+        /// This model thread's id, 0 until first asked for.
+        static CURRENT_ID: Cell<u64> = Cell::new(0);
+    }
+
+    // SAFETY: loom's park/unpark have token semantics (an unpark of a running thread
+    // is remembered and consumed by its next park); ids are distinct and non-zero as
+    // for `StdParker` (one counter, starting at 1, cached per model thread).
+    unsafe impl Parker for LoomParker {
+        type Handle = loom::thread::Thread;
+
+        fn current() -> Self::Handle {
+            loom::thread::current()
+        }
+
+        fn current_id() -> ThreadId {
+            CURRENT_ID.with(|cached| {
+                let mut id = cached.get();
+                if id == 0 {
+                    id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    cached.set(id);
+                }
+                ThreadId::new(NonZeroU64::new(id).expect("thread ids start at 1"))
+            })
+        }
+
+        fn park() {
+            loom::thread::park();
+        }
+
+        fn unpark(handle: &Self::Handle) {
+            handle.unpark();
+        }
+    }
+}

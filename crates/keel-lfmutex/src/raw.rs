@@ -1,0 +1,598 @@
+//! [`RawMutex`]: the lock-free mutex itself, and the wait records it queues.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+
+use crate::parker::{Parker, ThreadId};
+use crate::queue::{MpscQueue, Node};
+
+/// What a blocked thread leaves in a wait queue: who to wake, and the flag that
+/// says it was woken (and, in a mutex's queue, that it now owns the mutex).
+pub(crate) struct Waiter<P: Parker> {
+    /// The thread to unpark.
+    handle: P::Handle,
+    /// Set (Release) by the waker as its *last* access to the record; the waiter
+    /// loads it (Acquire) after every `park` return and leaves (freeing the record,
+    /// which lives on its stack) only once it is set. The Release/Acquire pair also
+    /// carries the previous holder's critical section over to the woken thread.
+    woken: AtomicBool,
+}
+
+/// A wait record: a queue node carrying a [`Waiter`].
+pub(crate) type WaitRecord<P> = Node<Waiter<P>>;
+
+impl<P: Parker> Waiter<P> {
+    /// A record for the calling thread.
+    pub(crate) fn for_current_thread() -> WaitRecord<P> {
+        Node::new(Self {
+            handle: P::current(),
+            woken: AtomicBool::new(false),
+        })
+    }
+
+    /// Parks until the record is woken. Never returns early: the record may be
+    /// linked in a queue until then.
+    pub(crate) fn wait(&self) {
+        while !self.woken.load(Ordering::Acquire) {
+            P::park();
+        }
+    }
+}
+
+impl<P: Parker> fmt::Debug for Waiter<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("handle", &self.handle)
+            .field("woken", &self.woken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Wakes the thread waiting on `record`.
+///
+/// # Safety
+/// `record` must be live and waiting (in no queue, or popped by the caller), and
+/// nobody else may wake it: its owner frees it as soon as `woken` is set.
+pub(crate) unsafe fn wake<P: Parker>(record: NonNull<WaitRecord<P>>) {
+    // SAFETY: relies on (1) the caller's guarantee that the record is live and that
+    // we are its only waker, so its owner is still parked in `Waiter::wait` and will
+    // not free it before the store below.
+    let waiter = unsafe { record.as_ref() }.value();
+    let handle = waiter.handle.clone();
+    waiter.woken.store(true, Ordering::Release);
+    // From here on the record may be gone; only the cloned handle is used.
+    P::unpark(&handle);
+}
+
+/// Why [`RawMutex::unlock`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnlockError {
+    /// The calling thread does not hold the mutex.
+    NotOwner,
+}
+
+impl fmt::Display for UnlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotOwner => f.write_str("the calling thread does not hold the mutex"),
+        }
+    }
+}
+
+/// OSv's lock-free, recursive, blocking mutex without data (see the [crate
+/// docs](crate) for the algorithm).
+///
+/// The owner may lock again (`lock` or `try_lock`) and must then unlock as many
+/// times. Waiters never spin: they block through `P`.
+///
+/// ```
+/// use keel_hosted::StdParker;
+/// use keel_lfmutex::RawMutex;
+/// let mutex = RawMutex::<StdParker>::new();
+/// mutex.lock();
+/// mutex.lock(); // recursive
+/// assert!(mutex.is_owned_by_current_thread());
+/// mutex.unlock().unwrap();
+/// mutex.unlock().unwrap();
+/// assert!(mutex.unlock().is_err());
+/// ```
+pub struct RawMutex<P: Parker> {
+    /// How many threads hold the mutex or are committed to waiting for it (each
+    /// `lock` adds one, each final `unlock` removes one); 0 means free.
+    ///
+    /// `lock` takes it with `fetch_add(1, Acquire)` (old value 0: the mutex is ours,
+    /// and the previous unlocker's Release is visible); `try_lock` with
+    /// `compare_exchange(0, 1, Acquire, Relaxed)`; the final unlock releases with
+    /// `fetch_sub(1, Release)` (old value 1: nobody waits, done). A locker that found
+    /// it non-zero stays counted while it queues and waits; ownership then passes to
+    /// it directly, without `count` ever reaching 0.
+    count: AtomicU32,
+    /// The waiters, oldest first; see [`MpscQueue`]. Its consumer is the unlocker
+    /// that found `count > 1`, or whoever takes the hand-off token from it.
+    queue: MpscQueue<Waiter<P>>,
+    /// The responsibility hand-off token: 0 when none is offered, else the
+    /// `sequence` number of the unlock that offered it.
+    ///
+    /// The unlocker publishes it with `store(token, Release)` (its critical section
+    /// goes along); a taker claims it with `compare_exchange(token, 0, AcqRel,
+    /// Relaxed)` (Acquire: it inherits that critical section and the consumer role);
+    /// lockers peek at it with `load(Acquire)`. Unique tokens make a stale peek fail
+    /// its claim (ABA).
+    handoff: AtomicU32,
+    /// The last token number used (wrapping, skipping 0). Only the current queue
+    /// consumer touches it; consumers are ordered by happens-before, so a plain cell
+    /// (under loom, a checked one).
+    sequence: UnsafeCell<u32>,
+    /// The [`ThreadId`](crate::ThreadId) of the holder, or 0.
+    ///
+    /// Relaxed loads and stores suffice: only the holder stores its own id (after it
+    /// acquired) and clears it (before it releases), and a thread compares it only
+    /// with its own id, which by coherence it can observe only while it set it.
+    owner: AtomicU64,
+    /// The recursion depth, meaningful while held; touched only by the holder.
+    depth: UnsafeCell<u32>,
+    /// `P` is only a strategy; it does not affect `Send`/`Sync`.
+    _parker: PhantomData<fn() -> P>,
+}
+
+// SAFETY: the cells (`sequence`, `depth`) are only accessed by the queue consumer and
+// the holder respectively, each role passed on through the Release/Acquire edges
+// documented on the fields; everything else is atomics. Thread handles are `Send +
+// Sync` by the `Parker` bound.
+unsafe impl<P: Parker> Sync for RawMutex<P> {}
+// SAFETY: as for `Sync`; a `RawMutex` owns no thread-bound data.
+unsafe impl<P: Parker> Send for RawMutex<P> {}
+
+impl<P: Parker> Default for RawMutex<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Parker> fmt::Debug for RawMutex<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawMutex")
+            .field("count", &self.count.load(Ordering::Relaxed))
+            .field("owner", &self.owner.load(Ordering::Relaxed))
+            .field("handoff", &self.handoff.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Parker> RawMutex<P> {
+    /// An unlocked mutex.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            count: AtomicU32::new(0),
+            queue: MpscQueue::new(),
+            handoff: AtomicU32::new(0),
+            sequence: UnsafeCell::new(0),
+            owner: AtomicU64::new(0),
+            depth: UnsafeCell::new(0),
+            _parker: PhantomData,
+        }
+    }
+
+    /// An unlocked mutex (not `const` under loom).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            count: AtomicU32::new(0),
+            queue: MpscQueue::new(),
+            handoff: AtomicU32::new(0),
+            sequence: UnsafeCell::new(0),
+            owner: AtomicU64::new(0),
+            depth: UnsafeCell::new(0),
+            _parker: PhantomData,
+        }
+    }
+
+    /// Locks, blocking while another thread holds the mutex; if the calling thread
+    /// holds it already, only increments the recursion depth.
+    ///
+    /// # Panics
+    /// If the recursion depth would overflow a `u32`.
+    #[inline]
+    pub fn lock(&self) {
+        let me = P::current_id();
+        if self.is_owned_by(me) {
+            self.add_depth();
+            return;
+        }
+        self.acquire();
+        self.set_owner(me);
+    }
+
+    /// Locks if the mutex is free or already held by the calling thread (then the
+    /// depth grows), or if an unlocker's hand-off token can be taken; never blocks.
+    ///
+    /// # Panics
+    /// If the recursion depth would overflow a `u32`.
+    #[inline]
+    pub fn try_lock(&self) -> bool {
+        let me = P::current_id();
+        if self.is_owned_by(me) {
+            self.add_depth();
+            return true;
+        }
+        if self.try_acquire() {
+            self.set_owner(me);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Unlocks once; the mutex is released when the depth reaches zero.
+    ///
+    /// # Errors
+    /// [`UnlockError::NotOwner`] if the calling thread does not hold the mutex
+    /// (nothing changes then).
+    #[inline]
+    pub fn unlock(&self) -> Result<(), UnlockError> {
+        if !self.is_owned_by_current_thread() {
+            return Err(UnlockError::NotOwner);
+        }
+        // SAFETY: relies on (1) the check above: the calling thread holds the mutex.
+        unsafe { self.unlock_owned() };
+        Ok(())
+    }
+
+    /// Whether the calling thread holds the mutex (exact, not a snapshot: only the
+    /// calling thread can make it true or false).
+    #[inline]
+    pub fn is_owned_by_current_thread(&self) -> bool {
+        self.is_owned_by(P::current_id())
+    }
+
+    /// Whether `me`, the calling thread's id, holds the mutex.
+    #[inline]
+    pub(crate) fn is_owned_by(&self, me: ThreadId) -> bool {
+        self.owner.load(Ordering::Relaxed) == me.get()
+    }
+
+    /// Whether some thread holds (or waits for) the mutex; only a snapshot.
+    #[inline]
+    pub fn is_locked(&self) -> bool {
+        self.count.load(Ordering::Relaxed) != 0
+    }
+
+    /// Unlocks once without checking the owner.
+    ///
+    /// # Safety
+    /// The calling thread must hold the mutex.
+    #[inline]
+    pub(crate) unsafe fn unlock_owned(&self) {
+        // SAFETY: relies on (1) the caller holding the mutex, so it alone touches
+        // `depth` (the previous holder's accesses happen-before its acquisition).
+        let depth = self.depth.with_mut(|depth| unsafe {
+            *depth -= 1;
+            *depth
+        });
+        if depth == 0 {
+            self.owner.store(0, Ordering::Relaxed);
+            // SAFETY: relies on (1) the caller holding the mutex, at depth 0 now.
+            unsafe { self.release() };
+        }
+    }
+
+    /// The holder's id after a wait-morphed wake-up (see `Condvar`): the mutex was
+    /// acquired on the calling thread's behalf, which now records itself as owner.
+    pub(crate) fn receive_lock(&self) {
+        self.set_owner(P::current_id());
+    }
+
+    /// The recursion depth; only the holder may call this.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn depth_of_holder(&self) -> u32 {
+        // SAFETY: relies on (1) the caller holding the mutex (documented), so the
+        // holder alone touches `depth`.
+        self.depth.with(|depth| unsafe { *depth })
+    }
+
+    /// Records `me` (the calling thread) as the holder at depth 1, right after
+    /// acquiring.
+    #[inline]
+    pub(crate) fn set_owner(&self, me: ThreadId) {
+        self.owner.store(me.get(), Ordering::Relaxed);
+        // SAFETY: relies on (1) the calling thread having just acquired the mutex, so
+        // it alone touches `depth`, and the previous holder's accesses happen-before.
+        self.depth.with_mut(|depth| unsafe { *depth = 1 });
+    }
+
+    /// One more recursion level; the calling thread holds the mutex.
+    fn add_depth(&self) {
+        // SAFETY: relies on (1) `owner == me`, which only the holder can observe, so
+        // it alone touches `depth`.
+        self.depth.with_mut(|depth| unsafe {
+            *depth = (*depth)
+                .checked_add(1)
+                .expect("RawMutex recursion depth overflow");
+        });
+    }
+
+    /// Acquires the mutex (not recursively), blocking if needed; does not record the
+    /// owner.
+    #[inline]
+    pub(crate) fn acquire(&self) {
+        if self.count.fetch_add(1, Ordering::Acquire) != 0 {
+            self.acquire_slow();
+        }
+    }
+
+    /// Acquires without blocking, taking a hand-off token if one is offered; does not
+    /// record the owner.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> bool {
+        if self
+            .count
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        // Last chance: an unlocker offered the responsibility for a locker that has
+        // counted itself but not queued yet. Taking it makes us the holder (we count
+        // ourselves in); that locker will queue and wait for our unlock.
+        let token = self.handoff.load(Ordering::Acquire);
+        if token != 0
+            && self
+                .handoff
+                .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// `count` was non-zero: queue a record on our stack and wait until an unlocker
+    /// (or the hand-off taker) pops it and hands us the mutex.
+    #[cold]
+    fn acquire_slow(&self) {
+        let record = Waiter::<P>::for_current_thread();
+        let record_ptr = NonNull::from(&record);
+        // SAFETY: relies on (1) `record` living on this frame, which does not return
+        // before `record.value().wait()` sees it woken, i.e. popped and done with.
+        unsafe { self.queue.push(record_ptr) };
+        if let Some(popped) = self.take_handoff_and_pop() {
+            if popped == record_ptr {
+                // We took the responsibility and found ourselves first: ours.
+                return;
+            }
+            // SAFETY: relies on (1) `popped` having been popped by us, the sole
+            // consumer, so it is live (its owner waits for `woken`) and we are its
+            // only waker.
+            unsafe { wake::<P>(popped) };
+        }
+        record.value().wait();
+    }
+
+    /// Queues a record on behalf of a thread that waits on it elsewhere (a condition
+    /// variable's waiter being moved over: OSv's `send_lock`, "wait morphing"); the
+    /// record is woken once the mutex is acquired for it.
+    ///
+    /// # Safety
+    /// `record` must be live, in no queue, and its owner must be blocked in
+    /// [`Waiter::wait`] without holding this mutex, with nobody else waking it.
+    pub(crate) unsafe fn send_lock(&self, record: NonNull<WaitRecord<P>>) {
+        if self.count.fetch_add(1, Ordering::Acquire) == 0 {
+            // SAFETY: relies on (1) the caller's guarantee; the mutex is now held on
+            // the record owner's behalf.
+            unsafe { wake::<P>(record) };
+            return;
+        }
+        // SAFETY: relies on (1) the caller's guarantee: live, in no queue, and its
+        // owner does not leave `wait` before being woken, i.e. popped.
+        unsafe { self.queue.push(record) };
+        if let Some(popped) = self.take_handoff_and_pop() {
+            // SAFETY: relies on (1) popped by us, the sole consumer: live and ours
+            // to wake (it may be `record` itself).
+            unsafe { wake::<P>(popped) };
+        }
+    }
+
+    /// The locker's half of the hand-off: after pushing, if an unlocker has offered
+    /// a token and the queue is not empty, claim the token, becoming the consumer,
+    /// and pop the oldest waiter, whom the mutex now belongs to.
+    fn take_handoff_and_pop(&self) -> Option<NonNull<WaitRecord<P>>> {
+        let token = self.handoff.load(Ordering::Acquire);
+        if token == 0 || self.queue.is_empty() {
+            return None;
+        }
+        self.handoff
+            .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        // SAFETY: relies on (1) holding the token: the unlocker that offered it gave
+        // up the consumer role (its pop found nothing and it did not take the token
+        // back), and no other thread can pop until we wake someone.
+        let popped = unsafe { self.queue.pop() };
+        debug_assert!(popped.is_some(), "hand-off taken with an empty queue");
+        popped
+    }
+
+    /// Releases the mutex (depth already 0, owner cleared or never set).
+    ///
+    /// # Safety
+    /// The calling thread must hold the mutex (acquired through `acquire` or
+    /// `try_acquire`, or handed to it by a wake-up).
+    #[inline]
+    pub(crate) unsafe fn release(&self) {
+        if self.count.fetch_sub(1, Ordering::Release) != 1 {
+            self.release_slow();
+        }
+    }
+
+    /// Somebody is counted in `count`: wake the oldest queued waiter, or, if none
+    /// has queued yet, hand off the responsibility for waking it.
+    #[cold]
+    fn release_slow(&self) {
+        loop {
+            // SAFETY: relies on (1) the single-consumer argument of the crate docs:
+            // we hold the consumer role (count > 0 keeps new lockers out of the fast
+            // path, and the role comes back to us only by re-taking our own token).
+            if let Some(waiter) = unsafe { self.queue.pop() } {
+                // SAFETY: relies on (1) popped by us: live, and we are its only waker.
+                unsafe { wake::<P>(waiter) };
+                return;
+            }
+            if cfg!(feature = "broken-lfmutex") {
+                // DELIBERATELY BROKEN (feature `broken-lfmutex`, for the loom tests
+                // only): no hand-off, so a locker that counted itself but had not
+                // queued yet sleeps forever.
+                return;
+            }
+            let token = self.next_token();
+            self.handoff.store(token, Ordering::Release);
+            // The locker we are waiting for has not pushed: it will see the token
+            // after its push (see `MpscQueue::has_pushes_after`).
+            if !self.queue.has_pushes_after() {
+                return;
+            }
+            // Somebody pushed meanwhile. If the token is still ours, take it back and
+            // pop them ourselves; otherwise its taker is responsible now.
+            if self
+                .handoff
+                .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The next hand-off token: the sequence number, incremented, skipping 0.
+    fn next_token(&self) -> u32 {
+        // SAFETY: relies on (1) being called only by the queue consumer (from
+        // `release_slow`), consumers being ordered by happens-before.
+        self.sequence.with_mut(|sequence| unsafe {
+            *sequence = match (*sequence).wrapping_add(1) {
+                0 => 1,
+                next => next,
+            };
+            *sequence
+        })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::StdParker;
+    use std::sync::Arc;
+    use std::thread;
+    use std::vec::Vec;
+
+    type Raw = RawMutex<StdParker>;
+
+    #[test]
+    fn recursion_depth_and_checked_unlock() {
+        let mutex = Raw::new();
+        assert_eq!(mutex.unlock(), Err(UnlockError::NotOwner));
+        for depth in 1..=5 {
+            mutex.lock();
+            assert_eq!(mutex.depth_of_holder(), depth);
+        }
+        assert!(mutex.try_lock());
+        assert_eq!(mutex.depth_of_holder(), 6);
+        for _ in 0..6 {
+            assert!(mutex.is_owned_by_current_thread());
+            mutex.unlock().unwrap();
+        }
+        assert!(!mutex.is_owned_by_current_thread());
+        assert!(!mutex.is_locked());
+        assert_eq!(mutex.unlock(), Err(UnlockError::NotOwner));
+    }
+
+    #[test]
+    fn other_thread_cannot_unlock_or_try_lock_held_mutex() {
+        let mutex = Arc::new(Raw::new());
+        mutex.lock();
+        let other = Arc::clone(&mutex);
+        thread::spawn(move || {
+            assert!(!other.try_lock());
+            assert_eq!(other.unlock(), Err(UnlockError::NotOwner));
+        })
+        .join()
+        .unwrap();
+        mutex.unlock().unwrap();
+        let other = Arc::clone(&mutex);
+        thread::spawn(move || {
+            assert!(other.try_lock());
+            other.unlock().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn recursive_holder_keeps_others_out_until_last_unlock() {
+        let mutex = Arc::new(Raw::new());
+        mutex.lock();
+        mutex.lock();
+        let other = Arc::clone(&mutex);
+        let waiter = thread::spawn(move || {
+            other.lock();
+            other.unlock().unwrap();
+        });
+        mutex.unlock().unwrap();
+        thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished());
+        mutex.unlock().unwrap();
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn token_sequence_skips_zero() {
+        let mutex = Raw::new();
+        mutex.sequence.with_mut(|sequence| {
+            // SAFETY: single-threaded test.
+            unsafe { *sequence = u32::MAX }
+        });
+        assert_eq!(mutex.next_token(), 1);
+        assert_eq!(mutex.next_token(), 2);
+    }
+
+    #[test]
+    fn many_threads_lock_and_try_lock_count_exactly() {
+        const THREADS: usize = 6;
+        const ITERATIONS: usize = 5_000;
+        let mutex = Arc::new(Raw::new());
+        let counter = Arc::new(core::sync::atomic::AtomicUsize::new(0));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|index| {
+                let mutex = Arc::clone(&mutex);
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || {
+                    for iteration in 0..ITERATIONS {
+                        if (index + iteration) % 3 == 0 {
+                            while !mutex.try_lock() {
+                                core::hint::spin_loop();
+                            }
+                        } else {
+                            mutex.lock();
+                        }
+                        // A non-atomic read-modify-write made of two atomic halves:
+                        // only mutual exclusion keeps it exact.
+                        let value = counter.load(core::sync::atomic::Ordering::Relaxed);
+                        counter.store(value + 1, core::sync::atomic::Ordering::Relaxed);
+                        mutex.unlock().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(
+            counter.load(core::sync::atomic::Ordering::Relaxed),
+            THREADS * ITERATIONS
+        );
+        assert!(!mutex.is_locked());
+    }
+}

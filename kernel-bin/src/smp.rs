@@ -1,0 +1,103 @@
+//! Bringing up the application processors: stacks and IST stacks for each, the
+//! trampoline start (`keel_arch_x86_64::smp`), and each AP's path into the scheduler.
+
+use crate::{memory, threads};
+use core::sync::atomic::{AtomicU64, Ordering};
+use keel_arch_x86_64::gdt::IST_COUNT;
+use keel_arch_x86_64::{ArchInfo, apic, cpu, gdt, interrupts, paging, percpu, smp};
+use keel_pagealloc::PAGE_SIZE;
+use keel_sched::CpuId;
+use x86_64::registers::control::Cr3;
+
+/// Bytes of an AP's first stack (its idle loop runs on it).
+const AP_STACK_SIZE: u64 = 64 * 1024;
+/// Bytes of each of an AP's IST stacks.
+const AP_IST_SIZE: u64 = 32 * 1024;
+
+/// The boot CPU's page-table root, for the APs to load.
+static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
+/// IST stack tops of the AP being started (written before its start, read by it).
+static NEXT_AP_IST_TOPS: [AtomicU64; IST_COUNT] = [const { AtomicU64::new(0) }; IST_COUNT];
+
+/// A stack with a guard page below it; returns its top. Never freed (CPUs do not stop).
+fn guarded_stack(bytes: u64) -> Option<u64> {
+    let pages = bytes.div_ceil(PAGE_SIZE) + 1;
+    let range = memory::alloc_pages(pages).ok()?;
+    let bottom = range.start.as_u64() * PAGE_SIZE;
+    paging::set_guard_page(bottom, true).ok()?;
+    Some(bottom + pages * PAGE_SIZE)
+}
+
+/// Starts every CPU the MADT lists besides the boot CPU; returns how many CPUs run.
+pub fn start_application_processors(info: &ArchInfo) -> usize {
+    let Ok(platform) = &info.platform else {
+        return 1;
+    };
+    let (root, _) = Cr3::read();
+    KERNEL_CR3.store(root.start_address().as_u64(), Ordering::Relaxed);
+    smp::install_trampoline();
+    let mut online = 1;
+    for &apic_id in platform.apic_ids() {
+        if apic_id == info.apic.id || online >= percpu::MAX_CPUS {
+            continue;
+        }
+        let Some(stack_top) = guarded_stack(AP_STACK_SIZE) else {
+            log::error!("no memory for the stack of CPU with APIC id {apic_id}");
+            break;
+        };
+        for top in &NEXT_AP_IST_TOPS {
+            let Some(ist_top) = guarded_stack(AP_IST_SIZE) else {
+                log::error!("no memory for the IST stacks of APIC id {apic_id}");
+                return online;
+            };
+            top.store(ist_top, Ordering::Relaxed);
+        }
+        let index = online;
+        match smp::start_ap(apic_id, index, stack_top) {
+            Ok(()) => {
+                // Wait until the AP took its IST tops and is ready for the scheduler.
+                let record = percpu::get(index);
+                while !record.is_some_and(|record| record.online.load(Ordering::Acquire)) {
+                    core::hint::spin_loop();
+                }
+                online += 1;
+            }
+            Err(error) => log::error!("CPU with APIC id {apic_id} did not start: {error:?}"),
+        }
+    }
+    online
+}
+
+/// Each AP's Rust main, called by the trampoline on its own stack.
+#[unsafe(no_mangle)]
+pub fn keel_kernel_ap_main(index: usize) -> ! {
+    percpu::init_this_cpu(index, 0);
+    let root = KERNEL_CR3.load(Ordering::Relaxed);
+    let frame =
+        x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(root));
+    let ist_tops = core::array::from_fn(|slot| NEXT_AP_IST_TOPS[slot].load(Ordering::Relaxed));
+    // SAFETY: the boot CPU's tables map everything this CPU runs (they are shared); the
+    // IST tops are this AP's own fresh stacks; the IDT was filled by the boot CPU; all
+    // with interrupts disabled, once, on this AP.
+    unsafe {
+        x86_64::registers::control::Cr3::write(
+            frame,
+            x86_64::registers::control::Cr3Flags::empty(),
+        );
+        gdt::init_application_processor(ist_tops);
+        interrupts::load_on_application_processor();
+    }
+    cpu::enable_extended_state();
+    apic::init_application_processor();
+    percpu::init_this_cpu(index, apic::current_id());
+    percpu::mark_online();
+    // The scheduler is created by the boot CPU once all APs are up.
+    let scheduler = loop {
+        if let Some(scheduler) = threads::try_scheduler() {
+            break scheduler;
+        }
+        core::hint::spin_loop();
+    };
+    scheduler.run_cpu(CpuId(index));
+    panic!("the idle loop of CPU {index} returned")
+}

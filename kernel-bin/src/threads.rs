@@ -1,0 +1,249 @@
+//! Threads in the kernel: `keel-sched`'s scheduler on the x86-64 machine.
+//!
+//! [`KernelArch`] implements the scheduler's `Arch` trait: the current CPU comes from
+//! the per-CPU record behind the GS base, the clock is the TSC, the one-shot timer is
+//! the local APIC's, cross-CPU wake-ups are IPIs, the idle wait is `sti; hlt`, thread
+//! stacks are page runs from the page allocator with an unmapped guard page below, and
+//! the thread pointer is the FS base. [`KernelParker`] maps the lock-free mutex's
+//! `Parker` onto the scheduler's park/unpark, so `keel-lfmutex` runs on Keel threads.
+//!
+//! The scheduler is the one kernel static here ([`scheduler`]); [`start`] creates it,
+//! installs the timer and wake-up interrupt handlers, and turns the calling context into
+//! CPU 0's idle loop.
+
+use crate::memory;
+use core::num::NonZeroU64;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+use keel_arch_x86_64::interrupts::{self, TrapFrame};
+use keel_arch_x86_64::{apic, paging, percpu, time};
+use keel_pagealloc::{PAGE_SIZE, PageRange};
+use keel_sched::{Arch, CpuId, Scheduler, SchedulerConfig, StackMemory};
+
+/// The x86-64 machine as the scheduler sees it.
+#[derive(Debug)]
+pub struct KernelArch {
+    cpu_count: usize,
+}
+
+/// Restores the interrupt flag saved when it was created.
+#[derive(Debug)]
+pub struct InterruptGuard {
+    were_enabled: bool,
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        if self.were_enabled {
+            x86_64::instructions::interrupts::enable();
+        }
+    }
+}
+
+/// A thread stack: a run of pages whose lowest page is an unmapped guard.
+#[derive(Debug)]
+pub struct KernelStack {
+    pages: PageRange,
+}
+
+impl StackMemory for KernelStack {
+    fn top(&self) -> NonNull<u8> {
+        let end = (self.pages.start.as_u64() + self.pages.count) * PAGE_SIZE;
+        NonNull::new(end as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    fn size(&self) -> usize {
+        ((self.pages.count - 1) * PAGE_SIZE) as usize
+    }
+}
+
+impl Drop for KernelStack {
+    fn drop(&mut self) {
+        let guard = self.pages.start.as_u64() * PAGE_SIZE;
+        // The guard page must be mapped again before the pages go back to the allocator.
+        if let Err(error) = paging::set_guard_page(guard, false) {
+            log::error!("cannot unmap-guard stack page {guard:#x}: {error}; leaking the stack");
+            return;
+        }
+        if let Err(error) = memory::free_pages(self.pages) {
+            log::error!("freeing a thread stack failed: {error}");
+        }
+    }
+}
+
+// SAFETY: (1) `current_cpu` reads this CPU's own per-CPU record through the GS base
+// and answers `Some` only after `cpu_online` ran on this very CPU, so it names exactly
+// the context running `run_cpu` and its threads; (2) the interrupt guard clears IF, so
+// no interrupt handler (in particular the timer's, which enters the scheduler) runs
+// while it lives; (3) stacks are page runs from the page allocator, owned by the stack
+// until dropped.
+unsafe impl Arch for KernelArch {
+    type InterruptGuard = InterruptGuard;
+    type Stack = KernelStack;
+
+    fn cpu_count(&self) -> usize {
+        self.cpu_count
+    }
+
+    fn current_cpu(&self) -> Option<CpuId> {
+        let record = percpu::current();
+        record
+            .scheduling
+            .load(Ordering::Relaxed)
+            .then(|| CpuId(record.index.load(Ordering::Relaxed)))
+    }
+
+    fn cpu_online(&self, _cpu: CpuId) {
+        percpu::current().scheduling.store(true, Ordering::Relaxed);
+    }
+
+    fn mask_interrupts(&self) -> InterruptGuard {
+        let were_enabled = x86_64::instructions::interrupts::are_enabled();
+        x86_64::instructions::interrupts::disable();
+        InterruptGuard { were_enabled }
+    }
+
+    fn enable_interrupts(&self) {
+        x86_64::instructions::interrupts::enable();
+    }
+
+    fn now_nanos(&self) -> u64 {
+        time::monotonic_nanos()
+    }
+
+    fn arm_timer(&self, _cpu: CpuId, deadline_nanos: u64) {
+        let now = time::monotonic_nanos();
+        apic::arm_oneshot(deadline_nanos.saturating_sub(now).max(1_000));
+    }
+
+    fn cancel_timer(&self, _cpu: CpuId) {
+        apic::cancel_timer();
+    }
+
+    fn send_wakeup(&self, cpu: CpuId) {
+        if let Some(record) = percpu::get(cpu.0) {
+            record.wakeup_pending.store(true, Ordering::SeqCst);
+            if cpu.0 != percpu::current_index() {
+                apic::send_ipi(
+                    record.apic_id.load(Ordering::Relaxed),
+                    apic::IpiKind::Fixed(apic::WAKEUP_VECTOR),
+                );
+            }
+        }
+    }
+
+    fn idle_wait(&self, _cpu: CpuId, deadline_nanos: Option<u64>) {
+        let record = percpu::current();
+        x86_64::instructions::interrupts::disable();
+        // A wake-up that arrived since the scheduler set its sleeping flag left this
+        // mark; one arriving from here on is held pending by the CPU (interrupts are
+        // off) and ends the `hlt` below at once (`sti` takes effect after `hlt` starts).
+        if !record.wakeup_pending.swap(false, Ordering::SeqCst) {
+            if let Some(deadline) = deadline_nanos {
+                self.arm_timer(CpuId(0), deadline);
+            }
+            x86_64::instructions::interrupts::enable_and_hlt();
+            x86_64::instructions::interrupts::disable();
+            record.wakeup_pending.store(false, Ordering::SeqCst);
+        }
+        x86_64::instructions::interrupts::enable();
+    }
+
+    fn allocate_stack(&self, size: usize) -> Option<KernelStack> {
+        let pages = (size as u64).div_ceil(PAGE_SIZE) + 1;
+        let range = memory::alloc_pages(pages).ok()?;
+        let guard = range.start.as_u64() * PAGE_SIZE;
+        if paging::set_guard_page(guard, true).is_err() {
+            let _ = memory::free_pages(range);
+            return None;
+        }
+        Some(KernelStack { pages: range })
+    }
+
+    unsafe fn set_thread_pointer(&self, value: u64) {
+        // SAFETY: the scheduler passes the incoming thread's thread pointer.
+        unsafe { percpu::set_thread_pointer(value) };
+    }
+}
+
+/// The kernel's scheduler type.
+pub type KernelScheduler = Scheduler<KernelArch>;
+
+static SCHEDULER: spin::Once<KernelScheduler> = spin::Once::new();
+
+/// The scheduler; panics if [`start`] has not created it.
+pub fn scheduler() -> &'static KernelScheduler {
+    SCHEDULER
+        .get()
+        .expect("threads::start has not created the scheduler")
+}
+
+/// The scheduler, if [`start`] created it already.
+pub fn try_scheduler() -> Option<&'static KernelScheduler> {
+    SCHEDULER.get()
+}
+
+fn on_timer(_: &mut TrapFrame) {
+    if let Some(scheduler) = SCHEDULER.get() {
+        scheduler.timer_interrupt();
+    }
+}
+
+fn on_wakeup(_: &mut TrapFrame) {
+    percpu::current()
+        .wakeup_pending
+        .store(true, Ordering::SeqCst);
+}
+
+/// Creates the scheduler, spawns `main` as the first thread, and runs CPU 0's idle
+/// loop. `main` ends the VM (the idle loop returns only after a shutdown request).
+pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
+    let scheduler = SCHEDULER.call_once(|| {
+        Scheduler::new(
+            KernelArch { cpu_count },
+            SchedulerConfig {
+                default_stack_size: 64 * 1024,
+                balance_interval_nanos: Some(10_000_000),
+                // OSv polls 10 000 times before halting; a TCG vCPU polls slowly.
+                idle_poll_iterations: 2_000,
+            },
+        )
+    });
+    interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);
+    interrupts::set_interrupt_handler(apic::WAKEUP_VECTOR, on_wakeup);
+    if let Err(error) = scheduler.spawn(keel_sched::SpawnOptions::new(), main) {
+        panic!("cannot spawn the main thread: {error:?}");
+    }
+    scheduler.run_cpu(CpuId(0));
+    panic!("CPU 0's idle loop returned although the application is still running")
+}
+
+/// `keel-lfmutex`'s blocking interface on Keel threads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelParker;
+
+// SAFETY: `Scheduler::unpark` makes the thread's park token available and wakes it, so
+// a concurrent or later `park` of that thread returns (an earlier one too, once woken);
+// thread ids are unique while threads live.
+unsafe impl keel_lfmutex::Parker for KernelParker {
+    type Handle = keel_sched::Thread;
+
+    fn current() -> Self::Handle {
+        scheduler()
+            .current()
+            .expect("lock-free mutex used outside a Keel thread")
+    }
+
+    fn current_id() -> keel_lfmutex::ThreadId {
+        let id = Self::current().id().0;
+        keel_lfmutex::ThreadId::new(NonZeroU64::new(id + 1).unwrap_or(NonZeroU64::MIN))
+    }
+
+    fn park() {
+        scheduler().park();
+    }
+
+    fn unpark(handle: &Self::Handle) {
+        scheduler().unpark(handle);
+    }
+}

@@ -1,0 +1,330 @@
+//! loom models of `keel-lfmutex`: the lock-free mutex (including the responsibility
+//! hand-off race), the wait-morphing condition variable, and the MPSC wait queue.
+//!
+//! Waiters block through `LoomParker` (loom's park/unpark), so a lost wake-up makes
+//! loom report a deadlock ("deadlock; threads = ..."), which fails the model.
+//! Mutual exclusion is witnessed by loom cells written only inside critical
+//! sections (overlap, or a missing Release/Acquire edge, is a "Causality
+//! violation").
+//!
+//! With the feature `broken-lfmutex`, the unlocker that finds the wait queue empty
+//! (the racing locker has counted itself but not queued yet) skips the hand-off and
+//! returns, so that locker sleeps forever. The models in which a locker can meet a
+//! held mutex are then `should_panic(expected = "deadlock")`: they pass only if loom
+//! finds the lost wake-up. The models that never block on a held mutex (the queue
+//! alone, `try_lock` against `try_lock`) must pass in both builds.
+#![cfg(loom)]
+
+use std::ptr::NonNull;
+
+use keel_lfmutex::queue::{MpscQueue, Node};
+use keel_lfmutex::{Condvar, LoomParker, Mutex, RawMutex};
+use loom::cell::UnsafeCell;
+use loom::thread;
+
+type LoomMutex<T> = Mutex<T, LoomParker>;
+type LoomRawMutex = RawMutex<LoomParker>;
+type LoomCondvar = Condvar<LoomParker>;
+
+/// Runs `model` under loom with at most `preemptions` preemptions per execution.
+fn check_bounded(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.max_branches = 100_000;
+    builder.check(model);
+}
+
+/// Shares `value` between model threads for the rest of the process.
+///
+/// The models share state through leaked references rather than `loom::sync::Arc`:
+/// when loom detects a deadlock (the expected outcome with `broken-lfmutex`) it
+/// unwinds the blocked threads, and dropping a loom `Arc` there would call into the
+/// already-failed execution and abort the process. The leak is a few hundred bytes
+/// per explored execution.
+fn leak<T>(value: T) -> &'static T {
+    Box::leak(Box::new(value))
+}
+
+/// A raw mutex plus a cell touched only inside its critical sections.
+struct Witnessed {
+    mutex: LoomRawMutex,
+    witness: UnsafeCell<usize>,
+}
+
+// SAFETY: (test-only) `witness` is only accessed while `mutex` is held; if the mutex
+// fails to exclude, loom's cell tracking reports it (that is the point of the test).
+unsafe impl Sync for Witnessed {}
+
+impl Witnessed {
+    fn new() -> Self {
+        Self {
+            mutex: LoomRawMutex::new(),
+            witness: UnsafeCell::new(0),
+        }
+    }
+
+    /// The critical section: a non-atomic read-modify-write of the witness.
+    fn bump_witness(&self) {
+        // SAFETY: called only while `self.mutex` is held; loom checks that claim.
+        self.witness.with_mut(|count| unsafe { *count += 1 });
+    }
+
+    fn witness_value(&self) -> usize {
+        // SAFETY: called after all other threads were joined.
+        self.witness.with(|count| unsafe { *count })
+    }
+}
+
+/// Two threads increment a `Mutex<usize>` through the guard; the total is exact.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn two_threads_lock_and_increment_exactly() {
+    check_bounded(3, || {
+        let counter = leak(LoomMutex::new(0_usize));
+        let other = counter;
+        let handle = thread::spawn(move || {
+            let mut guard = other.lock();
+            let value = *guard;
+            *guard = value + 1;
+        });
+        {
+            let mut guard = counter.lock();
+            let value = *guard;
+            *guard = value + 1;
+        }
+        handle.join().unwrap();
+        assert_eq!(*counter.lock(), 2);
+    });
+}
+
+/// The hand-off race itself: the main thread holds the mutex when the other thread
+/// locks, so that thread always counts itself in and queues; loom interleaves the
+/// main thread's unlock with every point of that (in particular between its
+/// `fetch_add` and its push, where the unlocker finds the queue empty and must hand
+/// off the responsibility for waking it).
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn handoff_race_unlock_before_the_locker_queues() {
+    check_bounded(3, || {
+        let shared = leak(Witnessed::new());
+        shared.mutex.lock();
+        let other = shared;
+        let handle = thread::spawn(move || {
+            other.mutex.lock();
+            other.bump_witness();
+            other.mutex.unlock().unwrap();
+        });
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        handle.join().unwrap();
+        assert_eq!(shared.witness_value(), 2);
+        assert!(!shared.mutex.is_locked());
+    });
+}
+
+/// Two waiters queue behind a holder (three threads): the unlocker, the hand-off
+/// taker and the queue's single-consumer rule all get exercised, and the witness
+/// cell checks that every hand-over carries the critical section along.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn three_threads_lock_and_unlock_exclude() {
+    check_bounded(2, || {
+        let shared = leak(Witnessed::new());
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    shared.mutex.lock();
+                    shared.bump_witness();
+                    shared.mutex.unlock().unwrap();
+                })
+            })
+            .collect();
+        shared.mutex.lock();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(shared.witness_value(), 3);
+    });
+}
+
+/// A locker, a `try_lock`er (which may take a hand-off token) and a recursive
+/// holder: grants never overlap, recursion needs as many unlocks, and the count
+/// equals the number of grants.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn try_lock_and_recursive_holder_exclude() {
+    check_bounded(2, || {
+        let shared = leak(Witnessed::new());
+        let trier = shared;
+        let try_handle = thread::spawn(move || {
+            if trier.mutex.try_lock() {
+                trier.bump_witness();
+                trier.mutex.unlock().unwrap();
+                1
+            } else {
+                0
+            }
+        });
+        let locker = shared;
+        let lock_handle = thread::spawn(move || {
+            locker.mutex.lock();
+            locker.bump_witness();
+            locker.mutex.unlock().unwrap();
+        });
+        shared.mutex.lock();
+        shared.mutex.lock();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        let granted = try_handle.join().unwrap();
+        lock_handle.join().unwrap();
+        assert_eq!(shared.witness_value(), 3 + granted);
+    });
+}
+
+/// `try_lock` against `try_lock` (nobody ever blocks): at most one holds at a time.
+/// Unaffected by `broken-lfmutex`, so it must pass in both builds.
+#[test]
+fn try_lock_against_try_lock_excludes() {
+    check_bounded(3, || {
+        let shared = leak(Witnessed::new());
+        let other = shared;
+        let try_once = |shared: &Witnessed| {
+            if shared.mutex.try_lock() {
+                shared.bump_witness();
+                shared.mutex.unlock().unwrap();
+                1
+            } else {
+                0
+            }
+        };
+        let handle = thread::spawn(move || try_once(other));
+        let granted = try_once(shared) + handle.join().unwrap();
+        assert!(granted >= 1);
+        assert_eq!(shared.witness_value(), granted);
+    });
+}
+
+/// Condvar signal: the waiter must wake (no lost wake-up, whether the notify comes
+/// before or after it queues) and must hold the mutex when it does (wait morphing
+/// hands it over without a second wake-up).
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn condvar_signal_is_not_lost() {
+    check_bounded(3, || {
+        let shared = leak((LoomMutex::new(false), LoomCondvar::new()));
+        let notifier = shared;
+        let handle = thread::spawn(move || {
+            let (mutex, condvar) = notifier;
+            *mutex.lock() = true;
+            condvar.notify_one();
+        });
+        let (mutex, condvar) = shared;
+        let ready = condvar.wait_while(mutex.lock(), |ready| !*ready);
+        assert!(*ready);
+        drop(ready);
+        handle.join().unwrap();
+    });
+}
+
+/// Condvar signal while the notifier holds the mutex: the waiter's record is moved
+/// onto the mutex's queue (not woken) and woken by the notifier's unlock.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn condvar_signal_under_the_mutex_morphs_the_wait() {
+    check_bounded(3, || {
+        let shared = leak((LoomMutex::new(0_u32), LoomCondvar::new()));
+        let notifier = shared;
+        let handle = thread::spawn(move || {
+            let (mutex, condvar) = notifier;
+            let mut value = mutex.lock();
+            *value += 1;
+            condvar.notify_one();
+            // Still holding: the waiter (if queued) now waits on the mutex.
+            *value += 1;
+        });
+        let (mutex, condvar) = shared;
+        let value = condvar.wait_while(mutex.lock(), |value| *value == 0);
+        assert_eq!(*value, 2, "woken only after the notifier's unlock");
+        drop(value);
+        handle.join().unwrap();
+    });
+}
+
+/// Condvar broadcast: two waiters, one `notify_all`; both wake (in turn, each
+/// holding the mutex), none is lost.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn condvar_broadcast_wakes_all() {
+    check_bounded(2, || {
+        let shared = leak((LoomMutex::new((false, 0_usize)), LoomCondvar::new()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    let (mutex, condvar) = shared;
+                    let mut state = condvar.wait_while(mutex.lock(), |(go, _)| !*go);
+                    state.1 += 1;
+                })
+            })
+            .collect();
+        let (mutex, condvar) = shared;
+        mutex.lock().0 = true;
+        condvar.notify_all();
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        assert_eq!(mutex.lock().1, 2);
+    });
+}
+
+/// The MPSC wait queue alone: two producers push two nodes each while the consumer
+/// pops; every node comes out exactly once, each producer's in push order, and the
+/// links are handed over race-free (loom cells). Unaffected by `broken-lfmutex`.
+#[test]
+fn mpsc_queue_two_producers_one_consumer() {
+    check_bounded(3, || {
+        // The nodes are leaked, so they outlive every use.
+        let nodes: &'static Vec<Node<(usize, usize)>> = leak(
+            (0..2)
+                .flat_map(|producer| (0..2).map(move |index| Node::new((producer, index))))
+                .collect(),
+        );
+        let queue = leak(MpscQueue::new());
+        let producers: Vec<_> = (0..2)
+            .map(|producer| {
+                thread::spawn(move || {
+                    for index in 0..2 {
+                        let node = NonNull::from(&nodes[producer * 2 + index]);
+                        // SAFETY: the nodes are leaked (alive for good) and each is
+                        // pushed once.
+                        unsafe { queue.push(node) };
+                    }
+                })
+            })
+            .collect();
+        let mut next_index = [0_usize; 2];
+        let mut popped = 0;
+        while popped < 4 {
+            // SAFETY: the main thread is the only consumer.
+            match unsafe { queue.pop() } {
+                Some(node) => {
+                    // SAFETY: popped nodes point into the leaked `nodes`.
+                    let (producer, index) = *unsafe { node.as_ref() }.value();
+                    assert_eq!(index, next_index[producer], "per-producer FIFO");
+                    next_index[producer] += 1;
+                    popped += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        for producer in producers {
+            producer.join().unwrap();
+        }
+        assert!(queue.is_empty());
+        // SAFETY: single consumer, after all producers finished.
+        assert!(unsafe { queue.pop() }.is_none());
+    });
+}
