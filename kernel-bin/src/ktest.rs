@@ -101,6 +101,22 @@ const CASES: &[(&str, TestCase)] = &[
         "cross_cpu_park_unpark_loses_no_wakeup",
         cross_cpu_park_unpark_loses_no_wakeup,
     ),
+    (
+        "thread_local_storage_through_fs",
+        thread_local_storage_through_fs,
+    ),
+    (
+        "float_state_survives_preemption",
+        float_state_survives_preemption,
+    ),
+    (
+        "a_thousand_threads_count_exactly",
+        a_thousand_threads_count_exactly,
+    ),
+    (
+        "balancer_moves_threads_off_a_busy_cpu",
+        balancer_moves_threads_off_a_busy_cpu,
+    ),
 ];
 
 /// Runs a crash named on the command line that needs no scheduler, on the boot stack.
@@ -954,5 +970,163 @@ fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
     }
     scheduler.join(peer);
     check!(BALL.load(Ordering::SeqCst) == 2 * ROUNDS, "ball lost");
+    Ok(())
+}
+
+/// Each thread gets its own FS base (its thread pointer); `fs:[0]` reads the first word
+/// of its own block, also after being switched out and back in.
+fn thread_local_storage_through_fs(_: &ArchInfo) -> TestResult {
+    let scheduler = crate::threads::scheduler();
+    let mut handles = alloc::vec::Vec::new();
+    for index in 0..6u64 {
+        // A leaked block whose first word is the thread's tag (a TLS block in miniature).
+        let block: &'static mut [u64; 4] =
+            alloc::boxed::Box::leak(alloc::boxed::Box::new([0x7e57_0000 + index, 0, 0, 0]));
+        let pointer = block.as_ptr() as u64;
+        let options = keel_sched::SpawnOptions::new().thread_pointer(pointer);
+        let spawned = scheduler.spawn(options, move || {
+            let mut seen = [0u64; 3];
+            for slot in &mut seen {
+                let value: u64;
+                // SAFETY: the scheduler set FS base to this thread's block before it ran;
+                // reading its first word is in bounds.
+                unsafe { core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) value, options(nostack, readonly)) };
+                *slot = value;
+                crate::threads::scheduler().yield_now();
+            }
+            seen
+        });
+        check!(spawned.is_ok(), "spawn failed");
+        if let Ok(handle) = spawned {
+            handles.push((index, handle));
+        }
+    }
+    for (index, handle) in handles {
+        let seen = scheduler.join(handle);
+        check!(
+            seen == Some([0x7e57_0000 + index; 3]),
+            "wrong thread pointer",
+            index,
+            seen
+        );
+    }
+    Ok(())
+}
+
+/// Busy threads doing floating-point work are preempted by the timer (interrupt
+/// entry saves the SSE state on the thread's stack); every thread's result must be
+/// exactly what it computes alone.
+fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
+    fn work(seed: u64) -> f64 {
+        let mut x = seed as f64 + 0.5;
+        let mut sum = 0.0f64;
+        for step in 0..200_000u64 {
+            x = x * 1.000_001 + (step % 7) as f64 * 0.25;
+            sum += x / (1.0 + (step % 13) as f64);
+        }
+        sum
+    }
+    let expected: alloc::vec::Vec<u64> =
+        (0..4).map(|seed| work(black_box(seed)).to_bits()).collect();
+    let scheduler = crate::threads::scheduler();
+    let mut handles = alloc::vec::Vec::new();
+    for seed in 0..4u64 {
+        // All on one CPU, so they preempt each other.
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0));
+        let spawned = scheduler.spawn(options, move || work(black_box(seed)).to_bits());
+        check!(spawned.is_ok(), "spawn failed");
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    for (seed, handle) in handles.into_iter().enumerate() {
+        let bits = scheduler.join(handle);
+        check!(
+            bits == Some(expected[seed]),
+            "float result changed under preemption",
+            seed,
+            bits
+        );
+    }
+    Ok(())
+}
+
+fn a_thousand_threads_count_exactly(_: &ArchInfo) -> TestResult {
+    use keel_lfmutex::Mutex;
+    static COUNTER: Mutex<u64, crate::threads::KernelParker> = Mutex::new(0);
+    *COUNTER.lock() = 0;
+    let scheduler = crate::threads::scheduler();
+    let cpus = scheduler.cpu_count();
+    const THREADS: usize = 1000;
+    const INCREMENTS: u64 = 20;
+    let mut handles = alloc::vec::Vec::new();
+    for index in 0..THREADS {
+        let options = keel_sched::SpawnOptions::new()
+            .stack_size(16 * 1024)
+            .pin(keel_sched::CpuId(index % cpus));
+        let spawned = scheduler.spawn(options, || {
+            for _ in 0..INCREMENTS {
+                *COUNTER.lock() += 1;
+            }
+        });
+        check!(spawned.is_ok(), "spawn failed", index);
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    for handle in handles {
+        scheduler.join(handle);
+    }
+    let total = *COUNTER.lock();
+    check!(
+        total == THREADS as u64 * INCREMENTS,
+        "lost increments",
+        total
+    );
+    Ok(())
+}
+
+/// Unpinned busy threads all start on CPU 0; with several CPUs the balancer must move
+/// some elsewhere (each records the CPU it finishes on).
+fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
+    let scheduler = crate::threads::scheduler();
+    let cpus = scheduler.cpu_count();
+    if cpus < 2 {
+        return Ok(());
+    }
+    // Spawned from a thread pinned to CPU 0, so unpinned threads start there.
+    let spawner = scheduler.spawn(
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        move || {
+            let scheduler = crate::threads::scheduler();
+            let mut handles = alloc::vec::Vec::new();
+            for _ in 0..8 {
+                if let Ok(handle) = scheduler.spawn(keel_sched::SpawnOptions::new(), || {
+                    let end = time::monotonic_nanos() + 60_000_000;
+                    let mut spins = 0u64;
+                    while time::monotonic_nanos() < end {
+                        spins = black_box(spins + 1);
+                    }
+                    keel_arch_x86_64::percpu::current_index()
+                }) {
+                    handles.push(handle);
+                }
+            }
+            let mut finished_on = alloc::vec::Vec::new();
+            for handle in handles {
+                finished_on.push(scheduler.join(handle).unwrap_or(usize::MAX));
+            }
+            finished_on
+        },
+    );
+    check!(spawner.is_ok(), "spawn failed");
+    let Ok(spawner) = spawner else { return Ok(()) };
+    let finished_on = scheduler.join(spawner).unwrap_or_default();
+    check!(finished_on.len() == 8, "threads missing", finished_on);
+    check!(
+        finished_on.iter().any(|&cpu| cpu != 0),
+        "no thread left the CPU all started on",
+        finished_on
+    );
     Ok(())
 }

@@ -29,9 +29,15 @@ where
             let _ = sender.send(body(scheduler));
         })
         .unwrap();
-    receiver
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the main keel thread did not finish: lost wake-up or deadlock")
+    match receiver.recv_timeout(Duration::from_secs(8)) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("HANG\n{}", machine.scheduler().debug_dump());
+            std::thread::sleep(Duration::from_millis(500));
+            eprintln!("AGAIN\n{}", machine.scheduler().debug_dump());
+            std::process::exit(3);
+        }
+    }
 }
 
 fn config() -> SchedulerConfig {
