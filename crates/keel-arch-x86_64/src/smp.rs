@@ -164,6 +164,26 @@ fn wait_alive(micros: u64) -> bool {
     AP_ALIVE.load(Ordering::Acquire)
 }
 
+/// The wait between INIT and the first start-up IPI. The MP specification asks for
+/// 10 ms; like Linux (`smp_quirk_init_udelay`), Keel skips it on CPUs that do not need
+/// it (Intel family 6 and later, AMD family 0xF and later) and under a hypervisor,
+/// where it would dominate the boot time of every AP.
+fn init_delay_nanos() -> u64 {
+    let cpuid = raw_cpuid::CpuId::new();
+    let hypervisor = cpuid
+        .get_feature_info()
+        .is_some_and(|features| features.has_hypervisor());
+    let modern = cpuid.get_feature_info().is_some_and(|features| {
+        let family = features.family_id();
+        match cpuid.get_vendor_info().as_ref().map(|vendor| vendor.as_str()) {
+            Some("GenuineIntel") => family >= 6,
+            Some("AuthenticAMD") => family >= 0xf,
+            _ => false,
+        }
+    });
+    if hypervisor || modern { 10_000 } else { 10_000_000 }
+}
+
 /// Starts the AP with local APIC id `apic_id` as CPU `index`, on a stack whose top is
 /// `stack_top`, and waits until it runs Rust code.
 pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartError> {
@@ -176,7 +196,7 @@ pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartE
     }
     let page = (TRAMPOLINE_ADDRESS >> 12) as u8;
     apic::send_ipi(apic_id, IpiKind::Init);
-    time::busy_wait_nanos(10_000_000);
+    time::busy_wait_nanos(init_delay_nanos());
     for _ in 0..2 {
         apic::send_ipi(apic_id, IpiKind::Startup(page));
         if wait_alive(200) {

@@ -12,6 +12,7 @@ use keel_sched::{
     SpawnOptions,
 };
 
+static PROGRESS: [AtomicU64; 40] = [const { AtomicU64::new(0) }; 40];
 type Sched<P> = Arc<Scheduler<HostedArch, P>>;
 
 /// Runs `body` as the main keel thread of a fresh machine; fails (instead of hanging)
@@ -32,8 +33,11 @@ where
     match receiver.recv_timeout(Duration::from_secs(8)) {
         Ok(v) => v,
         Err(_) => {
-            eprintln!("HANG\n{}", machine.scheduler().debug_dump());
+            eprintln!("HANG");
+            eprintln!("{:?}", PROGRESS.iter().map(|p| p.load(Ordering::Relaxed)).collect::<Vec<_>>());
+            eprintln!("{}", machine.scheduler().debug_dump());
             std::thread::sleep(Duration::from_millis(500));
+            eprintln!("{:?}", PROGRESS.iter().map(|p| p.load(Ordering::Relaxed)).collect::<Vec<_>>());
             eprintln!("AGAIN\n{}", machine.scheduler().debug_dump());
             std::process::exit(3);
         }
@@ -299,6 +303,7 @@ fn counters_on_four_cpus_are_exact() {
                 };
                 s.spawn(options, move || {
                     for _ in 0..2_000 {
+                        PROGRESS[i].fetch_add(1, Ordering::Relaxed);
                         atomic.fetch_add(1, Ordering::Relaxed);
                         *locked.lock() += 1;
                         s2.yield_now();
@@ -312,6 +317,20 @@ fn counters_on_four_cpus_are_exact() {
         }
         (atomic.load(Ordering::Relaxed), *locked.lock())
     });
+    eprintln!("RUN_ON DONE");
+    let start = std::time::Instant::now();
+    let dumper = std::thread::spawn({
+        let s = Arc::clone(machine.scheduler());
+        move || {
+            std::thread::sleep(Duration::from_secs(8));
+            eprintln!("SHUTDOWN HANG");
+            eprintln!("{}", s.debug_dump());
+            std::process::exit(4);
+        }
+    });
+    drop(machine);
+    let _ = dumper;
+    eprintln!("SHUTDOWN DONE {:?}", start.elapsed());
     assert_eq!(atomic, 64_000);
     assert_eq!(locked, 64_000);
 }
