@@ -125,16 +125,25 @@ pub unsafe fn init() {
         // Keep the stack pointer 16-byte aligned (the top is page aligned).
         tss.interrupt_stack_table[slot] = VirtAddr::new(stack.top());
     }
-    // SAFETY: as above; the TSS reference is 'static because TABLES is a static that is
-    // never written again.
+    // SAFETY: as above; nothing else accesses the GDT yet.
     let gdt = unsafe { &mut *TABLES.gdt.get() };
-    let code: SegmentSelector = gdt.append(Descriptor::kernel_code_segment());
-    let data: SegmentSelector = gdt.append(Descriptor::kernel_data_segment());
     // SAFETY: TABLES.tss lives forever and is not mutated after this point.
     let tss_static: &'static TaskStateSegment = unsafe { &*TABLES.tss.get() };
-    let tss_selector = gdt.append(Descriptor::tss_segment(tss_static));
-    // SAFETY: the GDT is static and holds valid 64-bit code/data descriptors and a TSS
-    // descriptor; the selectors come from it.
+    // SAFETY: both tables live forever (a static), per this function's contract.
+    unsafe { fill_and_load(gdt, tss_static) };
+}
+
+/// Appends kernel code, data and `tss` to `gdt`, loads it, reloads the segment registers
+/// and loads the task register.
+///
+/// # Safety
+/// `gdt` must be empty and, like `tss`, live (unmodified) for as long as this CPU runs.
+unsafe fn fill_and_load(gdt: &'static mut GlobalDescriptorTable, tss: &'static TaskStateSegment) {
+    let code: SegmentSelector = gdt.append(Descriptor::kernel_code_segment());
+    let data: SegmentSelector = gdt.append(Descriptor::kernel_data_segment());
+    let tss_selector = gdt.append(Descriptor::tss_segment(tss));
+    // SAFETY: the GDT lives forever and holds valid 64-bit code/data descriptors and a
+    // TSS descriptor; the selectors come from it.
     unsafe {
         gdt.load_unsafe();
         CS::set_reg(code);
@@ -160,17 +169,6 @@ pub unsafe fn init_application_processor(ist_tops: [u64; IST_COUNT]) {
     let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
     let gdt: &'static mut GlobalDescriptorTable =
         alloc::boxed::Box::leak(alloc::boxed::Box::new(GlobalDescriptorTable::new()));
-    let code = gdt.append(Descriptor::kernel_code_segment());
-    let data = gdt.append(Descriptor::kernel_data_segment());
-    let tss_selector = gdt.append(Descriptor::tss_segment(tss));
-    // SAFETY: the GDT and TSS are leaked (live forever) and hold valid descriptors; the
-    // selectors come from them.
-    unsafe {
-        gdt.load_unsafe();
-        CS::set_reg(code);
-        DS::set_reg(data);
-        ES::set_reg(data);
-        SS::set_reg(data);
-        load_tss(tss_selector);
-    }
+    // SAFETY: both tables are leaked: they live, unmodified, as long as this CPU.
+    unsafe { fill_and_load(gdt, tss) };
 }

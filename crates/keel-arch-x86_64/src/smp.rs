@@ -175,13 +175,21 @@ fn init_delay_nanos() -> u64 {
         .is_some_and(|features| features.has_hypervisor());
     let modern = cpuid.get_feature_info().is_some_and(|features| {
         let family = features.family_id();
-        match cpuid.get_vendor_info().as_ref().map(|vendor| vendor.as_str()) {
+        match cpuid
+            .get_vendor_info()
+            .as_ref()
+            .map(|vendor| vendor.as_str())
+        {
             Some("GenuineIntel") => family >= 6,
             Some("AuthenticAMD") => family >= 0xf,
             _ => false,
         }
     });
-    if hypervisor || modern { 10_000 } else { 10_000_000 }
+    if hypervisor || modern {
+        10_000
+    } else {
+        10_000_000
+    }
 }
 
 /// Starts the AP with local APIC id `apic_id` as CPU `index`, on a stack whose top is

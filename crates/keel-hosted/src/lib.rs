@@ -10,6 +10,9 @@
 //! a feature, switched on by a bench or test, would also link `std` into the kernel
 //! binary (which depends on both crates) and break it with a duplicate `panic_impl`.
 
+// The names `parker.rs` finds through `super` (see that file).
+use keel_lfmutex::{Parker, ThreadId};
+
 mod parker;
 pub mod sched;
 

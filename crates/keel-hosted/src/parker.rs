@@ -1,4 +1,9 @@
 //! `keel-lfmutex`'s `Parker` on host threads.
+//!
+//! `keel-lfmutex`'s own unit tests include this very file (`#[path]`), because a crate's
+//! unit tests cannot use a dependency that depends on the crate itself (its `Parker`
+//! would be another copy of the trait). So this file names the trait and `ThreadId`
+//! through `super`, which both includers provide.
 
 /// Blocks host threads with `std::thread::park` and `Thread::unpark`.
 ///
@@ -9,11 +14,11 @@
 pub struct StdParker;
 
 mod std_parker {
+    use super::super::{Parker, ThreadId};
     use super::StdParker;
     use core::cell::Cell;
     use core::num::NonZeroU64;
     use core::sync::atomic::{AtomicU64, Ordering};
-    use keel_lfmutex::{Parker, ThreadId};
 
     /// The next thread id to hand out; ids start at 1 (0 means "no owner").
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);

@@ -34,10 +34,22 @@ where
         Ok(v) => v,
         Err(_) => {
             eprintln!("HANG");
-            eprintln!("{:?}", PROGRESS.iter().map(|p| p.load(Ordering::Relaxed)).collect::<Vec<_>>());
+            eprintln!(
+                "{:?}",
+                PROGRESS
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            );
             eprintln!("{}", machine.scheduler().debug_dump());
             std::thread::sleep(Duration::from_millis(500));
-            eprintln!("{:?}", PROGRESS.iter().map(|p| p.load(Ordering::Relaxed)).collect::<Vec<_>>());
+            eprintln!(
+                "{:?}",
+                PROGRESS
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            );
             eprintln!("AGAIN\n{}", machine.scheduler().debug_dump());
             std::process::exit(3);
         }
@@ -280,6 +292,32 @@ fn fair_policy_preempts_a_cpu_hog_at_preemption_points() {
     assert!(interleaved, "the fair policy never preempted the hog");
 }
 
+/// Takes `lock` from a keel thread without queueing for it: `try_lock`, and on failure
+/// let this CPU's other threads run, then try again.
+///
+/// Not `lock()`: `SpinLock` is a ticket lock, which hands the lock to waiters in ticket
+/// order, and a hosted CPU is an OS thread the host may deschedule at any time. With
+/// more hosted CPUs than host cores, a waiter's CPU is often descheduled when its
+/// ticket comes up; every CPU then spins until the host runs it again (a host time
+/// slice). Each CPU always has another thread to run, which takes a fresh ticket at
+/// once, so this "lock-waiter preemption" convoy never dissolves: the counter test
+/// then crawls at a few hundred increments per second and looks like a hang (it did,
+/// in a few percent of runs on a loaded 2-core host). `try_lock` only ever gives the
+/// lock to a CPU that is running, so the host's scheduling cannot stall it for longer
+/// than one preempted critical section.
+fn lock_without_queueing<'a, T, P: Policy>(
+    lock: &'a keel_sync::SpinLock<T>,
+    scheduler: &Scheduler<HostedArch, P>,
+) -> keel_sync::SpinLockGuard<'a, T> {
+    loop {
+        if let Some(guard) = lock.try_lock() {
+            return guard;
+        }
+        scheduler.yield_now();
+        std::hint::spin_loop();
+    }
+}
+
 #[test]
 fn counters_on_four_cpus_are_exact() {
     let machine = Machine::<FairPolicy>::with_config(
@@ -305,7 +343,7 @@ fn counters_on_four_cpus_are_exact() {
                     for _ in 0..2_000 {
                         PROGRESS[i].fetch_add(1, Ordering::Relaxed);
                         atomic.fetch_add(1, Ordering::Relaxed);
-                        *locked.lock() += 1;
+                        *lock_without_queueing(&locked, &s2) += 1;
                         s2.yield_now();
                     }
                 })

@@ -62,67 +62,14 @@ pub unsafe trait Parker {
     fn unpark(handle: &Self::Handle);
 }
 
-/// Test-only: blocks host threads with `std::thread::park` and `Thread::unpark`. The
-/// public host parker is `keel_hosted::StdParker`; this copy exists because a crate's
-/// own unit tests cannot use a dependency that itself depends on the crate (the
-/// `Parker` trait would be a different copy).
-///
-/// Thread ids come from a process-wide counter, assigned on first use per thread;
-/// the counter is a plain `core` atomic on purpose: it is not part of any algorithm
-/// the loom models check.
+/// Test-only: the host parker of `keel-hosted`, compiled into this crate's unit tests
+/// from the same file (a dependency on `keel-hosted` would bring another copy of this
+/// crate's `Parker` trait).
 #[cfg(test)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StdParker;
-
+#[path = "../../keel-hosted/src/parker.rs"]
+mod hosted_parker;
 #[cfg(test)]
-mod std_parker {
-    use super::{NonZeroU64, Parker, StdParker, ThreadId};
-    use core::cell::Cell;
-    use core::sync::atomic::{AtomicU64, Ordering};
-
-    /// The next thread id to hand out; ids start at 1 (0 means "no owner").
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-    std::thread_local! {
-        /// This thread's id, 0 until first asked for.
-        static CURRENT_ID: Cell<u64> = const { Cell::new(0) };
-    }
-
-    // SAFETY: std documents that `unpark` makes a concurrent or later `park` of that
-    // thread return (a token), and allows spurious `park` returns. Ids come from one
-    // counter incremented with an RMW, so they are distinct, non-zero (starting at 1,
-    // 2⁶⁴ threads never happen) and fixed per thread by the thread-local cache.
-    unsafe impl Parker for StdParker {
-        type Handle = std::thread::Thread;
-
-        #[inline]
-        fn current() -> Self::Handle {
-            std::thread::current()
-        }
-
-        #[inline]
-        fn current_id() -> ThreadId {
-            CURRENT_ID.with(|cached| {
-                let mut id = cached.get();
-                if id == 0 {
-                    id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                    cached.set(id);
-                }
-                ThreadId::new(NonZeroU64::new(id).expect("thread ids start at 1"))
-            })
-        }
-
-        #[inline]
-        fn park() {
-            std::thread::park();
-        }
-
-        #[inline]
-        fn unpark(handle: &Self::Handle) {
-            handle.unpark();
-        }
-    }
-}
+pub use hosted_parker::StdParker;
 
 /// Blocks loom's model threads with `loom::thread::park` and
 /// `loom::thread::Thread::unpark`, so a lost wake-up shows up as a loom deadlock.

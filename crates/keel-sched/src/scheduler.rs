@@ -484,18 +484,39 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             let sleeping = cpu.incoming.debug_peek(|t| q.push(t.inner.id.0));
             // SAFETY: debug only, racy
             let local = unsafe { &*cpu.local.get() };
-            let rq: Vec<u64> = local.run_queue.entries.iter().map(|e| e.thread.inner.id.0).collect();
-            let _ = writeln!(out, "cpu{i}: sleeping={sleeping} incoming={q:?} current={:?} runq={rq:?} switched_out={:?} load={} timers={} armed={:?}",
-                local.current.as_ref().map(|t| t.inner.id.0), local.switched_out.as_ref().map(|t| t.inner.id.0),
-                cpu.load.load(Ordering::Relaxed), local.timers.len(), local.armed_deadline);
+            let rq: Vec<u64> = local
+                .run_queue
+                .entries
+                .iter()
+                .map(|e| e.thread.inner.id.0)
+                .collect();
+            let _ = writeln!(
+                out,
+                "cpu{i}: sleeping={sleeping} incoming={q:?} current={:?} runq={rq:?} switched_out={:?} load={} timers={} armed={:?}",
+                local.current.as_ref().map(|t| t.inner.id.0),
+                local.switched_out.as_ref().map(|t| t.inner.id.0),
+                cpu.load.load(Ordering::Relaxed),
+                local.timers.len(),
+                local.armed_deadline
+            );
         }
         for w in self.all_threads.lock().iter() {
             if let Some(t) = w.upgrade() {
                 let st = t.state.load(Ordering::Relaxed);
-                if st == state::TERMINATED { continue; }
+                if st == state::TERMINATED {
+                    continue;
+                }
                 let joiner = t.joiner.lock().as_ref().map(|j| j.inner.id.0);
-                let _ = writeln!(out, "thread {}: state={} home={} pinned={} token={} joiner={joiner:?} strong={}",
-                    t.id.0, ["RUNNING","QUEUED","WAITING","WAKING","TERMINATED"][st as usize], t.home_cpu.load(Ordering::Relaxed), t.pinned, t.token.load(Ordering::Relaxed), Arc::strong_count(&t));
+                let _ = writeln!(
+                    out,
+                    "thread {}: state={} home={} pinned={} token={} joiner={joiner:?} strong={}",
+                    t.id.0,
+                    ["RUNNING", "QUEUED", "WAITING", "WAKING", "TERMINATED"][st as usize],
+                    t.home_cpu.load(Ordering::Relaxed),
+                    t.pinned,
+                    t.token.load(Ordering::Relaxed),
+                    Arc::strong_count(&t)
+                );
             }
         }
         out
