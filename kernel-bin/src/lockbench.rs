@@ -81,6 +81,17 @@ pub fn run(info: &ArchInfo) -> bool {
         scheduler.join(handle);
     }
     let elapsed = time::monotonic_nanos() - start;
+    let counters = &threads::COUNTERS;
+    let count = |counter: &core::sync::atomic::AtomicU64| {
+        counter.load(core::sync::atomic::Ordering::Relaxed)
+    };
+    kprintln!(
+        "lockbench: wake-up IPIs {}, halts {}, halts skipped {}, timer interrupts {} (whole run so far)",
+        count(&counters.wakeup_ipis),
+        count(&counters.halts),
+        count(&counters.halts_skipped),
+        count(&counters.timer_interrupts)
+    );
     let counted = SHARED.lock().counter;
     let expected = per_thread * thread_count;
     kprintln!(

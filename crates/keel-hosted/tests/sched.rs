@@ -592,3 +592,43 @@ fn floating_point_control_state_is_per_thread() {
         "{main_seen:x?}"
     );
 }
+
+#[test]
+fn explore_sleepers() {
+    for cpus in [1, 4] {
+        let machine = Machine::<FairPolicy>::with_config(cpus, SchedulerConfig::default());
+        let woken = run_on(&machine, |s| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let handles: Vec<_> = [9_u64, 3, 6, 1]
+                .into_iter()
+                .map(|ms| {
+                    let (s2, log) = (Arc::clone(&s), Arc::clone(&log));
+                    s.spawn(SpawnOptions::new(), move || {
+                        let deadline = s2.now_nanos() + ms * 1_000_000;
+                        s2.sleep_until(deadline);
+                        let woke = s2.now_nanos();
+                        log.lock().unwrap().push((
+                            ms,
+                            deadline,
+                            woke,
+                            s2.current().unwrap().cpu().0,
+                        ));
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for h in handles {
+                s.join(h).unwrap();
+            }
+            Arc::try_unwrap(log).unwrap().into_inner().unwrap()
+        });
+        let t0 = woken.iter().map(|w| w.1 - w.0 * 1_000_000).min().unwrap();
+        for (ms, d, w, c) in woken {
+            eprintln!(
+                "cpus {cpus} sleeper {ms} ms cpu {c}: started {} us, late {} us",
+                (d - ms * 1_000_000 - t0) / 1000,
+                (w - d) / 1000
+            );
+        }
+    }
+}
