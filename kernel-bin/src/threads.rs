@@ -155,7 +155,7 @@ unsafe impl Arch for KernelArch {
         }
     }
 
-    fn idle_wait(&self, _cpu: CpuId, deadline_nanos: Option<u64>) {
+    fn idle_wait(&self, _cpu: CpuId, _deadline_nanos: Option<u64>) {
         let record = percpu::current();
         x86_64::instructions::interrupts::disable();
         // A wake-up that arrived since the scheduler set its sleeping flag left this
@@ -165,9 +165,10 @@ unsafe impl Arch for KernelArch {
             COUNTERS.halts_skipped.fetch_add(1, Ordering::Relaxed);
         } else {
             COUNTERS.halts.fetch_add(1, Ordering::Relaxed);
-            if let Some(deadline) = deadline_nanos {
-                self.arm_timer(CpuId(0), deadline);
-            }
+            // The timer is not re-armed here: the scheduler armed it for its earliest
+            // deadline, and `deadline_nanos` may be stale (read before a timer
+            // interrupt switched to a thread that slept with an earlier deadline);
+            // re-arming for it made such sleepers oversleep.
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
             record.wakeup_pending.store(false, Ordering::SeqCst);

@@ -55,8 +55,6 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
     next_thread_id: AtomicU64,
     /// Set once by `request_shutdown` (`Release`), read by idle CPUs (`Acquire`).
     shutdown: AtomicBool,
-    /// DEBUG
-    all_threads: SpinLock<Vec<alloc::sync::Weak<ThreadInner>>>,
 }
 
 /// One CPU: the part other CPUs may touch (atomics) and the part only it touches.
@@ -250,7 +248,6 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             config,
             next_thread_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
-            all_threads: SpinLock::new(Vec::new()),
         }
     }
 
@@ -330,7 +327,6 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 _stack: Box::new(stack),
             }),
         };
-        self.all_threads.lock().push(Arc::downgrade(&thread.inner));
         self.deliver(thread.clone());
         Ok(JoinHandle { thread, result })
     }
@@ -473,53 +469,6 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         for cpu in 0..self.cpus.len() {
             self.arch.send_wakeup(CpuId(cpu));
         }
-    }
-
-    /// DEBUG dump
-    pub fn debug_dump(&self) -> alloc::string::String {
-        use core::fmt::Write;
-        let mut out = alloc::string::String::new();
-        for (i, cpu) in self.cpus.iter().enumerate() {
-            let mut q = Vec::new();
-            let sleeping = cpu.incoming.debug_peek(|t| q.push(t.inner.id.0));
-            // SAFETY: debug only, racy
-            let local = unsafe { &*cpu.local.get() };
-            let rq: Vec<u64> = local
-                .run_queue
-                .entries
-                .iter()
-                .map(|e| e.thread.inner.id.0)
-                .collect();
-            let _ = writeln!(
-                out,
-                "cpu{i}: sleeping={sleeping} incoming={q:?} current={:?} runq={rq:?} switched_out={:?} load={} timers={} armed={:?}",
-                local.current.as_ref().map(|t| t.inner.id.0),
-                local.switched_out.as_ref().map(|t| t.inner.id.0),
-                cpu.load.load(Ordering::Relaxed),
-                local.timers.len(),
-                local.armed_deadline
-            );
-        }
-        for w in self.all_threads.lock().iter() {
-            if let Some(t) = w.upgrade() {
-                let st = t.state.load(Ordering::Relaxed);
-                if st == state::TERMINATED {
-                    continue;
-                }
-                let joiner = t.joiner.lock().as_ref().map(|j| j.inner.id.0);
-                let _ = writeln!(
-                    out,
-                    "thread {}: state={} home={} pinned={} token={} joiner={joiner:?} strong={}",
-                    t.id.0,
-                    ["RUNNING", "QUEUED", "WAITING", "WAKING", "TERMINATED"][st as usize],
-                    t.home_cpu.load(Ordering::Relaxed),
-                    t.pinned,
-                    t.token.load(Ordering::Relaxed),
-                    Arc::strong_count(&t)
-                );
-            }
-        }
-        out
     }
 
     /// Number of runnable threads (queued plus running) of each CPU, as last published.

@@ -112,20 +112,6 @@ impl<T> WakeQueue<T> {
         }
     }
 
-    /// DEBUG: racy peek (only when hung).
-    pub fn debug_peek(&self, mut f: impl FnMut(&T)) -> bool {
-        let head = self.head.load(Ordering::Relaxed);
-        let mut node = ptr::with_exposed_provenance_mut::<Node<T>>(head & !SLEEPING);
-        while !node.is_null() {
-            // SAFETY: debug only
-            unsafe {
-                f(&(*node).value);
-                node = (*node).next;
-            }
-        }
-        head & SLEEPING != 0
-    }
-
     /// Whether something is queued (a hint for the consumer's polling loop).
     pub fn has_pending(&self) -> bool {
         self.head.load(Ordering::Relaxed) & !SLEEPING != 0
