@@ -820,8 +820,7 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     let woken = WOKEN.lock().clone();
     check!(woken.len() == 4, "a sleeper never woke", woken);
     // Reported, not asserted (no timing assertions): how late each sleeper got going.
-    // Known issue (see the scheduler issue's notes): with several sleepers, some run
-    // several milliseconds after their deadline under TCG.
+    // (Several milliseconds before the idle wait stopped re-arming a stale deadline.)
     for (deadline, woke) in &woken {
         kprintln!(
             "    deadline {deadline} ns: running again {} us later",

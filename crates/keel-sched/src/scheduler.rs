@@ -62,6 +62,15 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
 struct Cpu<P> {
     /// Threads woken, spawned or migrated onto this CPU by others.
     incoming: WakeQueue<Thread>,
+    /// True while this CPU's idle loop runs and so will look at `incoming` by itself;
+    /// false from the start of every scheduling decision (before it drains
+    /// `incoming`) until the idle loop runs again. A waker that pushes onto a CPU
+    /// whose flag is false sends a wake-up even if the CPU is not asleep, so a thread
+    /// woken onto a busy CPU is taken in at once (the kernel's wake-up interrupt
+    /// enters the scheduler), not when the running thread happens to block. OSv
+    /// likewise interrupts the target unless it is idle-polling. SeqCst store and
+    /// load, paired with the SeqCst push (see `WakeQueue::push`).
+    idle_polling: AtomicBool,
     /// Runnable threads (queued plus running), published for the balancer
     /// (`Relaxed`: a heuristic).
     load: AtomicUsize,
@@ -225,6 +234,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let cpus = (0..arch.cpu_count())
             .map(|index| Cpu {
                 incoming: WakeQueue::new(),
+                idle_polling: AtomicBool::new(false),
                 load: AtomicUsize::new(0),
                 local: UnsafeCell::new(CpuLocal {
                     policy: make_policy(CpuId(index)),
@@ -379,6 +389,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.schedule(Entry::Preempt);
     }
 
+    /// Kernel only: called by the wake-up interrupt (IPI) handler on its CPU. Takes in
+    /// the threads other CPUs queued here and lets the policy preempt the current
+    /// thread for them; from the idle loop it switches to them directly.
+    pub fn wakeup_interrupt(&self) {
+        self.preempt_check();
+    }
+
     /// Kernel only: called by the one-shot timer's interrupt handler on its CPU, at a
     /// point where switching threads is allowed (the end of the handler). Fires
     /// expired sleep timers and preempts the current thread if the policy says so.
@@ -505,6 +522,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 let _interrupts = self.arch.mask_interrupts();
                 self.schedule(Entry::Idle);
             }
+            // Back in the idle loop: from here on this CPU polls its queue by itself.
+            this.idle_polling.store(true, Ordering::SeqCst);
             if self.shutdown.load(Ordering::Acquire) && !this.incoming.has_pending() {
                 break;
             }
@@ -650,7 +669,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     }
 
     fn push_remote(&self, home: CpuId, thread: Thread) {
-        if self.cpus[home.0].incoming.push(thread) == PushOutcome::WakeConsumer {
+        let target = &self.cpus[home.0];
+        if target.incoming.push(thread) == PushOutcome::WakeConsumer
+            || !target.idle_polling.load(Ordering::SeqCst)
+        {
             self.arch.send_wakeup(home);
         }
     }
@@ -710,6 +732,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let local = unsafe { this.local() };
         let now = self.arch.now_nanos();
 
+        // Before draining: a push after the drain then sees `false` and interrupts us.
+        this.idle_polling.store(false, Ordering::SeqCst);
         for thread in this.incoming.drain() {
             Self::make_runnable(local, thread);
         }

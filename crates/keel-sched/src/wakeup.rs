@@ -99,10 +99,14 @@ impl<T> WakeQueue<T> {
             // valid and aligned; (2) it not being published yet (the CAS below has not
             // succeeded), so no other thread can access it.
             unsafe { (*node).next = older };
+            // SeqCst (not just Release): the scheduler pairs this push with a later
+            // SeqCst load of the target's "polls its queue" flag, against the target's
+            // SeqCst store of that flag followed by its drain (a store-load pattern that
+            // needs both sides in the single total order).
             match self.head.compare_exchange_weak(
                 head,
                 address,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(previous) if previous & SLEEPING != 0 => return PushOutcome::WakeConsumer,
@@ -114,7 +118,7 @@ impl<T> WakeQueue<T> {
 
     /// Whether something is queued (a hint for the consumer's polling loop).
     pub fn has_pending(&self) -> bool {
-        self.head.load(Ordering::Relaxed) & !SLEEPING != 0
+        self.head.load(Ordering::SeqCst) & !SLEEPING != 0
     }
 
     /// Consumer only: sets the sleeping flag if and only if the queue is empty.
@@ -131,7 +135,9 @@ impl<T> WakeQueue<T> {
     /// arbitrarily between them.
     pub fn drain(&self) -> Drain<T> {
         // Fast path: no read-modify-write (no cache-line write) when empty and awake.
-        if self.head.load(Ordering::Relaxed) == 0 {
+        // SeqCst: the scheduler's store-then-drain must not miss a push whose waker
+        // then read the "polls its queue" flag (see `Cpu::idle_polling`).
+        if self.head.load(Ordering::SeqCst) == 0 {
             return Drain {
                 next: ptr::null_mut(),
                 _owns: PhantomData,
