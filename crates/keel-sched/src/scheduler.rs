@@ -733,7 +733,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let now = self.arch.now_nanos();
 
         // Before draining: a push after the drain then sees `false` and interrupts us.
-        this.idle_polling.store(false, Ordering::SeqCst);
+        // (Only the true -> false transition needs the SeqCst store; while threads run
+        // back to back the flag stays false and the switch pays only a plain load.)
+        if this.idle_polling.load(Ordering::Relaxed) {
+            this.idle_polling.store(false, Ordering::SeqCst);
+        }
         for thread in this.incoming.drain() {
             Self::make_runnable(local, thread);
         }
