@@ -117,6 +117,10 @@ const CASES: &[(&str, TestCase)] = &[
         "balancer_moves_threads_off_a_busy_cpu",
         balancer_moves_threads_off_a_busy_cpu,
     ),
+    (
+        "tickless_idle_takes_no_timer_ticks",
+        tickless_idle_takes_no_timer_ticks,
+    ),
 ];
 
 /// Runs a crash named on the command line that needs no scheduler, on the boot stack.
@@ -1126,6 +1130,23 @@ fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
         finished_on.iter().any(|&cpu| cpu != 0),
         "no thread left the CPU all started on",
         finished_on
+    );
+    Ok(())
+}
+
+/// Tickless: while the only thread sleeps 50 ms and every other CPU is idle, the
+/// timer fires for the sleeper's deadline only (a periodic 1 kHz tick would fire 50
+/// times per CPU). A fire slightly before the TSC deadline (APIC/TSC calibration) may
+/// add a re-arm, hence the small allowance.
+fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
+    let counters = &crate::threads::COUNTERS;
+    let before = counters.timer_interrupts.load(Ordering::Relaxed);
+    crate::threads::scheduler().sleep(50_000_000);
+    let ticks = counters.timer_interrupts.load(Ordering::Relaxed) - before;
+    check!(
+        (1..=3).contains(&ticks),
+        "idle CPUs took timer interrupts",
+        ticks
     );
     Ok(())
 }

@@ -8,17 +8,17 @@
 //! arrives); the heap gets contiguous runs from the buddy allocator through
 //! [`BuddyPageSource`]. Physical and virtual addresses are equal (identity map).
 //!
-//! Locks: the buddy allocator and the cache sit behind `keel_sync::SpinLock`s. Nothing
-//! allocates in interrupt handlers, so the locks are not interrupt-safe yet; the
-//! scheduler issue revisits this with per-CPU data.
+//! Locks: the buddy allocator and each CPU's page cache sit behind `keel_sync::SpinLock`s.
+//! The scheduler runs from interrupts and may allocate or free, so the heap and the
+//! single-page paths run with interrupts masked on their CPU.
 
 // The page API is the kernel's interface for the subsystems to come; today the ktest
 // suite is its only caller besides the heap.
 #![cfg_attr(not(feature = "ktest"), allow(dead_code))]
 
 use core::ptr::NonNull;
-use keel_arch_x86_64::ArchInfo;
 use keel_arch_x86_64::bootinfo::MemoryKind;
+use keel_arch_x86_64::{ArchInfo, percpu};
 use keel_heap::{KernelHeap, PageSource as HeapPageSource};
 use keel_pagealloc::{
     BuddyAllocator, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta, PageRange, PageSource,
@@ -28,8 +28,14 @@ use keel_sync::SpinLock;
 
 /// The global buddy allocator, `None` until [`init`].
 static PAGES: SpinLock<Option<BuddyAllocator<'static>>> = SpinLock::new(None);
-/// The boot CPU's single-page cache.
-static PAGE_CACHE: SpinLock<PerCpuPageCache> = SpinLock::new(PerCpuPageCache::new());
+/// One single-page cache per CPU. Each has its own lock (uncontended unless a thread
+/// migrates between reading its CPU index and locking, which stays correct).
+static PAGE_CACHES: [SpinLock<PerCpuPageCache>; percpu::MAX_CPUS] =
+    [const { SpinLock::new(PerCpuPageCache::new()) }; percpu::MAX_CPUS];
+
+fn this_cpu_cache() -> &'static SpinLock<PerCpuPageCache> {
+    &PAGE_CACHES[percpu::current_index()]
+}
 
 /// The heap's page source: contiguous runs from the buddy allocator.
 #[derive(Debug)]
@@ -56,8 +62,50 @@ unsafe impl HeapPageSource for BuddyPageSource {
     }
 }
 
+/// The kernel heap with interrupts masked while it runs: the scheduler runs from the
+/// timer and wake-up interrupts and may allocate or free (a run-queue `Vec` growing,
+/// the last reference to an exited thread dropped), so an interrupt taken while this
+/// CPU holds the heap's spinlock would otherwise spin on it forever.
+struct InterruptSafeHeap(KernelHeap<BuddyPageSource>);
+
+// SAFETY: every method forwards to `KernelHeap`'s `GlobalAlloc` implementation with
+// the same arguments, so its guarantees carry over; masking interrupts changes only
+// when the code runs.
+unsafe impl core::alloc::GlobalAlloc for InterruptSafeHeap {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.alloc(layout) })
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: core::alloc::Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
+            self.0.dealloc(pointer, layout)
+        })
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
+            self.0.alloc_zeroed(layout)
+        })
+    }
+
+    unsafe fn realloc(
+        &self,
+        pointer: *mut u8,
+        layout: core::alloc::Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
+            self.0.realloc(pointer, layout, new_size)
+        })
+    }
+}
+
 #[global_allocator]
-static HEAP: KernelHeap<BuddyPageSource> = KernelHeap::new(BuddyPageSource);
+static HEAP: InterruptSafeHeap = InterruptSafeHeap(KernelHeap::new(BuddyPageSource));
 
 /// What [`init`] set up.
 #[derive(Debug, Clone, Copy)]
@@ -211,35 +259,48 @@ impl PageSource for LockedBuddy {
 
 /// Allocates one page through the CPU's cache.
 pub fn alloc_page() -> Option<PageFrameNumber> {
-    PAGE_CACHE.lock().alloc(&mut LockedBuddy)
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        this_cpu_cache().lock().alloc(&mut LockedBuddy)
+    })
 }
 
 /// Frees one page through the CPU's cache.
 pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
-    PAGE_CACHE.lock().free(frame, &mut LockedBuddy)
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        this_cpu_cache().lock().free(frame, &mut LockedBuddy)
+    })
 }
 
 /// Allocates `count` contiguous pages.
 pub fn alloc_pages(count: u64) -> Result<PageRange, PageAllocError> {
-    PAGES
-        .lock()
-        .as_mut()
-        .ok_or(PageAllocError::OutOfMemory)?
-        .alloc_pages(count)
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        PAGES
+            .lock()
+            .as_mut()
+            .ok_or(PageAllocError::OutOfMemory)?
+            .alloc_pages(count)
+    })
 }
 
 /// Frees a run from [`alloc_pages`].
 pub fn free_pages(range: PageRange) -> Result<(), PageAllocError> {
-    PAGES
-        .lock()
-        .as_mut()
-        .ok_or(PageAllocError::NotAllocated)?
-        .free_pages(range)
+    // Thread stacks are freed when a thread's last reference goes, possibly inside
+    // the scheduler running from an interrupt: mask interrupts around the lock.
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        PAGES
+            .lock()
+            .as_mut()
+            .ok_or(PageAllocError::NotAllocated)?
+            .free_pages(range)
+    })
 }
 
 /// Free pages in the buddy allocator plus the cache.
 pub fn free_page_count() -> u64 {
-    let cached = PAGE_CACHE.lock().len() as u64;
+    let cached: u64 = PAGE_CACHES
+        .iter()
+        .map(|cache| cache.lock().len() as u64)
+        .sum();
     PAGES
         .lock()
         .as_ref()
@@ -249,5 +310,5 @@ pub fn free_page_count() -> u64 {
 
 /// The heap's statistics.
 pub fn heap_stats() -> keel_heap::HeapStats {
-    HEAP.stats()
+    HEAP.0.stats()
 }

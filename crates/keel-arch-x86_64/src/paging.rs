@@ -373,6 +373,12 @@ unsafe fn table_at(address: PhysAddr) -> &'static mut PageTable {
 /// Other CPUs may keep a stale TLB entry for a page just turned into a guard until their
 /// next flush; the guard then catches overflows a little later on those CPUs.
 pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
+    // Thread stacks are freed (and their guard page mapped again) possibly from the
+    // scheduler running in an interrupt: never hold the lock with interrupts enabled.
+    x86_64::instructions::interrupts::without_interrupts(|| change_guard_page(address, guard))
+}
+
+fn change_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
     use x86_64::structures::paging::PageTableIndex;
     let _lock = LIVE_TABLES.lock();
     let virtual_address = VirtAddr::new(address);
