@@ -193,8 +193,27 @@ unsafe impl Arch for KernelArch {
     }
 }
 
+/// The scheduling policy under test: OSv's fair policy by default, round-robin with a
+/// 10 ms quantum with the `sched-round-robin` feature (for experiments that compare
+/// two kernels differing only in the policy).
+#[cfg(not(feature = "sched-round-robin"))]
+pub type KernelPolicy = keel_sched::FairPolicy;
+/// The scheduling policy under test (see the default build's documentation).
+#[cfg(feature = "sched-round-robin")]
+pub type KernelPolicy = keel_sched::RoundRobinPolicy;
+
 /// The kernel's scheduler type.
-pub type KernelScheduler = Scheduler<KernelArch>;
+pub type KernelScheduler = Scheduler<KernelArch, KernelPolicy>;
+
+#[cfg(not(feature = "sched-round-robin"))]
+fn make_policy(_cpu: CpuId) -> KernelPolicy {
+    keel_sched::FairPolicy::default()
+}
+
+#[cfg(feature = "sched-round-robin")]
+fn make_policy(_cpu: CpuId) -> KernelPolicy {
+    keel_sched::RoundRobinPolicy::default()
+}
 
 static SCHEDULER: spin::Once<KernelScheduler> = spin::Once::new();
 
@@ -227,7 +246,7 @@ fn on_wakeup(_: &mut TrapFrame) {
 /// loop. `main` ends the VM (the idle loop returns only after a shutdown request).
 pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
     let scheduler = SCHEDULER.call_once(|| {
-        Scheduler::new(
+        Scheduler::with_policy(
             KernelArch { cpu_count },
             SchedulerConfig {
                 default_stack_size: 64 * 1024,
@@ -238,6 +257,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
                 // slower than 100 (papers/0004).
                 idle_poll_iterations: 100,
             },
+            make_policy,
         )
     });
     interrupts::set_interrupt_handler(apic::TIMER_VECTOR, on_timer);

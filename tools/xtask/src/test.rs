@@ -180,12 +180,24 @@ fn guest_stage() -> Result<Stage, String> {
         release: false,
         features: vec!["ktest".into()],
     })?;
+    // The same suite on a kernel that differs only in the scheduling policy.
+    let round_robin_image = kernel::build(&BuildOptions {
+        release: false,
+        features: vec!["ktest".into(), "sched-round-robin".into()],
+    })?;
     let suites = [
-        ("q35", Machine::Q35, 1, "256M"),
-        ("q35-smp4-1G", Machine::Q35, 4, "1G"),
-        ("microvm-smp2", Machine::Microvm, 2, "256M"),
+        ("q35", &image, Machine::Q35, 1, "256M"),
+        ("q35-smp4-1G", &image, Machine::Q35, 4, "1G"),
+        ("microvm-smp2", &image, Machine::Microvm, 2, "256M"),
+        (
+            "q35-smp2-round-robin",
+            &round_robin_image,
+            Machine::Q35,
+            2,
+            "256M",
+        ),
     ];
-    for (label, machine, smp, memory) in suites {
+    for (label, image, machine, smp, memory) in suites {
         eprintln!("xtask: booting the in-guest test suite on {label}");
         let options = QemuOptions {
             machine,
@@ -194,7 +206,7 @@ fn guest_stage() -> Result<Stage, String> {
             append: vec![format!("ktest.expect_cpus={smp}")],
             ..QemuOptions::default()
         };
-        let outcome = qemu::boot_captured(&image, &options, SUITE_LIMIT, Some("  | "))?;
+        let outcome = qemu::boot_captured(image, &options, SUITE_LIMIT, Some("  | "))?;
         eprintln!(
             "xtask: {label}: QEMU process time {:.3} s",
             outcome.elapsed.as_secs_f64()
