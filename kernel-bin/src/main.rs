@@ -113,14 +113,13 @@ fn print_banner(
     let phase = |from: u64, to: u64| time::ticks_to_nanos(to.saturating_sub(from)) / 1000;
     let phases = &info.phases;
     kprintln!(
-        "boot: early {} us, TSC calibration {} us, paging {} us, APIC {} us, memory {} us",
+        "boot: early {} us, TSC calibration {} us, paging {} us, APIC {} us, memory and APs {} us",
         phase(info.tsc_at_entry, phases.early),
         phase(phases.early, phases.tsc_calibrated),
         phase(phases.tsc_calibrated, phases.paging),
         phase(phases.paging, phases.apic),
         phase(memory_start, main_tsc)
     );
-    kprintln!("boot: memory and {cpus_online} CPUs ready; entry to main includes AP start-up");
     kprintln!("boot: entry to main {boot_micros} us");
 }
 
