@@ -40,18 +40,27 @@ static SHARED: BenchLock<Shared> = BenchLock::new(Shared {
     cells: [0; 8],
 });
 
+/// A numeric option; a value that is not a number is reported and the default used.
 fn parse(info: &ArchInfo, key: &str, default: u64) -> u64 {
-    info.boot
-        .command_line_value(key)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
+    match info.boot.command_line_value(key) {
+        None => default,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            kprintln!("lockbench: {key}={text:?} is not a number; using {default}");
+            default
+        }),
+    }
 }
 
 /// Runs the experiment; returns false if the final count is wrong.
 pub fn run(info: &ArchInfo) -> bool {
     let scheduler = threads::scheduler();
     let cpus = scheduler.cpu_count();
-    let thread_count = parse(info, "lockbench.threads", 16).max(1);
+    const MAX_THREADS: u64 = 4096;
+    let thread_count = parse(info, "lockbench.threads", 16);
+    if !(1..=MAX_THREADS).contains(&thread_count) {
+        kprintln!("lockbench: lockbench.threads={thread_count} is outside 1..={MAX_THREADS}");
+        return false;
+    }
     let total = parse(info, "lockbench.acquisitions", 200_000).max(thread_count);
     let per_thread = total / thread_count;
     {
