@@ -10,7 +10,7 @@
 //! missing value would fail the final assertion.
 //!
 //! Run: `RUSTFLAGS="--cfg loom -C force-frame-pointers=yes"
-//! CARGO_TARGET_DIR=/work/tmp/target-sched-loom cargo test -p keel-loom-tests --release
+//! CARGO_TARGET_DIR=loom-target cargo test -p keel-loom-tests --release
 //! --test wakeup`.
 #![cfg(loom)]
 
