@@ -1,7 +1,7 @@
 //! loom models of Keel's concurrency primitives. The models are integration tests
 //! (`tests/*.rs`), compiled only under `--cfg loom`; without it this crate builds to
 //! nothing and `cargo test` trivially passes. See `README.md` for the three commands
-(all run by `cargo xtask test`).
+//! (all run by `cargo xtask test`).
 //!
 //! The models exercise the real crates unchanged: `keel-sync`'s [shim] switches its
 //! atomics and cells to loom's under `--cfg loom`, so what loom explores is the code
