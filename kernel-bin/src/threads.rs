@@ -286,7 +286,10 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
     }
 
     fn current_id() -> keel_lfmutex::ThreadId {
-        let id = Self::current().id().0;
+        let id = scheduler()
+            .current_id()
+            .expect("lock-free mutex used outside a Keel thread")
+            .0;
         keel_lfmutex::ThreadId::new(NonZeroU64::new(id + 1).unwrap_or(NonZeroU64::MIN))
     }
 

@@ -364,11 +364,24 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// The calling thread, or `None` outside the scheduler's threads.
     pub fn current(&self) -> Option<Thread> {
-        let cpu = self.arch.current_cpu()?;
+        // Mask first, then read the CPU: with interrupts enabled, a timer preemption
+        // between the two could let the balancer move this thread to another CPU.
         let _interrupts = self.arch.mask_interrupts();
+        let cpu = self.arch.current_cpu()?;
         // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
         let local = unsafe { self.cpus[cpu.0].local() };
         local.current.clone()
+    }
+
+    /// The calling thread's id, or `None` outside the scheduler's threads; unlike
+    /// [`current`](Scheduler::current) it takes no reference (no reference-count
+    /// traffic), for callers such as a mutex recording its owner.
+    pub fn current_id(&self) -> Option<ThreadId> {
+        let _interrupts = self.arch.mask_interrupts();
+        let cpu = self.arch.current_cpu()?;
+        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
+        let local = unsafe { self.cpus[cpu.0].local() };
+        local.current.as_ref().map(|current| current.inner.id)
     }
 
     /// Gives the CPU to another runnable thread, if any (the caller is requeued).
@@ -452,8 +465,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.with_current(|me| {
             let generation = me.sleep_generation.load(Ordering::Relaxed);
             {
-                let cpu = self.current_cpu();
                 let _interrupts = self.arch.mask_interrupts();
+                let cpu = self.current_cpu();
                 // SAFETY: we run on `cpu` with interrupts masked and hold no other
                 // reference.
                 let local = unsafe { self.cpus[cpu.0].local() };
@@ -569,9 +582,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// [`with_current`](Self::with_current) when the caller already knows the current
     /// CPU (`cpu`, read since the last context switch).
-    fn with_current_on<R>(&self, cpu: CpuId, body: impl FnOnce(&ThreadInner) -> R) -> R {
+    fn with_current_on<R>(&self, _cpu_hint: CpuId, body: impl FnOnce(&ThreadInner) -> R) -> R {
         let inner: *const ThreadInner = {
             let _interrupts = self.arch.mask_interrupts();
+            // Re-read under the mask: in the kernel a timer preemption since the hint
+            // was read may have migrated this thread.
+            let cpu = self.current_cpu();
             // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
             let local = unsafe { self.cpus[cpu.0].local() };
             let current = local
@@ -599,8 +615,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// [`block_current`](Self::block_current) on `cpu`, the current CPU (read since
     /// the last context switch). Returns the current CPU on return (the thread may
     /// have been migrated while it was queued).
-    fn block_current_on(&self, cpu: CpuId, me: &ThreadInner, ready: impl Fn() -> bool) -> CpuId {
+    fn block_current_on(
+        &self,
+        _cpu_hint: CpuId,
+        me: &ThreadInner,
+        ready: impl Fn() -> bool,
+    ) -> CpuId {
         let _interrupts = self.arch.mask_interrupts();
+        // Re-read under the mask (see `with_current_on`).
+        let cpu = self.current_cpu();
         // SeqCst store, then the re-check: pairs with a waker's "publish condition
         // (SeqCst), then CAS WAITING -> WAKING (SeqCst)": either we see its condition,
         // or its CAS sees WAITING and it delivers us.
