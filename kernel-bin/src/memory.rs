@@ -4,17 +4,13 @@
 //! At boot, [`init`] carves the page-metadata array out of RAM, creates the buddy
 //! allocator over `[0, highest RAM page)`, and hands it every RAM page except the first
 //! megabyte (firmware data), the kernel image, the boot page-table region and the
-//! metadata array itself. Single pages go through a per-CPU cache (one CPU until SMP
-//! arrives); the heap gets contiguous runs from the buddy allocator through
-//! [`BuddyPageSource`]. Physical and virtual addresses are equal (identity map).
+//! metadata array itself. Single pages go through a per-CPU cache; the heap gets its
+//! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
+//! allocator). Physical and virtual addresses are equal (identity map).
 //!
 //! Locks: the buddy allocator and each CPU's page cache sit behind `keel_sync::SpinLock`s.
 //! The scheduler runs from interrupts and may allocate or free, so the heap and the
 //! single-page paths run with interrupts masked on their CPU.
-
-// The page API is the kernel's interface for the subsystems to come; today the ktest
-// suite is its only caller besides the heap.
-#![cfg_attr(not(feature = "ktest"), allow(dead_code))]
 
 use core::ptr::NonNull;
 use keel_arch_x86_64::bootinfo::MemoryKind;
@@ -37,26 +33,33 @@ fn this_cpu_cache() -> &'static SpinLock<PerCpuPageCache> {
     &PAGE_CACHES[percpu::current_index()]
 }
 
-/// The heap's page source: contiguous runs from the buddy allocator.
+/// The heap's page source: single pages through this CPU's page cache, longer runs
+/// from the buddy allocator.
 #[derive(Debug)]
 pub struct BuddyPageSource;
 
-// SAFETY: runs come from the buddy allocator, which hands each page out once; they are
-// RAM, identity-mapped read-write, and page aligned; `free_pages` returns exactly the
-// run that `alloc_pages` produced.
+// SAFETY: pages come from the buddy allocator (directly, or through a per-CPU cache
+// that holds only free pages it took from it), which hands each page out once; they
+// are RAM, identity-mapped read-write, and page aligned; `free_pages` returns exactly
+// the run that `alloc_pages` produced, by the same path (cache for one page).
 unsafe impl HeapPageSource for BuddyPageSource {
     fn alloc_pages(&self, count: usize) -> Option<NonNull<u8>> {
-        let mut pages = PAGES.lock();
-        let range = pages.as_mut()?.alloc_pages(count as u64).ok()?;
-        let address = range.start.start_address()?.as_u64();
-        NonNull::new(address as *mut u8)
+        let start = if count == 1 {
+            alloc_page()?
+        } else {
+            alloc_pages(count as u64).ok()?.start
+        };
+        NonNull::new(start.start_address()?.as_u64() as *mut u8)
     }
 
     unsafe fn free_pages(&self, start: NonNull<u8>, count: usize) {
         let frame = PageFrameNumber::new(start.as_ptr() as u64 / PAGE_SIZE);
-        if let Some(pages) = PAGES.lock().as_mut()
-            && let Err(error) = pages.free_pages(PageRange::new(frame, count as u64))
-        {
+        let result = if count == 1 {
+            free_page(frame)
+        } else {
+            free_pages(PageRange::new(frame, count as u64))
+        };
+        if let Err(error) = result {
             log::error!("heap returned a bad page run at {frame}: {error}");
         }
     }

@@ -430,16 +430,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// not accumulate), so an unpark before the park makes it return at once, as with
     /// `std::thread::park`. Unlike std, it never returns spuriously.
     pub fn park(&self) {
-        let mut cpu = self.current_cpu();
-        self.with_current_on(cpu, |me| {
+        self.with_current(|me| {
             loop {
                 // The relaxed load first spares the locked swap when no token is
                 // pending (the usual case when parking); a token set after it is seen
-                // by `block_current_on`'s re-check (or its waker's CAS).
+                // by `block_current`'s re-check (or its waker's CAS).
                 if me.token.load(Ordering::Relaxed) && me.token.swap(false, Ordering::Acquire) {
                     return;
                 }
-                cpu = self.block_current_on(cpu, me, || me.token.load(Ordering::SeqCst));
+                self.block_current(me, || me.token.load(Ordering::SeqCst));
             }
         });
     }
@@ -577,16 +576,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// Calls `body` with the running thread's record.
     fn with_current<R>(&self, body: impl FnOnce(&ThreadInner) -> R) -> R {
-        self.with_current_on(self.current_cpu(), body)
-    }
-
-    /// [`with_current`](Self::with_current) when the caller already knows the current
-    /// CPU (`cpu`, read since the last context switch).
-    fn with_current_on<R>(&self, _cpu_hint: CpuId, body: impl FnOnce(&ThreadInner) -> R) -> R {
         let inner: *const ThreadInner = {
+            // Mask first, then read the CPU: in the kernel a timer preemption in
+            // between could let the balancer migrate this thread.
             let _interrupts = self.arch.mask_interrupts();
-            // Re-read under the mask: in the kernel a timer preemption since the hint
-            // was read may have migrated this thread.
             let cpu = self.current_cpu();
             // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
             let local = unsafe { self.cpus[cpu.0].local() };
@@ -609,20 +602,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Blocks the current thread (`me`) until a wake-up, unless `ready()` holds after
     /// it is marked waiting. Spurious returns are possible; callers loop.
     fn block_current(&self, me: &ThreadInner, ready: impl Fn() -> bool) {
-        self.block_current_on(self.current_cpu(), me, ready);
-    }
-
-    /// [`block_current`](Self::block_current) on `cpu`, the current CPU (read since
-    /// the last context switch). Returns the current CPU on return (the thread may
-    /// have been migrated while it was queued).
-    fn block_current_on(
-        &self,
-        _cpu_hint: CpuId,
-        me: &ThreadInner,
-        ready: impl Fn() -> bool,
-    ) -> CpuId {
         let _interrupts = self.arch.mask_interrupts();
-        // Re-read under the mask (see `with_current_on`).
+        // Read under the mask (see `with_current`).
         let cpu = self.current_cpu();
         // SeqCst store, then the re-check: pairs with a waker's "publish condition
         // (SeqCst), then CAS WAITING -> WAKING (SeqCst)": either we see its condition,
@@ -639,15 +620,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 )
                 .is_ok()
         {
-            return cpu;
+            return;
         }
-        self.schedule_on(cpu, Entry::Block)
+        self.schedule_on(cpu, Entry::Block);
     }
 
-    /// Wakes `thread` if it is waiting. Returns whether this call woke it.
-    fn wake(&self, thread: &Thread) -> bool {
-        if thread
-            .inner
+    /// Moves a WAITING thread to WAKING; true if this caller did it (and so must
+    /// deliver it). SeqCst: pairs with `block_current`'s store and re-check.
+    fn claim_waiting(inner: &ThreadInner) -> bool {
+        inner
             .state
             .compare_exchange(
                 state::WAITING,
@@ -656,7 +637,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 Ordering::Relaxed,
             )
             .is_ok()
-        {
+    }
+
+    /// Wakes `thread` if it is waiting. Returns whether this call woke it.
+    fn wake(&self, thread: &Thread) -> bool {
+        if Self::claim_waiting(&thread.inner) {
             self.deliver(thread.clone());
             true
         } else {
@@ -748,7 +733,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// [`schedule`](Self::schedule) on `cpu`, the current CPU (read since the last
     /// context switch). Returns the current CPU when the calling context continues
     /// (it may be another one after a switch: a queued thread may migrate).
-    fn schedule_on(&self, cpu: CpuId, entry: Entry) -> CpuId {
+    fn schedule_on(&self, cpu: CpuId, entry: Entry) {
         let this = &self.cpus[cpu.0];
         // SAFETY: we run on `cpu` with interrupts masked; the reference is not used
         // after the context switch below (the resumed side fetches its own).
@@ -803,15 +788,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             }
             self.arm_timer(cpu, local, now, runs_thread);
             self.publish_load(cpu, local);
-            return cpu;
+            return;
         }
         let next = local.run_queue.pop();
-        self.switch_to(cpu, local, next, now, previous_runnable)
+        self.switch_to(cpu, local, next, now, previous_runnable);
     }
 
     /// Switches from the current context to `next` (`None`: the idle loop), requeueing
     /// the current thread if it is still runnable. Returns when the calling context is
-    /// resumed, with the CPU it is resumed on.
+    /// resumed (possibly on another CPU).
     fn switch_to(
         &self,
         cpu: CpuId,
@@ -819,7 +804,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         next: Option<Thread>,
         now: u64,
         previous_runnable: bool,
-    ) -> CpuId {
+    ) {
         let previous = local.current.take();
         let save_into: *mut usize = match &previous {
             Some(thread) => thread.inner.context.get(),
@@ -870,12 +855,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // CPU resumes a thread, once per enqueue; (3) `local` not being used after
         // this call.
         unsafe { switch_context(save_into, resume_from, self as *const Self as usize) };
-        self.after_switch()
+        self.after_switch();
     }
 
     /// Runs in the resumed context right after a switch: releases the thread switched
-    /// away from. Returns the CPU the context now runs on.
-    fn after_switch(&self) -> CpuId {
+    /// away from.
+    fn after_switch(&self) {
         let cpu = self.current_cpu();
         let switched_out = {
             // SAFETY: we run on `cpu` with interrupts masked (the switcher masked
@@ -885,7 +870,6 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         };
         // Dropped without the CPU state borrowed: it may free a stack and a closure.
         drop(switched_out);
-        cpu
     }
 
     fn charge_current(&self, local: &mut CpuLocal<P>, now: u64) {
@@ -916,17 +900,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 break;
             };
             if timer.thread.inner.sleep_generation.load(Ordering::Relaxed) == timer.generation
-                && timer
-                    .thread
-                    .inner
-                    .state
-                    .compare_exchange(
-                        state::WAITING,
-                        state::WAKING,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
+                && Self::claim_waiting(&timer.thread.inner)
             {
                 self.deliver_from(cpu, local, timer.thread);
             }
