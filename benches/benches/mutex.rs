@@ -6,8 +6,13 @@
 //! - `mutex/contended-2`: 2 threads, 5 000 increments each (time per round).
 //! - `mutex/oversubscribed-8`, `mutex/oversubscribed-16`: 8 / 16 threads on the
 //!   machine's cores, a fixed total of 4 000 short critical sections per round
-//!   (time per round). Spinning waiters burn the timeslices a preempted holder
-//!   needs, which is what the lock-free mutex's blocking waiters avoid.
+//!   (time per round). Releasing and joining the threads is most of such a short
+//!   round, the same for every lock.
+//! - `mutex/oversubscribed-8-long`, `mutex/oversubscribed-16-long`: the same with
+//!   200 000 critical sections per round, so a round spans several Linux
+//!   timeslices and lock holders do get preempted. Spinning waiters burn the
+//!   timeslices a preempted holder needs, which is what the lock-free mutex's
+//!   blocking waiters avoid.
 //!
 //! Threaded cases time whole rounds with `iter_custom` (threads are spawned before
 //! the clock starts and released together by a barrier) and use flat sampling, so a
@@ -161,6 +166,8 @@ fn mutex_benches(criterion: &mut Criterion) {
         ("mutex/contended-2", 2, 5_000),
         ("mutex/oversubscribed-8", 8, 500),
         ("mutex/oversubscribed-16", 16, 250),
+        ("mutex/oversubscribed-8-long", 8, 25_000),
+        ("mutex/oversubscribed-16-long", 16, 12_500),
     ] {
         let mut group = criterion.benchmark_group(name);
         group

@@ -1,5 +1,6 @@
 //! loom models of `keel-lfmutex`: the lock-free mutex (including the responsibility
-//! hand-off race), the wait-morphing condition variable, and the MPSC wait queue.
+//! hand-off race and the offer race, where a running locker barges past a woken
+//! waiter), the wait-morphing condition variable, and the MPSC wait queue.
 //!
 //! Waiters block through `LoomParker` (loom's park/unpark), so a lost wake-up makes
 //! loom report a deadlock ("deadlock; threads = ..."), which fails the model.
@@ -13,6 +14,12 @@
 //! held mutex are then `should_panic(expected = "deadlock")`: they pass only if loom
 //! finds the lost wake-up. The models that never block on a held mutex (the queue
 //! alone, `try_lock` against `try_lock`) must pass in both builds.
+//!
+//! With the feature `broken-lfmutex-offer`, an unlocker that finds an offered waiter
+//! already waking up returns without leaving the mutex on offer, so nobody holds it
+//! and that waiter, having found nothing to take, sleeps forever. The models in which
+//! an unlock can meet a waiter in flight (a holder that locks again, or three
+//! threads) are `should_panic(expected = "deadlock")` with it; the others pass.
 #![cfg(loom)]
 
 use std::ptr::NonNull;
@@ -122,11 +129,81 @@ fn handoff_race_unlock_before_the_locker_queues() {
     });
 }
 
+/// The offer race: the main thread holds the mutex while the other thread queues,
+/// then unlocks and at once locks again. Its unlock pops the waiter and only
+/// *offers* it the mutex (`IN_FLIGHT` plus a token), so the relock can barge in
+/// and take the token before the woken waiter competes; the waiter must then queue
+/// again and be handed the mutex by the second unlock, however the steps
+/// interleave (an unlock that finds a waiter already in flight leaves the mutex on
+/// offer instead of waking anyone).
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn holder_relocks_past_an_offered_waiter() {
+    check_bounded(3, || {
+        let shared = leak(Witnessed::new());
+        shared.mutex.lock();
+        let other = shared;
+        let handle = thread::spawn(move || {
+            other.mutex.lock();
+            other.bump_witness();
+            other.mutex.unlock().unwrap();
+        });
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        shared.mutex.lock();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        handle.join().unwrap();
+        assert_eq!(shared.witness_value(), 3);
+        assert!(!shared.mutex.is_locked());
+    });
+}
+
+/// Two waiters and a holder that locks twice: while one offered waiter is on its
+/// way, the other waiter and the relocking holder race for the token, and every
+/// later unlock must find whoever still waits.
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn offer_in_flight_with_two_waiters() {
+    check_bounded(2, || {
+        let shared = leak(Witnessed::new());
+        shared.mutex.lock();
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    shared.mutex.lock();
+                    shared.bump_witness();
+                    shared.mutex.unlock().unwrap();
+                })
+            })
+            .collect();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        shared.mutex.lock();
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(shared.witness_value(), 4);
+        assert!(!shared.mutex.is_locked());
+    });
+}
+
 /// Two waiters queue behind a holder (three threads): the unlocker, the hand-off
 /// taker and the queue's single-consumer rule all get exercised, and the witness
 /// cell checks that every hand-over carries the critical section along.
 #[test]
-#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
 fn three_threads_lock_and_unlock_exclude() {
     check_bounded(2, || {
         let shared = leak(Witnessed::new());
@@ -153,7 +230,10 @@ fn three_threads_lock_and_unlock_exclude() {
 /// holder: grants never overlap, recursion needs as many unlocks, and the count
 /// equals the number of grants.
 #[test]
-#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
 fn try_lock_and_recursive_holder_exclude() {
     check_bounded(2, || {
         let shared = leak(Witnessed::new());
@@ -257,7 +337,10 @@ fn condvar_signal_under_the_mutex_morphs_the_wait() {
 /// Condvar broadcast: two waiters, one `notify_all`; both wake (in turn, each
 /// holding the mutex), none is lost.
 #[test]
-#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
 fn condvar_broadcast_wakes_all() {
     check_bounded(2, || {
         let shared = leak((LoomMutex::new((false, 0_usize)), LoomCondvar::new()));

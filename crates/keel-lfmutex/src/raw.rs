@@ -4,41 +4,69 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use keel_sync::shim::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 
 use crate::parker::{Parker, ThreadId};
 use crate::queue::{MpscQueue, Node};
 
-/// What a blocked thread leaves in a wait queue: who to wake, and the flag that
-/// says it was woken (and, in a mutex's queue, that it now owns the mutex).
+/// What a blocked thread leaves in a wait queue: who to wake, and where it stands.
 pub(crate) struct Waiter<P: Parker> {
     /// The thread to unpark.
     handle: P::Handle,
-    /// Set (Release) by the waker as its *last* access to the record; the waiter
-    /// loads it (Acquire) after every `park` return and leaves (freeing the record,
-    /// which lives on its stack) only once it is set. The Release/Acquire pair also
-    /// carries the previous holder's critical section over to the woken thread.
-    woken: AtomicBool,
+    /// One of the `WAITING`, `WAITING_FOR_HANDOFF`, `HANDED` and `OFFERED` states.
+    ///
+    /// The waiter writes a `WAITING*` state before pushing the record (the push's
+    /// Release publishes it to the popper). The waker stores `HANDED` or `OFFERED`
+    /// (Release) as its *last* access to the record; the waiter loads it (Acquire)
+    /// after every `park` return and leaves (freeing the record, which lives on its
+    /// stack) only once it is one of those. For `HANDED` the Release/Acquire pair
+    /// also carries the previous holder's critical section over to the woken thread.
+    state: AtomicU32,
 }
+
+/// Queued; a mutex unlocker may hand it the mutex or only offer it (see
+/// [`RawMutex`]'s `handoff`).
+const WAITING: u32 = 0;
+/// Queued; whoever pops it must hand it the mutex, not offer it: the thread lost an
+/// offer already (bounding how often it can be passed over), or it is a condition
+/// variable's waiter moved over by wait morphing, which must wake up holding the
+/// mutex.
+const WAITING_FOR_HANDOFF: u32 = 1;
+/// Woken, holding the mutex (or, in a condition variable's queue, signalled).
+const HANDED: u32 = 2;
+/// Woken by a mutex unlocker that left the mutex on offer: the woken thread must
+/// compete for it (see `RawMutex::compete_for_offer`).
+const OFFERED: u32 = 3;
 
 /// A wait record: a queue node carrying a [`Waiter`].
 pub(crate) type WaitRecord<P> = Node<Waiter<P>>;
 
 impl<P: Parker> Waiter<P> {
-    /// A record for the calling thread.
+    /// A record for the calling thread, in state `WAITING`.
     pub(crate) fn for_current_thread() -> WaitRecord<P> {
         Node::new(Self {
             handle: P::current(),
-            woken: AtomicBool::new(false),
+            state: AtomicU32::new(WAITING),
         })
     }
 
-    /// Parks until the record is woken. Never returns early: the record may be
-    /// linked in a queue until then.
-    pub(crate) fn wait(&self) {
-        while !self.woken.load(Ordering::Acquire) {
+    /// Parks until the record is woken; returns `HANDED` or `OFFERED`. Never
+    /// returns early: the record may be linked in a queue until then.
+    pub(crate) fn wait(&self) -> u32 {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state == HANDED || state == OFFERED {
+                return state;
+            }
             P::park();
         }
+    }
+
+    /// Marks a record that is in no queue and not being woken (its owner's, after a
+    /// lost offer, or a condition variable's waiter being moved) as one that must be
+    /// handed the mutex when popped.
+    fn require_handoff(&self) {
+        self.state.store(WAITING_FOR_HANDOFF, Ordering::Relaxed);
     }
 }
 
@@ -46,23 +74,24 @@ impl<P: Parker> fmt::Debug for Waiter<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
             .field("handle", &self.handle)
-            .field("woken", &self.woken.load(Ordering::Relaxed))
+            .field("state", &self.state.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-/// Wakes the thread waiting on `record`.
+/// Wakes the thread waiting on `record`, with `state` (`HANDED` or `OFFERED`).
 ///
 /// # Safety
 /// `record` must be live and waiting (in no queue, or popped by the caller), and
-/// nobody else may wake it: its owner frees it as soon as `woken` is set.
-pub(crate) unsafe fn wake<P: Parker>(record: NonNull<WaitRecord<P>>) {
+/// nobody else may wake it: its owner frees it as soon as `state` is stored.
+pub(crate) unsafe fn wake<P: Parker>(record: NonNull<WaitRecord<P>>, state: u32) {
+    debug_assert!(state == HANDED || state == OFFERED);
     // SAFETY: relies on (1) the caller's guarantee that the record is live and that
     // we are its only waker, so its owner is still parked in `Waiter::wait` and will
     // not free it before the store below.
     let waiter = unsafe { record.as_ref() }.value();
     let handle = waiter.handle.clone();
-    waiter.woken.store(true, Ordering::Release);
+    waiter.state.store(state, Ordering::Release);
     // From here on the record may be gone; only the cloned handle is used.
     P::unpark(&handle);
 }
@@ -113,18 +142,25 @@ pub struct RawMutex<P: Parker> {
     /// The waiters, oldest first; see [`MpscQueue`]. Its consumer is the unlocker
     /// that found `count > 1`, or whoever takes the hand-off token from it.
     queue: MpscQueue<Waiter<P>>,
-    /// The responsibility hand-off token: 0 when none is offered, else the
-    /// `sequence` number of the unlock that offered it.
+    /// The hand-off word: bit 0 is `IN_FLIGHT`, bits 1.. a token (0: none).
     ///
-    /// The unlocker publishes it with `store(token, Release)` (its critical section
-    /// goes along); a taker claims it with `compare_exchange(token, 0, AcqRel,
-    /// Relaxed)` (Acquire: it inherits that critical section and the consumer role);
-    /// lockers peek at it with `load(Acquire)`. Unique tokens make a stale peek fail
-    /// its claim (ABA).
+    /// A token is published by an unlocker that gives the mutex up without handing
+    /// it to anyone: either the waiter it must wake has counted itself but not
+    /// queued yet (the responsibility hand-off), or an offered waiter is already on
+    /// its way (`IN_FLIGHT`), so the mutex is left on offer. While a token is out
+    /// nobody holds the mutex; whoever claims it becomes the holder and the queue's
+    /// consumer. The unlocker publishes with Release (its critical section goes
+    /// along); claims are read-modify-writes with Acquire. Tokens are numbered from
+    /// `sequence`, so a stale claim in `take_handoff_and_pop` fails (ABA).
+    ///
+    /// `IN_FLIGHT` is set by the unlocker that pops a `WAITING` record and wakes it
+    /// `OFFERED`, and cleared only by that woken thread (its `swap(0)` also claims
+    /// any token present); it keeps later unlockers from waking more waiters while
+    /// one is on its way.
     handoff: AtomicU32,
-    /// The last token number used (wrapping, skipping 0). Only the current queue
-    /// consumer touches it; consumers are ordered by happens-before, so a plain cell
-    /// (under loom, a checked one).
+    /// The last token number used (wrapping below 2³¹, skipping 0). Only the current
+    /// queue consumer touches it; consumers are ordered by happens-before, so a plain
+    /// cell (under loom, a checked one).
     sequence: UnsafeCell<u32>,
     /// The [`ThreadId`](crate::ThreadId) of the holder, or 0.
     ///
@@ -324,7 +360,7 @@ impl<P: Parker> RawMutex<P> {
         }
     }
 
-    /// Acquires without blocking, taking a hand-off token if one is offered; does not
+    /// Acquires without blocking, taking an offered token if there is one; does not
     /// record the owner.
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
@@ -335,47 +371,74 @@ impl<P: Parker> RawMutex<P> {
         {
             return true;
         }
-        // Last chance: an unlocker offered the responsibility for a locker that has
-        // counted itself but not queued yet. Taking it makes us the holder (we count
-        // ourselves in); that locker will queue and wait for our unlock.
-        let token = self.handoff.load(Ordering::Acquire);
-        if token != 0
-            && self
-                .handoff
-                .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        // Last chance: an unlocker left the mutex on offer (a woken waiter is on its
+        // way, or a locker has counted itself but not queued yet). Taking the token
+        // makes us the holder; we count ourselves in, and the thread it was meant
+        // for will queue (again) and wait for our unlock.
+        if self.claim_token() {
             self.count.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         false
     }
 
-    /// `count` was non-zero: queue a record on our stack and wait until an unlocker
-    /// (or the hand-off taker) pops it and hands us the mutex.
+    /// Claims any token on offer, leaving `IN_FLIGHT` as it is; true if one was
+    /// claimed (the caller now holds the mutex and is the queue's consumer).
+    #[inline]
+    fn claim_token(&self) -> bool {
+        if self.handoff.load(Ordering::Relaxed) & TOKEN_MASK == 0 {
+            return false;
+        }
+        self.handoff.fetch_and(IN_FLIGHT, Ordering::AcqRel) & TOKEN_MASK != 0
+    }
+
+    /// `count` was non-zero: take the mutex if it is on offer (a running thread
+    /// barges past a waiter that is still waking up), else queue a record on our
+    /// stack and wait until an unlocker hands us the mutex or offers it to us.
     #[cold]
     fn acquire_slow(&self) {
+        if !cfg!(feature = "fifo-lfmutex") && self.claim_token() {
+            return;
+        }
         let record = Waiter::<P>::for_current_thread();
         let record_ptr = NonNull::from(&record);
-        // SAFETY: relies on (1) `record` living on this frame, which does not return
-        // before `record.value().wait()` sees it woken, i.e. popped and done with.
-        unsafe { self.queue.push(record_ptr) };
-        if let Some(popped) = self.take_handoff_and_pop() {
-            if popped == record_ptr {
-                // We took the responsibility and found ourselves first: ours.
+        loop {
+            // SAFETY: relies on (1) `record` living on this frame, which does not
+            // return before `record.value().wait()` sees it woken, i.e. popped and
+            // done with; a re-push happens only after such a wake-up.
+            unsafe { self.queue.push(record_ptr) };
+            if let Some(popped) = self.take_handoff_and_pop() {
+                if popped == record_ptr {
+                    // We took the responsibility and found ourselves first: ours.
+                    return;
+                }
+                // SAFETY: relies on (1) `popped` having been popped by us, the sole
+                // consumer, so it is live (its owner waits in `Waiter::wait`) and we
+                // are its only waker.
+                unsafe { wake::<P>(popped, HANDED) };
+            }
+            if record.value().wait() == HANDED || self.compete_for_offer() {
                 return;
             }
-            // SAFETY: relies on (1) `popped` having been popped by us, the sole
-            // consumer, so it is live (its owner waits for `woken`) and we are its
-            // only waker.
-            unsafe { wake::<P>(popped) };
+            // Passed over by a barger: queue again, and this time be handed the
+            // mutex when popped, so nobody is passed over more than once per lock.
+            record.value().require_handoff();
         }
-        record.value().wait();
+    }
+
+    /// The offered waiter's turn, right after its wake-up: clear `IN_FLIGHT` and
+    /// claim the token if it is still there, in one `swap(0)` (nobody else clears
+    /// `IN_FLIGHT`, and a token can only be out while nobody holds the mutex, so
+    /// zero is the right value in both cases). True if we now hold the mutex.
+    fn compete_for_offer(&self) -> bool {
+        let previous = self.handoff.swap(0, Ordering::AcqRel);
+        debug_assert!(previous & IN_FLIGHT != 0, "offered without IN_FLIGHT");
+        previous & TOKEN_MASK != 0
     }
 
     /// Queues a record on behalf of a thread that waits on it elsewhere (a condition
     /// variable's waiter being moved over: OSv's `send_lock`, "wait morphing"); the
-    /// record is woken once the mutex is acquired for it.
+    /// record is woken once the mutex is handed to it (never only offered).
     ///
     /// # Safety
     /// `record` must be live, in no queue, and its owner must be blocked in
@@ -384,33 +447,48 @@ impl<P: Parker> RawMutex<P> {
         if self.count.fetch_add(1, Ordering::Acquire) == 0 {
             // SAFETY: relies on (1) the caller's guarantee; the mutex is now held on
             // the record owner's behalf.
-            unsafe { wake::<P>(record) };
+            unsafe { wake::<P>(record, HANDED) };
             return;
         }
+        // SAFETY: relies on (1) the caller's guarantee: live, in no queue, not being
+        // woken, so we alone write its state.
+        unsafe { record.as_ref() }.value().require_handoff();
         // SAFETY: relies on (1) the caller's guarantee: live, in no queue, and its
         // owner does not leave `wait` before being woken, i.e. popped.
         unsafe { self.queue.push(record) };
         if let Some(popped) = self.take_handoff_and_pop() {
             // SAFETY: relies on (1) popped by us, the sole consumer: live and ours
             // to wake (it may be `record` itself).
-            unsafe { wake::<P>(popped) };
+            unsafe { wake::<P>(popped, HANDED) };
         }
     }
 
-    /// The locker's half of the hand-off: after pushing, if an unlocker has offered
-    /// a token and the queue is not empty, claim the token, becoming the consumer,
-    /// and pop the oldest waiter, whom the mutex now belongs to.
+    /// The locker's half of the responsibility hand-off: after pushing, if a token
+    /// is out and the queue is not empty, claim exactly that token, becoming holder
+    /// and consumer, and pop the oldest waiter, whom the mutex now belongs to.
     fn take_handoff_and_pop(&self) -> Option<NonNull<WaitRecord<P>>> {
-        let token = self.handoff.load(Ordering::Acquire);
-        if token == 0 || self.queue.is_empty() {
-            return None;
+        let mut word = self.handoff.load(Ordering::Acquire);
+        loop {
+            let token = word & TOKEN_MASK;
+            if token == 0 || self.queue.is_empty() {
+                return None;
+            }
+            match self.handoff.compare_exchange(
+                word,
+                word & IN_FLIGHT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                // Only `IN_FLIGHT` changed: the same token, try again.
+                Err(current) if current & TOKEN_MASK == token => word = current,
+                // Claimed by someone else (who is now responsible), or replaced.
+                Err(_) => return None,
+            }
         }
-        self.handoff
-            .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
-        // SAFETY: relies on (1) holding the token: the unlocker that offered it gave
-        // up the consumer role (its pop found nothing and it did not take the token
-        // back), and no other thread can pop until we wake someone.
+        // SAFETY: relies on (1) holding the token: its publisher gave up the consumer
+        // role and did not take the token back, and no other thread can pop until
+        // we wake someone or unlock.
         let popped = unsafe { self.queue.pop() };
         debug_assert!(popped.is_some(), "hand-off taken with an empty queue");
         popped
@@ -428,17 +506,59 @@ impl<P: Parker> RawMutex<P> {
         }
     }
 
-    /// Somebody is counted in `count`: wake the oldest queued waiter, or, if none
-    /// has queued yet, hand off the responsibility for waking it.
+    /// Somebody else is counted in `count`. If an offered waiter is already waking
+    /// up, leave the mutex on offer; else pop the oldest waiter and offer it the
+    /// mutex (or hand it over, if that waiter must not be passed over); if nobody
+    /// has queued yet, hand off the responsibility for waking them.
     #[cold]
     fn release_slow(&self) {
+        // SAFETY (for the pops below): relies on (1) the single-consumer argument of
+        // the crate docs: we hold the mutex, hence the consumer role (count > 0 keeps
+        // new lockers out of the fast path, and a token we publish passes the role
+        // on: it comes back to us only by re-taking our own token).
         loop {
-            // SAFETY: relies on (1) the single-consumer argument of the crate docs:
-            // we hold the consumer role (count > 0 keeps new lockers out of the fast
-            // path, and the role comes back to us only by re-taking our own token).
+            let word = self.handoff.load(Ordering::Acquire);
+            debug_assert!(word & TOKEN_MASK == 0, "a token is out while held");
+            if word & IN_FLIGHT != 0 {
+                if cfg!(feature = "broken-lfmutex-offer") {
+                    // DELIBERATELY BROKEN (feature `broken-lfmutex-offer`, for the
+                    // loom tests only): the mutex is left held by nobody.
+                    return;
+                }
+                let token = self.next_token();
+                if self
+                    .handoff
+                    .compare_exchange(word, token | IN_FLIGHT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // The woken waiter will look at the token (it alone clears
+                    // `IN_FLIGHT`), unless a barger takes it first.
+                    return;
+                }
+                // It has just cleared `IN_FLIGHT` and lost: it will queue again.
+                continue;
+            }
+            // SAFETY: as stated above the loop.
             if let Some(waiter) = unsafe { self.queue.pop() } {
-                // SAFETY: relies on (1) popped by us: live, and we are its only waker.
-                unsafe { wake::<P>(waiter) };
+                // SAFETY: relies on (1) popped by us: live, in no queue, and we are
+                // its only waker; its state was written before its push.
+                let must_hand = unsafe { waiter.as_ref() }
+                    .value()
+                    .state
+                    .load(Ordering::Relaxed)
+                    == WAITING_FOR_HANDOFF;
+                if must_hand || cfg!(feature = "fifo-lfmutex") {
+                    // SAFETY: as above.
+                    unsafe { wake::<P>(waiter, HANDED) };
+                } else {
+                    // Nobody is in flight and no token is out (we hold the mutex), so
+                    // the word is 0 and only we may set it. A swap rather than a
+                    // store, as everywhere on this word (see `publish`).
+                    let token = self.next_token();
+                    self.publish(token | IN_FLIGHT);
+                    // SAFETY: as above.
+                    unsafe { wake::<P>(waiter, OFFERED) };
+                }
                 return;
             }
             if cfg!(feature = "broken-lfmutex") {
@@ -448,7 +568,7 @@ impl<P: Parker> RawMutex<P> {
                 return;
             }
             let token = self.next_token();
-            self.handoff.store(token, Ordering::Release);
+            self.publish(token);
             // The locker we are waiting for has not pushed: it will see the token
             // after its push (see `MpscQueue::has_pushes_after`).
             if !self.queue.has_pushes_after() {
@@ -466,19 +586,38 @@ impl<P: Parker> RawMutex<P> {
         }
     }
 
-    /// The next hand-off token: the sequence number, incremented, skipping 0.
+    /// Publishes `word` (a token, perhaps with `IN_FLIGHT`) into a `handoff` that is
+    /// 0, giving up the mutex and the consumer role.
+    ///
+    /// Every write to `handoff` is a read-modify-write. A plain store would do on
+    /// hardware (the word is 0 and only the holder writes it here), but loom orders
+    /// a plain store against other threads' read-modify-writes by causality only,
+    /// and then lets a later compare-and-swap read an older value than the store:
+    /// a false deadlock in the offer-race models.
+    fn publish(&self, word: u32) {
+        let previous = self.handoff.swap(word, Ordering::AcqRel);
+        debug_assert_eq!(previous, 0, "hand-off word not clear at publish");
+    }
+
+    /// The next hand-off token, already shifted into place: the sequence number,
+    /// incremented below 2³¹, skipping 0.
     fn next_token(&self) -> u32 {
         // SAFETY: relies on (1) being called only by the queue consumer (from
         // `release_slow`), consumers being ordered by happens-before.
         self.sequence.with_mut(|sequence| unsafe {
-            *sequence = match (*sequence).wrapping_add(1) {
+            *sequence = match (*sequence).wrapping_add(1) & (TOKEN_MASK >> 1) {
                 0 => 1,
                 next => next,
             };
-            *sequence
+            *sequence << 1
         })
     }
 }
+
+/// `RawMutex::handoff`: set while an offered waiter is waking up.
+const IN_FLIGHT: u32 = 1;
+/// `RawMutex::handoff`: the token bits.
+const TOKEN_MASK: u32 = !IN_FLIGHT;
 
 #[cfg(all(test, not(loom)))]
 mod tests {
@@ -552,10 +691,10 @@ mod tests {
         let mutex = Raw::new();
         mutex.sequence.with_mut(|sequence| {
             // SAFETY: single-threaded test.
-            unsafe { *sequence = u32::MAX }
+            unsafe { *sequence = u32::MAX >> 1 }
         });
-        assert_eq!(mutex.next_token(), 1);
-        assert_eq!(mutex.next_token(), 2);
+        assert_eq!(mutex.next_token(), 1 << 1);
+        assert_eq!(mutex.next_token(), 2 << 1);
     }
 
     #[test]

@@ -86,7 +86,12 @@ fn loom_stage() -> Result<Stage, String> {
         ..Stage::default()
     };
     let target = workspace_root().join("loom-target");
-    for features in [None, Some("broken-spinlock"), Some("broken-lfmutex")] {
+    for features in [
+        None,
+        Some("broken-spinlock"),
+        Some("broken-lfmutex"),
+        Some("broken-lfmutex-offer"),
+    ] {
         eprintln!(
             "xtask: running the loom models{} (--cfg loom, release, target dir loom-target)",
             features.map_or(String::new(), |f| format!(
