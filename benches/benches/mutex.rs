@@ -14,8 +14,8 @@
 //!   timeslices a preempted holder needs, which is what the lock-free mutex's
 //!   blocking waiters avoid.
 //!
-//! Threaded cases time whole rounds with `iter_custom` (threads are spawned before
-//! the clock starts and released together by a barrier) and use flat sampling, so a
+//! Threaded cases time whole rounds with `iter_custom` (threads are spawned and
+//! waiting before the clock starts, then released together by a barrier) and use flat sampling, so a
 //! slow lock costs a bounded number of rounds.
 //!
 //! Run: `cargo bench -p keel-benches --bench mutex`.
@@ -108,21 +108,27 @@ fn threaded_rounds<M: BenchMutex>(rounds: u64, threads: usize, per_thread: u64) 
     let mut total = Duration::ZERO;
     for _ in 0..rounds {
         let mutex = Arc::new(M::new(0));
-        let start = Arc::new(Barrier::new(threads + 1));
+        // Two barriers: the clock starts once every thread is spawned and waiting,
+        // and before any is released. (Starting it after a single barrier let a
+        // descheduled main thread miss most of a round, on 2 vCPUs.)
+        let ready = Arc::new(Barrier::new(threads + 1));
+        let go = Arc::new(Barrier::new(threads + 1));
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let mutex = Arc::clone(&mutex);
-                let start = Arc::clone(&start);
+                let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
                 thread::spawn(move || {
-                    start.wait();
+                    ready.wait();
+                    go.wait();
                     for _ in 0..per_thread {
                         mutex.increment();
                     }
                 })
             })
             .collect();
-        start.wait();
+        ready.wait();
         let began = Instant::now();
+        go.wait();
         for handle in handles {
             handle.join().unwrap();
         }

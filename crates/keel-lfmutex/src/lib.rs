@@ -23,31 +23,52 @@
 //!
 //! # The algorithm
 //!
-//! `lock` does `count.fetch_add(1)`. If the old value was 0 the mutex is ours.
-//! Otherwise we are *committed*: we push a wait record (on our own stack) onto the
-//! wait queue and park until someone sets its `woken` flag, which also means the
-//! mutex has been handed to us (ownership passes directly, `count` never drops to 0
-//! in between, so nobody can barge in).
+//! One 64-bit lock word holds `count` (how many threads hold the mutex or are
+//! committed to waiting for it), an `IN_FLIGHT` bit and a hand-off *token*; next to
+//! it sits the wait queue.
 //!
-//! `unlock` does `count.fetch_sub(1)`. If the old value was 1 nobody was waiting:
-//! done. Otherwise some locker is committed, and the unlocker pops the oldest
-//! record and wakes it. **The race:** the committed locker may have incremented
-//! `count` but not pushed its record yet, so the pop finds nothing. The unlocker
-//! must not wait for the push (that would make unlock blocking, and the locker may
-//! be preempted for a long time), and must not just return (the locker would sleep
-//! forever: a lost wake-up; the `broken-lfmutex` feature does exactly that, and the
-//! loom models catch it). Instead it *hands off the responsibility*: it publishes a
-//! token in `handoff` and checks the queue once more. Every locker, after pushing,
-//! looks at `handoff`; if a token is there and the queue is non-empty, it claims
-//! the token with a compare-and-swap and does the unlocker's job (pops the oldest
-//! record and hands it the mutex; that may be its own record). If the unlocker's
-//! re-check finds the queue non-empty, it tries to take its own token back and
-//! loop; if the token is gone, its taker is responsible. `try_lock` may also claim
-//! a token and take the mutex itself. The ordering argument (the store-buffer
-//! pattern "publish token, then read queue" against "push, then read token") is
-//! made with read-modify-writes on the queue head, see
-//! [`MpscQueue`](queue::MpscQueue)'s `push_list`, so it holds under
-//! Release/Acquire alone, which loom models exactly.
+//! `lock` does `fetch_add(1)` on the count. If the old word was 0 the mutex is ours.
+//! Otherwise we are *committed*: we push a wait record (on our own stack) onto the
+//! wait queue and park until someone wakes it, either *handing* us the mutex or
+//! *offering* it (below).
+//!
+//! `unlock` does `fetch_sub(1)`. If the old count was 1 nobody was waiting: done.
+//! Otherwise some locker is committed, and the unlocker pops the oldest record and
+//! wakes it. **The race:** the committed locker may have incremented the count but
+//! not pushed its record yet, so the pop finds nothing. The unlocker must not wait
+//! for the push (that would make unlock blocking, and the locker may be preempted
+//! for a long time), and must not just return (the locker would sleep forever: a
+//! lost wake-up; the `broken-lfmutex` feature does exactly that, and the loom models
+//! catch it). Instead it *hands off the responsibility*: it publishes a token and
+//! checks the queue once more. Every locker, after pushing, looks for a token; if
+//! one is there and the queue is non-empty, it claims the token with a
+//! compare-and-swap and does the unlocker's job (pops the oldest record and hands it
+//! the mutex; that may be its own record). If the unlocker's re-check finds the
+//! queue non-empty, it tries to take its own token back and loop; if the token is
+//! gone, its taker is responsible. The ordering argument (the store-buffer pattern
+//! "publish token, then read queue" against "push, then read token") is made with
+//! read-modify-writes on the queue head, see [`MpscQueue`](queue::MpscQueue)'s
+//! `push_list`, so it holds under Release/Acquire alone, which loom models exactly.
+//! Up to here this is OSv's `lockfree::mutex`.
+//!
+//! **Offer, not hand-over (Keel's change).** OSv's unlock hands the mutex straight
+//! to the oldest waiter, which is asleep: until it has been woken and scheduled,
+//! nobody can run a critical section, and every running thread that locks queues
+//! behind it. On an oversubscribed machine that is a lock convoy (papers/0003: 0.26–
+//! 0.39x of `std::sync::Mutex` with 8 and 16 threads on 2 cores). Keel's unlock
+//! instead *offers* the mutex: it pops the oldest waiter, sets `IN_FLIGHT`,
+//! publishes a token (nobody holds the mutex while a token is out) and wakes the
+//! waiter. A running `lock` that finds a token takes it (one compare-and-swap that
+//! also counts it in) and goes on without sleeping; later unlocks, seeing
+//! `IN_FLIGHT`, just publish a fresh token (one `fetch_add` that also counts them
+//! out) instead of waking a second waiter. The woken waiter clears `IN_FLIGHT` and
+//! takes the token if it is still there, in one `fetch_and`. If a running thread
+//! got there first, the waiter queues again, marked so that whoever pops it next
+//! must *hand* it the mutex: nobody is passed over more than once per `lock`.
+//! Waiters still never spin. Wait-morphed condition-variable waiters are always
+//! handed the mutex. The feature `fifo-lfmutex` restores OSv's strict hand-over
+//! for experiments, and `broken-lfmutex-offer` breaks the offer path for the loom
+//! models to catch.
 //!
 //! **Why a token and not a flag:** a locker may read an old token, be preempted,
 //! and resume after that hand-off was resolved and a *different* unlock published
@@ -59,9 +80,9 @@
 //!
 //! **Single consumer:** the queue allows one `pop` at a time. Pops happen in an
 //! unlock with `count > 1` (only the holder unlocks, and a committed locker keeps
-//! `count > 0`, so no second holder appears until someone is woken) and by the
-//! taker of a token (which the unlocker gave up, and which only one thread can
-//! claim); each passes the role on through a Release/Acquire edge.
+//! `count > 0`, so no second holder appears until someone is woken or a token is
+//! claimed) and by the taker of a token (which the unlocker gave up, and which only
+//! one thread can claim); each passes the role on through a Release/Acquire edge.
 //!
 //! **Recursion:** `owner` holds the holder's [`ThreadId`] (from [`Parker::current_id`])
 //! and `depth` the recursion depth; `lock` by the owner only increments `depth`.

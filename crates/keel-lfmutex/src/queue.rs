@@ -55,8 +55,8 @@ impl<T: fmt::Debug> fmt::Debug for Node<T> {
 ///
 /// Both lists are stored as pointer addresses in `AtomicUsize`s because the sync
 /// shim offers no `AtomicPtr`; pointers round-trip through
-/// [`expose_provenance`](pointer::expose_provenance) and
-/// [`with_exposed_provenance`](ptr::with_exposed_provenance). Address 0 is null.
+/// `<*const T>::expose_provenance` and
+/// [`with_exposed_provenance`](core::ptr::with_exposed_provenance). Address 0 is null.
 pub struct MpscQueue<T> {
     /// Head of the LIFO push list (newest first), or 0.
     ///

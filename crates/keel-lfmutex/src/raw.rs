@@ -129,35 +129,43 @@ impl fmt::Display for UnlockError {
 /// assert!(mutex.unlock().is_err());
 /// ```
 pub struct RawMutex<P: Parker> {
-    /// How many threads hold the mutex or are committed to waiting for it (each
-    /// `lock` adds one, each final `unlock` removes one); 0 means free.
+    /// The lock word: `count` in bits 0–31, `IN_FLIGHT` in bit 32, a hand-off token
+    /// in bits 33–63 (0: none). One word, so that a running locker takes an offered
+    /// mutex, and an unlocker leaves it on offer, with a single read-modify-write.
     ///
-    /// `lock` takes it with `fetch_add(1, Acquire)` (old value 0: the mutex is ours,
-    /// and the previous unlocker's Release is visible); `try_lock` with
-    /// `compare_exchange(0, 1, Acquire, Relaxed)`; the final unlock releases with
-    /// `fetch_sub(1, Release)` (old value 1: nobody waits, done). A locker that found
-    /// it non-zero stays counted while it queues and waits; ownership then passes to
-    /// it directly, without `count` ever reaching 0.
-    count: AtomicU32,
-    /// The waiters, oldest first; see [`MpscQueue`]. Its consumer is the unlocker
-    /// that found `count > 1`, or whoever takes the hand-off token from it.
-    queue: MpscQueue<Waiter<P>>,
-    /// The hand-off word: bit 0 is `IN_FLIGHT`, bits 1.. a token (0: none).
+    /// `count` is how many threads hold the mutex or are committed to waiting for it
+    /// (each `lock` adds one, each final `unlock` removes one); 0 means free, and
+    /// then the whole word is 0. `lock` takes a free mutex with `fetch_add(1,
+    /// Acquire)` (old value 0: ours, and the previous unlocker's Release is
+    /// visible); the final unlock releases with `fetch_sub(1, Release)` (old count
+    /// 1: nobody waits, done). A locker that found the count non-zero stays counted
+    /// while it queues and waits; the mutex then reaches it without the count ever
+    /// dropping to 0 in between.
     ///
     /// A token is published by an unlocker that gives the mutex up without handing
     /// it to anyone: either the waiter it must wake has counted itself but not
     /// queued yet (the responsibility hand-off), or an offered waiter is already on
     /// its way (`IN_FLIGHT`), so the mutex is left on offer. While a token is out
-    /// nobody holds the mutex; whoever claims it becomes the holder and the queue's
-    /// consumer. The unlocker publishes with Release (its critical section goes
-    /// along); claims are read-modify-writes with Acquire. Tokens are numbered from
-    /// `sequence`, so a stale claim in `take_handoff_and_pop` fails (ABA).
+    /// nobody holds the mutex; whoever claims it (clearing the token bits with a
+    /// read-modify-write, Acquire) becomes the holder and the queue's consumer. The
+    /// unlocker publishes with Release (its critical section goes along). Tokens
+    /// are numbered from `sequence`, so a stale claim in `take_handoff_and_pop`
+    /// fails (ABA).
     ///
     /// `IN_FLIGHT` is set by the unlocker that pops a `WAITING` record and wakes it
-    /// `OFFERED`, and cleared only by that woken thread (its `swap(0)` also claims
-    /// any token present); it keeps later unlockers from waking more waiters while
-    /// one is on its way.
-    handoff: AtomicU32,
+    /// `OFFERED`, and cleared only by that woken thread (which claims any token
+    /// present in the same operation); it keeps later unlockers from waking more
+    /// waiters while one is on its way.
+    ///
+    /// Every write to the word is a read-modify-write. A plain store of a token
+    /// would do on hardware (only the holder publishes), but loom orders a plain
+    /// store against other threads' read-modify-writes by causality only, and then
+    /// lets a later compare-and-swap read a value older than the store: a false
+    /// deadlock in the offer-race models.
+    state: AtomicU64,
+    /// The waiters, oldest first; see [`MpscQueue`]. Its consumer is the unlocker
+    /// that found `count > 1`, or whoever takes a token.
+    queue: MpscQueue<Waiter<P>>,
     /// The last token number used (wrapping below 2³¹, skipping 0). Only the current
     /// queue consumer touches it; consumers are ordered by happens-before, so a plain
     /// cell (under loom, a checked one).
@@ -191,9 +199,8 @@ impl<P: Parker> Default for RawMutex<P> {
 impl<P: Parker> fmt::Debug for RawMutex<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawMutex")
-            .field("count", &self.count.load(Ordering::Relaxed))
+            .field("state", &self.state.load(Ordering::Relaxed))
             .field("owner", &self.owner.load(Ordering::Relaxed))
-            .field("handoff", &self.handoff.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -203,9 +210,8 @@ impl<P: Parker> RawMutex<P> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
         Self {
-            count: AtomicU32::new(0),
+            state: AtomicU64::new(0),
             queue: MpscQueue::new(),
-            handoff: AtomicU32::new(0),
             sequence: UnsafeCell::new(0),
             owner: AtomicU64::new(0),
             depth: UnsafeCell::new(0),
@@ -217,9 +223,8 @@ impl<P: Parker> RawMutex<P> {
     #[cfg(loom)]
     pub fn new() -> Self {
         Self {
-            count: AtomicU32::new(0),
+            state: AtomicU64::new(0),
             queue: MpscQueue::new(),
-            handoff: AtomicU32::new(0),
             sequence: UnsafeCell::new(0),
             owner: AtomicU64::new(0),
             depth: UnsafeCell::new(0),
@@ -294,7 +299,7 @@ impl<P: Parker> RawMutex<P> {
     /// Whether some thread holds (or waits for) the mutex; only a snapshot.
     #[inline]
     pub fn is_locked(&self) -> bool {
-        self.count.load(Ordering::Relaxed) != 0
+        self.state.load(Ordering::Relaxed) & COUNT_MASK != 0
     }
 
     /// Unlocks once without checking the owner.
@@ -355,7 +360,12 @@ impl<P: Parker> RawMutex<P> {
     /// owner.
     #[inline]
     pub(crate) fn acquire(&self) {
-        if self.count.fetch_add(1, Ordering::Acquire) != 0 {
+        let word = self.state.load(Ordering::Relaxed);
+        if !cfg!(feature = "fifo-lfmutex") && word & TOKEN_MASK != 0 && self.claim_uncounted(word) {
+            // On offer: a running thread barges past a waiter that is waking up.
+            return;
+        }
+        if self.state.fetch_add(1, Ordering::Acquire) & COUNT_MASK != 0 {
             self.acquire_slow();
         }
     }
@@ -364,40 +374,61 @@ impl<P: Parker> RawMutex<P> {
     /// record the owner.
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
-        if self
-            .count
+        match self
+            .state
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
         {
-            return true;
+            Ok(_) => true,
+            // Last chance: an unlocker left the mutex on offer (a woken waiter is on
+            // its way, or a locker has counted itself but not queued yet). Taking the
+            // token makes us the holder, counted in; the thread it was meant for will
+            // queue (again) and wait for our unlock.
+            Err(word) => self.claim_uncounted(word),
         }
-        // Last chance: an unlocker left the mutex on offer (a woken waiter is on its
-        // way, or a locker has counted itself but not queued yet). Taking the token
-        // makes us the holder; we count ourselves in, and the thread it was meant
-        // for will queue (again) and wait for our unlock.
-        if self.claim_token() {
-            self.count.fetch_add(1, Ordering::Relaxed);
-            return true;
+    }
+
+    /// For a thread not counted in yet: claims the token, if one is out, and counts
+    /// itself in, in one compare-and-swap (retried while a token is out). True if
+    /// it now holds the mutex and is the queue's consumer.
+    fn claim_uncounted(&self, mut word: u64) -> bool {
+        while word & TOKEN_MASK != 0 {
+            match self.state.compare_exchange_weak(
+                word,
+                (word & !TOKEN_MASK) + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => word = current,
+            }
         }
         false
     }
 
-    /// Claims any token on offer, leaving `IN_FLIGHT` as it is; true if one was
-    /// claimed (the caller now holds the mutex and is the queue's consumer).
-    #[inline]
-    fn claim_token(&self) -> bool {
-        if self.handoff.load(Ordering::Relaxed) & TOKEN_MASK == 0 {
-            return false;
+    /// For a thread counted in already: claims the token if one is out. True if it
+    /// now holds the mutex and is the queue's consumer.
+    fn claim_counted(&self) -> bool {
+        let mut word = self.state.load(Ordering::Relaxed);
+        while word & TOKEN_MASK != 0 {
+            match self.state.compare_exchange_weak(
+                word,
+                word & !TOKEN_MASK,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => word = current,
+            }
         }
-        self.handoff.fetch_and(IN_FLIGHT, Ordering::AcqRel) & TOKEN_MASK != 0
+        false
     }
 
-    /// `count` was non-zero: take the mutex if it is on offer (a running thread
-    /// barges past a waiter that is still waking up), else queue a record on our
-    /// stack and wait until an unlocker hands us the mutex or offers it to us.
+    /// The count was non-zero and we are counted in: take the mutex if it has just
+    /// been put on offer, else queue a record on our stack and wait until an
+    /// unlocker hands us the mutex or offers it to us.
     #[cold]
     fn acquire_slow(&self) {
-        if !cfg!(feature = "fifo-lfmutex") && self.claim_token() {
+        if !cfg!(feature = "fifo-lfmutex") && self.claim_counted() {
             return;
         }
         let record = Waiter::<P>::for_current_thread();
@@ -427,11 +458,11 @@ impl<P: Parker> RawMutex<P> {
     }
 
     /// The offered waiter's turn, right after its wake-up: clear `IN_FLIGHT` and
-    /// claim the token if it is still there, in one `swap(0)` (nobody else clears
-    /// `IN_FLIGHT`, and a token can only be out while nobody holds the mutex, so
-    /// zero is the right value in both cases). True if we now hold the mutex.
+    /// claim the token if it is still there, in one `fetch_and` (nobody else clears
+    /// `IN_FLIGHT`, and a token can only be out while nobody holds the mutex). True
+    /// if we now hold the mutex.
     fn compete_for_offer(&self) -> bool {
-        let previous = self.handoff.swap(0, Ordering::AcqRel);
+        let previous = self.state.fetch_and(COUNT_MASK, Ordering::AcqRel);
         debug_assert!(previous & IN_FLIGHT != 0, "offered without IN_FLIGHT");
         previous & TOKEN_MASK != 0
     }
@@ -444,7 +475,7 @@ impl<P: Parker> RawMutex<P> {
     /// `record` must be live, in no queue, and its owner must be blocked in
     /// [`Waiter::wait`] without holding this mutex, with nobody else waking it.
     pub(crate) unsafe fn send_lock(&self, record: NonNull<WaitRecord<P>>) {
-        if self.count.fetch_add(1, Ordering::Acquire) == 0 {
+        if self.state.fetch_add(1, Ordering::Acquire) & COUNT_MASK == 0 {
             // SAFETY: relies on (1) the caller's guarantee; the mutex is now held on
             // the record owner's behalf.
             unsafe { wake::<P>(record, HANDED) };
@@ -467,20 +498,20 @@ impl<P: Parker> RawMutex<P> {
     /// is out and the queue is not empty, claim exactly that token, becoming holder
     /// and consumer, and pop the oldest waiter, whom the mutex now belongs to.
     fn take_handoff_and_pop(&self) -> Option<NonNull<WaitRecord<P>>> {
-        let mut word = self.handoff.load(Ordering::Acquire);
+        let mut word = self.state.load(Ordering::Acquire);
         loop {
             let token = word & TOKEN_MASK;
             if token == 0 || self.queue.is_empty() {
                 return None;
             }
-            match self.handoff.compare_exchange(
+            match self.state.compare_exchange(
                 word,
-                word & IN_FLIGHT,
+                word & !TOKEN_MASK,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
-                // Only `IN_FLIGHT` changed: the same token, try again.
+                // The same token, only the count or `IN_FLIGHT` changed: again.
                 Err(current) if current & TOKEN_MASK == token => word = current,
                 // Claimed by someone else (who is now responsible), or replaced.
                 Err(_) => return None,
@@ -501,43 +532,68 @@ impl<P: Parker> RawMutex<P> {
     /// `try_acquire`, or handed to it by a wake-up).
     #[inline]
     pub(crate) unsafe fn release(&self) {
-        if self.count.fetch_sub(1, Ordering::Release) != 1 {
+        if self.state.load(Ordering::Relaxed) & IN_FLIGHT != 0 {
+            self.release_on_offer();
+            return;
+        }
+        if self.state.fetch_sub(1, Ordering::Release) & COUNT_MASK != 1 {
             self.release_slow();
         }
     }
 
-    /// Somebody else is counted in `count`. If an offered waiter is already waking
-    /// up, leave the mutex on offer; else pop the oldest waiter and offer it the
-    /// mutex (or hand it over, if that waiter must not be passed over); if nobody
-    /// has queued yet, hand off the responsibility for waking them.
+    /// An offered waiter is already waking up: leave the mutex on offer to it (or
+    /// to a barger) by counting ourselves out and publishing a token in one
+    /// `fetch_add` (no token is out while we hold the mutex, so adding the token
+    /// sets its bits).
+    #[inline]
+    fn release_on_offer(&self) {
+        if cfg!(feature = "broken-lfmutex-offer") {
+            // DELIBERATELY BROKEN (feature `broken-lfmutex-offer`, for the loom tests
+            // only): count out without publishing a token, so the mutex is held by
+            // nobody.
+            self.state.fetch_sub(1, Ordering::Release);
+            return;
+        }
+        let token = self.next_token();
+        let previous = self
+            .state
+            .fetch_add(token.wrapping_sub(1), Ordering::Release);
+        debug_assert!(previous & TOKEN_MASK == 0, "a token is out while held");
+        if previous & IN_FLIGHT != 0 {
+            // The woken waiter will look at the token (it alone clears
+            // `IN_FLIGHT`), unless a barger takes it first.
+            return;
+        }
+        // The woken waiter has just competed and lost; it is still counted and will
+        // queue again. Our token is now out without `IN_FLIGHT`: the responsibility
+        // hand-off, with its usual check.
+        self.after_handoff_published(token);
+    }
+
+    /// After publishing `token` without `IN_FLIGHT` (count already decremented): if
+    /// somebody pushed meanwhile and the token is still ours, take it back and pop
+    /// them ourselves; otherwise whoever pushes next, or the token's taker, is
+    /// responsible.
+    #[cold]
+    fn after_handoff_published(&self, token: u64) {
+        // The locker we are waiting for has not pushed: it will see the token after
+        // its push (see `MpscQueue::has_pushes_after`).
+        if self.queue.has_pushes_after() && self.retract(token) {
+            self.release_slow();
+        }
+    }
+
+    /// Somebody else is counted in, and no offered waiter is in flight: pop the
+    /// oldest waiter and offer it the mutex (or hand it over, if that waiter must
+    /// not be passed over); if nobody has queued yet, hand off the responsibility
+    /// for waking them.
     #[cold]
     fn release_slow(&self) {
         // SAFETY (for the pops below): relies on (1) the single-consumer argument of
-        // the crate docs: we hold the mutex, hence the consumer role (count > 0 keeps
-        // new lockers out of the fast path, and a token we publish passes the role
-        // on: it comes back to us only by re-taking our own token).
+        // the crate docs: we held the mutex, hence the consumer role (a count > 0
+        // keeps new lockers out of the fast path, and a token we publish passes the
+        // role on: it comes back to us only by re-taking our own token).
         loop {
-            let word = self.handoff.load(Ordering::Acquire);
-            debug_assert!(word & TOKEN_MASK == 0, "a token is out while held");
-            if word & IN_FLIGHT != 0 {
-                if cfg!(feature = "broken-lfmutex-offer") {
-                    // DELIBERATELY BROKEN (feature `broken-lfmutex-offer`, for the
-                    // loom tests only): the mutex is left held by nobody.
-                    return;
-                }
-                let token = self.next_token();
-                if self
-                    .handoff
-                    .compare_exchange(word, token | IN_FLIGHT, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    // The woken waiter will look at the token (it alone clears
-                    // `IN_FLIGHT`), unless a barger takes it first.
-                    return;
-                }
-                // It has just cleared `IN_FLIGHT` and lost: it will queue again.
-                continue;
-            }
             // SAFETY: as stated above the loop.
             if let Some(waiter) = unsafe { self.queue.pop() } {
                 // SAFETY: relies on (1) popped by us: live, in no queue, and we are
@@ -551,9 +607,8 @@ impl<P: Parker> RawMutex<P> {
                     // SAFETY: as above.
                     unsafe { wake::<P>(waiter, HANDED) };
                 } else {
-                    // Nobody is in flight and no token is out (we hold the mutex), so
-                    // the word is 0 and only we may set it. A swap rather than a
-                    // store, as everywhere on this word (see `publish`).
+                    // Nobody is in flight and no token is out (only the consumer
+                    // sets either), so this sets both from 0.
                     let token = self.next_token();
                     self.publish(token | IN_FLIGHT);
                     // SAFETY: as above.
@@ -570,54 +625,68 @@ impl<P: Parker> RawMutex<P> {
             let token = self.next_token();
             self.publish(token);
             // The locker we are waiting for has not pushed: it will see the token
-            // after its push (see `MpscQueue::has_pushes_after`).
-            if !self.queue.has_pushes_after() {
-                return;
-            }
-            // Somebody pushed meanwhile. If the token is still ours, take it back and
-            // pop them ourselves; otherwise its taker is responsible now.
-            if self
-                .handoff
-                .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
+            // after its push (see `MpscQueue::has_pushes_after`). If somebody pushed
+            // meanwhile and the token is still ours, take it back and pop them.
+            if !(self.queue.has_pushes_after() && self.retract(token)) {
                 return;
             }
         }
     }
 
-    /// Publishes `word` (a token, perhaps with `IN_FLIGHT`) into a `handoff` that is
-    /// 0, giving up the mutex and the consumer role.
-    ///
-    /// Every write to `handoff` is a read-modify-write. A plain store would do on
-    /// hardware (the word is 0 and only the holder writes it here), but loom orders
-    /// a plain store against other threads' read-modify-writes by causality only,
-    /// and then lets a later compare-and-swap read an older value than the store:
-    /// a false deadlock in the offer-race models.
-    fn publish(&self, word: u32) {
-        let previous = self.handoff.swap(word, Ordering::AcqRel);
-        debug_assert_eq!(previous, 0, "hand-off word not clear at publish");
+    /// Publishes `bits` (a token, perhaps with `IN_FLIGHT`) into the lock word,
+    /// whose token and `IN_FLIGHT` bits are clear, giving up the mutex and the
+    /// consumer role.
+    fn publish(&self, bits: u64) {
+        let previous = self.state.fetch_or(bits, Ordering::Release);
+        debug_assert!(
+            previous & !COUNT_MASK == 0,
+            "hand-off bits not clear at publish"
+        );
+    }
+
+    /// Takes our own `token` back if nobody claimed it; true if we did.
+    fn retract(&self, token: u64) -> bool {
+        let mut word = self.state.load(Ordering::Relaxed);
+        while word & TOKEN_MASK == token {
+            match self.state.compare_exchange_weak(
+                word,
+                word & !TOKEN_MASK,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => word = current,
+            }
+        }
+        false
     }
 
     /// The next hand-off token, already shifted into place: the sequence number,
     /// incremented below 2³¹, skipping 0.
-    fn next_token(&self) -> u32 {
-        // SAFETY: relies on (1) being called only by the queue consumer (from
-        // `release_slow`), consumers being ordered by happens-before.
-        self.sequence.with_mut(|sequence| unsafe {
-            *sequence = match (*sequence).wrapping_add(1) & (TOKEN_MASK >> 1) {
+    fn next_token(&self) -> u64 {
+        // SAFETY: relies on (1) being called only by the queue consumer (from the
+        // unlock paths), consumers being ordered by happens-before.
+        let sequence = self.sequence.with_mut(|sequence| unsafe {
+            *sequence = match (*sequence).wrapping_add(1) & SEQUENCE_MASK {
                 0 => 1,
                 next => next,
             };
-            *sequence << 1
-        })
+            *sequence
+        });
+        u64::from(sequence) << TOKEN_SHIFT
     }
 }
 
-/// `RawMutex::handoff`: set while an offered waiter is waking up.
-const IN_FLIGHT: u32 = 1;
-/// `RawMutex::handoff`: the token bits.
-const TOKEN_MASK: u32 = !IN_FLIGHT;
+/// `RawMutex::state`: the count bits.
+const COUNT_MASK: u64 = 0xffff_ffff;
+/// `RawMutex::state`: set while an offered waiter is waking up.
+const IN_FLIGHT: u64 = 1 << 32;
+/// `RawMutex::state`: where the token starts.
+const TOKEN_SHIFT: u32 = 33;
+/// `RawMutex::state`: the token bits.
+const TOKEN_MASK: u64 = !(COUNT_MASK | IN_FLIGHT);
+/// The token numbers: 31 bits.
+const SEQUENCE_MASK: u32 = (1 << (64 - TOKEN_SHIFT)) - 1;
 
 #[cfg(all(test, not(loom)))]
 mod tests {
@@ -693,8 +762,8 @@ mod tests {
             // SAFETY: single-threaded test.
             unsafe { *sequence = u32::MAX >> 1 }
         });
-        assert_eq!(mutex.next_token(), 1 << 1);
-        assert_eq!(mutex.next_token(), 2 << 1);
+        assert_eq!(mutex.next_token(), 1 << TOKEN_SHIFT);
+        assert_eq!(mutex.next_token(), 2 << TOKEN_SHIFT);
     }
 
     #[test]
