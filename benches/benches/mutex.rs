@@ -15,8 +15,8 @@
 //!   blocking waiters avoid.
 //!
 //! Threaded cases time whole rounds with `iter_custom` (threads are spawned and
-//! waiting before the clock starts, then released together by a barrier) and use flat sampling, so a
-//! slow lock costs a bounded number of rounds.
+//! waiting before the clock starts, then released together by a barrier) and use
+//! flat sampling, so a slow lock costs a bounded number of rounds.
 //!
 //! Run: `cargo bench -p keel-benches --bench mutex`.
 

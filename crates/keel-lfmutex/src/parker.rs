@@ -28,8 +28,8 @@ impl fmt::Display for ThreadId {
 }
 
 /// "Block this thread / wake that thread": the only thing the locks need from a
-/// scheduler. Host threads (`keel_hosted::StdParker`), loom's model threads (`LoomParker`,
-/// under `--cfg loom`) and, later, Keel's own scheduler implement it.
+/// scheduler. Host threads (`keel_hosted::StdParker`), loom's model threads
+/// (`LoomParker`, under `--cfg loom`) and Keel's own scheduler implement it.
 ///
 /// Thread identity comes from [`Parker::current_id`] rather than from the handle
 /// (std's `Thread` handle has no stable integer id), so the mutex can keep its owner
