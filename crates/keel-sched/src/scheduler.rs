@@ -350,7 +350,14 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             let me = self
                 .current()
                 .expect("join called outside a scheduler thread");
-            *target.joiner.lock() = Some(me);
+            {
+                // Masked, as in `exit_current`: a timer preemption while we hold the
+                // lock would leave the exiting thread spinning on it with interrupts
+                // masked, on the only CPU that could run us (found as an in-guest
+                // test hang on one CPU).
+                let _interrupts = self.arch.mask_interrupts();
+                *target.joiner.lock() = Some(me);
+            }
             self.with_current(|me| {
                 while target.state.load(Ordering::Acquire) != state::TERMINATED {
                     self.block_current(me, || {

@@ -54,7 +54,9 @@ pub(crate) struct ThreadInner {
     pub(crate) accounting: UnsafeCell<Accounting>,
     /// The closure to run; taken by the thread itself when it first runs.
     pub(crate) entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
-    /// The thread waiting in `join`, woken at exit.
+    /// The thread waiting in `join`, woken at exit. Taken only with interrupts
+    /// masked: the exiting thread takes it masked, so a joiner preempted while
+    /// holding it would make the exit spin forever on a single CPU.
     pub(crate) joiner: SpinLock<Option<Thread>>,
     /// The thread pointer (TLS) to install when it runs; 0 for none.
     pub(crate) thread_pointer: u64,
