@@ -9,6 +9,11 @@
 //! sometimes while holding the lock: spinning waiters then burn their time slices, while
 //! the lock-free mutex's waiters sleep and give their vCPU to other threads.
 //!
+//! Options: `lockbench.threads` (default 16), `lockbench.acquisitions` in total
+//! (default 200 000) and `lockbench.work`, extra updates of the shared array inside
+//! each critical section (default 0): a longer critical section makes a holder more
+//! likely to be preempted inside it.
+//!
 //! Prints one `lockbench:` line with the elapsed emulated time and the throughput.
 
 use crate::threads;
@@ -62,6 +67,12 @@ pub fn run(info: &ArchInfo) -> bool {
         return false;
     }
     let total = parse(info, "lockbench.acquisitions", 200_000).max(thread_count);
+    const MAX_WORK: u64 = 1_000_000;
+    let work = parse(info, "lockbench.work", 0);
+    if work > MAX_WORK {
+        kprintln!("lockbench: lockbench.work={work} is above {MAX_WORK}");
+        return false;
+    }
     let per_thread = total / thread_count;
     {
         let mut shared = SHARED.lock();
@@ -73,10 +84,18 @@ pub fn run(info: &ArchInfo) -> bool {
         let options = SpawnOptions::new().pin(CpuId(index as usize % cpus));
         match scheduler.spawn(options, move || {
             for round in 0..per_thread {
-                let mut shared = SHARED.lock();
+                let mut guard = SHARED.lock();
+                // One `&mut` for the whole critical section, so both locks' guards
+                // compile to the same loop (re-borrowing through the guard on every
+                // access made the lfmutex kernel's loop several times slower).
+                let shared = &mut *guard;
                 shared.counter += 1;
                 let slot = (round % 8) as usize;
                 shared.cells[slot] = shared.cells[slot].wrapping_add(round);
+                for step in 0..work {
+                    let slot = ((round + step) % 8) as usize;
+                    shared.cells[slot] = shared.cells[slot].wrapping_add(step ^ round);
+                }
             }
         }) {
             Ok(handle) => handles.push(handle),
@@ -105,7 +124,7 @@ pub fn run(info: &ArchInfo) -> bool {
     let expected = per_thread * thread_count;
     kprintln!(
         "lockbench: lock={LOCK_NAME} cpus={cpus} threads={thread_count} acquisitions={counted} \
-         elapsed_us={} throughput_per_ms={}",
+         work={work} elapsed_us={} throughput_per_ms={}",
         elapsed / 1000,
         counted * 1_000_000 / elapsed.max(1)
     );
