@@ -25,7 +25,7 @@ pub(crate) struct Waiter<P: Parker> {
 }
 
 /// Queued; a mutex unlocker may hand it the mutex or only offer it (see
-/// [`RawMutex`]'s `handoff`).
+/// [`RawMutex`]'s `state`).
 const WAITING: u32 = 0;
 /// Queued; whoever pops it must hand it the mutex, not offer it: the thread lost an
 /// offer already (bounding how often it can be passed over), or it is a condition
