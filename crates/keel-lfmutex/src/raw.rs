@@ -361,7 +361,7 @@ impl<P: Parker> RawMutex<P> {
     #[inline]
     pub(crate) fn acquire(&self) {
         let word = self.state.load(Ordering::Relaxed);
-        if !cfg!(feature = "fifo-lfmutex") && word & TOKEN_MASK != 0 && self.claim_uncounted(word) {
+        if !cfg!(feature = "fifo-lfmutex") && word & TOKEN_MASK != 0 && self.claim_token(word, 1) {
             // On offer: a running thread barges past a waiter that is waking up.
             return;
         }
@@ -383,36 +383,19 @@ impl<P: Parker> RawMutex<P> {
             // its way, or a locker has counted itself but not queued yet). Taking the
             // token makes us the holder, counted in; the thread it was meant for will
             // queue (again) and wait for our unlock.
-            Err(word) => self.claim_uncounted(word),
+            Err(word) => self.claim_token(word, 1),
         }
     }
 
-    /// For a thread not counted in yet: claims the token, if one is out, and counts
-    /// itself in, in one compare-and-swap (retried while a token is out). True if
-    /// it now holds the mutex and is the queue's consumer.
-    fn claim_uncounted(&self, mut word: u64) -> bool {
-        while word & TOKEN_MASK != 0 {
-            match self.state.compare_exchange_weak(
-                word,
-                (word & !TOKEN_MASK) + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(current) => word = current,
-            }
-        }
-        false
-    }
-
-    /// For a thread counted in already: claims the token if one is out. True if it
+    /// Claims the token, if one is out in `word` (the caller's latest view of the
+    /// lock word), adding `count_in` (1 for a thread not counted in yet, else 0) in
+    /// the same compare-and-swap; retried while a token is out. True if the caller
     /// now holds the mutex and is the queue's consumer.
-    fn claim_counted(&self) -> bool {
-        let mut word = self.state.load(Ordering::Relaxed);
+    fn claim_token(&self, mut word: u64, count_in: u64) -> bool {
         while word & TOKEN_MASK != 0 {
             match self.state.compare_exchange_weak(
                 word,
-                word & !TOKEN_MASK,
+                (word & !TOKEN_MASK) + count_in,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -428,7 +411,9 @@ impl<P: Parker> RawMutex<P> {
     /// unlocker hands us the mutex or offers it to us.
     #[cold]
     fn acquire_slow(&self) {
-        if !cfg!(feature = "fifo-lfmutex") && self.claim_counted() {
+        if !cfg!(feature = "fifo-lfmutex")
+            && self.claim_token(self.state.load(Ordering::Relaxed), 0)
+        {
             return;
         }
         let record = Waiter::<P>::for_current_thread();
@@ -576,9 +561,7 @@ impl<P: Parker> RawMutex<P> {
     /// responsible.
     #[cold]
     fn after_handoff_published(&self, token: u64) {
-        // The locker we are waiting for has not pushed: it will see the token after
-        // its push (see `MpscQueue::has_pushes_after`).
-        if self.queue.has_pushes_after() && self.retract(token) {
+        if self.take_back_if_pushed(token) {
             self.release_slow();
         }
     }
@@ -624,10 +607,7 @@ impl<P: Parker> RawMutex<P> {
             }
             let token = self.next_token();
             self.publish(token);
-            // The locker we are waiting for has not pushed: it will see the token
-            // after its push (see `MpscQueue::has_pushes_after`). If somebody pushed
-            // meanwhile and the token is still ours, take it back and pop them.
-            if !(self.queue.has_pushes_after() && self.retract(token)) {
+            if !self.take_back_if_pushed(token) {
                 return;
             }
         }
@@ -642,6 +622,15 @@ impl<P: Parker> RawMutex<P> {
             previous & !COUNT_MASK == 0,
             "hand-off bits not clear at publish"
         );
+    }
+
+    /// Right after publishing `token` (count already decremented): the locker we
+    /// are waiting for has not pushed, so it will see the token after its push (see
+    /// `MpscQueue::has_pushes_after`). If somebody pushed meanwhile and the token is
+    /// still ours, take it back: true, and the caller pops them itself (it is the
+    /// consumer again). False: the pusher, or the token's taker, is responsible.
+    fn take_back_if_pushed(&self, token: u64) -> bool {
+        self.queue.has_pushes_after() && self.retract(token)
     }
 
     /// Takes our own `token` back if nobody claimed it; true if we did.
