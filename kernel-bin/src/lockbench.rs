@@ -45,6 +45,22 @@ static SHARED: BenchLock<Shared> = BenchLock::new(Shared {
     cells: [0; 8],
 });
 
+/// The critical section: count, and `work` more updates of the array.
+///
+/// Out of line, so that both kernels run the very same machine code whatever the
+/// lock's guard looks like (inlined into the thread's loop, the lfmutex kernel's copy
+/// ran 3-6x slower than the spinlock kernel's; papers/0005, 0006).
+#[inline(never)]
+fn critical_section(shared: &mut Shared, round: u64, work: u64) {
+    shared.counter += 1;
+    let slot = (round % 8) as usize;
+    shared.cells[slot] = shared.cells[slot].wrapping_add(round);
+    for step in 0..work {
+        let slot = ((round + step) % 8) as usize;
+        shared.cells[slot] = shared.cells[slot].wrapping_add(step ^ round);
+    }
+}
+
 /// A numeric option; a value that is not a number is reported and the default used.
 fn parse(info: &ArchInfo, key: &str, default: u64) -> u64 {
     match info.boot.command_line_value(key) {
@@ -85,17 +101,7 @@ pub fn run(info: &ArchInfo) -> bool {
         match scheduler.spawn(options, move || {
             for round in 0..per_thread {
                 let mut guard = SHARED.lock();
-                // One `&mut` for the whole critical section, so both locks' guards
-                // compile to the same loop (re-borrowing through the guard on every
-                // access made the lfmutex kernel's loop several times slower).
-                let shared = &mut *guard;
-                shared.counter += 1;
-                let slot = (round % 8) as usize;
-                shared.cells[slot] = shared.cells[slot].wrapping_add(round);
-                for step in 0..work {
-                    let slot = ((round + step) % 8) as usize;
-                    shared.cells[slot] = shared.cells[slot].wrapping_add(step ^ round);
-                }
+                critical_section(&mut guard, round, work);
             }
         }) {
             Ok(handle) => handles.push(handle),

@@ -193,6 +193,8 @@ fn guest_stage() -> Result<Stage, String> {
     let suites = [
         ("q35", &image, Machine::Q35, 1, "256M"),
         ("q35-smp4-1G", &image, Machine::Q35, 4, "1G"),
+        // The most CPUs `cargo xtask run --smp` is documented for.
+        ("q35-smp8-1G", &image, Machine::Q35, 8, "1G"),
         ("microvm-smp2", &image, Machine::Microvm, 2, "256M"),
         (
             "q35-smp2-round-robin",
