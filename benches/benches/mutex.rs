@@ -18,7 +18,8 @@
 //! waiting before the clock starts, then released together by a barrier) and use
 //! flat sampling, so a slow lock costs a bounded number of rounds.
 //!
-//! Run: `cargo bench -p keel-benches --bench mutex`.
+//! Run: `cargo bench -p keel-benches --bench mutex`. The mutex's experiment variants:
+//! add `--features keel-lfmutex/spinning-lfmutex` (or `keel-lfmutex/fifo-lfmutex`).
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};

@@ -365,9 +365,34 @@ impl<P: Parker> RawMutex<P> {
             // On offer: a running thread barges past a waiter that is waking up.
             return;
         }
+        if cfg!(feature = "spinning-lfmutex") && word & COUNT_MASK != 0 && self.spin_for_it() {
+            return;
+        }
         if self.state.fetch_add(1, Ordering::Acquire) & COUNT_MASK != 0 {
             self.acquire_slow();
         }
+    }
+
+    /// Feature `spinning-lfmutex` (an experiment; by default waiters never spin):
+    /// before counting ourselves in, watch the lock word for a while and take the
+    /// mutex if it becomes free or a token appears. Pauses double from 2 to 64
+    /// `spin_loop` hints between looks (126 in all). True if we now hold the mutex.
+    #[cold]
+    fn spin_for_it(&self) -> bool {
+        for round in 1..=6 {
+            for _ in 0..1u32 << round {
+                core::hint::spin_loop();
+            }
+            let word = self.state.load(Ordering::Relaxed);
+            if word & TOKEN_MASK != 0 {
+                if self.claim_token(word, 1) {
+                    return true;
+                }
+            } else if word & COUNT_MASK == 0 && self.try_acquire() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Acquires without blocking, taking an offered token if there is one; does not

@@ -77,6 +77,13 @@ fn host_stage() -> Result<Stage, String> {
     let mut command = cargo();
     command.args(["test", "--workspace", "--exclude", "keel-kernel"]);
     cargo_test(&mut stage, command)?;
+    // The mutex's experiment variants get the same unit tests, so they do not rot.
+    for features in ["fifo-lfmutex", "spinning-lfmutex"] {
+        eprintln!("xtask: running keel-lfmutex's unit tests with the feature {features}");
+        let mut command = cargo();
+        command.args(["test", "--package", "keel-lfmutex", "--features", features]);
+        cargo_test(&mut stage, command)?;
+    }
     Ok(stage)
 }
 
