@@ -4,7 +4,8 @@
 //! critical section, for a fixed number of acquisitions in total. The lock is
 //! `keel_sync::SpinLock` when the kernel is built with the `lock-spin` feature and the
 //! lock-free mutex (`keel_lfmutex::Mutex` on Keel threads) otherwise, so two kernels that
-//! differ only in the lock run the same workload. With more vCPUs than host cores
+//! differ only in the lock run the same workload. The feature `lfmutex-spinning` builds
+//! the mutex whose `lock` spins briefly before blocking (an experiment). With more vCPUs than host cores
 //! (`--smp 4` on this 2-core machine) vCPUs are descheduled by the host at random moments,
 //! sometimes while holding the lock: spinning waiters then burn their time slices, while
 //! the lock-free mutex's waiters sleep and give their vCPU to other threads.
@@ -31,7 +32,11 @@ const LOCK_NAME: &str = "spinlock";
 #[cfg(not(feature = "lock-spin"))]
 type BenchLock<T> = keel_lfmutex::Mutex<T, KernelParker>;
 #[cfg(not(feature = "lock-spin"))]
-const LOCK_NAME: &str = "lfmutex";
+const LOCK_NAME: &str = if cfg!(feature = "lfmutex-spinning") {
+    "lfmutex-spinning"
+} else {
+    "lfmutex"
+};
 
 /// Shared state behind the lock: a counter and a small array the critical section
 /// touches, so it is not empty.
