@@ -1,10 +1,12 @@
-//! loom models of `keel_sched::wakeup::WakeQueue`: the cross-CPU wake-up queue whose
-//! head word also carries the target CPU's "sleeping" flag.
+//! loom models of `keel_sched::wakeup::WakeQueue`: the cross-CPU wake-up queue, one
+//! lane per source CPU plus a shared lane, whose announcement word also carries the
+//! target CPU's "sleeping" flag.
 //!
 //! The target CPU is modelled by a loom thread that runs the scheduler's idle
-//! protocol: drain; if nothing came, `try_sleep` (fails if something is queued) and
-//! then `loom::thread::park()` as `idle_wait`. Waker threads push a value and, when
-//! the push reports that the target was asleep, `unpark` it as `send_wakeup`.
+//! protocol: drain; if nothing came, `try_sleep` (fails if something is announced)
+//! and then `loom::thread::park()` as `idle_wait`. Waker threads push a value (on
+//! their own lane, or on the shared one) and, when the push reports that the target
+//! was asleep, `unpark` it as `send_wakeup`.
 //! No lost wake-up means: the target always ends up with every value. If a wake-up
 //! were lost, the target would park forever and loom would report a deadlock; a
 //! missing value would fail the final assertion.
@@ -43,9 +45,13 @@ fn target_loop(queue: &WakeQueue<usize>, expected: usize, poll_first: bool) -> V
     received
 }
 
-/// A waker: push, and send the wake-up exactly when the push says so.
-fn wake(queue: &WakeQueue<usize>, target: &thread::Thread, value: usize) {
-    if queue.push(value) == PushOutcome::WakeConsumer {
+/// Lanes of the modelled target: sources 0 and 1 have their own, the rest share one.
+const SOURCES: usize = 2;
+
+/// A waker on CPU `source` (`None`: off the CPUs): push, and send the wake-up exactly
+/// when the push says so.
+fn wake(queue: &WakeQueue<usize>, target: &thread::Thread, source: Option<usize>, value: usize) {
+    if queue.push(source, value) == PushOutcome::WakeConsumer {
         target.unpark();
     }
 }
@@ -53,26 +59,38 @@ fn wake(queue: &WakeQueue<usize>, target: &thread::Thread, value: usize) {
 #[test]
 fn one_waker_never_loses_the_wakeup() {
     check(3, || {
-        let queue = Arc::new(WakeQueue::new());
+        let queue = Arc::new(WakeQueue::new(SOURCES));
         let target_queue = Arc::clone(&queue);
         let target = thread::spawn(move || target_loop(&target_queue, 1, false));
         let target_thread = target.thread().clone();
-        wake(&queue, &target_thread, 7);
+        wake(&queue, &target_thread, Some(0), 7);
         assert_eq!(target.join().unwrap(), [7]);
     });
 }
 
 #[test]
 fn two_wakers_never_lose_a_wakeup_or_a_value() {
-    check(2, || {
-        let queue = Arc::new(WakeQueue::new());
+    two_wakers(Some(0), Some(1));
+}
+
+/// The same with both wakers off the CPUs, so they race on the shared lane's head.
+#[test]
+fn two_wakers_on_the_shared_lane_never_lose_a_wakeup_or_a_value() {
+    two_wakers(None, None);
+}
+
+/// Two wakers, on lanes `first` and `second`, each push one value to a polling
+/// target.
+fn two_wakers(first: Option<usize>, second: Option<usize>) {
+    check(2, move || {
+        let queue = Arc::new(WakeQueue::new(SOURCES));
         let target_queue = Arc::clone(&queue);
         let target = thread::spawn(move || target_loop(&target_queue, 2, true));
         let target_thread = target.thread().clone();
         let other_queue = Arc::clone(&queue);
         let other_target = target_thread.clone();
-        let other = thread::spawn(move || wake(&other_queue, &other_target, 2));
-        wake(&queue, &target_thread, 1);
+        let other = thread::spawn(move || wake(&other_queue, &other_target, second, 2));
+        wake(&queue, &target_thread, first, 1);
         other.join().unwrap();
         let mut received = target.join().unwrap();
         received.sort_unstable();
@@ -83,12 +101,12 @@ fn two_wakers_never_lose_a_wakeup_or_a_value() {
 #[test]
 fn values_from_one_waker_arrive_in_order() {
     check(3, || {
-        let queue = Arc::new(WakeQueue::new());
+        let queue = Arc::new(WakeQueue::new(SOURCES));
         let target_queue = Arc::clone(&queue);
         let target = thread::spawn(move || target_loop(&target_queue, 2, false));
         let target_thread = target.thread().clone();
-        wake(&queue, &target_thread, 1);
-        wake(&queue, &target_thread, 2);
+        wake(&queue, &target_thread, Some(1), 1);
+        wake(&queue, &target_thread, Some(1), 2);
         assert_eq!(target.join().unwrap(), [1, 2]);
     });
 }

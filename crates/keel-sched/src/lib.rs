@@ -11,9 +11,10 @@
 //!
 //! - **Per-CPU run queues** are touched only by their own CPU, with interrupts
 //!   masked. Other CPUs (and host threads) hand threads over through the target's
-//!   lock-free [`wakeup::WakeQueue`] (one MPSC queue per target CPU, whose head word
-//!   also holds the target's "sleeping" flag), and send a wake-up (IPI) only when that
-//!   flag says the target is asleep: not when it runs threads or polls.
+//!   lock-free [`wakeup::WakeQueue`] (one lane per source CPU, as OSv's
+//!   `incoming_wakeups`, and one word announcing the non-empty lanes that also holds
+//!   the target's "sleeping" flag), and send a wake-up (IPI) only when the target is
+//!   asleep or not polling its queue.
 //! - **Policies** ([`Policy`]) order the run queue and decide preemption.
 //!   [`FairPolicy`] (the default) is OSv's: the runnable thread with the smallest
 //!   exponentially decayed runtime (time constant `tau` = 200 ms) runs, with 2 ms of

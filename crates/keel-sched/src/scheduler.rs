@@ -231,9 +231,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         config: SchedulerConfig,
         mut make_policy: impl FnMut(CpuId) -> P,
     ) -> Self {
-        let cpus = (0..arch.cpu_count())
+        let cpu_count = arch.cpu_count();
+        let cpus = (0..cpu_count)
             .map(|index| Cpu {
-                incoming: WakeQueue::new(),
+                incoming: WakeQueue::new(cpu_count),
                 idle_polling: AtomicBool::new(false),
                 load: AtomicUsize::new(0),
                 local: UnsafeCell::new(CpuLocal {
@@ -661,7 +662,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     fn deliver(&self, thread: Thread) {
         let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
         let _interrupts = self.arch.mask_interrupts();
-        if self.arch.current_cpu() == Some(home) {
+        let here = self.arch.current_cpu();
+        if here == Some(home) {
             // SAFETY: we run on `home` with interrupts masked; `deliver` is never
             // called while this CPU's state is borrowed (`schedule` uses
             // `deliver_from` instead).
@@ -669,7 +671,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             Self::make_runnable(local, thread);
             self.publish_load(home, local);
         } else {
-            self.push_remote(home, thread);
+            self.push_remote(here, home, thread);
         }
     }
 
@@ -679,13 +681,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if home == cpu {
             Self::make_runnable(local, thread);
         } else {
-            self.push_remote(home, thread);
+            self.push_remote(Some(cpu), home, thread);
         }
     }
 
-    fn push_remote(&self, home: CpuId, thread: Thread) {
+    /// Hands `thread` to CPU `home` through its wake-up queue, on the lane of
+    /// `source` (the CPU we run on, with interrupts masked; `None` off the CPUs), and
+    /// interrupts `home` unless it is polling that queue by itself.
+    fn push_remote(&self, source: Option<CpuId>, home: CpuId, thread: Thread) {
         let target = &self.cpus[home.0];
-        if target.incoming.push(thread) == PushOutcome::WakeConsumer
+        if target.incoming.push(source.map(|cpu| cpu.0), thread) == PushOutcome::WakeConsumer
             || !target.idle_polling.load(Ordering::SeqCst)
         {
             self.arch.send_wakeup(home);
@@ -974,7 +979,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // Count it at once so that other CPUs' balancers see it.
         self.cpus[target].load.fetch_add(1, Ordering::Relaxed);
         self.publish_load(cpu, local);
-        self.push_remote(CpuId(target), thread);
+        self.push_remote(Some(cpu), CpuId(target), thread);
     }
 
     /// Ends the current thread: marks it terminated, wakes its joiner, switches away.
