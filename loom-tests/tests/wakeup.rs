@@ -16,9 +16,23 @@
 //! --test wakeup`.
 #![cfg(loom)]
 
-use keel_sched::wakeup::{PushOutcome, WakeQueue};
+use keel_sched::wakeup::{Linked, PushOutcome, WakeLink, WakeQueue};
 use loom::sync::Arc;
 use loom::thread;
+
+/// A queued item: a number and the link that queues it (loom checks, through the
+/// shim's `UnsafeCell`, that the pusher's and the consumer's accesses to the link
+/// never race).
+struct Item {
+    value: usize,
+    link: WakeLink,
+}
+
+impl Linked for Item {
+    fn wake_link(&self) -> &WakeLink {
+        &self.link
+    }
+}
 
 fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -27,10 +41,10 @@ fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
 }
 
 /// The target CPU: collects `expected` values, sleeping whenever the queue is empty.
-fn target_loop(queue: &WakeQueue<usize>, expected: usize, poll_first: bool) -> Vec<usize> {
+fn target_loop(queue: &WakeQueue<Item>, expected: usize, poll_first: bool) -> Vec<usize> {
     let mut received = Vec::new();
     while received.len() < expected {
-        received.extend(queue.drain());
+        received.extend(queue.drain().map(|item| item.value));
         if received.len() == expected {
             break;
         }
@@ -50,8 +64,13 @@ const SOURCES: usize = 2;
 
 /// A waker on CPU `source` (`None`: off the CPUs): push, and send the wake-up exactly
 /// when the push says so.
-fn wake(queue: &WakeQueue<usize>, target: &thread::Thread, source: Option<usize>, value: usize) {
-    if queue.push(source, value) == PushOutcome::WakeConsumer {
+fn wake(queue: &WakeQueue<Item>, target: &thread::Thread, source: Option<usize>, value: usize) {
+    let item = std::sync::Arc::new(Item {
+        value,
+        link: WakeLink::new(),
+    });
+    // SAFETY: a fresh item is in no queue.
+    if unsafe { queue.push(source, item) } == PushOutcome::WakeConsumer {
         target.unpark();
     }
 }

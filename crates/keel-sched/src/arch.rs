@@ -6,8 +6,8 @@ use crate::CpuId;
 
 /// What the scheduler needs from the machine: CPU identity, interrupt masking, a
 /// monotonic clock, a one-shot timer, wake-up IPIs, an idle wait, thread stacks and
-/// the thread pointer. The kernel implements it for x86-64; [`crate::hosted`] (feature
-/// `hosted`) implements it on Linux for tests and benches.
+/// the thread pointer. The kernel implements it for x86-64; the `keel-hosted` crate
+/// implements it on Linux threads for tests and benches.
 ///
 /// The context switch itself is *not* part of the trait: it is this crate's own
 /// x86-64 assembly, identical in the kernel and hosted.

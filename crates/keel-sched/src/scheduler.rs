@@ -16,7 +16,7 @@ use crate::arch::{Arch, StackMemory};
 use crate::context::{self, switch_context};
 use crate::policy::{Accounting, FairPolicy, Policy};
 use crate::thread::{JoinHandle, Thread, ThreadInner, state};
-use crate::wakeup::{PushOutcome, WakeQueue};
+use crate::wakeup::{PushOutcome, WakeLink, WakeQueue};
 use crate::{CpuId, SpawnError, SpawnOptions, ThreadId};
 
 /// Scheduler-wide settings.
@@ -61,7 +61,7 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
 #[repr(align(128))]
 struct Cpu<P> {
     /// Threads woken, spawned or migrated onto this CPU by others.
-    incoming: WakeQueue<Thread>,
+    incoming: WakeQueue<ThreadInner>,
     /// True while this CPU's idle loop runs and so will look at `incoming` by itself;
     /// false from the start of every scheduling decision (before it drains
     /// `incoming`) until the idle loop runs again. A waker that pushes onto a CPU
@@ -334,6 +334,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 accounting: UnsafeCell::new(Accounting::new(options.priority)),
                 entry: UnsafeCell::new(Some(entry)),
                 joiner: SpinLock::new(None),
+                wake_link: WakeLink::new(),
                 thread_pointer: options.thread_pointer,
                 _stack: Box::new(stack),
             }),
@@ -569,7 +570,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 self.arch.idle_wait(cpu, deadline);
             }
             // Clears the sleeping flag; what it took is enqueued by the next decision.
-            self.absorb(cpu, this.incoming.drain());
+            self.absorb(cpu, this.incoming.drain().map(|inner| Thread { inner }));
         }
     }
 
@@ -690,9 +691,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// interrupts `home` unless it is polling that queue by itself.
     fn push_remote(&self, source: Option<CpuId>, home: CpuId, thread: Thread) {
         let target = &self.cpus[home.0];
-        if target.incoming.push(source.map(|cpu| cpu.0), thread) == PushOutcome::WakeConsumer
-            || !target.idle_polling.load(Ordering::SeqCst)
-        {
+        // SAFETY: relies on (1) `thread` being in `WAKING`, moved there by our caller
+        // (a waker's claim, a migration or a spawn), which alone pushes it, and (2) a
+        // thread leaving `WAKING` only once its queue was drained: so it is in no
+        // wake-up queue now (see `ThreadInner::wake_link`).
+        let outcome = unsafe { target.incoming.push(source.map(|cpu| cpu.0), thread.inner) };
+        if outcome == PushOutcome::WakeConsumer || !target.idle_polling.load(Ordering::SeqCst) {
             self.arch.send_wakeup(home);
         }
     }
@@ -758,8 +762,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if this.idle_polling.load(Ordering::Relaxed) {
             this.idle_polling.store(false, Ordering::SeqCst);
         }
-        for thread in this.incoming.drain() {
-            Self::make_runnable(local, thread);
+        for inner in this.incoming.drain() {
+            Self::make_runnable(local, Thread { inner });
         }
         self.expire_timers(cpu, local, now);
         self.charge_current(local, now);
@@ -1069,6 +1073,7 @@ mod tests {
                 accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
                 entry: UnsafeCell::new(None),
                 joiner: SpinLock::new(None),
+                wake_link: WakeLink::new(),
                 thread_pointer: 0,
                 _stack: Box::new(NoStack),
             }),

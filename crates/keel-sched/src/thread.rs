@@ -10,6 +10,7 @@ use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::StackMemory;
 use crate::policy::Accounting;
+use crate::wakeup::{Linked, WakeLink};
 use crate::{CpuId, ThreadId};
 
 /// Scheduling states of a thread (`ThreadInner::state`).
@@ -60,6 +61,11 @@ pub(crate) struct ThreadInner {
     pub(crate) joiner: SpinLock<Option<Thread>>,
     /// The thread pointer (TLS) to install when it runs; 0 for none.
     pub(crate) thread_pointer: u64,
+    /// Its place in a CPU's wake-up queue (see `wakeup`): a thread is pushed only by
+    /// whoever moved it to `WAKING` (or by its home CPU migrating or spawning it, also
+    /// in `WAKING`), and leaves `WAKING` only after that queue was drained, so it is in
+    /// at most one queue at a time.
+    pub(crate) wake_link: WakeLink,
     /// The stack; freed with the last handle, never while the thread runs (the CPU
     /// holds a handle of its current thread until it has switched away).
     pub(crate) _stack: Box<dyn StackMemory>,
@@ -73,6 +79,12 @@ unsafe impl Send for ThreadInner {}
 // SAFETY: as for `Send`: shared access from other CPUs touches only atomics and the
 // joiner lock.
 unsafe impl Sync for ThreadInner {}
+
+impl Linked for ThreadInner {
+    fn wake_link(&self) -> &WakeLink {
+        &self.wake_link
+    }
+}
 
 /// A handle to a thread: cheap to clone; used to [`unpark`](crate::Scheduler::unpark)
 /// it. Keeps the thread's record and stack alive.

@@ -5,9 +5,14 @@
 //! - **Lanes.** A waker running on CPU `s` pushes onto lane `s` of the target; wakers
 //!   that are not on a CPU of this scheduler (a host thread, in the hosted machine),
 //!   and CPUs past the 62nd, share one last lane. Each lane is a Treiber list (newest
-//!   first) of boxed nodes, pushed with a compare-and-swap: on its own lane a CPU only
-//!   races with the target's drain, so the CAS does not retry under contention from
-//!   other wakers, as a single shared head would.
+//!   first) pushed with a compare-and-swap: on its own lane a CPU only races with the
+//!   target's drain, so the CAS does not retry under contention from other wakers, as
+//!   a single shared head would.
+//! - **Intrusive.** The items are `Arc<T>`s whose `T` carries its own [`WakeLink`]
+//!   (the scheduler's thread record does), so a wake-up allocates nothing. The price
+//!   is the contract of [`WakeQueue::push`]: an item sits in one queue at a time (a
+//!   thread is pushed only by whoever moved it to `WAKING`, and leaves that state only
+//!   after it was drained).
 //! - **The word** (`pending`): bit `i` announces lane `i` (set by a pusher after its
 //!   push, cleared by the drain), and bit 63, `AWAKE`, is clear only while the target
 //!   is in, or about to enter, its idle wait. A push announces itself and marks the
@@ -27,18 +32,18 @@
 //! `loom-tests/tests/wakeup.rs` model-checks this; the atomics come from
 //! [`keel_sync::shim`] for that reason.
 //!
-//! OSv keeps the same per-(source, target) queues plus a mask of non-empty ones and
-//! an `idle_poll` flag; Keel's difference is that the mask and the sleeping flag are
-//! one word. Nodes are boxed (one allocation per cross-CPU wake-up). Node addresses
-//! are stored with exposed provenance.
+//! OSv keeps the same per-(source, target) intrusive queues plus a mask of non-empty
+//! ones and an `idle_poll` flag; Keel's difference is that the mask and the sleeping
+//! flag are one word. Item addresses are stored with exposed provenance.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr;
 
-use keel_sync::shim::{AtomicU64, AtomicUsize, Ordering};
+use keel_sync::shim::{AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 
 /// Bit 63 of `pending`: the consumer is not sleeping (clear from its `try_sleep`
 /// until the next push or drain).
@@ -46,9 +51,54 @@ const AWAKE: u64 = 1 << 63;
 /// The most lanes a queue has (bits 0..=62 of `pending`); the last one is shared.
 const MAX_LANES: usize = 63;
 
-/// Per-source lock-free queues towards one consumer, with the consumer's sleeping
-/// flag (see the [module docs](self)).
-pub struct WakeQueue<T> {
+/// The link an item carries so that it can sit in a [`WakeQueue`] without an
+/// allocation: the address of the next item in its lane (or in a drained list).
+/// Written by the pusher before it publishes the item and by the consumer once it
+/// owns it; never by two threads at once (loom checks that, through the shim's
+/// `UnsafeCell`).
+pub struct WakeLink {
+    next: UnsafeCell<usize>,
+}
+
+// SAFETY: the cell is private to this module, which touches it only as the queue
+// protocol allows: by the pusher before it publishes the item (a `Release` CAS), and
+// by the consumer after it detached the item (an `Acquire` swap); `push`'s contract
+// keeps an item in one queue at a time. So no two threads access it at once, and each
+// access happens-after the previous one.
+unsafe impl Sync for WakeLink {}
+// SAFETY: a link holds only an address; see `Sync`.
+unsafe impl Send for WakeLink {}
+
+impl WakeLink {
+    /// A link for an item in no queue.
+    pub fn new() -> Self {
+        Self {
+            next: UnsafeCell::new(0),
+        }
+    }
+}
+
+impl Default for WakeLink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for WakeLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeLink").finish_non_exhaustive()
+    }
+}
+
+/// An item type that carries a [`WakeLink`].
+pub trait Linked {
+    /// The item's link (always the same one).
+    fn wake_link(&self) -> &WakeLink;
+}
+
+/// Per-source lock-free queues of `Arc<T>` towards one consumer, with the consumer's
+/// sleeping flag (see the [module docs](self)).
+pub struct WakeQueue<T: Linked> {
     /// Encoding: bit `i < lanes.len()` set = lane `i` may hold items; [`AWAKE`].
     ///
     /// Orderings: announcements and the drain's swap are `SeqCst`, because the
@@ -56,24 +106,17 @@ pub struct WakeQueue<T> {
     /// see `Cpu::idle_polling`); the items themselves travel through the lanes.
     pending: AtomicU64,
     /// Lane `i` for source `i`, the last lane for everyone else.
-    lanes: Box<[Lane<T>]>,
+    lanes: Box<[Lane]>,
+    /// The queue owns one reference count of every item in it.
+    _owns: PhantomData<Arc<T>>,
 }
 
-/// One source's queue: a Treiber list, newest first.
-struct Lane<T> {
-    /// Address of the newest node, 0 if empty. A push publishes its node with a
-    /// `Release` compare-and-swap; the consumer takes the list with an `Acquire`
-    /// swap, which makes every node reached from it (and the value inside) visible.
+/// One source's queue: the address of its newest item (`Arc::into_raw`), 0 if
+/// empty; items link newest to oldest. A push publishes its item with a `Release`
+/// compare-and-swap; the consumer takes the list with an `Acquire` swap, which makes
+/// every item reached from it (and its link) visible.
+struct Lane {
     head: AtomicUsize,
-    /// The lane owns the nodes in its list.
-    _owns: PhantomData<Box<Node<T>>>,
-}
-
-/// One queued value; `next` is written only before the node is published (and by
-/// the consumer, once it owns the node).
-struct Node<T> {
-    value: T,
-    next: *mut Node<T>,
 }
 
 /// Whether a push found the consumer asleep, i.e. whether the pusher must wake it.
@@ -86,28 +129,39 @@ pub enum PushOutcome {
     WakeConsumer,
 }
 
-// SAFETY: the queue moves `T`s from producers to the consumer (so `T: Send`), and
-// the only shared state is atomics; nodes are exclusively owned by the pushing
-// thread before publication and by the consumer after its swap.
-unsafe impl<T: Send> Send for WakeQueue<T> {}
-// SAFETY: as above: `&WakeQueue` only allows pushing (moving a `T` in) and, for the
-// single consumer, draining (moving `T`s out); no `&T` is ever shared.
-unsafe impl<T: Send> Sync for WakeQueue<T> {}
+// SAFETY: the queue moves `Arc<T>`s from producers to the consumer, which is sound
+// when `Arc<T>: Send`, i.e. `T: Send + Sync`; the shared state is atomics and the
+// items' links, each written by one owner at a time (the pusher before publication,
+// the consumer after its swap).
+unsafe impl<T: Linked + Send + Sync> Send for WakeQueue<T> {}
+// SAFETY: as above: `&WakeQueue` only allows pushing (moving an `Arc<T>` in) and, for
+// the single consumer, draining (moving them out).
+unsafe impl<T: Linked + Send + Sync> Sync for WakeQueue<T> {}
 
-impl<T> WakeQueue<T> {
+/// The link of the item at `address` (from `Arc::into_raw`).
+///
+/// # Safety
+/// `address` must come from `Arc::<T>::into_raw` of an item whose reference the
+/// caller's queue or drain still holds.
+unsafe fn link_of<'a, T: Linked + 'a>(address: usize) -> &'a WakeLink {
+    // SAFETY: relies on (1) the caller's guarantee: the item is alive.
+    unsafe { &*ptr::with_exposed_provenance::<T>(address) }.wake_link()
+}
+
+impl<T: Linked> WakeQueue<T> {
     /// An empty queue for pushers on CPUs `0..sources` (each with a lane of its own,
     /// up to 62 of them) and anyone else (one shared lane); the consumer is awake.
     pub fn new(sources: usize) -> Self {
         let lanes = (0..sources.min(MAX_LANES - 1) + 1)
             .map(|_| Lane {
                 head: AtomicUsize::new(0),
-                _owns: PhantomData,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
         Self {
             pending: AtomicU64::new(AWAKE),
             lanes,
+            _owns: PhantomData,
         }
     }
 
@@ -117,25 +171,28 @@ impl<T> WakeQueue<T> {
         source.map_or(shared, |source| source.min(shared))
     }
 
-    /// Pushes `value` from a pusher running on CPU `source` (`None` for anyone else;
-    /// pushes from one source must not run concurrently for their lane to stay
+    /// Pushes `item` from a pusher running on CPU `source` (`None` for anyone else;
+    /// pushes from one source should not run concurrently, for their lane to stay
     /// uncontended, but nothing breaks if they do). Returns
     /// [`PushOutcome::WakeConsumer`] if the consumer was asleep: the caller must then
     /// send it a wake-up.
-    pub fn push(&self, source: Option<usize>, value: T) -> PushOutcome {
+    ///
+    /// # Safety
+    /// `item` must not be in any `WakeQueue` (pushed and not drained since): its link
+    /// is overwritten here.
+    pub unsafe fn push(&self, source: Option<usize>, item: Arc<T>) -> PushOutcome {
         let index = self.lane_index(source);
         let lane = &self.lanes[index];
-        let node = Box::into_raw(Box::new(Node {
-            value,
-            next: ptr::null_mut(),
-        }));
-        let address = node.expose_provenance();
+        let address = Arc::into_raw(item).expose_provenance();
+        // SAFETY: relies on (1) the queue holding the reference just released by
+        // `into_raw` until a drain takes it back.
+        let link = unsafe { link_of::<T>(address) };
         let mut head = lane.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: relies on (1) `node` coming from `Box::into_raw` above, so it is
-            // valid and aligned; (2) it not being published yet (the CAS below has not
-            // succeeded), so no other thread can access it.
-            unsafe { (*node).next = ptr::with_exposed_provenance_mut::<Node<T>>(head) };
+            // SAFETY: relies on (1) the caller's guarantee that the item is in no
+            // queue, and (2) it not being published yet (the CAS below has not
+            // succeeded), so nobody else accesses its link.
+            link.next.with_mut(|next| unsafe { *next = head });
             match lane.head.compare_exchange_weak(
                 head,
                 address,
@@ -179,41 +236,51 @@ impl<T> WakeQueue<T> {
         // then read the "polls its queue" flag (see `Cpu::idle_polling`).
         if self.pending.load(Ordering::SeqCst) == AWAKE {
             return Drain {
-                next: ptr::null_mut(),
+                next: 0,
                 _owns: PhantomData,
             };
         }
-        let mut announced = self.pending.swap(AWAKE, Ordering::SeqCst) & !AWAKE;
-        // The drained nodes, oldest first per lane, lanes in index order.
-        let mut first: *mut Node<T> = ptr::null_mut();
-        let mut last: *mut Node<T> = ptr::null_mut();
+        let announced = self.pending.swap(AWAKE, Ordering::SeqCst) & !AWAKE;
+        self.take_lanes(announced)
+    }
+
+    /// Takes the lists of the lanes whose bits are set in `announced`, each reversed
+    /// to push order, chained in lane order.
+    fn take_lanes(&self, mut announced: u64) -> Drain<T> {
+        let mut first = 0;
+        let mut last = 0;
         while announced != 0 {
             let index = announced.trailing_zeros() as usize;
             announced &= announced - 1;
-            let head = self.lanes[index].head.swap(0, Ordering::Acquire);
-            let mut newest = ptr::with_exposed_provenance_mut::<Node<T>>(head);
+            let mut newest = self.lanes[index].head.swap(0, Ordering::Acquire);
             let lane_last = newest;
-            let mut oldest_first: *mut Node<T> = ptr::null_mut();
-            while !newest.is_null() {
-                // SAFETY: relies on (1) every node in the list having been published
-                // by a `Release` CAS that our `Acquire` swap synchronises with, so it
-                // is initialised and visible; (2) the swap having detached the list,
-                // so this thread now owns every node in it exclusively.
-                let older = unsafe { (*newest).next };
+            let mut oldest_first = 0;
+            while newest != 0 {
+                // SAFETY: relies on (1) every item in the list having been published
+                // by a `Release` CAS that our `Acquire` swap synchronises with, so its
+                // link is visible; (2) the swap having detached the list, so this
+                // thread now owns every item in it (and its link) exclusively.
+                let link = unsafe { link_of::<T>(newest) };
                 // SAFETY: as above.
-                unsafe { (*newest).next = oldest_first };
+                let older = link.next.with_mut(|next| unsafe {
+                    let older = *next;
+                    *next = oldest_first;
+                    older
+                });
                 oldest_first = newest;
                 newest = older;
             }
-            if oldest_first.is_null() {
+            if oldest_first == 0 {
                 // Announced, but an earlier drain took the items already.
                 continue;
             }
-            if last.is_null() {
+            if last == 0 {
                 first = oldest_first;
             } else {
-                // SAFETY: `last` is a node this drain owns (detached above).
-                unsafe { (*last).next = oldest_first };
+                // SAFETY: `last` is an item this drain owns (detached above).
+                let link = unsafe { link_of::<T>(last) };
+                // SAFETY: as above.
+                link.next.with_mut(|next| unsafe { *next = oldest_first });
             }
             last = lane_last;
         }
@@ -224,18 +291,14 @@ impl<T> WakeQueue<T> {
     }
 }
 
-impl<T> Drop for WakeQueue<T> {
+impl<T: Linked> Drop for WakeQueue<T> {
     fn drop(&mut self) {
-        // Announce every lane, so the drain looks at all of them.
-        self.pending
-            .fetch_or((1 << self.lanes.len()) - 1, Ordering::Relaxed);
-        for value in self.drain() {
-            drop(value);
-        }
+        // Every lane, announced or not.
+        drop(self.take_lanes((1 << self.lanes.len()) - 1));
     }
 }
 
-impl<T> fmt::Debug for WakeQueue<T> {
+impl<T: Linked> fmt::Debug for WakeQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pending = self.pending.load(Ordering::Relaxed);
         f.debug_struct("WakeQueue")
@@ -247,40 +310,44 @@ impl<T> fmt::Debug for WakeQueue<T> {
 }
 
 /// The items taken by one [`WakeQueue::drain`]; drops the rest on drop.
-pub struct Drain<T> {
-    /// The next node (owned, detached from the queue), or null.
-    next: *mut Node<T>,
-    _owns: PhantomData<Box<Node<T>>>,
+pub struct Drain<T: Linked> {
+    /// The address of the next item (owned, detached from the queue), or 0.
+    next: usize,
+    _owns: PhantomData<Arc<T>>,
 }
 
-impl<T> Iterator for Drain<T> {
-    type Item = T;
+impl<T: Linked> Iterator for Drain<T> {
+    type Item = Arc<T>;
 
-    fn next(&mut self) -> Option<T> {
-        if self.next.is_null() {
+    fn next(&mut self) -> Option<Arc<T>> {
+        if self.next == 0 {
             return None;
         }
-        // SAFETY: relies on `self.next` being a node detached by `drain`, owned by this
-        // iterator alone and allocated by `Box::new` in `push`; it is unlinked before
-        // being freed, so it is reclaimed exactly once.
-        let node = unsafe { Box::from_raw(self.next) };
-        self.next = node.next;
-        Some(node.value)
+        // SAFETY: relies on `self.next` being an item detached by `drain`, whose
+        // reference this iterator alone owns; its link is read before the reference
+        // is handed out, so each item is returned exactly once.
+        let link = unsafe { link_of::<T>(self.next) };
+        // SAFETY: as above: the drain owns the link.
+        let following = link.next.with(|next| unsafe { *next });
+        // SAFETY: as above; the address came from `Arc::into_raw` in `push`.
+        let item = unsafe { Arc::from_raw(ptr::with_exposed_provenance::<T>(self.next)) };
+        self.next = following;
+        Some(item)
     }
 }
 
-impl<T> Drop for Drain<T> {
+impl<T: Linked> Drop for Drain<T> {
     fn drop(&mut self) {
-        for value in self.by_ref() {
-            drop(value);
+        for item in self.by_ref() {
+            drop(item);
         }
     }
 }
 
-impl<T> fmt::Debug for Drain<T> {
+impl<T: Linked> fmt::Debug for Drain<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
-            .field("empty", &self.next.is_null())
+            .field("empty", &(self.next == 0))
             .finish()
     }
 }
@@ -288,21 +355,48 @@ impl<T> fmt::Debug for Drain<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::vec::Vec;
+
+    /// A test item: a number and its link.
+    struct Item {
+        value: u64,
+        link: WakeLink,
+    }
+
+    impl Linked for Item {
+        fn wake_link(&self) -> &WakeLink {
+            &self.link
+        }
+    }
+
+    fn item(value: u64) -> Arc<Item> {
+        Arc::new(Item {
+            value,
+            link: WakeLink::new(),
+        })
+    }
+
+    fn push(queue: &WakeQueue<Item>, source: Option<usize>, value: u64) -> PushOutcome {
+        // SAFETY: a fresh item is in no queue.
+        unsafe { queue.push(source, item(value)) }
+    }
+
+    fn values(drain: Drain<Item>) -> Vec<u64> {
+        drain.map(|item| item.value).collect()
+    }
 
     #[test]
     fn drains_each_lane_in_push_order() {
         let queue = WakeQueue::new(2);
         for i in 0..5 {
-            assert_eq!(queue.push(Some(1), 10 + i), PushOutcome::Queued);
-            assert_eq!(queue.push(None, 20 + i), PushOutcome::Queued);
-            assert_eq!(queue.push(Some(0), i), PushOutcome::Queued);
+            assert_eq!(push(&queue, Some(1), 10 + i), PushOutcome::Queued);
+            assert_eq!(push(&queue, None, 20 + i), PushOutcome::Queued);
+            assert_eq!(push(&queue, Some(0), i), PushOutcome::Queued);
         }
         assert!(queue.has_pending());
         // Lanes in index order (0, 1, shared), each in push order.
         assert_eq!(
-            queue.drain().collect::<Vec<_>>(),
+            values(queue.drain()),
             [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24]
         );
         assert!(!queue.has_pending());
@@ -312,46 +406,62 @@ mod tests {
     #[test]
     fn sources_past_the_lanes_share_the_last_lane() {
         let queue = WakeQueue::new(1);
-        let _ = queue.push(Some(5), 1);
-        let _ = queue.push(None, 2);
-        let _ = queue.push(Some(0), 0);
-        assert_eq!(queue.drain().collect::<Vec<_>>(), [0, 1, 2]);
+        let _ = push(&queue, Some(5), 1);
+        let _ = push(&queue, None, 2);
+        let _ = push(&queue, Some(0), 0);
+        assert_eq!(values(queue.drain()), [0, 1, 2]);
         let wide = WakeQueue::new(1000);
         assert_eq!(wide.lanes.len(), MAX_LANES);
-        let _ = wide.push(Some(999), 7);
-        let _ = wide.push(Some(61), 6);
-        assert_eq!(wide.drain().collect::<Vec<_>>(), [6, 7]);
+        let _ = push(&wide, Some(999), 7);
+        let _ = push(&wide, Some(61), 6);
+        assert_eq!(values(wide.drain()), [6, 7]);
     }
 
     #[test]
     fn sleeping_flag_is_seen_by_exactly_one_push() {
         let queue = WakeQueue::new(2);
         assert!(queue.try_sleep());
-        assert_eq!(queue.push(Some(0), 1), PushOutcome::WakeConsumer);
-        assert_eq!(queue.push(Some(1), 2), PushOutcome::Queued);
+        assert_eq!(push(&queue, Some(0), 1), PushOutcome::WakeConsumer);
+        assert_eq!(push(&queue, Some(1), 2), PushOutcome::Queued);
         // Something is announced: the consumer may not sleep.
         assert!(!queue.try_sleep());
-        assert_eq!(queue.drain().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(values(queue.drain()), [1, 2]);
         // Sleeping then waking with nothing queued: drain marks it awake.
         assert!(queue.try_sleep());
         assert_eq!(queue.drain().count(), 0);
-        assert_eq!(queue.push(None, 3), PushOutcome::Queued);
+        assert_eq!(push(&queue, None, 3), PushOutcome::Queued);
     }
 
     #[test]
-    fn drop_frees_queued_and_undrained_items() {
-        let item = Arc::new(());
+    fn an_item_can_be_queued_again_once_drained() {
+        let queue = WakeQueue::new(2);
+        let shared = item(9);
+        for source in [Some(0), None, Some(1)] {
+            // SAFETY: `shared` is in no queue: it was drained below each time.
+            let _ = unsafe { queue.push(source, Arc::clone(&shared)) };
+            let _ = push(&queue, source, 1);
+            assert_eq!(values(queue.drain()), [9, 1]);
+        }
+        assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[test]
+    fn drop_releases_queued_and_undrained_items() {
+        let items: Vec<_> = (0..5).map(item).collect();
         let queue = WakeQueue::new(3);
-        for source in [Some(0), Some(2), None] {
-            let _ = queue.push(source, Arc::clone(&item));
+        for (source, item) in [Some(0), Some(2), None].into_iter().zip(&items) {
+            // SAFETY: each item is pushed once.
+            let _ = unsafe { queue.push(source, Arc::clone(item)) };
         }
         let mut drain = queue.drain();
         drop(drain.next());
         drop(drain);
-        let _ = queue.push(Some(1), Arc::clone(&item));
-        let _ = queue.push(None, Arc::clone(&item));
+        // SAFETY: items 3 and 4 were never pushed.
+        let _ = unsafe { queue.push(Some(1), Arc::clone(&items[3])) };
+        // SAFETY: as above.
+        let _ = unsafe { queue.push(None, Arc::clone(&items[4])) };
         drop(queue);
-        assert_eq!(Arc::strong_count(&item), 1);
+        assert!(items.iter().all(|item| Arc::strong_count(item) == 1));
     }
 
     #[test]
@@ -364,14 +474,14 @@ mod tests {
                 std::thread::spawn(move || {
                     let source = (p < 2).then_some(p as usize);
                     for i in 0..10_000_u64 {
-                        let _ = queue.push(source, p * 1_000_000 + i);
+                        let _ = push(&queue, source, p * 1_000_000 + i);
                     }
                 })
             })
             .collect();
         let mut seen = Vec::new();
         while seen.len() < 40_000 {
-            seen.extend(queue.drain());
+            seen.extend(values(queue.drain()));
             std::thread::yield_now();
         }
         for producer in producers {
