@@ -110,8 +110,8 @@ const CASES: &[(&str, TestCase)] = &[
         float_state_survives_preemption,
     ),
     (
-        "a_thousand_threads_count_exactly",
-        a_thousand_threads_count_exactly,
+        "thousands_of_threads_count_exactly",
+        thousands_of_threads_count_exactly,
     ),
     (
         "balancer_moves_threads_off_a_busy_cpu",
@@ -1054,22 +1054,30 @@ fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
     Ok(())
 }
 
-fn a_thousand_threads_count_exactly(_: &ArchInfo) -> TestResult {
+fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
-    static COUNTER: Mutex<u64, crate::threads::KernelParker> = Mutex::new(0);
-    *COUNTER.lock() = 0;
+    const COUNTERS: usize = 8;
+    static COUNTERS_SHARED: [Mutex<u64, crate::threads::KernelParker>; COUNTERS] =
+        [const { Mutex::new(0) }; COUNTERS];
+    for counter in &COUNTERS_SHARED {
+        *counter.lock() = 0;
+    }
     let scheduler = crate::threads::scheduler();
     let cpus = scheduler.cpu_count();
-    const THREADS: usize = 1000;
+    const THREADS: usize = 2048;
     const INCREMENTS: u64 = 20;
     let mut handles = alloc::vec::Vec::new();
     for index in 0..THREADS {
         let options = keel_sched::SpawnOptions::new()
             .stack_size(16 * 1024)
             .pin(keel_sched::CpuId(index % cpus));
-        let spawned = scheduler.spawn(options, || {
+        // Thread `index` increments counters `index % COUNTERS` and the next one, one
+        // lock at a time: each counter is shared by two groups of threads, which sit
+        // on different CPUs whenever there are several.
+        let spawned = scheduler.spawn(options, move || {
             for _ in 0..INCREMENTS {
-                *COUNTER.lock() += 1;
+                *COUNTERS_SHARED[index % COUNTERS].lock() += 1;
+                *COUNTERS_SHARED[(index + 1) % COUNTERS].lock() += 1;
             }
         });
         check!(spawned.is_ok(), "spawn failed", index);
@@ -1080,12 +1088,12 @@ fn a_thousand_threads_count_exactly(_: &ArchInfo) -> TestResult {
     for handle in handles {
         scheduler.join(handle);
     }
-    let total = *COUNTER.lock();
-    check!(
-        total == THREADS as u64 * INCREMENTS,
-        "lost increments",
-        total
-    );
+    for (which, counter) in COUNTERS_SHARED.iter().enumerate() {
+        let total = *counter.lock();
+        // Every counter is its own threads' first and its neighbours' second.
+        let expected = 2 * (THREADS / COUNTERS) as u64 * INCREMENTS;
+        check!(total == expected, "lost increments", which, total, expected);
+    }
     Ok(())
 }
 
