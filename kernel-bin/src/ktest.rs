@@ -98,6 +98,10 @@ const CASES: &[(&str, TestCase)] = &[
         every_cpu_runs_its_pinned_threads,
     ),
     (
+        "many_cpus_wake_one_thread_without_loss",
+        many_cpus_wake_one_thread_without_loss,
+    ),
+    (
         "cross_cpu_park_unpark_loses_no_wakeup",
         cross_cpu_park_unpark_loses_no_wakeup,
     ),
@@ -973,6 +977,93 @@ fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
     }
     scheduler.join(peer);
     check!(BALL.load(Ordering::SeqCst) == 2 * ROUNDS, "ball lost");
+    Ok(())
+}
+
+/// Several wakers, pinned to every other CPU, wake one thread on CPU 0 at the same
+/// time, over and over: the target's wake-up queue gets concurrent pushes on several
+/// lanes while its CPU goes to sleep and wakes up. Each waker posts a number, unparks
+/// the target and parks until the target acknowledges it; a lost wake-up on either
+/// side leaves both parked, and the suite's time limit fails the run.
+fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    const WAKERS: usize = 3;
+    const ROUNDS: u64 = 3000;
+    static POSTED: [AtomicU64; WAKERS] = [const { AtomicU64::new(0) }; WAKERS];
+    static ACKED: [AtomicU64; WAKERS] = [const { AtomicU64::new(0) }; WAKERS];
+    for slot in POSTED.iter().chain(&ACKED) {
+        slot.store(0, Ordering::SeqCst);
+    }
+    let scheduler = crate::threads::scheduler();
+    let cpus = scheduler.cpu_count();
+    let waker_cpu =
+        |index: usize| keel_sched::CpuId(if cpus > 1 { 1 + index % (cpus - 1) } else { 0 });
+    // The target starts first and learns its wakers' handles through this slot.
+    static WAKER_HANDLES: keel_sync::SpinLock<alloc::vec::Vec<keel_sched::Thread>> =
+        keel_sync::SpinLock::new(alloc::vec::Vec::new());
+    WAKER_HANDLES.lock().clear();
+    let target = scheduler.spawn(
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        || {
+            let scheduler = crate::threads::scheduler();
+            loop {
+                let wakers = WAKER_HANDLES.lock().clone();
+                let mut finished = wakers.len() == WAKERS;
+                for (index, waker) in wakers.iter().enumerate() {
+                    let posted = POSTED[index].load(Ordering::SeqCst);
+                    if posted > ACKED[index].load(Ordering::SeqCst) {
+                        ACKED[index].store(posted, Ordering::SeqCst);
+                        scheduler.unpark(waker);
+                    }
+                    finished &= posted == ROUNDS && ACKED[index].load(Ordering::SeqCst) == ROUNDS;
+                }
+                if finished {
+                    return;
+                }
+                scheduler.park();
+            }
+        },
+    );
+    check!(target.is_ok(), "spawn failed");
+    let Ok(target) = target else { return Ok(()) };
+    let mut wakers = alloc::vec::Vec::new();
+    for index in 0..WAKERS {
+        let target_thread = target.thread().clone();
+        let spawned = scheduler.spawn(
+            keel_sched::SpawnOptions::new().pin(waker_cpu(index)),
+            move || {
+                let scheduler = crate::threads::scheduler();
+                for round in 1..=ROUNDS {
+                    POSTED[index].store(round, Ordering::SeqCst);
+                    scheduler.unpark(&target_thread);
+                    while ACKED[index].load(Ordering::SeqCst) != round {
+                        scheduler.park();
+                    }
+                }
+            },
+        );
+        check!(spawned.is_ok(), "spawn failed", index);
+        if let Ok(handle) = spawned {
+            WAKER_HANDLES.lock().push(handle.thread().clone());
+            wakers.push(handle);
+        }
+    }
+    // The target may have parked before the last handle arrived.
+    scheduler.unpark(target.thread());
+    for waker in wakers {
+        scheduler.join(waker);
+    }
+    scheduler.join(target);
+    for index in 0..WAKERS {
+        let acked = ACKED[index].load(Ordering::SeqCst);
+        check!(
+            acked == ROUNDS,
+            "a waker's round was not acknowledged",
+            index,
+            acked
+        );
+    }
+    WAKER_HANDLES.lock().clear();
     Ok(())
 }
 
