@@ -6,6 +6,11 @@
 //!   one CPU, fair policy) ping-ponging through `park`/`unpark`: each round trip is
 //!   two scheduling decisions (run-queue update, policy accounting, timer re-arm,
 //!   clock read) and two of Keel's assembly context switches.
+//! - `keel-apart`: the same two threads pinned to the two CPUs of a 2-CPU hosted
+//!   machine (OSv's "apart" case): each wake-up crosses CPUs through the target's
+//!   wake-up queue, and wakes the target CPU's OS thread (a futex wake) unless that
+//!   CPU is still polling its queue. On this 2-vCPU host, the two hosted CPUs are two
+//!   of the host's busy threads.
 //! - `corosensei`: `resume` + `suspend` of a `corosensei` coroutine (a bare stack
 //!   switch with no scheduler: the lower bound).
 //! - `std-condvar`: two Linux threads ping-ponging through `std::sync::Mutex` +
@@ -23,17 +28,26 @@ use std::time::{Duration, Instant};
 use corosensei::Coroutine;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_hosted::Machine;
-use keel_sched::{FairPolicy, SchedulerConfig, SpawnOptions};
+use keel_sched::{CpuId, FairPolicy, SchedulerConfig, SpawnOptions};
 
-/// `iters` park/unpark round trips between two keel threads on one hosted CPU.
-fn keel_round_trips(machine: &Machine<FairPolicy>, iters: u64) -> Duration {
+/// `iters` park/unpark round trips between two keel threads: on one CPU of `machine`,
+/// or pinned to CPUs 0 and 1 if `apart`.
+fn keel_round_trips(machine: &Machine<FairPolicy>, iters: u64, apart: bool) -> Duration {
     let scheduler = Arc::clone(machine.scheduler());
-    machine.run(SpawnOptions::new(), move || {
+    let (main_options, partner_options) = if apart {
+        (
+            SpawnOptions::new().pin(CpuId(0)),
+            SpawnOptions::new().pin(CpuId(1)),
+        )
+    } else {
+        (SpawnOptions::new(), SpawnOptions::new())
+    };
+    machine.run(main_options, move || {
         let turn = Arc::new(AtomicU64::new(0));
         let main = scheduler.current().expect("on a keel thread");
         let (partner_scheduler, partner_turn) = (Arc::clone(&scheduler), Arc::clone(&turn));
         let partner = scheduler
-            .spawn(SpawnOptions::new(), move || {
+            .spawn(partner_options, move || {
                 for round in 0..iters {
                     while partner_turn.load(Ordering::Acquire) != 2 * round + 1 {
                         partner_scheduler.park();
@@ -114,18 +128,23 @@ fn condvar_round_trips(iters: u64) -> Duration {
 
 fn pingpong(c: &mut Criterion) {
     let machine = Machine::<FairPolicy>::with_config(1, SchedulerConfig::default());
+    let two_cpus = Machine::<FairPolicy>::with_config(2, SchedulerConfig::default());
     let mut group = c.benchmark_group("switch/pingpong");
     group
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     group.bench_function("keel", |b| {
-        b.iter_custom(|iters| keel_round_trips(&machine, iters))
+        b.iter_custom(|iters| keel_round_trips(&machine, iters, false))
+    });
+    group.bench_function("keel-apart", |b| {
+        b.iter_custom(|iters| keel_round_trips(&two_cpus, iters, true))
     });
     group.bench_function("corosensei", |b| b.iter_custom(corosensei_round_trips));
     group.bench_function("std-condvar", |b| b.iter_custom(condvar_round_trips));
     group.finish();
     machine.shutdown();
+    two_cpus.shutdown();
 }
 
 criterion_group!(benches, pingpong);
