@@ -11,13 +11,18 @@
 //! were lost, the target would park forever and loom would report a deadlock; a
 //! missing value would fail the final assertion.
 //!
+//! With the feature `broken-wakeup`, a push never reports that the target was asleep,
+//! so no wake-up is ever sent; every model is then `should_panic(expected =
+//! "deadlock")` and passes only if loom finds the target parked forever.
+//!
 //! Run: `RUSTFLAGS="--cfg loom -C force-frame-pointers=yes"
 //! CARGO_TARGET_DIR=loom-target cargo test -p keel-loom-tests --release
 //! --test wakeup`.
 #![cfg(loom)]
 
+use std::sync::Arc;
+
 use keel_sched::wakeup::{Linked, PushOutcome, WakeLink, WakeQueue};
-use loom::sync::Arc;
 use loom::thread;
 
 /// A queued item: a number and the link that queues it (loom checks, through the
@@ -59,13 +64,23 @@ fn target_loop(queue: &WakeQueue<Item>, expected: usize, poll_first: bool) -> Ve
     received
 }
 
+/// A queue shared by the model's threads for the rest of the process.
+///
+/// Leaked rather than shared through `loom::sync::Arc`: when loom finds a deadlock
+/// (the expected outcome with `broken-wakeup`) it unwinds the blocked threads, and
+/// dropping a loom `Arc` there would call into the failed execution and abort the
+/// process. Items still queued are leaked with it.
+fn leak_queue() -> &'static WakeQueue<Item> {
+    Box::leak(Box::new(WakeQueue::new(SOURCES)))
+}
+
 /// Lanes of the modelled target: sources 0 and 1 have their own, the rest share one.
 const SOURCES: usize = 2;
 
 /// A waker on CPU `source` (`None`: off the CPUs): push, and send the wake-up exactly
 /// when the push says so.
 fn wake(queue: &WakeQueue<Item>, target: &thread::Thread, source: Option<usize>, value: usize) {
-    let item = std::sync::Arc::new(Item {
+    let item = Arc::new(Item {
         value,
         link: WakeLink::new(),
     });
@@ -76,10 +91,11 @@ fn wake(queue: &WakeQueue<Item>, target: &thread::Thread, source: Option<usize>,
 }
 
 #[test]
+#[cfg_attr(feature = "broken-wakeup", should_panic(expected = "deadlock"))]
 fn one_waker_never_loses_the_wakeup() {
     check(3, || {
-        let queue = Arc::new(WakeQueue::new(SOURCES));
-        let target_queue = Arc::clone(&queue);
+        let queue = leak_queue();
+        let target_queue = queue;
         let target = thread::spawn(move || target_loop(&target_queue, 1, false));
         let target_thread = target.thread().clone();
         wake(&queue, &target_thread, Some(0), 7);
@@ -88,12 +104,14 @@ fn one_waker_never_loses_the_wakeup() {
 }
 
 #[test]
+#[cfg_attr(feature = "broken-wakeup", should_panic(expected = "deadlock"))]
 fn two_wakers_never_lose_a_wakeup_or_a_value() {
     two_wakers(Some(0), Some(1));
 }
 
 /// The same with both wakers off the CPUs, so they race on the shared lane's head.
 #[test]
+#[cfg_attr(feature = "broken-wakeup", should_panic(expected = "deadlock"))]
 fn two_wakers_on_the_shared_lane_never_lose_a_wakeup_or_a_value() {
     two_wakers(None, None);
 }
@@ -102,11 +120,11 @@ fn two_wakers_on_the_shared_lane_never_lose_a_wakeup_or_a_value() {
 /// target.
 fn two_wakers(first: Option<usize>, second: Option<usize>) {
     check(2, move || {
-        let queue = Arc::new(WakeQueue::new(SOURCES));
-        let target_queue = Arc::clone(&queue);
+        let queue = leak_queue();
+        let target_queue = queue;
         let target = thread::spawn(move || target_loop(&target_queue, 2, true));
         let target_thread = target.thread().clone();
-        let other_queue = Arc::clone(&queue);
+        let other_queue = queue;
         let other_target = target_thread.clone();
         let other = thread::spawn(move || wake(&other_queue, &other_target, second, 2));
         wake(&queue, &target_thread, first, 1);
@@ -118,10 +136,11 @@ fn two_wakers(first: Option<usize>, second: Option<usize>) {
 }
 
 #[test]
+#[cfg_attr(feature = "broken-wakeup", should_panic(expected = "deadlock"))]
 fn values_from_one_waker_arrive_in_order() {
     check(3, || {
-        let queue = Arc::new(WakeQueue::new(SOURCES));
-        let target_queue = Arc::clone(&queue);
+        let queue = leak_queue();
+        let target_queue = queue;
         let target = thread::spawn(move || target_loop(&target_queue, 2, false));
         let target_thread = target.thread().clone();
         wake(&queue, &target_thread, Some(1), 1);

@@ -206,7 +206,9 @@ impl<T: Linked> WakeQueue<T> {
         let previous = self
             .pending
             .fetch_or((1 << index) | AWAKE, Ordering::SeqCst);
-        if previous & AWAKE == 0 {
+        // DELIBERATELY BROKEN with the test-only feature `broken-wakeup` (for the loom
+        // models): the wake-up is never requested.
+        if previous & AWAKE == 0 && !cfg!(feature = "broken-wakeup") {
             PushOutcome::WakeConsumer
         } else {
             PushOutcome::Queued
