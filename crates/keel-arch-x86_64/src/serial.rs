@@ -1,6 +1,6 @@
 //! The 16550 UART on COM1 (port 0x3f8): the kernel console.
 //!
-//! [`Console`] is the locked, interrupt-safe writer used by the logger. Fatal paths
+//! [`with_console`] lends the locked, interrupt-safe writer the logger uses. Fatal paths
 //! (exception reports, panics) use [`emergency_writer`], which takes no lock: by the
 //! time they run, whoever held the lock may never release it.
 
