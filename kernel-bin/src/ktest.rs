@@ -1006,8 +1006,11 @@ fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
         keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
         || {
             let scheduler = crate::threads::scheduler();
+            let mut wakers = alloc::vec::Vec::new();
             loop {
-                let wakers = WAKER_HANDLES.lock().clone();
+                if wakers.len() < WAKERS {
+                    wakers = WAKER_HANDLES.lock().clone();
+                }
                 let mut finished = wakers.len() == WAKERS;
                 for (index, waker) in wakers.iter().enumerate() {
                     let posted = POSTED[index].load(Ordering::SeqCst);

@@ -5,10 +5,11 @@
 //! `keel_sync::SpinLock` when the kernel is built with the `lock-spin` feature and the
 //! lock-free mutex (`keel_lfmutex::Mutex` on Keel threads) otherwise, so two kernels that
 //! differ only in the lock run the same workload. The feature `lfmutex-spinning` builds
-//! the mutex whose `lock` spins briefly before blocking (an experiment). With more vCPUs than host cores
-//! (`--smp 4` on this 2-core machine) vCPUs are descheduled by the host at random moments,
-//! sometimes while holding the lock: spinning waiters then burn their time slices, while
-//! the lock-free mutex's waiters sleep and give their vCPU to other threads.
+//! the mutex whose `lock` spins briefly before blocking (an experiment). With more vCPUs
+//! than host cores (`--smp 4` on this 2-core machine) vCPUs are descheduled by the host
+//! at random moments, sometimes while holding the lock: spinning waiters then burn their
+//! time slices, while the lock-free mutex's waiters sleep and give their vCPU to other
+//! threads.
 //!
 //! Options: `lockbench.threads` (default 16), `lockbench.acquisitions` in total
 //! (default 200 000) and `lockbench.work`, extra updates of the shared array inside

@@ -5,10 +5,10 @@
 //!
 //! The models exercise the real crates unchanged: `keel-sync`'s [shim] switches its
 //! atomics and cells to loom's under `--cfg loom`, so what loom explores is the code
-//! the kernel runs. The features `broken-spinlock`, `broken-lfmutex` and
-//! `broken-lfmutex-offer` swap in a deliberately broken `SpinLock` or lock-free mutex
-//! and flip the models aimed at it into `should_panic` tests that pass only if loom
-//! reports the bug.
+//! the kernel runs. The features `broken-spinlock`, `broken-lfmutex`,
+//! `broken-lfmutex-offer` and `broken-wakeup` swap in a deliberately broken
+//! `SpinLock`, lock-free mutex or wake-up queue and flip the models aimed at it into
+//! `should_panic` tests that pass only if loom reports the bug.
 //!
 //! [shim]: keel_sync::shim
 #![no_std]

@@ -95,10 +95,9 @@ fn wake(queue: &WakeQueue<Item>, target: &thread::Thread, source: Option<usize>,
 fn one_waker_never_loses_the_wakeup() {
     check(3, || {
         let queue = leak_queue();
-        let target_queue = queue;
-        let target = thread::spawn(move || target_loop(&target_queue, 1, false));
+        let target = thread::spawn(move || target_loop(queue, 1, false));
         let target_thread = target.thread().clone();
-        wake(&queue, &target_thread, Some(0), 7);
+        wake(queue, &target_thread, Some(0), 7);
         assert_eq!(target.join().unwrap(), [7]);
     });
 }
@@ -121,13 +120,11 @@ fn two_wakers_on_the_shared_lane_never_lose_a_wakeup_or_a_value() {
 fn two_wakers(first: Option<usize>, second: Option<usize>) {
     check(2, move || {
         let queue = leak_queue();
-        let target_queue = queue;
-        let target = thread::spawn(move || target_loop(&target_queue, 2, true));
+        let target = thread::spawn(move || target_loop(queue, 2, true));
         let target_thread = target.thread().clone();
-        let other_queue = queue;
         let other_target = target_thread.clone();
-        let other = thread::spawn(move || wake(&other_queue, &other_target, second, 2));
-        wake(&queue, &target_thread, first, 1);
+        let other = thread::spawn(move || wake(queue, &other_target, second, 2));
+        wake(queue, &target_thread, first, 1);
         other.join().unwrap();
         let mut received = target.join().unwrap();
         received.sort_unstable();
@@ -140,11 +137,10 @@ fn two_wakers(first: Option<usize>, second: Option<usize>) {
 fn values_from_one_waker_arrive_in_order() {
     check(3, || {
         let queue = leak_queue();
-        let target_queue = queue;
-        let target = thread::spawn(move || target_loop(&target_queue, 2, false));
+        let target = thread::spawn(move || target_loop(queue, 2, false));
         let target_thread = target.thread().clone();
-        wake(&queue, &target_thread, Some(1), 1);
-        wake(&queue, &target_thread, Some(1), 2);
+        wake(queue, &target_thread, Some(1), 1);
+        wake(queue, &target_thread, Some(1), 2);
         assert_eq!(target.join().unwrap(), [1, 2]);
     });
 }

@@ -73,11 +73,10 @@
 //! **Spinning, as an experiment only.** With waiters that never spin, each time the
 //! mutex moves to a thread that has gone to sleep costs a sleep and a wake-up
 //! (together 0.7–0.8 µs of a bench round on Linux host threads, papers/0006), which
-//! is what keeps
-//! this mutex behind `parking_lot` on the host. The feature `spinning-lfmutex` lets
-//! a `lock` that finds the mutex held watch the lock word for a few microseconds
-//! before counting itself in, to measure what breaking the rule would buy; it is off
-//! by default, and the kernel does not use it.
+//! is what keeps this mutex behind `parking_lot` on the host. The feature
+//! `spinning-lfmutex` lets a `lock` that finds the mutex held watch the lock word for
+//! a few microseconds before counting itself in, to measure what breaking the rule
+//! would buy; it is off by default, and the kernel does not use it.
 //!
 //! **Why a token and not a flag:** a locker may read an old token, be preempted,
 //! and resume after that hand-off was resolved and a *different* unlock published
