@@ -37,6 +37,8 @@ macro_rules! check {
     };
 }
 
+mod liveness;
+
 const CASES: &[(&str, TestCase)] = &[
     ("boot_info_has_memory_map", boot_info_has_memory_map),
     ("kernel_text_is_read_execute", kernel_text_is_read_execute),
@@ -124,6 +126,30 @@ const CASES: &[(&str, TestCase)] = &[
     (
         "tickless_idle_takes_no_timer_ticks",
         tickless_idle_takes_no_timer_ticks,
+    ),
+    (
+        "unparked_from_another_cpu_runs_while_its_cpu_spins",
+        liveness::unparked_from_another_cpu_runs_while_its_cpu_spins,
+    ),
+    (
+        "unparked_by_the_spinner_runs_while_it_spins",
+        liveness::unparked_by_the_spinner_runs_while_it_spins,
+    ),
+    (
+        "spawned_by_the_spinner_runs_while_it_spins",
+        liveness::spawned_by_the_spinner_runs_while_it_spins,
+    ),
+    (
+        "spawned_from_another_cpu_runs_while_its_cpu_spins",
+        liveness::spawned_from_another_cpu_runs_while_its_cpu_spins,
+    ),
+    (
+        "sleeper_runs_when_its_timer_fires_while_its_cpu_spins",
+        liveness::sleeper_runs_when_its_timer_fires_while_its_cpu_spins,
+    ),
+    (
+        "moved_by_the_balancer_runs_while_its_new_cpu_spins",
+        liveness::moved_by_the_balancer_runs_while_its_new_cpu_spins,
     ),
 ];
 

@@ -236,10 +236,18 @@ fn on_timer(_: &mut TrapFrame) {
     }
 }
 
+/// The wake-up IPI: marks the wake-up for a concurrent idle wait, then enters the
+/// scheduler, which takes in the threads other CPUs queued here and switches to one
+/// if the policy says so (or arms the preemption timer for them). Without the second
+/// step a thread woken onto a CPU whose only thread spins waited until that thread
+/// blocked (the liveness issue's first bug).
 fn on_wakeup(_: &mut TrapFrame) {
     percpu::current()
         .wakeup_pending
         .store(true, Ordering::SeqCst);
+    if let Some(scheduler) = SCHEDULER.get() {
+        scheduler.wakeup_interrupt();
+    }
 }
 
 /// Creates the scheduler, spawns `main` as the first thread, and runs CPU 0's idle

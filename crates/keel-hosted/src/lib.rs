@@ -17,4 +17,4 @@ mod parker;
 pub mod sched;
 
 pub use parker::StdParker;
-pub use sched::{HostedArch, Machine};
+pub use sched::{HostedArch, Machine, interrupt_point};

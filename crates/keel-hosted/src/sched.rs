@@ -12,8 +12,18 @@
 //!   thread.
 //! - **Wake-up** = `Thread::unpark` of the CPU's OS thread; **idle wait** =
 //!   `std::thread::park_timeout` until the armed timer (a deadline stored per CPU).
-//!   Nothing can interrupt a running keel thread, so the timer only bounds idle waits;
-//!   preemption happens at scheduler entry points (see the crate docs).
+//!   Nothing can interrupt a running keel thread asynchronously. Instead a CPU has
+//!   two pending "interrupt lines", as the kernel's CPUs do: a wake-up IPI (set by
+//!   [`send_wakeup`](Arch::send_wakeup) aimed at another CPU; like the kernel, a CPU
+//!   sends itself none) and the one-shot timer (armed, and its deadline passed).
+//!   A thread that spins takes them at the points where it calls [`interrupt_point`],
+//!   which enters the scheduler exactly as the kernel's handlers do
+//!   ([`Scheduler::wakeup_interrupt`], [`Scheduler::timer_interrupt`]), and only
+//!   then. So a hosted test sees the same liveness as the kernel: a thread queued on a
+//!   busy CPU runs only if somebody raised one of those lines.
+//! - **Clock offsets** ([`HostedArch::with_clock_offsets`]): each CPU may read the
+//!   clock ahead of the others by a fixed amount, to test code that compares times
+//!   taken on different CPUs.
 //! - **Interrupt masking** is a no-op guard: there are no interrupts.
 //! - **Stacks** are `mmap`ed with a `PROT_NONE` guard page below them, so an
 //!   overflow faults instead of corrupting memory.
@@ -32,7 +42,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keel_sync::shim::{AtomicU64, Ordering};
+use keel_sync::shim::{AtomicBool, AtomicU64, Ordering};
 
 use keel_sched::{
     Arch, CpuId, FairPolicy, Policy, Scheduler, SchedulerConfig, SpawnOptions, StackMemory,
@@ -55,6 +65,38 @@ fn read_current_cpu() -> (usize, usize) {
 pub struct HostedArch {
     cpus: Box<[HostedCpu]>,
     clock: Clock,
+}
+
+/// Takes the interrupts pending on the calling CPU, as the kernel's interrupt handlers
+/// would at this point: a wake-up IPI enters
+/// [`Scheduler::wakeup_interrupt`], an expired one-shot timer (disarmed as it fires)
+/// [`Scheduler::timer_interrupt`]. Either may switch to another thread and resume
+/// this one later, possibly on another CPU. Does nothing off the scheduler's CPUs.
+///
+/// Hosted threads that spin call it in their loops where a kernel thread would be
+/// interrupted; unlike [`Scheduler::preempt_check`], it enters the scheduler only if
+/// an interrupt was raised, so it cannot hide a missing wake-up or timer.
+pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
+    let arch = scheduler.arch();
+    let Some(cpu) = arch.current_cpu() else {
+        return;
+    };
+    if arch.cpus[cpu.0]
+        .wakeup_pending
+        .swap(false, Ordering::SeqCst)
+    {
+        scheduler.wakeup_interrupt();
+    }
+    // Read again: the wake-up may have switched away and resumed us elsewhere.
+    let Some(cpu) = arch.current_cpu() else {
+        return;
+    };
+    let timer = &arch.cpus[cpu.0].timer_deadline;
+    let deadline = timer.load(Ordering::Relaxed);
+    if deadline != u64::MAX && arch.now_nanos() >= deadline {
+        timer.store(u64::MAX, Ordering::Relaxed);
+        scheduler.timer_interrupt();
+    }
 }
 
 /// The monotonic clock: the TSC scaled to nanoseconds when the CPU says it is
@@ -144,17 +186,33 @@ struct HostedCpu {
     /// The armed one-shot deadline in nanoseconds, `u64::MAX` when disarmed. Written
     /// and read only by this CPU (`Relaxed`).
     timer_deadline: AtomicU64,
+    /// A wake-up IPI is pending (set by other CPUs' `send_wakeup`, taken by
+    /// [`interrupt_point`] or cleared when the idle wait ends). SeqCst: the waker's
+    /// queue push precedes it, so whoever takes it then sees the pushed thread.
+    wakeup_pending: AtomicBool,
+    /// Added to the clock when read on this CPU (see [`HostedArch::with_clock_offsets`]).
+    clock_offset_nanos: u64,
 }
 
 impl HostedArch {
     /// A machine with `cpu_count` CPUs (at least one).
     pub fn new(cpu_count: usize) -> Self {
-        assert!(cpu_count > 0, "a machine needs a CPU");
+        Self::with_clock_offsets(&std::vec![0; cpu_count])
+    }
+
+    /// A machine with one CPU per entry of `offsets_nanos`, whose clock reads
+    /// `offsets_nanos[cpu]` ahead when read on that CPU (and with no offset off the
+    /// CPUs). Each CPU's clock stays monotonic; a thread that migrates sees it jump.
+    pub fn with_clock_offsets(offsets_nanos: &[u64]) -> Self {
+        assert!(!offsets_nanos.is_empty(), "a machine needs a CPU");
         Self {
-            cpus: (0..cpu_count)
-                .map(|_| HostedCpu {
+            cpus: offsets_nanos
+                .iter()
+                .map(|&offset| HostedCpu {
                     os_thread: OnceLock::new(),
                     timer_deadline: AtomicU64::new(u64::MAX),
+                    wakeup_pending: AtomicBool::new(false),
+                    clock_offset_nanos: offset,
                 })
                 .collect(),
             clock: Clock::new(),
@@ -201,7 +259,10 @@ unsafe impl Arch for HostedArch {
     fn enable_interrupts(&self) {}
 
     fn now_nanos(&self) -> u64 {
-        self.clock.now_nanos()
+        let offset = self
+            .current_cpu()
+            .map_or(0, |cpu| self.cpus[cpu.0].clock_offset_nanos);
+        self.clock.now_nanos().saturating_add(offset)
     }
 
     fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64) {
@@ -217,6 +278,13 @@ unsafe impl Arch for HostedArch {
     }
 
     fn send_wakeup(&self, cpu: CpuId) {
+        // Like the kernel, a CPU sends itself no IPI: only another CPU's (or a host
+        // thread's) wake-up raises the line.
+        if self.current_cpu() != Some(cpu) {
+            self.cpus[cpu.0]
+                .wakeup_pending
+                .store(true, Ordering::SeqCst);
+        }
         // Not online yet: it will look at its queue when it starts.
         if let Some(os_thread) = self.cpus[cpu.0].os_thread.get() {
             os_thread.unpark();
@@ -234,6 +302,11 @@ unsafe impl Arch for HostedArch {
                 thread::park_timeout(Duration::from_nanos(deadline - now));
             }
         }
+        // The wake-up that ended the wait was taken by it (the idle loop drains the
+        // queue next), as the kernel's `hlt` takes the IPI.
+        self.cpus[cpu.0]
+            .wakeup_pending
+            .store(false, Ordering::SeqCst);
     }
 
     fn allocate_stack(&self, size: usize) -> Option<HostedStack> {
@@ -340,11 +413,18 @@ impl<P: Policy> Machine<P> {
         config: SchedulerConfig,
         make_policy: impl FnMut(CpuId) -> P,
     ) -> Self {
-        let scheduler = Arc::new(Scheduler::with_policy(
-            HostedArch::new(cpu_count),
-            config,
-            make_policy,
-        ));
+        Self::with_arch(HostedArch::new(cpu_count), config, make_policy)
+    }
+
+    /// Starts the CPUs of `arch` (for example one with clock offsets) with `config`,
+    /// CPU `n` using `make_policy(n)`.
+    pub fn with_arch(
+        arch: HostedArch,
+        config: SchedulerConfig,
+        make_policy: impl FnMut(CpuId) -> P,
+    ) -> Self {
+        let cpu_count = arch.cpu_count();
+        let scheduler = Arc::new(Scheduler::with_policy(arch, config, make_policy));
         let cpu_threads = (0..cpu_count)
             .map(|cpu| {
                 let scheduler = Arc::clone(&scheduler);

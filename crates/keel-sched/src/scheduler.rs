@@ -330,6 +330,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 home_cpu: AtomicUsize::new(cpu.0),
                 pinned: options.pin.is_some(),
                 sleep_generation: AtomicU64::new(0),
+                sleep_fired: AtomicU64::new(0),
                 context: UnsafeCell::new(stack_pointer),
                 accounting: UnsafeCell::new(Accounting::new(options.priority)),
                 entry: UnsafeCell::new(Some(entry)),
@@ -487,8 +488,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                     thread,
                 });
             }
-            while self.arch.now_nanos() < deadline_nanos {
-                self.block_current(me, || self.arch.now_nanos() >= deadline_nanos);
+            // Wait for the entry to fire, not for this CPU's clock: the thread may
+            // run on another CPU than the entry's by now (a spurious wake-up and the
+            // balancer), whose clock may read behind the entry's CPU's; re-checking
+            // the deadline there could block with the entry already gone.
+            let fired = || me.sleep_fired.load(Ordering::SeqCst) > generation;
+            while !fired() {
+                self.block_current(me, fired);
             }
             me.sleep_generation.fetch_add(1, Ordering::Relaxed);
         });
@@ -670,6 +676,18 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             // `deliver_from` instead).
             let local = unsafe { self.cpus[home.0].local() };
             Self::make_runnable(local, thread);
+            if local.current.is_some() {
+                // A thread runs here (we are it, or an interrupt handler on it), and
+                // no scheduling decision follows by itself: arm the preemption timer
+                // for the newcomer, as a decision would (OSv's `wake_impl` sets
+                // `need_reschedule`). A newcomer that should preempt at once gets a
+                // deadline of now, so the timer interrupt enters the scheduler as
+                // soon as interrupts are unmasked (not inside the caller's masked
+                // section).
+                let now = self.arch.now_nanos();
+                self.charge_current(local, now);
+                self.arm_timer(home, local, now, true);
+            }
             self.publish_load(home, local);
         } else {
             self.push_remote(here, home, thread);
@@ -915,9 +933,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             let Some(timer) = local.timers.pop() else {
                 break;
             };
-            if timer.thread.inner.sleep_generation.load(Ordering::Relaxed) == timer.generation
-                && Self::claim_waiting(&timer.thread.inner)
-            {
+            let sleeper = &timer.thread.inner;
+            if sleeper.sleep_generation.load(Ordering::Relaxed) != timer.generation {
+                continue;
+            }
+            // The condition first, then the claim (as every waker): a sleeper not
+            // waiting right now sees the flag at its re-check.
+            sleeper
+                .sleep_fired
+                .fetch_max(timer.generation + 1, Ordering::SeqCst);
+            if Self::claim_waiting(sleeper) {
                 self.deliver_from(cpu, local, timer.thread);
             }
         }
@@ -1069,6 +1094,7 @@ mod tests {
                 home_cpu: AtomicUsize::new(0),
                 pinned: false,
                 sleep_generation: AtomicU64::new(0),
+                sleep_fired: AtomicU64::new(0),
                 context: UnsafeCell::new(0),
                 accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
                 entry: UnsafeCell::new(None),

@@ -45,9 +45,18 @@ pub(crate) struct ThreadInner {
     pub(crate) home_cpu: AtomicUsize,
     /// Never migrated by the balancer.
     pub(crate) pinned: bool,
-    /// Bumped when a sleep ends: timer entries of older generations are stale.
-    /// `Relaxed`: a stale timer firing is only a spurious wake-up.
+    /// The number of the current (or next) sleep; bumped by the thread when a sleep
+    /// ends, so timer entries of older generations are stale. Written only by the
+    /// thread; `Relaxed` (the entry was pushed after the write, by the same thread,
+    /// and is fired on the CPU it was pushed on, or after a migration that
+    /// synchronised through a wake-up queue).
     pub(crate) sleep_generation: AtomicU64,
+    /// `generation + 1` of the last sleep whose timer fired: the sleeper waits for
+    /// this (OSv waits on its timer's own expired flag), not for its CPU's clock to
+    /// pass the deadline, which a CPU other than the timer's may read behind.
+    /// `fetch_max` by the firing CPU (SeqCst, before its claim of the thread), SeqCst
+    /// loads by the sleeper's re-check: pairs like any waker's condition.
+    pub(crate) sleep_fired: AtomicU64,
     /// The saved stack pointer while the thread is not running. Accessed only by the
     /// home CPU (and by the context switch on it).
     pub(crate) context: UnsafeCell<usize>,
