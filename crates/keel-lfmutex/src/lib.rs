@@ -64,7 +64,12 @@
 //! out) instead of waking a second waiter. The woken waiter clears `IN_FLIGHT` and
 //! takes the token if it is still there, in one `fetch_and`. If a running thread
 //! got there first, the waiter queues again, marked so that whoever pops it next
-//! must *hand* it the mutex: nobody is passed over more than once per `lock`.
+//! must *hand* it the mutex: no barger passes it over a second time in the same
+//! `lock`. It does lose its place, though: it queues again at the tail, behind the
+//! waiters that queued after it (the queue has one consumer, and the loser is not
+//! it), so a waiter that loses an offer waits for every waiter queued at that moment
+//! too. The wait stays bounded by the queue's length, not FIFO; the unit test
+//! `offer_loser_requeues_at_the_tail` records that order.
 //! Waiters still never spin. Wait-morphed condition-variable waiters are always
 //! handed the mutex. The feature `fifo-lfmutex` restores OSv's strict hand-over
 //! for experiments, and `broken-lfmutex-offer` breaks the offer path for the loom
@@ -111,6 +116,8 @@ extern crate std;
 
 mod condvar;
 mod mutex;
+#[cfg(all(test, not(loom), not(feature = "fifo-lfmutex")))]
+mod order_tests;
 mod parker;
 pub mod queue;
 mod raw;

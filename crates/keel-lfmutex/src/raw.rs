@@ -461,8 +461,10 @@ impl<P: Parker> RawMutex<P> {
             if record.value().wait() == HANDED || self.compete_for_offer() {
                 return;
             }
-            // Passed over by a barger: queue again, and this time be handed the
-            // mutex when popped, so nobody is passed over more than once per lock.
+            // Passed over by a barger: queue again, at the tail (behind waiters
+            // that queued after us: the queue has one consumer, and we are not it),
+            // and this time be handed the mutex when popped, never offered it, so
+            // no barger passes us over again in this lock.
             record.value().require_handoff();
         }
     }
@@ -778,6 +780,67 @@ mod tests {
         });
         assert_eq!(mutex.next_token(), 1 << TOKEN_SHIFT);
         assert_eq!(mutex.next_token(), 2 << TOKEN_SHIFT);
+    }
+
+    /// Tokens across the sequence's wrap-around: a taker holding the last token
+    /// before the wrap (stale once its hand-off was resolved) cannot claim the first
+    /// token after it, and the sequence never yields 0 or repeats the previous one.
+    #[test]
+    fn token_sequence_wrap_around_defeats_a_stale_taker() {
+        let mutex = Raw::new();
+        mutex.sequence.with_mut(|sequence| {
+            // SAFETY: single-threaded test.
+            unsafe { *sequence = SEQUENCE_MASK - 2 }
+        });
+        let mut previous = 0;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let token = mutex.next_token();
+            assert_ne!(token, 0);
+            assert_ne!(token, previous);
+            assert_eq!(token & !TOKEN_MASK, 0, "token outside its bits");
+            previous = token;
+            seen.push(token >> TOKEN_SHIFT);
+        }
+        assert_eq!(
+            seen,
+            [
+                u64::from(SEQUENCE_MASK - 1),
+                u64::from(SEQUENCE_MASK),
+                1,
+                2,
+                3
+            ]
+        );
+        // A hand-off with the last token before the wrap, resolved (taken back) ...
+        mutex.sequence.with_mut(|sequence| {
+            // SAFETY: single-threaded test.
+            unsafe { *sequence = SEQUENCE_MASK - 1 }
+        });
+        let stale = mutex.next_token();
+        assert_eq!(stale >> TOKEN_SHIFT, u64::from(SEQUENCE_MASK));
+        mutex.publish(stale);
+        let stale_word = mutex.state.load(Ordering::Relaxed);
+        assert!(mutex.retract(stale));
+        // ... then the next hand-off, after the wrap.
+        let fresh = mutex.next_token();
+        assert_eq!(fresh >> TOKEN_SHIFT, 1);
+        mutex.publish(fresh);
+        // The stale taker's claim (exact word) and retraction both fail.
+        assert!(
+            mutex
+                .state
+                .compare_exchange(
+                    stale_word,
+                    stale_word & !TOKEN_MASK,
+                    Ordering::AcqRel,
+                    Ordering::Acquire
+                )
+                .is_err()
+        );
+        assert!(!mutex.retract(stale));
+        assert_eq!(mutex.state.load(Ordering::Relaxed) & TOKEN_MASK, fresh);
+        assert!(mutex.retract(fresh));
     }
 
     #[test]
