@@ -308,4 +308,12 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
     fn unpark(handle: &Self::Handle) {
         scheduler().unpark(handle);
     }
+
+    /// Interrupts masked: no timer preemption between a hand-off or offer and its
+    /// wake-up. A preemption that came due (for example for the thread just woken on
+    /// this CPU, whose timer `deliver` armed) happens once the guard is dropped.
+    fn without_preemption<R>(section: impl FnOnce() -> R) -> R {
+        let _masked = keel_sched::Arch::mask_interrupts(scheduler().arch());
+        section()
+    }
 }

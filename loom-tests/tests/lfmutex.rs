@@ -33,12 +33,12 @@ type LoomMutex<T> = Mutex<T, LoomParker>;
 type LoomRawMutex = RawMutex<LoomParker>;
 type LoomCondvar = Condvar<LoomParker>;
 
-/// Runs `model` under loom with at most `preemptions` preemptions per execution.
+mod common;
+
+/// Runs `model` under loom with at most `preemptions` preemptions per execution
+/// (unless `LOOM_MAX_PREEMPTIONS` says otherwise: see `common`).
 fn check_bounded(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(preemptions);
-    builder.max_branches = 100_000;
-    builder.check(model);
+    common::check_bounded(preemptions, 100_000, model);
 }
 
 /// Shares `value` between model threads for the rest of the process.

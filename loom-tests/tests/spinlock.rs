@@ -25,14 +25,14 @@ fn check(model: impl Fn() + Sync + Send + 'static) {
     check_bounded(3, model);
 }
 
-/// Runs `model` under loom with at most `preemptions` preemptions per execution.
+mod common;
+
+/// Runs `model` under loom with at most `preemptions` preemptions per execution
+/// (unless `LOOM_MAX_PREEMPTIONS` says otherwise: see `common`).
 fn check_bounded(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(preemptions);
     // Every spin of a waiter (a loom yield) is a branch; with three threads and two
     // waiters spinning, loom's default of 1000 branches per execution is too low.
-    builder.max_branches = 100_000;
-    builder.check(model);
+    common::check_bounded(preemptions, 100_000, model);
 }
 
 /// A lock guarding nothing plus a cell touched only inside the critical section: the

@@ -39,10 +39,13 @@ impl Linked for Item {
     }
 }
 
+mod common;
+
+/// Runs `model` under loom with at most `preemptions` preemptions per execution
+/// (unless `LOOM_MAX_PREEMPTIONS` says otherwise: see `common`), and loom's default
+/// branch limit.
 fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(preemptions);
-    builder.check(model);
+    common::check_bounded(preemptions, 1_000, model);
 }
 
 /// The target CPU: collects `expected` values, sleeping whenever the queue is empty.

@@ -60,6 +60,19 @@ pub unsafe trait Parker {
 
     /// Wakes the thread `handle` refers to, or makes its next `park` return at once.
     fn unpark(handle: &Self::Handle);
+
+    /// Runs `section` without letting the calling thread be preempted, where the
+    /// scheduler can promise that (the kernel masks interrupts; a preemption that
+    /// became due meanwhile happens right after). The locks wrap in it the steps
+    /// from giving the mutex away (a hand-off or an offer) to waking its new owner,
+    /// so a waker preempted in between cannot leave that owner asleep until the
+    /// waker runs again (OSv's `wake_with` runs with preemption off for the same
+    /// reason). The default runs `section` as it is: host threads cannot be kept
+    /// from preemption.
+    #[inline]
+    fn without_preemption<R>(section: impl FnOnce() -> R) -> R {
+        section()
+    }
 }
 
 /// Test-only: the host parker of `keel-hosted`, compiled into this crate's unit tests

@@ -91,9 +91,11 @@ pub(crate) unsafe fn wake<P: Parker>(record: NonNull<WaitRecord<P>>, state: u32)
     // not free it before the store below.
     let waiter = unsafe { record.as_ref() }.value();
     let handle = waiter.handle.clone();
-    waiter.state.store(state, Ordering::Release);
-    // From here on the record may be gone; only the cloned handle is used.
-    P::unpark(&handle);
+    P::without_preemption(|| {
+        waiter.state.store(state, Ordering::Release);
+        // From here on the record may be gone; only the cloned handle is used.
+        P::unpark(&handle);
+    });
 }
 
 /// Why [`RawMutex::unlock`] refused.
@@ -620,9 +622,13 @@ impl<P: Parker> RawMutex<P> {
                     // Nobody is in flight and no token is out (only the consumer
                     // sets either), so this sets both from 0.
                     let token = self.next_token();
-                    self.publish(token | IN_FLIGHT);
-                    // SAFETY: as above.
-                    unsafe { wake::<P>(waiter, OFFERED) };
+                    // From the offer to the wake-up without preemption (see
+                    // `Parker::without_preemption`).
+                    P::without_preemption(|| {
+                        self.publish(token | IN_FLIGHT);
+                        // SAFETY: as above.
+                        unsafe { wake::<P>(waiter, OFFERED) };
+                    });
                 }
                 return;
             }
