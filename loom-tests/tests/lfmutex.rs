@@ -411,3 +411,221 @@ fn mpsc_queue_two_producers_one_consumer() {
         assert!(unsafe { queue.pop() }.is_none());
     });
 }
+
+/// Two offers lost in a row (four threads): the main thread holds the mutex while
+/// two waiters queue, then unlocks (offering it to the first waiter) while a barger
+/// locks and unlocks twice, so the offered waiter can lose to it, queue again, and
+/// the next offer can be lost too. Every grant is witnessed and nobody is left
+/// asleep. Bound 1: four threads explode the state space (see loom-tests/README.md).
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn two_lost_offers_in_a_row() {
+    check_bounded(1, || {
+        let shared = leak(Witnessed::new());
+        shared.mutex.lock();
+        let mut handles: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    shared.mutex.lock();
+                    shared.bump_witness();
+                    shared.mutex.unlock().unwrap();
+                })
+            })
+            .collect();
+        handles.push(thread::spawn(move || {
+            for _ in 0..2 {
+                shared.mutex.lock();
+                shared.bump_witness();
+                shared.mutex.unlock().unwrap();
+            }
+        }));
+        shared.bump_witness();
+        shared.mutex.unlock().unwrap();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(shared.witness_value(), 5);
+        assert!(!shared.mutex.is_locked());
+    });
+}
+
+/// A condition-variable waiter moved onto the mutex (`send_lock`) while an offer is
+/// in flight: the main thread holds the mutex with a mutex waiter queued, unlocks
+/// (offering it to that waiter) and then notifies the condvar waiter without the
+/// mutex, which moves the condvar waiter onto the mutex while the offer is out. The
+/// moved waiter must be handed the mutex, never only offered it.
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn lost_offer_meets_a_moved_condvar_waiter() {
+    check_bounded(2, || {
+        let shared = leak((LoomMutex::new((false, 0_usize)), LoomCondvar::new()));
+        let (mutex, condvar) = shared;
+        let waiter = thread::spawn(move || {
+            let (mutex, condvar) = shared;
+            let mut state = condvar.wait_while(mutex.lock(), |(go, _)| !*go);
+            state.1 += 1;
+        });
+        let mut state = mutex.lock();
+        let locker = thread::spawn(move || {
+            let (mutex, _) = shared;
+            mutex.lock().1 += 1;
+        });
+        state.0 = true;
+        drop(state);
+        condvar.notify_one();
+        waiter.join().unwrap();
+        locker.join().unwrap();
+        assert_eq!(mutex.lock().1, 2);
+    });
+}
+
+/// Two notifiers contend for the condvar's internal lock while one waiter waits for
+/// both of their updates: whichever notify finds the waiter queued moves it, the
+/// other finds nothing (or the waiter again, after it re-checked and waited again),
+/// and the waiter ends with both updates.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn two_notifiers_contend_for_the_condvar() {
+    check_bounded(1, || {
+        let shared = leak((LoomMutex::new(0_usize), LoomCondvar::new()));
+        let notifiers: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    let (mutex, condvar) = shared;
+                    *mutex.lock() += 1;
+                    condvar.notify_one();
+                })
+            })
+            .collect();
+        let (mutex, condvar) = shared;
+        let count = condvar.wait_while(mutex.lock(), |count| *count < 2);
+        assert_eq!(*count, 2);
+        drop(count);
+        for notifier in notifiers {
+            notifier.join().unwrap();
+        }
+    });
+}
+
+/// `notify_one` with two waiters: two tickets are posted one at a time, each with a
+/// `notify_one`; each wakes one waiter (or finds it not yet waiting, and the waiter
+/// sees the ticket at its check), and both waiters get a ticket.
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn notify_one_with_two_waiters_wakes_each_once() {
+    check_bounded(1, || {
+        let shared = leak((LoomMutex::new(0_usize), LoomCondvar::new()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    let (mutex, condvar) = shared;
+                    let mut tickets = condvar.wait_while(mutex.lock(), |tickets| *tickets == 0);
+                    *tickets -= 1;
+                })
+            })
+            .collect();
+        let (mutex, condvar) = shared;
+        for _ in 0..2 {
+            *mutex.lock() += 1;
+            condvar.notify_one();
+        }
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        assert_eq!(*mutex.lock(), 0);
+    });
+}
+
+/// The semaphore with one unit: two threads `wait` and `post` around a witnessed
+/// critical section; the unit is never held twice and is back at the end.
+#[test]
+#[cfg_attr(feature = "broken-lfmutex", should_panic(expected = "deadlock"))]
+fn semaphore_with_one_unit_excludes() {
+    check_bounded(2, || {
+        let shared = leak((
+            keel_lfmutex::Semaphore::<LoomParker>::new(1),
+            WitnessCell::new(),
+        ));
+        let other = thread::spawn(move || {
+            let (semaphore, witness) = shared;
+            semaphore.wait();
+            witness.bump();
+            semaphore.post(1);
+        });
+        let (semaphore, witness) = shared;
+        semaphore.wait();
+        witness.bump();
+        semaphore.post(1);
+        other.join().unwrap();
+        assert_eq!(witness.value(), 2);
+        assert_eq!(semaphore.available(), 1);
+    });
+}
+
+/// The RwLock: a writer and two readers. Readers read the witness cell and writers
+/// write it, so a reader overlapping the writer is a loom race; both readers may
+/// overlap each other.
+#[test]
+#[cfg_attr(
+    any(feature = "broken-lfmutex", feature = "broken-lfmutex-offer"),
+    should_panic(expected = "deadlock")
+)]
+fn rwlock_readers_and_a_writer_exclude() {
+    check_bounded(1, || {
+        let lock = leak(keel_lfmutex::RwLock::<WitnessCell, LoomParker>::new(
+            WitnessCell::new(),
+        ));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    let witness = lock.read();
+                    witness.value()
+                })
+            })
+            .collect();
+        lock.write().bump();
+        let seen: Vec<usize> = readers
+            .into_iter()
+            .map(|reader| reader.join().unwrap())
+            .collect();
+        assert!(seen.iter().all(|&value| value <= 1));
+        assert_eq!(lock.read().value(), 1);
+    });
+}
+
+/// A counter cell for primitives without a data type of their own (the semaphore)
+/// or that hand out `&T` (the RwLock's readers): non-atomic, so loom reports any
+/// access that the primitive failed to order.
+struct WitnessCell(UnsafeCell<usize>);
+
+// SAFETY: (test-only) accessed only under the primitive being modelled; loom's cell
+// tracking reports it if the primitive fails to exclude or to order the accesses.
+unsafe impl Sync for WitnessCell {}
+// SAFETY: as above; it holds a plain integer.
+unsafe impl Send for WitnessCell {}
+
+impl WitnessCell {
+    fn new() -> Self {
+        Self(UnsafeCell::new(0))
+    }
+
+    fn bump(&self) {
+        // SAFETY: called only with exclusive access granted by the primitive.
+        self.0.with_mut(|count| unsafe { *count += 1 });
+    }
+
+    fn value(&self) -> usize {
+        // SAFETY: called with shared access granted by the primitive (or after the
+        // other threads were joined).
+        self.0.with(|count| unsafe { *count })
+    }
+}

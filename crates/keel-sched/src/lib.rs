@@ -56,6 +56,7 @@ extern crate std;
 
 mod arch;
 mod context;
+pub mod handshake;
 mod math;
 pub mod policy;
 mod scheduler;

@@ -14,6 +14,7 @@ use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, s
 
 use crate::arch::{Arch, StackMemory};
 use crate::context::{self, switch_context};
+use crate::handshake;
 use crate::policy::{Accounting, FairPolicy, Policy};
 use crate::thread::{JoinHandle, Thread, ThreadInner, state};
 use crate::wakeup::{PushOutcome, WakeLink, WakeQueue};
@@ -620,38 +621,21 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let _interrupts = self.arch.mask_interrupts();
         // Read under the mask (see `with_current`).
         let cpu = self.current_cpu();
-        // SeqCst store, then the re-check: pairs with a waker's "publish condition
-        // (SeqCst), then CAS WAITING -> WAKING (SeqCst)": either we see its condition,
-        // or its CAS sees WAITING and it delivers us.
-        me.state.store(state::WAITING, Ordering::SeqCst);
-        if ready()
-            && me
-                .state
-                .compare_exchange(
-                    state::WAITING,
-                    state::RUNNING,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        // Mark waiting, then the re-check: pairs with a waker's "publish condition,
+        // then claim": either we see its condition, or its claim sees WAITING and it
+        // delivers us (see `handshake`).
+        handshake::begin_wait(&me.state);
+        if ready() && handshake::cancel_wait(&me.state) {
             return;
         }
         self.schedule_on(cpu, Entry::Block);
     }
 
     /// Moves a WAITING thread to WAKING; true if this caller did it (and so must
-    /// deliver it). SeqCst: pairs with `block_current`'s store and re-check.
+    /// deliver it). Pairs with `block_current`'s store and re-check (see
+    /// `handshake`).
     fn claim_waiting(inner: &ThreadInner) -> bool {
-        inner
-            .state
-            .compare_exchange(
-                state::WAITING,
-                state::WAKING,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        handshake::claim_waiting(&inner.state)
     }
 
     /// Wakes `thread` if it is waiting. Returns whether this call woke it.

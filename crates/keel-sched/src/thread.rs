@@ -13,28 +13,16 @@ use crate::policy::Accounting;
 use crate::wakeup::{Linked, WakeLink};
 use crate::{CpuId, ThreadId};
 
-/// Scheduling states of a thread (`ThreadInner::state`).
-pub(crate) mod state {
-    /// Running on its home CPU (it is that CPU's current thread).
-    pub(crate) const RUNNING: u32 = 0;
-    /// In its home CPU's run queue.
-    pub(crate) const QUEUED: u32 = 1;
-    /// Blocked (parked, sleeping, joining); only a wake-up makes it runnable.
-    pub(crate) const WAITING: u32 = 2;
-    /// Claimed by a waker (or a migration, or spawn) and on its way into a run queue.
-    pub(crate) const WAKING: u32 = 3;
-    /// Finished; never runs again.
-    pub(crate) const TERMINATED: u32 = 4;
-}
+pub(crate) use crate::handshake::state;
 
 /// Everything the scheduler knows about one thread; shared through [`Thread`].
 pub(crate) struct ThreadInner {
     pub(crate) id: ThreadId,
     /// One of [`state`]'s values. Transitions: `WAITING -> WAKING` only by a
-    /// `SeqCst` compare-and-swap of a waker (the winner alone delivers the thread);
-    /// all other transitions are made by the thread's home CPU. `SeqCst` on the
-    /// `WAITING` store of a blocking thread and on the waker's CAS orders them with
-    /// the condition re-check (see `Scheduler::block_current`).
+    /// waker's compare-and-swap (the winner alone delivers the thread); all other
+    /// transitions are made by the thread's home CPU. The blocking thread's
+    /// `WAITING` store and the waker's CAS are ordered with the condition re-check by
+    /// fences (see [`crate::handshake`]).
     pub(crate) state: AtomicU32,
     /// The park token: set (`SeqCst`) by `unpark`, consumed (`Acquire` swap) by
     /// `park`, so whatever the unparker wrote before `unpark` is visible after `park`.
