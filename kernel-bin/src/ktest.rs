@@ -37,6 +37,8 @@ macro_rules! check {
     };
 }
 
+mod arch_cases;
+
 const CASES: &[(&str, TestCase)] = &[
     ("boot_info_has_memory_map", boot_info_has_memory_map),
     ("kernel_text_is_read_execute", kernel_text_is_read_execute),
@@ -61,6 +63,26 @@ const CASES: &[(&str, TestCase)] = &[
     ),
     ("floating_point_works", floating_point_works),
     ("avx_enabled_when_cpu_has_it", avx_enabled_when_cpu_has_it),
+    (
+        "avx_registers_survive_preemption",
+        arch_cases::avx_registers_survive_preemption,
+    ),
+    (
+        "every_cpu_runs_with_caches_enabled",
+        arch_cases::every_cpu_runs_with_caches_enabled,
+    ),
+    (
+        "every_idt_vector_is_present_on_an_ist_stack",
+        arch_cases::every_idt_vector_is_present_on_an_ist_stack,
+    ),
+    (
+        "unexpected_interrupt_is_counted_and_logged",
+        arch_cases::unexpected_interrupt_is_counted_and_logged,
+    ),
+    (
+        "flags_of_calls_guard_pages_unmapped",
+        arch_cases::flags_of_calls_guard_pages_unmapped,
+    ),
     ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
     (
         "apic_oneshot_timer_fires_after_deadline",
@@ -131,6 +153,7 @@ const CASES: &[(&str, TestCase)] = &[
 pub fn run_early_crash(info: &ArchInfo) {
     if let Some(name) = info.boot.command_line_value("ktest.crash")
         && name != "thread-stack-overflow"
+        && name != "thread-guard-rbp"
     {
         crash::run(name);
     }
@@ -530,6 +553,7 @@ pub mod crash {
                     scheduler.join(handle);
                 }
             }
+            "thread-guard-rbp" => super::arch_cases::crash_with_rbp_in_thread_guard(),
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");

@@ -122,6 +122,22 @@ pub fn unexpected_interrupt_count() -> u64 {
     UNEXPECTED_INTERRUPTS.load(Ordering::Relaxed)
 }
 
+/// Unexpected interrupts per vector.
+static UNEXPECTED_BY_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// Log lines written about unexpected interrupts, per vector (a test hook).
+static LOGGED_BY_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+static LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Number of log lines written about unexpected interrupts (a test hook).
+pub fn unexpected_interrupts_logged() -> u64 {
+    LOGGED.load(Ordering::Relaxed)
+}
+
+/// Number of log lines written about unexpected interrupts on `vector` (a test hook).
+pub fn unexpected_interrupts_logged_on(vector: u8) -> u64 {
+    LOGGED_BY_VECTOR[usize::from(vector)].load(Ordering::Relaxed)
+}
+
 struct Idt(UnsafeCell<InterruptDescriptorTable>);
 
 // SAFETY: written once by `init` on the boot CPU before it is loaded; read-only after.
@@ -206,6 +222,7 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
             let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
             if handler == 0 {
                 UNEXPECTED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                UNEXPECTED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed);
             } else {
                 // SAFETY: only `set_interrupt_handler` stores non-zero values, and it
                 // stores valid `InterruptHandler` function pointers.

@@ -182,6 +182,15 @@ const CRASH_CASES: &[CrashCase] = &[
             "keel_kernel::ktest::crash::deliberate_panic",
         ],
     },
+    CrashCase {
+        name: "thread-guard-rbp",
+        expect: &[
+            "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
+            "backtrace:",
+            "keel_kernel::ktest::arch_cases::fault_with_rbp_in_guard",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
 ];
 
 fn guest_stage() -> Result<Stage, String> {
