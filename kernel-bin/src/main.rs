@@ -79,11 +79,13 @@ fn print_banner(
         Err(error) => alloc::format!("1 online (ACPI MADT unreadable: {error:?})"),
     };
     kprintln!(
-        "  cpus:   {cpus} ({brand}, TSC {}.{:03} GHz via {:?}, AVX {})",
+        "  cpus:   {cpus} ({brand}, TSC {}.{:03} GHz via {:?}, AVX {}, traps save {:?} in {} B)",
         info.tsc.hertz / 1_000_000_000,
         info.tsc.hertz / 1_000_000 % 1000,
         info.tsc.source,
-        if info.extended_state.avx { "on" } else { "off" }
+        if info.extended_state.avx { "on" } else { "off" },
+        info.extended_state.save,
+        info.extended_state.save_area_bytes
     );
     kprintln!(
         "  memory: {} MiB usable in {} regions; kernel image {:#x}..{:#x}",

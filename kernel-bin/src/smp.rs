@@ -76,6 +76,9 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
     let frame =
         x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(root));
     let ist_tops = core::array::from_fn(|slot| NEXT_AP_IST_TOPS[slot].load(Ordering::Relaxed));
+    // Before the IDT: the entry stubs save extended state with XSAVE when the boot CPU
+    // chose it, which needs CR4.OSXSAVE on this CPU too.
+    cpu::enable_extended_state();
     // SAFETY: the boot CPU's tables map everything this CPU runs (they are shared); the
     // IST tops are this AP's own fresh stacks; the IDT was filled by the boot CPU; all
     // with interrupts disabled, once, on this AP.
@@ -87,7 +90,6 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
         gdt::init_application_processor(ist_tops);
         interrupts::load_on_application_processor();
     }
-    cpu::enable_extended_state();
     apic::init_application_processor();
     percpu::init_this_cpu(index, apic::current_id());
     percpu::mark_online();

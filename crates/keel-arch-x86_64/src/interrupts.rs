@@ -1,7 +1,8 @@
 //! The IDT, the trap frame and trap dispatch.
 //!
 //! All 256 vectors enter through the assembly stubs in [`crate::boot`], which save the
-//! general registers and the x87/SSE state and call [`keel_arch_trap`] with a
+//! general registers and the extended state (x87/SSE/AVX, see [`crate::cpu::StateSave`])
+//! and call [`keel_arch_trap`] with a
 //! [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
 //! counted and resumed. Vectors 32..=255 go to handlers registered with
 //! [`set_interrupt_handler`]; an unexpected interrupt is logged and acknowledged.
