@@ -152,9 +152,10 @@ global_asm!(
     rdmsr
     or eax, (1 << 8) | (1 << 11)
     wrmsr
-    /* CR0: PG (31), WP (16), MP (1); clear EM (2) and TS (3). */
+    /* CR0: PG (31), WP (16), MP (1); clear EM (2), TS (3), and CD (30) and NW (29), so
+       the kernel runs cached whatever the loader left (the APs need it: see smp.rs). */
     mov eax, cr0
-    and eax, ~((1 << 2) | (1 << 3))
+    and eax, ~((1 << 2) | (1 << 3) | (1 << 29) | (1 << 30))
     or eax, (1 << 31) | (1 << 16) | (1 << 1)
     mov cr0, eax
     lgdt [keel_boot_gdt_pointer]
