@@ -17,9 +17,10 @@
 //!
 //! The same `global_asm!` block holds the 256 interrupt entry stubs (16 bytes apart,
 //! starting at `keel_isr_stubs`), which push a uniform [`crate::interrupts::TrapFrame`]
-//! and call [`crate::interrupts::keel_arch_trap`]. Every vector enters on an IST stack
-//! (the red zone); device interrupts and IPIs then move their frame to the interrupted
-//! stack below its red zone, so that a handler may switch threads.
+//! and call [`crate::interrupts::keel_arch_trap`]. Every vector (all 256 have a gate)
+//! enters on an IST stack (the red zone); device interrupts and IPIs then move their
+//! frame to the interrupted stack below its red zone, so that a handler may switch
+//! threads.
 
 use core::arch::global_asm;
 
