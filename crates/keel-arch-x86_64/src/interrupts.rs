@@ -5,7 +5,10 @@
 //! and call [`keel_arch_trap`] with a
 //! [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
 //! counted and resumed. Vectors 32..=255 go to handlers registered with
-//! [`set_interrupt_handler`]; an unexpected interrupt is logged and acknowledged.
+//! [`set_interrupt_handler`]; an unexpected interrupt (no handler) is counted and
+//! acknowledged, and logged the first time on its vector and every
+//! [`UNEXPECTED_LOG_EVERY`]th time after (rate-limited, so a stuck source cannot flood
+//! the console).
 //!
 //! A fatal exception prints the vector, error code, RIP, CR2, every register and a
 //! symbolized backtrace, then ends the VM with [`ExitCode::Failure`].
@@ -125,6 +128,8 @@ pub fn unexpected_interrupt_count() -> u64 {
     UNEXPECTED_INTERRUPTS.load(Ordering::Relaxed)
 }
 
+/// After the first, every how many unexpected interrupts on one vector are logged.
+pub const UNEXPECTED_LOG_EVERY: u64 = 1000;
 /// Unexpected interrupts per vector.
 static UNEXPECTED_BY_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 /// Log lines written about unexpected interrupts, per vector (a test hook).
@@ -255,7 +260,20 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
             let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
             if handler == 0 {
                 UNEXPECTED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-                UNEXPECTED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed);
+                let seen =
+                    UNEXPECTED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                if seen == 1 || seen.is_multiple_of(UNEXPECTED_LOG_EVERY) {
+                    LOGGED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed);
+                    LOGGED.fetch_add(1, Ordering::Relaxed);
+                    // Interrupts are disabled here, and every holder of the console
+                    // lock disables them too, so this cannot deadlock against the code
+                    // it interrupted.
+                    log::warn!(
+                        "unexpected interrupt on vector {vector:#x} (no handler; {seen} on \
+                         this vector so far, logging the first and every \
+                         {UNEXPECTED_LOG_EVERY}th)"
+                    );
+                }
             } else {
                 // SAFETY: only `set_interrupt_handler` stores non-zero values, and it
                 // stores valid `InterruptHandler` function pointers.
