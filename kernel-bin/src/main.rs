@@ -19,6 +19,8 @@ mod mem;
 mod memory;
 mod smp;
 mod threads;
+#[cfg(not(feature = "ktest"))]
+mod trapbench;
 
 use core::fmt::Write;
 use keel_arch_x86_64::cpu::{self, ExitCode};
@@ -48,14 +50,17 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
         ktest::run(info);
         #[cfg(not(feature = "ktest"))]
         {
-            let code = if info.boot.command_line_value("app") == Some("lockbench") {
-                if lockbench::run(info) {
+            let passed = |ok: bool| {
+                if ok {
                     ExitCode::Success
                 } else {
                     ExitCode::Failure
                 }
-            } else {
-                app::main(info)
+            };
+            let code = match info.boot.command_line_value("app") {
+                Some("lockbench") => passed(lockbench::run(info)),
+                Some("trapbench") => passed(trapbench::run(info)),
+                _ => app::main(info),
             };
             cpu::exit(code)
         }
