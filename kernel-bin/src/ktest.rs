@@ -83,6 +83,10 @@ const CASES: &[(&str, TestCase)] = &[
         "flags_of_calls_guard_pages_unmapped",
         arch_cases::flags_of_calls_guard_pages_unmapped,
     ),
+    (
+        "every_stack_guard_is_recognised",
+        arch_cases::every_stack_guard_is_recognised,
+    ),
     ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
     (
         "apic_oneshot_timer_fires_after_deadline",
@@ -154,6 +158,7 @@ pub fn run_early_crash(info: &ArchInfo) {
     if let Some(name) = info.boot.command_line_value("ktest.crash")
         && name != "thread-stack-overflow"
         && name != "thread-guard-rbp"
+        && name != "thread-guard-in-entry-stub"
     {
         crash::run(name);
     }
@@ -554,6 +559,9 @@ pub mod crash {
                 }
             }
             "thread-guard-rbp" => super::arch_cases::crash_with_rbp_in_thread_guard(),
+            "thread-guard-in-entry-stub" => {
+                super::arch_cases::crash_in_entry_stub_on_thread_guard()
+            }
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");

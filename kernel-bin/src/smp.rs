@@ -19,12 +19,23 @@ static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 /// IST stack tops of the AP being started (written before its start, read by it).
 static NEXT_AP_IST_TOPS: [AtomicU64; IST_COUNT] = [const { AtomicU64::new(0) }; IST_COUNT];
 
+/// The guard pages of every AP's stacks (first stack and IST stacks), for tests.
+static AP_GUARD_PAGES: keel_sync::SpinLock<alloc::vec::Vec<u64>> =
+    keel_sync::SpinLock::new(alloc::vec::Vec::new());
+
+/// The guard pages under the application processors' stacks and IST stacks.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn ap_guard_pages() -> alloc::vec::Vec<u64> {
+    AP_GUARD_PAGES.lock().clone()
+}
+
 /// A stack with a guard page below it; returns its top. Never freed (CPUs do not stop).
 fn guarded_stack(bytes: u64) -> Option<u64> {
     let pages = bytes.div_ceil(PAGE_SIZE) + 1;
     let range = memory::alloc_pages(pages).ok()?;
     let bottom = range.start.as_u64() * PAGE_SIZE;
     paging::set_guard_page(bottom, true).ok()?;
+    AP_GUARD_PAGES.lock().push(bottom);
     Some(bottom + pages * PAGE_SIZE)
 }
 

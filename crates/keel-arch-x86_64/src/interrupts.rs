@@ -380,6 +380,11 @@ fn near_stack_pointer(address: u64, rsp: u64) -> bool {
     address < rsp.saturating_add(256) && address.saturating_add(4096) > rsp
 }
 
+/// Whether a fault at `address` hit a stack's guard page (as the crash report names it).
+pub fn is_stack_guard(address: u64) -> bool {
+    is_guard_page(address)
+}
+
 fn is_guard_page(address: u64) -> bool {
     let page = address & !0xfff;
     let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;

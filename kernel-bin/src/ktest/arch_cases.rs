@@ -430,3 +430,84 @@ fn fault_with_rbp_in_guard() {
     // which the kernel reports without returning.
     unsafe { core::arch::asm!("mov rbp, {}", "ud2", in(reg) inside_guard) };
 }
+
+/// Issue 11 item 6 (the issue's item 9): the crash report's guard-page test names every
+/// stack guard: the boot stack's, the boot CPU's IST stacks', every AP's stacks' and IST
+/// stacks', and a thread stack's; not the null page, nor a mapped page.
+pub fn every_stack_guard_is_recognised(_: &ArchInfo) -> TestResult {
+    use keel_arch_x86_64::{boot, gdt};
+    let boot_guard = (&raw const boot::keel_boot_stack_guard) as u64;
+    check!(
+        interrupts::is_stack_guard(boot_guard + 8),
+        "the boot stack's guard is not recognised",
+        boot_guard
+    );
+    for guard in gdt::ist_guard_pages() {
+        check!(
+            interrupts::is_stack_guard(guard + 0x100),
+            "a boot-CPU IST guard is not recognised",
+            guard
+        );
+    }
+    let ap_guards = crate::smp::ap_guard_pages();
+    let expected = (crate::threads::scheduler().cpu_count() - 1) * (1 + gdt::IST_COUNT);
+    check!(
+        ap_guards.len() == expected,
+        "AP guard pages missing from the record",
+        ap_guards.len(),
+        expected
+    );
+    let unrecognised: alloc::vec::Vec<u64> = ap_guards
+        .iter()
+        .copied()
+        .filter(|&guard| !interrupts::is_stack_guard(guard + 0x800))
+        .collect();
+    check!(
+        unrecognised.is_empty(),
+        "AP stack or IST guards are not recognised",
+        unrecognised
+    );
+    let scheduler = crate::threads::scheduler();
+    let options = SpawnOptions::new().stack_size(GUARD_TEST_STACK as usize);
+    let spawned = scheduler.spawn(options, || {
+        let guard = guard_page_of_current_thread();
+        (guard, interrupts::is_stack_guard(guard + 0xff8))
+    });
+    check!(spawned.is_ok(), "spawn failed");
+    let Ok(handle) = spawned else { return Ok(()) };
+    let seen = scheduler.join(handle);
+    check!(
+        matches!(seen, Some((_, true))),
+        "a thread stack's guard is not recognised",
+        seen
+    );
+    let mapped = stack_top_of_current_thread() - paging::PAGE_SIZE;
+    check!(
+        !interrupts::is_stack_guard(8) && !interrupts::is_stack_guard(mapped),
+        "the null page or a mapped page is called a guard",
+        mapped
+    );
+    Ok(())
+}
+
+/// Crash case `thread-guard-in-entry-stub`: a thread's stack pointer is 64 bytes above
+/// its guard page when an interrupt arrives; the entry stub, still on its IST stack,
+/// writes the frame below the red zone, into the guard. The report must name the guard
+/// page although the faulting code's rsp is the IST stack's. (The report's frame 0 is in
+/// the stub, `keel_isr_stubs+...`; this function is not a return address anywhere.)
+pub fn crash_in_entry_stub_on_thread_guard() {
+    let scheduler = crate::threads::scheduler();
+    let options = SpawnOptions::new().stack_size(GUARD_TEST_STACK as usize);
+    if let Ok(handle) = scheduler.spawn(options, interrupt_just_above_guard) {
+        scheduler.join(handle);
+    }
+}
+
+#[inline(never)]
+fn interrupt_just_above_guard() {
+    let low = guard_page_of_current_thread() + paging::PAGE_SIZE + 64;
+    // SAFETY: deliberately not safe: moves rsp to the bottom of the thread's stack and
+    // raises an interrupt, whose frame cannot fit above the guard page; the kernel
+    // reports the page fault and never returns here.
+    unsafe { core::arch::asm!("mov rsp, {}", "int 0x9e", "ud2", in(reg) low) };
+}

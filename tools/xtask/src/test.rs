@@ -191,6 +191,15 @@ const CRASH_CASES: &[CrashCase] = &[
             "KEEL FATAL: halting with failure status",
         ],
     },
+    CrashCase {
+        name: "thread-guard-in-entry-stub",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "non-present page on a write access (guard page: stack overflow)",
+            "keel_isr_stubs+",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
 ];
 
 fn guest_stage() -> Result<Stage, String> {
