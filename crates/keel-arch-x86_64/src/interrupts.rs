@@ -327,7 +327,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             } else {
                 ""
             },
-            if is_guard_page(address) || (code & 1 == 0 && near_stack_pointer(address, frame.rsp)) {
+            if code & 1 == 0 && is_stack_guard(address) {
                 " (guard page: stack overflow)"
             } else {
                 ""
@@ -374,21 +374,17 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     cpu::exit(ExitCode::Failure)
 }
 
-/// A fault on a non-present page just below the stack pointer is a thread running off
-/// the bottom of its stack into the guard page (thread stacks are not known statically).
-fn near_stack_pointer(address: u64, rsp: u64) -> bool {
-    address < rsp.saturating_add(256) && address.saturating_add(4096) > rsp
-}
-
-/// Whether a fault at `address` hit a stack's guard page (as the crash report names it).
+/// Whether a fault at `address` hit a stack's guard page, as the crash report names it:
+/// the boot stack's or a boot-CPU IST stack's (static, with zero entries), or any page
+/// made a guard with [`crate::paging::set_guard_page`] (every thread stack's and every
+/// AP stack's and IST stack's guard). The fault address is what is compared, never the
+/// frame's rsp: a fault in the entry stub has the IST stack's rsp.
 pub fn is_stack_guard(address: u64) -> bool {
-    is_guard_page(address)
-}
-
-fn is_guard_page(address: u64) -> bool {
     let page = address & !0xfff;
     let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
-    page == boot_guard || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+    page == boot_guard
+        || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+        || crate::paging::is_guard_page(address)
 }
 
 /// Loads the (already filled) IDT on an application processor.

@@ -374,6 +374,41 @@ pub fn flags_of(address: u64) -> Option<PageTableFlags> {
     None
 }
 
+/// Whether `address` lies in a page made a guard with [`set_guard_page`]: its 4 KiB
+/// entry in the active tables is not present but keeps its frame address (nothing else
+/// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
+/// no table). Lock-free, so the crash report may ask while any lock is held.
+pub fn is_guard_page(address: u64) -> bool {
+    let Ok(address) = VirtAddr::try_new(address) else {
+        return false;
+    };
+    let indices = [
+        address.p4_index(),
+        address.p3_index(),
+        address.p2_index(),
+        address.p1_index(),
+    ];
+    let (root, _) = Cr3::read();
+    let mut table = root.start_address();
+    for (level, index) in indices.into_iter().enumerate() {
+        let slot = (table.as_u64() + u64::from(index) * 8) as *const u64;
+        // SAFETY: as in `flags_of`: `table` is the root or the frame of a present,
+        // non-huge entry of the live tables, identity-mapped RAM; one aligned word is
+        // read, volatile, without making a reference.
+        let entry = unsafe { slot.read_volatile() };
+        let flags = PageTableFlags::from_bits_truncate(entry);
+        let frame = entry & 0x000f_ffff_ffff_f000;
+        if level == 3 {
+            return !flags.contains(PageTableFlags::PRESENT) && frame != 0;
+        }
+        if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
+            return false;
+        }
+        table = PhysAddr::new(frame);
+    }
+    false
+}
+
 /// Size of a 4 KiB page.
 pub const PAGE_SIZE: u64 = Size4KiB::SIZE;
 
