@@ -47,9 +47,10 @@ pub fn halt_forever() -> ! {
 /// The state is saved eagerly, on every interrupt and exception, because a handler may
 /// switch threads (the timer's enters the scheduler), and the preempted thread's state
 /// then lives in that area on its own stack until it is resumed. Voluntary switches
-/// (`keel-sched`'s context switch, a function call) need not save vector registers: the
-/// SysV ABI makes all of them caller-saved (the x87 control word and MXCSR control bits
-/// are callee-saved, and nothing in Keel changes them).
+/// (`keel-sched`'s `switch_context`, a function call) need not save vector registers:
+/// the SysV ABI makes all of them (XMM, YMM, x87 stack) caller-saved, so the compiler
+/// has already spilled what it needs around the call; the callee-saved control state
+/// (MXCSR's control bits and the x87 control word) is saved by that switch itself.
 ///
 /// XSAVEOPT is deliberately not used: its modified optimization may skip a component
 /// that was not modified since the last XRSTOR *from the same linear address* (SDM

@@ -2,8 +2,7 @@
 //!
 //! All 256 vectors enter through the assembly stubs in [`crate::boot`], which save the
 //! general registers and the extended state (x87/SSE/AVX, see [`crate::cpu::StateSave`])
-//! and call [`keel_arch_trap`] with a
-//! [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
+//! and call [`keel_arch_trap`] with a [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
 //! counted and resumed. Vectors 32..=255 go to handlers registered with
 //! [`set_interrupt_handler`]; an unexpected interrupt (no handler) is counted and
 //! acknowledged, and logged the first time on its vector and every
