@@ -37,6 +37,7 @@ macro_rules! check {
     };
 }
 
+mod arch_cases;
 mod liveness;
 
 const CASES: &[(&str, TestCase)] = &[
@@ -63,6 +64,30 @@ const CASES: &[(&str, TestCase)] = &[
     ),
     ("floating_point_works", floating_point_works),
     ("avx_enabled_when_cpu_has_it", avx_enabled_when_cpu_has_it),
+    (
+        "avx_registers_survive_preemption",
+        arch_cases::avx_registers_survive_preemption,
+    ),
+    (
+        "every_cpu_runs_with_caches_enabled",
+        arch_cases::every_cpu_runs_with_caches_enabled,
+    ),
+    (
+        "every_idt_vector_is_present_on_an_ist_stack",
+        arch_cases::every_idt_vector_is_present_on_an_ist_stack,
+    ),
+    (
+        "unexpected_interrupt_is_counted_and_logged",
+        arch_cases::unexpected_interrupt_is_counted_and_logged,
+    ),
+    (
+        "flags_of_calls_guard_pages_unmapped",
+        arch_cases::flags_of_calls_guard_pages_unmapped,
+    ),
+    (
+        "every_stack_guard_is_recognised",
+        arch_cases::every_stack_guard_is_recognised,
+    ),
     ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
     (
         "apic_oneshot_timer_fires_after_deadline",
@@ -157,6 +182,8 @@ const CASES: &[(&str, TestCase)] = &[
 pub fn run_early_crash(info: &ArchInfo) {
     if let Some(name) = info.boot.command_line_value("ktest.crash")
         && name != "thread-stack-overflow"
+        && name != "thread-guard-rbp"
+        && name != "thread-guard-in-entry-stub"
     {
         crash::run(name);
     }
@@ -555,6 +582,10 @@ pub mod crash {
                 if let Ok(handle) = scheduler.spawn(options, || black_box(recurse(0))) {
                     scheduler.join(handle);
                 }
+            }
+            "thread-guard-rbp" => super::arch_cases::crash_with_rbp_in_thread_guard(),
+            "thread-guard-in-entry-stub" => {
+                super::arch_cases::crash_in_entry_stub_on_thread_guard()
             }
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }

@@ -19,6 +19,8 @@ mod mem;
 mod memory;
 mod smp;
 mod threads;
+#[cfg(not(feature = "ktest"))]
+mod trapbench;
 
 use core::fmt::Write;
 use keel_arch_x86_64::cpu::{self, ExitCode};
@@ -48,14 +50,17 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
         ktest::run(info);
         #[cfg(not(feature = "ktest"))]
         {
-            let code = if info.boot.command_line_value("app") == Some("lockbench") {
-                if lockbench::run(info) {
+            let passed = |ok: bool| {
+                if ok {
                     ExitCode::Success
                 } else {
                     ExitCode::Failure
                 }
-            } else {
-                app::main(info)
+            };
+            let code = match info.boot.command_line_value("app") {
+                Some("lockbench") => passed(lockbench::run(info)),
+                Some("trapbench") => passed(trapbench::run(info)),
+                _ => app::main(info),
             };
             cpu::exit(code)
         }
@@ -79,11 +84,13 @@ fn print_banner(
         Err(error) => alloc::format!("1 online (ACPI MADT unreadable: {error:?})"),
     };
     kprintln!(
-        "  cpus:   {cpus} ({brand}, TSC {}.{:03} GHz via {:?}, AVX {})",
+        "  cpus:   {cpus} ({brand}, TSC {}.{:03} GHz via {:?}, AVX {}, traps save {:?} in {} B)",
         info.tsc.hertz / 1_000_000_000,
         info.tsc.hertz / 1_000_000 % 1000,
         info.tsc.source,
-        if info.extended_state.avx { "on" } else { "off" }
+        if info.extended_state.avx { "on" } else { "off" },
+        info.extended_state.save,
+        info.extended_state.save_area_bytes
     );
     kprintln!(
         "  memory: {} MiB usable in {} regions; kernel image {:#x}..{:#x}",

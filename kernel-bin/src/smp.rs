@@ -19,12 +19,23 @@ static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 /// IST stack tops of the AP being started (written before its start, read by it).
 static NEXT_AP_IST_TOPS: [AtomicU64; IST_COUNT] = [const { AtomicU64::new(0) }; IST_COUNT];
 
+/// The guard pages of every AP's stacks (first stack and IST stacks), for tests.
+static AP_GUARD_PAGES: keel_sync::SpinLock<alloc::vec::Vec<u64>> =
+    keel_sync::SpinLock::new(alloc::vec::Vec::new());
+
+/// The guard pages under the application processors' stacks and IST stacks.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn ap_guard_pages() -> alloc::vec::Vec<u64> {
+    AP_GUARD_PAGES.lock().clone()
+}
+
 /// A stack with a guard page below it; returns its top. Never freed (CPUs do not stop).
 fn guarded_stack(bytes: u64) -> Option<u64> {
     let pages = bytes.div_ceil(PAGE_SIZE) + 1;
     let range = memory::alloc_pages(pages).ok()?;
     let bottom = range.start.as_u64() * PAGE_SIZE;
     paging::set_guard_page(bottom, true).ok()?;
+    AP_GUARD_PAGES.lock().push(bottom);
     Some(bottom + pages * PAGE_SIZE)
 }
 
@@ -76,6 +87,9 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
     let frame =
         x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(root));
     let ist_tops = core::array::from_fn(|slot| NEXT_AP_IST_TOPS[slot].load(Ordering::Relaxed));
+    // Before the IDT: the entry stubs save extended state with XSAVE when the boot CPU
+    // chose it, which needs CR4.OSXSAVE on this CPU too.
+    cpu::enable_extended_state();
     // SAFETY: the boot CPU's tables map everything this CPU runs (they are shared); the
     // IST tops are this AP's own fresh stacks; the IDT was filled by the boot CPU; all
     // with interrupts disabled, once, on this AP.
@@ -87,7 +101,6 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
         gdt::init_application_processor(ist_tops);
         interrupts::load_on_application_processor();
     }
-    cpu::enable_extended_state();
     apic::init_application_processor();
     percpu::init_this_cpu(index, apic::current_id());
     percpu::mark_online();

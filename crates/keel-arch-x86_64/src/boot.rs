@@ -17,9 +17,10 @@
 //!
 //! The same `global_asm!` block holds the 256 interrupt entry stubs (16 bytes apart,
 //! starting at `keel_isr_stubs`), which push a uniform [`crate::interrupts::TrapFrame`]
-//! and call [`crate::interrupts::keel_arch_trap`]. Every vector enters on an IST stack
-//! (the red zone); device interrupts and IPIs then move their frame to the interrupted
-//! stack below its red zone, so that a handler may switch threads.
+//! and call [`crate::interrupts::keel_arch_trap`]. Every vector (all 256 have a gate)
+//! enters on an IST stack (the red zone); device interrupts and IPIs then move their
+//! frame to the interrupted stack below its red zone, so that a handler may switch
+//! threads.
 
 use core::arch::global_asm;
 
@@ -152,9 +153,10 @@ global_asm!(
     rdmsr
     or eax, (1 << 8) | (1 << 11)
     wrmsr
-    /* CR0: PG (31), WP (16), MP (1); clear EM (2) and TS (3). */
+    /* CR0: PG (31), WP (16), MP (1); clear EM (2), TS (3), and CD (30) and NW (29), so
+       the kernel runs cached whatever the loader left (the APs need it: see smp.rs). */
     mov eax, cr0
-    and eax, ~((1 << 2) | (1 << 3))
+    and eax, ~((1 << 2) | (1 << 3) | (1 << 29) | (1 << 30))
     or eax, (1 << 31) | (1 << 16) | (1 << 1)
     mov cr0, eax
     lgdt [keel_boot_gdt_pointer]
@@ -264,12 +266,49 @@ keel_boot_long_mode:
     push r15
     mov rdi, rsp            /* &mut TrapFrame */
     mov r12, rsp
-    sub rsp, 512
+    /* The interrupted code's extended state, below the frame, 64-byte aligned, in the
+       mode chosen at boot (crate::cpu::StateSave). r13 (callee-saved, so it survives the
+       call and any thread switch inside it) latches the mode for the restore. */
+    mov r13d, dword ptr [rip + {save_mode}]
+    sub rsp, qword ptr [rip + {save_bytes}]
     and rsp, -64
-    fxsave64 [rsp]          /* the interrupted code's x87/SSE state */
+    test r13d, r13d
+    jnz 6f
+    fxsave64 [rsp]          /* mode 0: x87/SSE only */
+    jmp 8f
+6:
+    /* XSAVE and XSAVEC write only XSTATE_BV (and XCOMP_BV) of the 64-byte header at
+       offset 512; XRSTOR faults unless its reserved bytes are zero, and this is stack
+       memory with old contents: zero the header first. */
+    xor eax, eax
+    mov qword ptr [rsp + 512], rax
+    mov qword ptr [rsp + 520], rax
+    mov qword ptr [rsp + 528], rax
+    mov qword ptr [rsp + 536], rax
+    mov qword ptr [rsp + 544], rax
+    mov qword ptr [rsp + 552], rax
+    mov qword ptr [rsp + 560], rax
+    mov qword ptr [rsp + 568], rax
+    mov eax, -1             /* EDX:EAX = all ones: every component XCR0 enables */
+    mov edx, -1
+    cmp r13d, 2
+    je 7f
+    xsave64 [rsp]           /* mode 1: standard format */
+    jmp 8f
+7:
+    xsavec64 [rsp]          /* mode 2: compacted (sets XCOMP_BV bit 63) */
+8:
     cld
     call {trap}
+    test r13d, r13d
+    jnz 9f
     fxrstor64 [rsp]
+    jmp 10f
+9:
+    mov eax, -1             /* XRSTOR takes the format from XCOMP_BV bit 63 */
+    mov edx, -1
+    xrstor64 [rsp]
+10:
     mov rsp, r12
     pop r15
     pop r14
@@ -292,4 +331,6 @@ keel_boot_long_mode:
     stack_size = const BOOT_STACK_SIZE,
     entry = sym crate::boot_entry_64,
     trap = sym crate::interrupts::keel_arch_trap,
+    save_mode = sym crate::cpu::STATE_SAVE_MODE,
+    save_bytes = sym crate::cpu::STATE_SAVE_BYTES,
 );

@@ -2,6 +2,7 @@
 //!
 //! The host target's code uses the 128-byte red zone below `rsp`, so an interrupt taken
 //! on the interrupted code's own stack would overwrite live data. Every IDT vector
+//! (all 256, the reserved exception vectors included: [`crate::interrupts::init`])
 //! therefore switches to an IST stack ([`IstSlot`]). Each IST stack sits right above a
 //! guard page that [`crate::paging`] leaves unmapped, so an overflow faults instead of
 //! corrupting memory.

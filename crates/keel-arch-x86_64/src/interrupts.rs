@@ -1,10 +1,13 @@
 //! The IDT, the trap frame and trap dispatch.
 //!
 //! All 256 vectors enter through the assembly stubs in [`crate::boot`], which save the
-//! general registers and the x87/SSE state and call [`keel_arch_trap`] with a
-//! [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
+//! general registers and the extended state (x87/SSE/AVX, see [`crate::cpu::StateSave`])
+//! and call [`keel_arch_trap`] with a [`TrapFrame`]. CPU exceptions are fatal, except the breakpoint (`int3`), which is
 //! counted and resumed. Vectors 32..=255 go to handlers registered with
-//! [`set_interrupt_handler`]; an unexpected interrupt is logged and acknowledged.
+//! [`set_interrupt_handler`]; an unexpected interrupt (no handler) is counted and
+//! acknowledged, and logged the first time on its vector and every
+//! [`UNEXPECTED_LOG_EVERY`]th time after (rate-limited, so a stuck source cannot flood
+//! the console).
 //!
 //! A fatal exception prints the vector, error code, RIP, CR2, every register and a
 //! symbolized backtrace, then ends the VM with [`ExitCode::Failure`].
@@ -16,8 +19,10 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, Segment};
+use x86_64::instructions::tables::lidt;
 use x86_64::registers::control::Cr2;
-use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::DescriptorTablePointer;
 
 /// What the entry stubs push, lowest address first.
 #[repr(C)]
@@ -122,67 +127,115 @@ pub fn unexpected_interrupt_count() -> u64 {
     UNEXPECTED_INTERRUPTS.load(Ordering::Relaxed)
 }
 
-struct Idt(UnsafeCell<InterruptDescriptorTable>);
+/// After the first, every how many unexpected interrupts on one vector are logged.
+pub const UNEXPECTED_LOG_EVERY: u64 = 1000;
+/// Unexpected interrupts per vector.
+static UNEXPECTED_BY_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// Log lines written about unexpected interrupts, per vector (a test hook).
+static LOGGED_BY_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+static LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Number of log lines written about unexpected interrupts (a test hook).
+pub fn unexpected_interrupts_logged() -> u64 {
+    LOGGED.load(Ordering::Relaxed)
+}
+
+/// Number of log lines written about unexpected interrupts on `vector` (a test hook).
+pub fn unexpected_interrupts_logged_on(vector: u8) -> u64 {
+    LOGGED_BY_VECTOR[usize::from(vector)].load(Ordering::Relaxed)
+}
+
+/// One 64-bit IDT gate (SDM vol. 3, 6.14.1), encoded here rather than through the
+/// x86_64 crate's `InterruptDescriptorTable`, whose API cannot fill the reserved vectors
+/// (15, 22..=27, 31): every vector gets a gate, so a stray `int n` or a future exception
+/// is reported as itself instead of as a segment-not-present fault.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    /// IST index (bits 0..=2), type (8..=11), DPL (13..=14), present (15).
+    options: u16,
+    offset_middle: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    const MISSING: Self = Self {
+        offset_low: 0,
+        selector: 0,
+        options: 0,
+        offset_middle: 0,
+        offset_high: 0,
+        reserved: 0,
+    };
+
+    /// A present 64-bit interrupt gate (interrupts disabled on entry, DPL 0) to `handler`
+    /// in code segment `selector`, on IST stack `slot`.
+    fn interrupt(handler: u64, selector: u16, slot: IstSlot) -> Self {
+        const PRESENT: u16 = 1 << 15;
+        const INTERRUPT_GATE: u16 = 0xe << 8;
+        Self {
+            offset_low: handler as u16,
+            selector,
+            // The TSS numbers IST slots from 1; 0 would mean "no stack switch".
+            options: PRESENT | INTERRUPT_GATE | (slot as u16 + 1),
+            offset_middle: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt(UnsafeCell<[Gate; 256]>);
 
 // SAFETY: written once by `init` on the boot CPU before it is loaded; read-only after.
 unsafe impl Sync for Idt {}
 
-static IDT: Idt = Idt(UnsafeCell::new(InterruptDescriptorTable::new()));
+static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 256]));
 
 fn stub_address(vector: u8) -> VirtAddr {
     let base = (&raw const crate::boot::keel_isr_stubs) as u64;
     VirtAddr::new(base + u64::from(vector) * crate::boot::ISR_STUB_SPACING)
 }
 
-/// Fills and loads the IDT: every vector points at its stub and switches to an IST stack.
+/// The IST stack `vector` runs on.
+fn ist_slot(vector: u8) -> IstSlot {
+    match vector {
+        2 => IstSlot::Nmi,
+        8 => IstSlot::DoubleFault,
+        18 => IstSlot::MachineCheck,
+        0..=31 => IstSlot::Exceptions,
+        _ => IstSlot::Interrupts,
+    }
+}
+
+fn load_idt() {
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+        base: VirtAddr::from_ptr(IDT.0.get()),
+    };
+    // SAFETY: the IDT is a static holding 256 valid gates (filled by `init` before the
+    // first load, never written again), each pointing at its entry stub in the kernel
+    // code segment with an IST slot that the CPU's TSS provides.
+    unsafe { lidt(&pointer) };
+}
+
+/// Fills and loads the IDT: all 256 vectors, exceptions and reserved ones included,
+/// point at their stubs and switch to an IST stack.
 ///
 /// # Safety
 /// Call once, on the boot CPU, with interrupts disabled, after [`crate::gdt::init`].
 pub unsafe fn init() {
-    // SAFETY: per the contract nothing else accesses the IDT yet.
-    let idt = unsafe { &mut *IDT.0.get() };
-    macro_rules! exception {
-        ($field:ident, $vector:expr, $slot:expr) => {
-            // SAFETY: the stub for this vector saves state and calls keel_arch_trap,
-            // matching the entry type; the IST slot index is loaded in the TSS.
-            unsafe {
-                idt.$field
-                    .set_handler_addr(stub_address($vector))
-                    .set_stack_index($slot as u16);
-            }
-        };
+    let selector = CS::get_reg().0;
+    // SAFETY: per the contract nothing else accesses the IDT yet (not loaded anywhere).
+    let gates = unsafe { &mut *IDT.0.get() };
+    for (vector, gate) in (0..=255u8).zip(gates.iter_mut()) {
+        *gate = Gate::interrupt(stub_address(vector).as_u64(), selector, ist_slot(vector));
     }
-    use IstSlot::*;
-    exception!(divide_error, 0, Exceptions);
-    exception!(debug, 1, Exceptions);
-    exception!(non_maskable_interrupt, 2, Nmi);
-    exception!(breakpoint, 3, Exceptions);
-    exception!(overflow, 4, Exceptions);
-    exception!(bound_range_exceeded, 5, Exceptions);
-    exception!(invalid_opcode, 6, Exceptions);
-    exception!(device_not_available, 7, Exceptions);
-    exception!(double_fault, 8, DoubleFault);
-    exception!(invalid_tss, 10, Exceptions);
-    exception!(segment_not_present, 11, Exceptions);
-    exception!(stack_segment_fault, 12, Exceptions);
-    exception!(general_protection_fault, 13, Exceptions);
-    exception!(page_fault, 14, Exceptions);
-    exception!(x87_floating_point, 16, Exceptions);
-    exception!(alignment_check, 17, Exceptions);
-    exception!(machine_check, 18, MachineCheck);
-    exception!(simd_floating_point, 19, Exceptions);
-    exception!(virtualization, 20, Exceptions);
-    exception!(cp_protection_exception, 21, Exceptions);
-    for vector in 32..=255u8 {
-        // SAFETY: as above, for the interrupt stubs and the interrupt IST slot.
-        unsafe {
-            idt[vector]
-                .set_handler_addr(stub_address(vector))
-                .set_stack_index(IstSlot::Interrupts as u16);
-        }
-    }
-    // SAFETY: IDT is a static that is never written again.
-    unsafe { (*IDT.0.get()).load_unsafe() };
+    load_idt();
 }
 
 /// The common trap handler, called by the assembly stubs.
@@ -206,6 +259,20 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
             let handler = HANDLERS.handlers[vector as usize].load(Ordering::Acquire);
             if handler == 0 {
                 UNEXPECTED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                let seen =
+                    UNEXPECTED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                if seen == 1 || seen.is_multiple_of(UNEXPECTED_LOG_EVERY) {
+                    LOGGED_BY_VECTOR[vector as usize].fetch_add(1, Ordering::Relaxed);
+                    LOGGED.fetch_add(1, Ordering::Relaxed);
+                    // Interrupts are disabled here, and every holder of the console
+                    // lock disables them too, so this cannot deadlock against the code
+                    // it interrupted.
+                    log::warn!(
+                        "unexpected interrupt on vector {vector:#x} (no handler; {seen} on \
+                         this vector so far, logging the first and every \
+                         {UNEXPECTED_LOG_EVERY}th)"
+                    );
+                }
             } else {
                 // SAFETY: only `set_interrupt_handler` stores non-zero values, and it
                 // stores valid `InterruptHandler` function pointers.
@@ -259,7 +326,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             } else {
                 ""
             },
-            if is_guard_page(address) || (code & 1 == 0 && near_stack_pointer(address, frame.rsp)) {
+            if code & 1 == 0 && is_stack_guard(address) {
                 " (guard page: stack overflow)"
             } else {
                 ""
@@ -306,16 +373,17 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     cpu::exit(ExitCode::Failure)
 }
 
-/// A fault on a non-present page just below the stack pointer is a thread running off
-/// the bottom of its stack into the guard page (thread stacks are not known statically).
-fn near_stack_pointer(address: u64, rsp: u64) -> bool {
-    address < rsp.saturating_add(256) && address.saturating_add(4096) > rsp
-}
-
-fn is_guard_page(address: u64) -> bool {
+/// Whether a fault at `address` hit a stack's guard page, as the crash report names it:
+/// the boot stack's or a boot-CPU IST stack's (static, with zero entries), or any page
+/// made a guard with [`crate::paging::set_guard_page`] (every thread stack's and every
+/// AP stack's and IST stack's guard). The fault address is what is compared, never the
+/// frame's rsp: a fault in the entry stub has the IST stack's rsp.
+pub fn is_stack_guard(address: u64) -> bool {
     let page = address & !0xfff;
     let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
-    page == boot_guard || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+    page == boot_guard
+        || crate::gdt::ist_guard_pages().any(|guard| guard == page)
+        || crate::paging::is_guard_page(address)
 }
 
 /// Loads the (already filled) IDT on an application processor.
@@ -323,6 +391,5 @@ fn is_guard_page(address: u64) -> bool {
 /// # Safety
 /// Call after [`init`] ran on the boot CPU.
 pub unsafe fn load_on_application_processor() {
-    // SAFETY: per the contract the IDT is complete and never written again.
-    unsafe { (*IDT.0.get()).load_unsafe() };
+    load_idt();
 }

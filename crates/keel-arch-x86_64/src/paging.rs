@@ -17,7 +17,7 @@
 
 use crate::bootinfo::{BootInfo, MemoryKind};
 use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::mapper::{MapToError, Translate, TranslateResult};
+use x86_64::structures::paging::mapper::MapToError;
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags, PhysFrame,
     Size2MiB, Size4KiB,
@@ -334,18 +334,79 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
     Ok(report)
 }
 
-/// The flags of the page mapping `address` in the active tables, or `None` if unmapped.
+/// The flags of the page mapping `address` in the active tables, or `None` if no
+/// present entry maps it: an address whose walk meets an entry without PRESENT at any
+/// level (a guard page keeps its frame address in a non-present entry) is unmapped, and
+/// so is a non-canonical address. For a huge page the flags are the 1 GiB or 2 MiB
+/// entry's (with `HUGE_PAGE`).
+///
+/// The walk reads the tables directly: the x86_64 crate's `translate` answers `Mapped`
+/// for any non-zero last-level entry, present or not, so it called guard pages mapped,
+/// and the backtrace walker, trusting it, faulted on them.
 pub fn flags_of(address: u64) -> Option<PageTableFlags> {
-    let (frame, _) = Cr3::read();
-    // SAFETY: the active tables identity-map all page-table frames (they are RAM), so the
-    // root table is readable at its physical address; we only read through it.
-    let root = unsafe { &mut *(frame.start_address().as_u64() as *mut PageTable) };
-    // SAFETY: as above; offset 0 is the identity map.
-    let mapper = unsafe { OffsetPageTable::new(root, VirtAddr::new(0)) };
-    match mapper.translate(VirtAddr::new(address)) {
-        TranslateResult::Mapped { flags, .. } => Some(flags),
-        _ => None,
+    let address = VirtAddr::try_new(address).ok()?;
+    let indices = [
+        address.p4_index(),
+        address.p3_index(),
+        address.p2_index(),
+        address.p1_index(),
+    ];
+    let (root, _) = Cr3::read();
+    let mut table = root.start_address();
+    for (level, index) in indices.into_iter().enumerate() {
+        let slot = (table.as_u64() + u64::from(index) * 8) as *const u64;
+        // SAFETY: `table` is the root (from CR3) or the frame of a present, non-huge
+        // entry of the live tables; the active tables identity-map all page-table
+        // frames (they are RAM), so its entries are readable at their physical
+        // addresses. One aligned word is read, volatile and without making a reference
+        // (another CPU may change the tables meanwhile: the answer is then a snapshot).
+        let entry = unsafe { slot.read_volatile() };
+        let flags = PageTableFlags::from_bits_truncate(entry);
+        if !flags.contains(PageTableFlags::PRESENT) {
+            return None;
+        }
+        // Levels 3 and 2 (index 1 and 2 here) may map 1 GiB and 2 MiB pages.
+        if level == 3 || ((level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE)) {
+            return Some(flags);
+        }
+        table = PhysAddr::new(entry & 0x000f_ffff_ffff_f000);
     }
+    None
+}
+
+/// Whether `address` lies in a page made a guard with [`set_guard_page`]: its 4 KiB
+/// entry in the active tables is not present but keeps its frame address (nothing else
+/// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
+/// no table). Lock-free, so the crash report may ask while any lock is held.
+pub fn is_guard_page(address: u64) -> bool {
+    let Ok(address) = VirtAddr::try_new(address) else {
+        return false;
+    };
+    let indices = [
+        address.p4_index(),
+        address.p3_index(),
+        address.p2_index(),
+        address.p1_index(),
+    ];
+    let (root, _) = Cr3::read();
+    let mut table = root.start_address();
+    for (level, index) in indices.into_iter().enumerate() {
+        let slot = (table.as_u64() + u64::from(index) * 8) as *const u64;
+        // SAFETY: as in `flags_of`: `table` is the root or the frame of a present,
+        // non-huge entry of the live tables, identity-mapped RAM; one aligned word is
+        // read, volatile, without making a reference.
+        let entry = unsafe { slot.read_volatile() };
+        let flags = PageTableFlags::from_bits_truncate(entry);
+        let frame = entry & 0x000f_ffff_ffff_f000;
+        if level == 3 {
+            return !flags.contains(PageTableFlags::PRESENT) && frame != 0;
+        }
+        if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
+            return false;
+        }
+        table = PhysAddr::new(frame);
+    }
+    false
 }
 
 /// Size of a 4 KiB page.

@@ -68,8 +68,13 @@ global_asm!(
     rdmsr
     or eax, (1 << 8) | (1 << 11)
     wrmsr
+    /* CR0: PG (31), WP (16), MP (1); clear EM (2), TS (3), CD (30) and NW (29). CR0 is
+       0x60000010 after power-up (caching disabled) and INIT leaves CD and NW as they
+       were (SDM vol. 3, table 9-1), so an AP that is not told otherwise runs uncached
+       (TCG does not model it; hardware does). Linux's trampoline loads a fixed CR0
+       without them. */
     mov eax, cr0
-    and eax, ~((1 << 2) | (1 << 3))
+    and eax, ~((1 << 2) | (1 << 3) | (1 << 29) | (1 << 30))
     or eax, (1 << 31) | (1 << 16) | (1 << 1)
     mov cr0, eax
     /* ljmp 0x08:keel_ap_long_mode */

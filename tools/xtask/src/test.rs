@@ -196,6 +196,24 @@ const CRASH_CASES: &[CrashCase] = &[
             "keel_kernel::ktest::crash::deliberate_panic",
         ],
     },
+    CrashCase {
+        name: "thread-guard-rbp",
+        expect: &[
+            "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
+            "backtrace:",
+            "keel_kernel::ktest::arch_cases::fault_with_rbp_in_guard",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
+    CrashCase {
+        name: "thread-guard-in-entry-stub",
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF)",
+            "non-present page on a write access (guard page: stack overflow)",
+            "keel_isr_stubs+",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
 ];
 
 fn guest_stage() -> Result<Stage, String> {
