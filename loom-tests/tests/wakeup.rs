@@ -49,10 +49,14 @@ fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
 }
 
 /// The target CPU: collects `expected` values, sleeping whenever the queue is empty.
+/// Each round is the scheduler's: a decision stops polling and drains, then the idle
+/// loop polls (and may sleep).
 fn target_loop(queue: &WakeQueue<Item>, expected: usize, poll_first: bool) -> Vec<usize> {
     let mut received = Vec::new();
     while received.len() < expected {
+        queue.stop_polling();
         received.extend(queue.drain().map(|item| item.value));
+        queue.start_polling();
         if received.len() == expected {
             break;
         }
@@ -132,6 +136,44 @@ fn two_wakers(first: Option<usize>, second: Option<usize>) {
         let mut received = target.join().unwrap();
         received.sort_unstable();
         assert_eq!(received, [1, 2]);
+    });
+}
+
+/// A busy target: the CPU's scheduling decision stops polling and drains, then it
+/// runs a thread, and only an interrupt (the waker's `unpark`, as the IPI) brings it
+/// back to its queue. Either the drain takes the value, or the push finds the target
+/// not polling and reports `Interrupt`. With `broken-busy-wakeup` the push never asks
+/// for the interrupt, and loom finds the CPU running on with the value stranded (the
+/// target parked forever: a deadlock). This is the race the scheduler's former
+/// `idle_polling` flag handled with `SeqCst` accesses on two words, which loom cannot
+/// check; the flag is now a bit of the same word.
+#[test]
+#[cfg_attr(feature = "broken-busy-wakeup", should_panic(expected = "deadlock"))]
+fn busy_target_is_interrupted_or_sees_the_push() {
+    check(3, || {
+        let queue = leak_queue();
+        // The idle loop was polling when the push races with the decision.
+        queue.start_polling();
+        let target = thread::spawn(move || {
+            queue.stop_polling();
+            let mut received: Vec<usize> = queue.drain().map(|item| item.value).collect();
+            if received.is_empty() {
+                // Running a thread: nothing looks at the queue until an interrupt.
+                thread::park();
+                received.extend(queue.drain().map(|item| item.value));
+            }
+            received
+        });
+        let target_thread = target.thread().clone();
+        let item = Arc::new(Item {
+            value: 7,
+            link: WakeLink::new(),
+        });
+        // SAFETY: a fresh item is in no queue.
+        if unsafe { queue.push(Some(0), item) } != PushOutcome::Queued {
+            target_thread.unpark();
+        }
+        assert_eq!(target.join().unwrap(), [7]);
     });
 }
 

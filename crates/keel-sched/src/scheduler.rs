@@ -61,17 +61,15 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
 /// One CPU: the part other CPUs may touch (atomics) and the part only it touches.
 #[repr(align(128))]
 struct Cpu<P> {
-    /// Threads woken, spawned or migrated onto this CPU by others.
+    /// Threads woken, spawned or migrated onto this CPU by others. Its `POLLING`
+    /// flag is set while this CPU's idle loop runs and so will look at the queue by
+    /// itself, and cleared at the start of every scheduling decision (before the
+    /// drain) until the idle loop runs again. A waker that pushes onto a CPU that is
+    /// not polling interrupts it even if it is not asleep, so a thread woken onto a
+    /// busy CPU is taken in at once (the kernel's wake-up interrupt enters the
+    /// scheduler), not when the running thread happens to block. OSv likewise
+    /// interrupts the target unless it is idle-polling.
     incoming: WakeQueue<ThreadInner>,
-    /// True while this CPU's idle loop runs and so will look at `incoming` by itself;
-    /// false from the start of every scheduling decision (before it drains
-    /// `incoming`) until the idle loop runs again. A waker that pushes onto a CPU
-    /// whose flag is false sends a wake-up even if the CPU is not asleep, so a thread
-    /// woken onto a busy CPU is taken in at once (the kernel's wake-up interrupt
-    /// enters the scheduler), not when the running thread happens to block. OSv
-    /// likewise interrupts the target unless it is idle-polling. SeqCst store and
-    /// load, paired with the SeqCst push (see `WakeQueue::push`).
-    idle_polling: AtomicBool,
     /// Runnable threads (queued plus running), published for the balancer
     /// (`Relaxed`: a heuristic).
     load: AtomicUsize,
@@ -236,7 +234,6 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let cpus = (0..cpu_count)
             .map(|index| Cpu {
                 incoming: WakeQueue::new(cpu_count),
-                idle_polling: AtomicBool::new(false),
                 load: AtomicUsize::new(0),
                 local: UnsafeCell::new(CpuLocal {
                     policy: make_policy(CpuId(index)),
@@ -551,7 +548,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 self.schedule(Entry::Idle);
             }
             // Back in the idle loop: from here on this CPU polls its queue by itself.
-            this.idle_polling.store(true, Ordering::SeqCst);
+            this.incoming.start_polling();
             if self.shutdown.load(Ordering::Acquire) && !this.incoming.has_pending() {
                 break;
             }
@@ -703,7 +700,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // thread leaving `WAKING` only once its queue was drained: so it is in no
         // wake-up queue now (see `ThreadInner::wake_link`).
         let outcome = unsafe { target.incoming.push(source.map(|cpu| cpu.0), thread.inner) };
-        if outcome == PushOutcome::WakeConsumer || !target.idle_polling.load(Ordering::SeqCst) {
+        if outcome != PushOutcome::Queued {
             self.arch.send_wakeup(home);
         }
     }
@@ -763,12 +760,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let local = unsafe { this.local() };
         let now = self.arch.now_nanos();
 
-        // Before draining: a push after the drain then sees `false` and interrupts us.
-        // (Only the true -> false transition needs the SeqCst store; while threads run
-        // back to back the flag stays false and the switch pays only a plain load.)
-        if this.idle_polling.load(Ordering::Relaxed) {
-            this.idle_polling.store(false, Ordering::SeqCst);
-        }
+        // Before draining: a push the drain misses then finds the queue's `POLLING`
+        // flag clear and interrupts us (see `wakeup`).
+        this.incoming.stop_polling();
         for inner in this.incoming.drain() {
             Self::make_runnable(local, Thread { inner });
         }

@@ -4,7 +4,7 @@
 //!
 //! - **Lanes.** A waker running on CPU `s` pushes onto lane `s` of the target; wakers
 //!   that are not on a CPU of this scheduler (a host thread, in the hosted machine),
-//!   and CPUs past the 62nd, share one last lane. Each lane is a Treiber list (newest
+//!   and CPUs past the 61st, share one last lane. Each lane is a Treiber list (newest
 //!   first) pushed with a compare-and-swap: on its own lane a CPU only races with the
 //!   target's drain, so the CAS does not retry under contention from other wakers, as
 //!   a single shared head would.
@@ -14,8 +14,9 @@
 //!   thread is pushed only by whoever moved it to `WAKING`, and leaves that state only
 //!   after it was drained).
 //! - **The word** (`pending`): bit `i` announces lane `i` (set by a pusher after its
-//!   push, cleared by the drain), and bit 63, `AWAKE`, is clear only while the target
-//!   is in, or about to enter, its idle wait. A push announces itself and marks the
+//!   push, cleared by the drain); bit 62, `POLLING`, is set while the target's idle
+//!   loop polls the queue by itself; and bit 63, `AWAKE`, is clear only while the
+//!   target is in, or about to enter, its idle wait. A push announces itself and marks the
 //!   target awake in one `fetch_or`; the one pusher that finds `AWAKE` clear sends the
 //!   wake-up (IPI). The target clears `AWAKE` with a compare-and-swap from "awake,
 //!   nothing announced" just before waiting ([`WakeQueue::try_sleep`]), which fails
@@ -29,6 +30,15 @@
 //! target's `try_sleep` comes first (the announcing `fetch_or` finds `AWAKE` clear and
 //! its pusher wakes the target) or the announcement comes first (`try_sleep` fails
 //! and the target drains). No wake-up can be lost, and no fence is needed.
+//!
+//! The same holds for a target that is busy (running a thread, so not polling): it
+//! clears `POLLING` with a read-modify-write ([`WakeQueue::stop_polling`]) before it
+//! drains at each scheduling decision, so either that comes first (the announcing
+//! `fetch_or` finds `POLLING` clear, and its pusher interrupts the target:
+//! [`PushOutcome::Interrupt`]) or the announcement does (the drain that follows
+//! `stop_polling` sees it). Before this flag lived in the word, it was a separate
+//! `SeqCst` flag, a store-load pattern on two words that loom cannot check (it
+//! treats `SeqCst` accesses as acquire/release).
 //! `loom-tests/tests/wakeup.rs` model-checks this; the atomics come from
 //! [`keel_sync::shim`] for that reason.
 //!
@@ -48,8 +58,13 @@ use keel_sync::shim::{AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 /// Bit 63 of `pending`: the consumer is not sleeping (clear from its `try_sleep`
 /// until the next push or drain).
 const AWAKE: u64 = 1 << 63;
-/// The most lanes a queue has (bits 0..=62 of `pending`); the last one is shared.
-const MAX_LANES: usize = 63;
+/// Bit 62 of `pending`: the consumer's idle loop polls the queue by itself (set by
+/// `start_polling`, cleared by `stop_polling`; only the consumer changes it).
+const POLLING: u64 = 1 << 62;
+/// The most lanes a queue has (bits 0..=61 of `pending`); the last one is shared.
+const MAX_LANES: usize = 62;
+/// The lane bits of `pending`.
+const LANES: u64 = (1 << MAX_LANES) - 1;
 
 /// The link an item carries so that it can sit in a [`WakeQueue`] without an
 /// allocation: the address of the next item in its lane (or in a drained list).
@@ -99,11 +114,12 @@ pub trait Linked {
 /// Per-source lock-free queues of `Arc<T>` towards one consumer, with the consumer's
 /// sleeping flag (see the [module docs](self)).
 pub struct WakeQueue<T: Linked> {
-    /// Encoding: bit `i < lanes.len()` set = lane `i` may hold items; [`AWAKE`].
+    /// Encoding: bit `i < lanes.len()` set = lane `i` may hold items; [`POLLING`];
+    /// [`AWAKE`].
     ///
-    /// Orderings: announcements and the drain's swap are `SeqCst`, because the
-    /// scheduler pairs them with its "polls its queue" flag (a store-load pattern,
-    /// see `Cpu::idle_polling`); the items themselves travel through the lanes.
+    /// Orderings: every change is a read-modify-write of this word, so they are
+    /// totally ordered (see the module docs); `SeqCst` is kept on them, although
+    /// acquire/release suffices; the items themselves travel through the lanes.
     pending: AtomicU64,
     /// Lane `i` for source `i`, the last lane for everyone else.
     lanes: Box<[Lane]>,
@@ -119,12 +135,15 @@ struct Lane {
     head: AtomicUsize,
 }
 
-/// Whether a push found the consumer asleep, i.e. whether the pusher must wake it.
+/// Whether a push needs the consumer woken or interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "if the consumer was asleep, the pusher must wake it"]
+#[must_use = "unless the consumer was polling, the pusher must wake or interrupt it"]
 pub enum PushOutcome {
-    /// The consumer was running or polling: it will see the item without help.
+    /// The consumer was polling the queue: it will see the item without help.
     Queued,
+    /// The consumer was awake but not polling (busy with other work): interrupt it,
+    /// or the item waits until it next drains.
+    Interrupt,
     /// The consumer was asleep (and is now marked awake): send it a wake-up.
     WakeConsumer,
 }
@@ -150,7 +169,8 @@ unsafe fn link_of<'a, T: Linked + 'a>(address: usize) -> &'a WakeLink {
 
 impl<T: Linked> WakeQueue<T> {
     /// An empty queue for pushers on CPUs `0..sources` (each with a lane of its own,
-    /// up to 62 of them) and anyone else (one shared lane); the consumer is awake.
+    /// up to 61 of them) and anyone else (one shared lane); the consumer is awake
+    /// and busy (not polling).
     pub fn new(sources: usize) -> Self {
         let lanes = (0..sources.min(MAX_LANES - 1) + 1)
             .map(|_| Lane {
@@ -174,8 +194,9 @@ impl<T: Linked> WakeQueue<T> {
     /// Pushes `item` from a pusher running on CPU `source` (`None` for anyone else;
     /// pushes from one source should not run concurrently, for their lane to stay
     /// uncontended, but nothing breaks if they do). Returns
-    /// [`PushOutcome::WakeConsumer`] if the consumer was asleep: the caller must then
-    /// send it a wake-up.
+    /// [`PushOutcome::WakeConsumer`] if the consumer was asleep and
+    /// [`PushOutcome::Interrupt`] if it was awake but not polling: either way the
+    /// caller must then send it a wake-up.
     ///
     /// # Safety
     /// `item` must not be in any `WakeQueue` (pushed and not drained since): its link
@@ -207,25 +228,58 @@ impl<T: Linked> WakeQueue<T> {
             .pending
             .fetch_or((1 << index) | AWAKE, Ordering::SeqCst);
         // DELIBERATELY BROKEN with the test-only feature `broken-wakeup` (for the loom
-        // models): the wake-up is never requested.
-        if previous & AWAKE == 0 && !cfg!(feature = "broken-wakeup") {
-            PushOutcome::WakeConsumer
+        // models): the wake-up of a sleeping consumer is never requested; with
+        // `broken-busy-wakeup`, a busy consumer is never interrupted.
+        if previous & AWAKE == 0 {
+            if cfg!(feature = "broken-wakeup") {
+                PushOutcome::Queued
+            } else {
+                PushOutcome::WakeConsumer
+            }
+        } else if previous & POLLING == 0 && !cfg!(feature = "broken-busy-wakeup") {
+            PushOutcome::Interrupt
         } else {
             PushOutcome::Queued
         }
     }
 
+    /// Consumer only: from now on it polls the queue by itself (its idle loop), so
+    /// pushes need not interrupt it ([`PushOutcome::Queued`]).
+    pub fn start_polling(&self) {
+        self.pending.fetch_or(POLLING, Ordering::SeqCst);
+    }
+
+    /// Consumer only, before each drain of a scheduling decision: from now on it is
+    /// busy, so pushes ask for an interrupt ([`PushOutcome::Interrupt`]). A push it
+    /// does not see in the drain that follows finds the flag clear (see the module
+    /// docs). The read-modify-write happens only when the flag was set, so threads
+    /// running back to back pay one plain load.
+    pub fn stop_polling(&self) {
+        // Only the consumer sets the flag, so its own relaxed load is exact.
+        if self.pending.load(Ordering::Relaxed) & POLLING != 0 {
+            self.pending.fetch_and(!POLLING, Ordering::SeqCst);
+        }
+    }
+
     /// Whether something is announced (a hint for the consumer's polling loop).
     pub fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::SeqCst) & !AWAKE != 0
+        self.pending.load(Ordering::SeqCst) & LANES != 0
     }
 
     /// Consumer only: marks the consumer asleep if and only if nothing is announced.
     /// Returns `false` if something is (then drain instead of sleeping). After waking
     /// up, the consumer calls [`drain`](Self::drain), which marks it awake.
     pub fn try_sleep(&self) -> bool {
+        // Only the consumer changes `POLLING`, so it is known here; the exchange
+        // fails if anything is announced (or the consumer is already asleep).
+        let polling = self.pending.load(Ordering::Relaxed) & POLLING;
         self.pending
-            .compare_exchange(AWAKE, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                AWAKE | polling,
+                polling,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 
@@ -234,15 +288,21 @@ impl<T: Linked> WakeQueue<T> {
     /// the items arbitrarily between them.
     pub fn drain(&self) -> Drain<T> {
         // Fast path: no read-modify-write (no cache-line write) when empty and awake.
-        // SeqCst: the scheduler's store-then-drain must not miss a push whose waker
-        // then read the "polls its queue" flag (see `Cpu::idle_polling`).
-        if self.pending.load(Ordering::SeqCst) == AWAKE {
+        // A push that this load misses although it came before our `stop_polling`
+        // cannot exist: that read-modify-write came after it in the word's order, and
+        // this load reads that value or a later one.
+        let current = self.pending.load(Ordering::SeqCst);
+        if current & (LANES | AWAKE) == AWAKE {
             return Drain {
                 next: 0,
                 _owns: PhantomData,
             };
         }
-        let announced = self.pending.swap(AWAKE, Ordering::SeqCst) & !AWAKE;
+        // Only the consumer changes `POLLING`: keep it as it is.
+        let announced = self
+            .pending
+            .swap(AWAKE | (current & POLLING), Ordering::SeqCst)
+            & LANES;
         self.take_lanes(announced)
     }
 
@@ -305,7 +365,8 @@ impl<T: Linked> fmt::Debug for WakeQueue<T> {
         let pending = self.pending.load(Ordering::Relaxed);
         f.debug_struct("WakeQueue")
             .field("lanes", &self.lanes.len())
-            .field("announced", &format_args!("{:#x}", pending & !AWAKE))
+            .field("announced", &format_args!("{:#x}", pending & LANES))
+            .field("polling", &(pending & POLLING != 0))
             .field("sleeping", &(pending & AWAKE == 0))
             .finish()
     }
@@ -390,6 +451,7 @@ mod tests {
     #[test]
     fn drains_each_lane_in_push_order() {
         let queue = WakeQueue::new(2);
+        queue.start_polling();
         for i in 0..5 {
             assert_eq!(push(&queue, Some(1), 10 + i), PushOutcome::Queued);
             assert_eq!(push(&queue, None, 20 + i), PushOutcome::Queued);
@@ -415,13 +477,14 @@ mod tests {
         let wide = WakeQueue::new(1000);
         assert_eq!(wide.lanes.len(), MAX_LANES);
         let _ = push(&wide, Some(999), 7);
-        let _ = push(&wide, Some(61), 6);
+        let _ = push(&wide, Some(60), 6);
         assert_eq!(values(wide.drain()), [6, 7]);
     }
 
     #[test]
     fn sleeping_flag_is_seen_by_exactly_one_push() {
         let queue = WakeQueue::new(2);
+        queue.start_polling();
         assert!(queue.try_sleep());
         assert_eq!(push(&queue, Some(0), 1), PushOutcome::WakeConsumer);
         assert_eq!(push(&queue, Some(1), 2), PushOutcome::Queued);
@@ -432,6 +495,27 @@ mod tests {
         assert!(queue.try_sleep());
         assert_eq!(queue.drain().count(), 0);
         assert_eq!(push(&queue, None, 3), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn a_busy_consumer_is_interrupted_and_a_polling_one_is_not() {
+        let queue = WakeQueue::new(2);
+        // New queues start awake and busy (not polling).
+        assert_eq!(push(&queue, Some(0), 1), PushOutcome::Interrupt);
+        queue.start_polling();
+        assert_eq!(push(&queue, Some(1), 2), PushOutcome::Queued);
+        // The drain keeps the flag; stop_polling clears it, once.
+        assert_eq!(values(queue.drain()), [1, 2]);
+        assert_eq!(push(&queue, None, 3), PushOutcome::Queued);
+        queue.stop_polling();
+        queue.stop_polling();
+        assert_eq!(push(&queue, Some(0), 4), PushOutcome::Interrupt);
+        assert_eq!(values(queue.drain()), [4, 3]);
+        // Asleep wins over busy: the sleeper must be woken.
+        assert!(queue.try_sleep());
+        assert_eq!(push(&queue, Some(0), 5), PushOutcome::WakeConsumer);
+        assert_eq!(push(&queue, Some(1), 6), PushOutcome::Interrupt);
+        assert_eq!(values(queue.drain()), [5, 6]);
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn loom_stage() -> Result<Stage, String> {
         // The spinlock's and the wake-up queue's broken variants touch disjoint
         // code, so one build checks both.
         (
-            Some("broken-spinlock,broken-wakeup"),
+            Some("broken-spinlock,broken-wakeup,broken-busy-wakeup"),
             &["spinlock", "wakeup"],
         ),
         // The mutex and the scheduler's block/wake handshake: disjoint code again.
