@@ -61,6 +61,20 @@ fn block_until(thread_state: &AtomicU32, ready: impl Fn() -> bool) {
     }
 }
 
+/// `Scheduler::park` for the calling loom thread: consume the token, else block until
+/// it is there. The load comes before the swap, as there: with an unconditional swap
+/// loom reported a deadlock in which the blocker, already unparked by the deliverer,
+/// read the token's older value; we could not explain that under the C11 rules, and
+/// the model follows the real code.
+fn park(thread_state: &AtomicU32, token: &AtomicBool) {
+    loop {
+        if token.load(Ordering::Relaxed) && token.swap(false, Ordering::Acquire) {
+            return;
+        }
+        block_until(thread_state, || token.load(Ordering::SeqCst));
+    }
+}
+
 /// A waker's half, after publishing the condition: claim, and deliver if ours.
 fn wake(thread_state: &AtomicU32, blocker: &thread::Thread) {
     if handshake::claim_waiting(thread_state) {
@@ -74,19 +88,7 @@ fn park_meets_unpark() {
     check(3, || {
         let thread_state = leak(AtomicU32::new(state::RUNNING));
         let token = leak(AtomicBool::new(false));
-        let blocker = thread::spawn(move || {
-            // `Scheduler::park`: consume the token, else block until it is there
-            // (the load before the swap, as there: with an unconditional swap loom
-            // reported a deadlock in which the blocker, already unparked by the
-            // deliverer, read the token's older value; we could not explain that
-            // under the C11 rules and follow the real code).
-            loop {
-                if token.load(Ordering::Relaxed) && token.swap(false, Ordering::Acquire) {
-                    return;
-                }
-                block_until(thread_state, || token.load(Ordering::SeqCst));
-            }
-        });
+        let blocker = thread::spawn(move || park(thread_state, token));
         let blocker_thread = blocker.thread().clone();
         // `Scheduler::unpark`.
         token.store(true, Ordering::SeqCst);
@@ -112,12 +114,7 @@ fn unpark_meets_a_thread_being_moved() {
                 thread::yield_now();
             }
             thread_state.store(state::RUNNING, Ordering::Relaxed);
-            loop {
-                if token.load(Ordering::Relaxed) && token.swap(false, Ordering::Acquire) {
-                    return;
-                }
-                block_until(thread_state, || token.load(Ordering::SeqCst));
-            }
+            park(thread_state, token);
         });
         let blocker_thread = blocker.thread().clone();
         token.store(true, Ordering::SeqCst);

@@ -76,6 +76,13 @@ impl Witnessed {
         self.witness.with_mut(|count| unsafe { *count += 1 });
     }
 
+    /// One whole critical section: lock, bump the witness, unlock.
+    fn locked_bump(&self) {
+        self.mutex.lock();
+        self.bump_witness();
+        self.mutex.unlock().unwrap();
+    }
+
     fn witness_value(&self) -> usize {
         // SAFETY: called after all other threads were joined.
         self.witness.with(|count| unsafe { *count })
@@ -426,19 +433,11 @@ fn two_lost_offers_in_a_row() {
         let shared = leak(Witnessed::new());
         shared.mutex.lock();
         let mut handles: Vec<_> = (0..2)
-            .map(|_| {
-                thread::spawn(move || {
-                    shared.mutex.lock();
-                    shared.bump_witness();
-                    shared.mutex.unlock().unwrap();
-                })
-            })
+            .map(|_| thread::spawn(move || shared.locked_bump()))
             .collect();
         handles.push(thread::spawn(move || {
             for _ in 0..2 {
-                shared.mutex.lock();
-                shared.bump_witness();
-                shared.mutex.unlock().unwrap();
+                shared.locked_bump();
             }
         }));
         shared.bump_witness();
