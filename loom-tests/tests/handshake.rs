@@ -17,6 +17,8 @@
 //! - `sleep_meets_its_timer`: the sleep timer's fired flag (`sleep_fired`), including
 //!   the entry that fires while the sleeper is not waiting (its claim fails, the
 //!   entry is gone, and the flag alone must end the sleep).
+//! - `two_sleeps_meet_their_timers_in_order`: the generation check and the
+//!   `fetch_max` of the fired flag across two sleeps in a row.
 //! - `join_meets_exit`: the joiner registers in the target's joiner slot (a
 //!   `keel_sync::SpinLock`) and waits for `TERMINATED`; the exiting thread marks
 //!   itself terminated, takes the joiner and wakes it.
@@ -139,6 +141,53 @@ fn sleep_meets_its_timer() {
         fired.fetch_max(generation + 1, Ordering::SeqCst);
         wake(thread_state, &sleeper_thread);
         sleeper.join().unwrap();
+    });
+}
+
+/// Two sleeps in a row against a timer CPU that fires their entries in order, each
+/// as `expire_timers` does: skip an entry whose generation is no longer the
+/// sleeper's (stale), else raise the fired flag to the entry's generation + 1 with
+/// `fetch_max`, then claim. The second entry exists only once the sleeper has
+/// returned from the first sleep and bumped its generation, so the timer must
+/// neither take the first entry's flag for the second sleep nor lose the second.
+#[test]
+#[cfg_attr(feature = "broken-handshake", should_panic(expected = "deadlock"))]
+fn two_sleeps_meet_their_timers_in_order() {
+    check(2, || {
+        let thread_state = leak(AtomicU32::new(state::RUNNING));
+        let fired = leak(AtomicU64::new(0));
+        let generation = leak(AtomicU64::new(0));
+        // How many entries the sleeper has pushed (the timer list, Release/Acquire
+        // as the CPU's own list is, or a migration through a wake-up queue).
+        let pushed = leak(AtomicU64::new(0));
+        // The timer CPU waits (parked) for entries, so that a lost wake-up is a
+        // deadlock rather than a spin.
+        let timer_cpu = thread::current();
+        let sleeper = thread::spawn(move || {
+            for sleep in 0..2 {
+                let my_generation = generation.load(Ordering::Relaxed);
+                assert_eq!(my_generation, sleep);
+                pushed.store(sleep + 1, Ordering::Release);
+                timer_cpu.unpark();
+                block_until(thread_state, || {
+                    fired.load(Ordering::SeqCst) > my_generation
+                });
+                generation.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let sleeper_thread = sleeper.thread().clone();
+        for entry in 0..2 {
+            while pushed.load(Ordering::Acquire) <= entry {
+                thread::park();
+            }
+            if generation.load(Ordering::Relaxed) != entry {
+                continue;
+            }
+            fired.fetch_max(entry + 1, Ordering::SeqCst);
+            wake(thread_state, &sleeper_thread);
+        }
+        sleeper.join().unwrap();
+        assert_eq!(fired.load(Ordering::Relaxed), 2);
     });
 }
 
