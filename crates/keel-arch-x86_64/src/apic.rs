@@ -15,6 +15,8 @@ use x86_64::registers::model_specific::Msr;
 pub const TIMER_VECTOR: u8 = 0x40;
 /// Vector of the cross-CPU wake-up IPI.
 pub const WAKEUP_VECTOR: u8 = 0x41;
+/// Vector of the TLB shootdown IPI (see [`crate::tlb`]).
+pub const SHOOTDOWN_VECTOR: u8 = 0x42;
 /// Vector of the spurious interrupt (needs no end-of-interrupt).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 

@@ -297,10 +297,11 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     }
     let _ = writeln!(
         out,
-        "\nKEEL FATAL: CPU exception {} {} (error code {:#x})",
+        "\nKEEL FATAL: CPU exception {} {} (error code {:#x}) on CPU {}",
         frame.vector,
         exception_name(frame.vector),
-        frame.error_code
+        frame.error_code,
+        crate::percpu::current_index()
     );
     if frame.vector == 14 {
         let address = Cr2::read_raw();

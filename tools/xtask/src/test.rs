@@ -136,12 +136,15 @@ fn loom_stage() -> Result<Stage, String> {
 
 struct CrashCase {
     name: &'static str,
+    /// vCPUs to boot with (`-smp`).
+    smp: u32,
     expect: &'static [&'static str],
 }
 
 const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "null-read",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "cr2=0x0000000000000000",
@@ -152,6 +155,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "stack-overflow",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "(guard page: stack overflow)",
@@ -160,6 +164,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "write-rodata",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "protection violation on a write access",
@@ -168,6 +173,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "execute-data",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "protection violation on a instruction fetch access",
@@ -175,6 +181,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "invalid-opcode",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "keel_kernel::ktest::crash::invalid_opcode",
@@ -182,6 +189,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-stack-overflow",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "non-present page on a write access",
@@ -191,6 +199,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "panic",
+        smp: 1,
         expect: &[
             "KEEL PANIC: deliberate panic for the crash test",
             "keel_kernel::ktest::crash::deliberate_panic",
@@ -198,6 +207,7 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-guard-rbp",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "backtrace:",
@@ -207,10 +217,21 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-guard-in-entry-stub",
+        smp: 1,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "non-present page on a write access (guard page: stack overflow)",
             "keel_isr_stubs+",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
+    CrashCase {
+        name: "guard-set-on-another-cpu",
+        smp: 2,
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF) (error code 0x0) on CPU 1",
+            "non-present page on a read access",
+            "keel_kernel::ktest::shootdown_cases::read_page",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -279,6 +300,7 @@ fn guest_stage() -> Result<Stage, String> {
             case.name
         );
         let options = QemuOptions {
+            smp: case.smp,
             append: vec![format!("ktest.crash={}", case.name)],
             ..QemuOptions::default()
         };
