@@ -42,6 +42,7 @@ macro_rules! check {
 mod arch_cases;
 mod liveness;
 mod shootdown_cases;
+mod smp_crash_cases;
 
 const CASES: &[(&str, TestCase)] = &[
     ("boot_info_has_memory_map", boot_info_has_memory_map),
@@ -204,6 +205,8 @@ pub fn run_early_crash(info: &ArchInfo) {
         && name != "thread-guard-rbp"
         && name != "thread-guard-in-entry-stub"
         && name != "guard-set-on-another-cpu"
+        && name != "two-cpus-crash-at-once"
+        && name != "two-cpus-fault-at-once"
     {
         crash::run(name);
     }
@@ -615,6 +618,8 @@ pub mod crash {
             "guard-set-on-another-cpu" => {
                 super::shootdown_cases::crash_reading_guard_set_on_another_cpu()
             }
+            "two-cpus-crash-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(true),
+            "two-cpus-fault-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(false),
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");
