@@ -1147,8 +1147,8 @@ fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
         scheduler.join(waker);
     }
     scheduler.join(target);
-    for index in 0..WAKERS {
-        let acked = ACKED[index].load(Ordering::SeqCst);
+    for (index, acked) in ACKED.iter().enumerate() {
+        let acked = acked.load(Ordering::SeqCst);
         check!(
             acked == ROUNDS,
             "a waker's round was not acknowledged",

@@ -53,8 +53,8 @@ pub unsafe trait Arch: Send + Sync + 'static {
     /// Monotonic time in nanoseconds since an arbitrary origin.
     fn now_nanos(&self) -> u64;
 
-    /// Arms `cpu`'s one-shot timer for `deadline_nanos` (replacing any armed one).
-    /// Called on `cpu`. In the kernel its interrupt handler must call
+    /// Arms `cpu`'s one-shot timer for `deadline_nanos` (replacing any armed one);
+    /// a deadline already past fires as soon as possible. Called on `cpu`. In the kernel its interrupt handler must call
     /// [`Scheduler::timer_interrupt`](crate::Scheduler::timer_interrupt).
     fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64);
 

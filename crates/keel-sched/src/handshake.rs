@@ -9,17 +9,24 @@
 //!
 //! **Why nothing is lost.** This is the store-buffer pattern: the blocker stores its
 //! state and loads the condition, the waker stores the condition and loads the state
-//! (its compare-and-swap). Both sides put a `SeqCst` fence between their store and
-//! their load, so at least one of them sees the other's store: either the blocker
-//! sees the condition (and cancels), or the waker's compare-and-swap sees `WAITING`
-//! (and delivers). Fences rather than `SeqCst` accesses, because loom models `SeqCst`
-//! fences exactly but treats `SeqCst` loads and stores as acquire/release (its
-//! README), which would make it report this correct handshake as a lost wake-up. On
-//! x86-64 the blocker's fence replaces the locked exchange a `SeqCst` store compiled
-//! to, and the waker's compare-and-swap is locked anyway.
+//! (its compare-and-swap). Each side's store and load must be ordered, so that at
+//! least one of them sees the other's store: either the blocker sees the condition
+//! (and cancels), or the waker's compare-and-swap sees `WAITING` (and delivers).
 //!
-//! The `broken-handshake` feature (test-only) drops the blocker's fence, and the loom
-//! models must then find the lost wake-up.
+//! In the kernel and on the host that order comes from `SeqCst` accesses: the
+//! blocker's `SeqCst` store (one locked exchange on x86-64) and the waker's `SeqCst`
+//! condition store and compare-and-swap, all in the single total order. Under loom
+//! (`--cfg loom`) the same steps use relaxed accesses with a `SeqCst` fence between
+//! each side's store and load, which orders them just as strongly for this pattern:
+//! loom models `SeqCst` fences exactly but treats `SeqCst` accesses as
+//! acquire/release (its README), which would make it report this correct handshake
+//! as a lost wake-up. (Outside loom the fences are not used: on x86-64 they add an
+//! `mfence` where the `SeqCst` store already is one locked exchange. Three runs of
+//! the hosted switch bench did not separate the two forms within their spread.)
+//!
+//! The `broken-handshake` feature (test-only) drops the blocker's ordering in both
+//! forms (a relaxed store, no fence), and the loom models must then find the lost
+//! wake-up.
 
 use keel_sync::shim::{AtomicU32, Ordering};
 
@@ -41,9 +48,15 @@ pub mod state {
 /// condition: if it holds, it calls [`cancel_wait`]; else it switches away.
 #[inline]
 pub fn begin_wait(thread_state: &AtomicU32) {
-    thread_state.store(state::WAITING, Ordering::Relaxed);
-    if !cfg!(feature = "broken-handshake") {
+    if cfg!(feature = "broken-handshake") {
+        thread_state.store(state::WAITING, Ordering::Relaxed);
+    } else if cfg!(loom) {
+        thread_state.store(state::WAITING, Ordering::Relaxed);
         keel_sync::shim::fence(Ordering::SeqCst);
+    } else {
+        // A `SeqCst` store (one locked exchange on x86-64): as strong as the store
+        // plus fence for this pattern (see the module docs).
+        thread_state.store(state::WAITING, Ordering::SeqCst);
     }
 }
 
@@ -56,23 +69,24 @@ pub fn cancel_wait(thread_state: &AtomicU32) -> bool {
         .compare_exchange(
             state::WAITING,
             state::RUNNING,
-            Ordering::Relaxed,
+            Ordering::SeqCst,
             Ordering::Relaxed,
         )
         .is_ok()
 }
 
 /// A waker, after publishing the condition: moves a `WAITING` thread to `WAKING`;
-/// true if this caller did it, and so must deliver the thread. `Acquire` on
-/// success: the deliverer then sees the blocker's writes before it blocked.
+/// true if this caller did it, and so must deliver the thread.
 #[inline]
 pub fn claim_waiting(thread_state: &AtomicU32) -> bool {
-    keel_sync::shim::fence(Ordering::SeqCst);
+    if cfg!(loom) {
+        keel_sync::shim::fence(Ordering::SeqCst);
+    }
     thread_state
         .compare_exchange(
             state::WAITING,
             state::WAKING,
-            Ordering::Acquire,
+            Ordering::SeqCst,
             Ordering::Relaxed,
         )
         .is_ok()

@@ -21,8 +21,8 @@ pub(crate) struct ThreadInner {
     /// One of [`state`]'s values. Transitions: `WAITING -> WAKING` only by a
     /// waker's compare-and-swap (the winner alone delivers the thread); all other
     /// transitions are made by the thread's home CPU. The blocking thread's
-    /// `WAITING` store and the waker's CAS are ordered with the condition re-check by
-    /// fences (see [`crate::handshake`]).
+    /// `WAITING` store and the waker's CAS are ordered with the condition re-check
+    /// (see [`crate::handshake`]).
     pub(crate) state: AtomicU32,
     /// The park token: set (`SeqCst`) by `unpark`, consumed (`Acquire` swap) by
     /// `park`, so whatever the unparker wrote before `unpark` is visible after `park`.
