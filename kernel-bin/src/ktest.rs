@@ -5,6 +5,8 @@
 //! then leaves QEMU through `isa-debug-exit` with success only when nothing failed.
 //! `ktest.crash=NAME` on the command line runs one deliberate crash instead
 //! ([`crash`]); the host checks that it is reported with symbols and a failure status.
+//! `ktest.only=TEXT` runs only the cases whose names contain TEXT (for iterating by hand;
+//! `cargo xtask test` never passes it).
 
 use crate::memory;
 use core::hint::black_box;
@@ -39,6 +41,8 @@ macro_rules! check {
 
 mod arch_cases;
 mod liveness;
+mod shootdown_cases;
+mod smp_crash_cases;
 
 const CASES: &[(&str, TestCase)] = &[
     ("boot_info_has_memory_map", boot_info_has_memory_map),
@@ -87,6 +91,22 @@ const CASES: &[(&str, TestCase)] = &[
     (
         "every_stack_guard_is_recognised",
         arch_cases::every_stack_guard_is_recognised,
+    ),
+    (
+        "remapped_page_is_seen_by_every_other_cpu",
+        shootdown_cases::remapped_page_is_seen_by_every_other_cpu,
+    ),
+    (
+        "remap_inside_a_huge_page_is_seen_by_other_cpus",
+        shootdown_cases::remap_inside_a_huge_page_is_seen_by_other_cpus,
+    ),
+    (
+        "concurrent_shootdowns_from_every_cpu_complete",
+        shootdown_cases::concurrent_shootdowns_from_every_cpu_complete,
+    ),
+    (
+        "shootdown_round_cost",
+        shootdown_cases::shootdown_round_cost,
     ),
     ("tsc_calibrated_and_monotonic", tsc_calibrated_and_monotonic),
     (
@@ -184,6 +204,9 @@ pub fn run_early_crash(info: &ArchInfo) {
         && name != "thread-stack-overflow"
         && name != "thread-guard-rbp"
         && name != "thread-guard-in-entry-stub"
+        && name != "guard-set-on-another-cpu"
+        && name != "two-cpus-crash-at-once"
+        && name != "two-cpus-fault-at-once"
     {
         crash::run(name);
     }
@@ -195,7 +218,12 @@ pub fn run(info: &'static ArchInfo) -> ! {
         crash::run(name);
     }
     let (mut passed, mut failed) = (0u32, 0u32);
+    // `ktest.only=TEXT` runs only the cases whose name contains TEXT (while iterating).
+    let only = info.boot.command_line_value("ktest.only");
     for (name, case) in CASES {
+        if only.is_some_and(|text| !name.contains(text)) {
+            continue;
+        }
         let start = time::monotonic_nanos();
         match case(info) {
             Ok(()) => {
@@ -587,6 +615,11 @@ pub mod crash {
             "thread-guard-in-entry-stub" => {
                 super::arch_cases::crash_in_entry_stub_on_thread_guard()
             }
+            "guard-set-on-another-cpu" => {
+                super::shootdown_cases::crash_reading_guard_set_on_another_cpu()
+            }
+            "two-cpus-crash-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(true),
+            "two-cpus-fault-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(false),
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");

@@ -130,9 +130,21 @@ fn print_banner(
     kprintln!("boot: entry to main {boot_micros} us");
 }
 
+/// A panic's report. Like a fatal exception's, it first enters the crash
+/// (`interrupts::begin_crash`): the first CPU to crash stops the others and prints its
+/// whole report; a later crash on another CPU halts silently; a panic inside this CPU's
+/// own crash report prints one line and exits.
 #[panic_handler]
 fn panic(panic: &core::panic::PanicInfo<'_>) -> ! {
     let mut out = serial::emergency_writer();
+    if !keel_arch_x86_64::interrupts::begin_crash() {
+        let _ = writeln!(
+            out,
+            "\nKEEL PANIC: nested panic while reporting a crash: {}",
+            panic.message()
+        );
+        cpu::exit(ExitCode::Failure)
+    }
     let _ = write!(out, "\nKEEL PANIC: {}", panic.message());
     if let Some(location) = panic.location() {
         let _ = write!(
@@ -143,7 +155,11 @@ fn panic(panic: &core::panic::PanicInfo<'_>) -> ! {
             location.column()
         );
     }
-    let _ = writeln!(out, "\nbacktrace:");
+    let _ = writeln!(
+        out,
+        " on CPU {}\nbacktrace:",
+        keel_arch_x86_64::percpu::current_index()
+    );
     backtrace::write_current_backtrace(&mut out);
     let _ = writeln!(out, "KEEL PANIC: halting with failure status");
     cpu::exit(ExitCode::Failure)

@@ -4,7 +4,7 @@
 use crate::{memory, threads};
 use core::sync::atomic::{AtomicU64, Ordering};
 use keel_arch_x86_64::gdt::IST_COUNT;
-use keel_arch_x86_64::{ArchInfo, apic, cpu, gdt, interrupts, paging, percpu, smp};
+use keel_arch_x86_64::{ArchInfo, apic, cpu, gdt, interrupts, paging, percpu, smp, tlb};
 use keel_pagealloc::PAGE_SIZE;
 use keel_sched::CpuId;
 use x86_64::registers::control::Cr3;
@@ -104,11 +104,14 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
     apic::init_application_processor();
     percpu::init_this_cpu(index, apic::current_id());
     percpu::mark_online();
-    // The scheduler is created by the boot CPU once all APs are up.
+    // The scheduler is created by the boot CPU once all APs are up. Interrupts stay
+    // masked until then, so the boot CPU's TLB shootdowns (it sets the guard pages of
+    // the next APs' stacks meanwhile) are answered here, by polling.
     let scheduler = loop {
         if let Some(scheduler) = threads::try_scheduler() {
             break scheduler;
         }
+        tlb::service_pending();
         core::hint::spin_loop();
     };
     scheduler.run_cpu(CpuId(index));

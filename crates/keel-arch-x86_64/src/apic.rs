@@ -15,6 +15,8 @@ use x86_64::registers::model_specific::Msr;
 pub const TIMER_VECTOR: u8 = 0x40;
 /// Vector of the cross-CPU wake-up IPI.
 pub const WAKEUP_VECTOR: u8 = 0x41;
+/// Vector of the TLB shootdown IPI (see [`crate::tlb`]).
+pub const SHOOTDOWN_VECTOR: u8 = 0x42;
 /// Vector of the spurious interrupt (needs no end-of-interrupt).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -178,6 +180,9 @@ pub enum IpiKind {
     Init,
     /// Start-up IPI: the target starts in real mode at `page * 4096`.
     Startup(u8),
+    /// A non-maskable interrupt (vector 2 on the target, taken even with interrupts
+    /// masked): how a crashing CPU stops the others.
+    Nmi,
 }
 
 /// Sends an inter-processor interrupt to the CPU with local APIC id `apic_id`.
@@ -188,6 +193,8 @@ pub fn send_ipi(apic_id: u32, kind: IpiKind) {
         IpiKind::Init => (0b101 << 8) | (1 << 14),
         // Level assert, delivery mode start-up (0b110 << 8), vector = start page.
         IpiKind::Startup(page) => (0b110 << 8) | (1 << 14) | u32::from(page),
+        // Delivery mode NMI (0b100 << 8); the vector field is ignored.
+        IpiKind::Nmi => 0b100 << 8,
     };
     match MODE.load(Ordering::Relaxed) {
         2 => {

@@ -9,8 +9,16 @@
 //! [`UNEXPECTED_LOG_EVERY`]th time after (rate-limited, so a stuck source cannot flood
 //! the console).
 //!
-//! A fatal exception prints the vector, error code, RIP, CR2, every register and a
-//! symbolized backtrace, then ends the VM with [`ExitCode::Failure`].
+//! A fatal exception prints the vector, error code, the CPU, RIP, CR2, every register
+//! and a symbolized backtrace, then ends the VM with [`ExitCode::Failure`].
+//!
+//! Crashes on several CPUs: every crash path (a fatal exception here, a panic in the
+//! kernel binary) first calls [`begin_crash`]. The first CPU to get there owns the
+//! console: it stops every other online CPU with an NMI (taken even where interrupts
+//! are masked; the NMI handler halts for good when a crash is under way), waits a
+//! bounded time for them to halt, prints its whole report and exits. A CPU that
+//! crashes after it halts without printing; only a second crash on the owning CPU
+//! itself (a fault inside its own report) is "nested", and ends the VM at once.
 
 use crate::cpu::{self, ExitCode};
 use crate::gdt::IstSlot;
@@ -115,7 +123,74 @@ pub fn set_interrupt_handler(vector: u8, handler: InterruptHandler) -> bool {
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 static UNEXPECTED_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
-static IN_FATAL: AtomicBool = AtomicBool::new(false);
+/// No CPU has crashed.
+const NO_CRASH: usize = usize::MAX;
+/// The index of the first CPU that crashed, which owns the console, or [`NO_CRASH`].
+static CRASH_OWNER: AtomicUsize = AtomicUsize::new(NO_CRASH);
+/// Per CPU: halted because another CPU crashed.
+static STOPPED: [AtomicBool; crate::percpu::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; crate::percpu::MAX_CPUS];
+static STOPPED_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// How long the crashing CPU waits for the others to halt before it prints anyway.
+const STOP_WAIT_NANOS: u64 = 200_000_000;
+
+/// Halts this CPU for good because another CPU is reporting a crash.
+fn stop_for_crash() -> ! {
+    x86_64::instructions::interrupts::disable();
+    let index = crate::percpu::current_index();
+    if let Some(stopped) = STOPPED.get(index)
+        && !stopped.swap(true, Ordering::AcqRel)
+    {
+        STOPPED_COUNT.fetch_add(1, Ordering::AcqRel);
+    }
+    cpu::halt_forever()
+}
+
+/// Enters a crash report on this CPU; every crash path calls it before printing
+/// anything. Returns true for the first crash of the VM: this CPU now owns the
+/// console, and every other online CPU was sent an NMI that halts it (waited for, up to
+/// a fifth of a second, so that nothing they print lands inside the report). Returns
+/// false for a second crash on the CPU that owns the console (a crash inside its own
+/// report): the caller prints one line and exits. Never returns on any other CPU: a
+/// crash there while another CPU reports halts it silently.
+pub fn begin_crash() -> bool {
+    x86_64::instructions::interrupts::disable();
+    let me = crate::percpu::current_index();
+    match CRASH_OWNER.compare_exchange(NO_CRASH, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {}
+        Err(owner) if owner == me => return false,
+        Err(_) => stop_for_crash(),
+    }
+    let mut targets = 0;
+    for index in (0..crate::percpu::MAX_CPUS).filter(|&index| index != me) {
+        let Some(record) = crate::percpu::get(index) else {
+            continue;
+        };
+        if record.online.load(Ordering::Acquire) {
+            apic::send_ipi(record.apic_id.load(Ordering::Relaxed), apic::IpiKind::Nmi);
+            targets += 1;
+        }
+    }
+    if targets > 0 {
+        let end = crate::time::monotonic_nanos() + STOP_WAIT_NANOS;
+        while STOPPED_COUNT.load(Ordering::Acquire) < targets
+            && crate::time::monotonic_nanos() < end
+        {
+            core::hint::spin_loop();
+        }
+    }
+    true
+}
+
+/// The NMI: another CPU's crash stopping this one (see [`begin_crash`]), or else an
+/// unexpected NMI, which is fatal.
+fn non_maskable_interrupt(frame: &TrapFrame) -> ! {
+    let owner = CRASH_OWNER.load(Ordering::Acquire);
+    if owner != NO_CRASH && owner != crate::percpu::current_index() {
+        stop_for_crash();
+    }
+    fatal_exception(frame)
+}
 
 /// Number of `int3` breakpoints taken and resumed so far.
 pub fn breakpoint_count() -> u64 {
@@ -280,13 +355,14 @@ pub unsafe extern "C" fn keel_arch_trap(frame: *mut TrapFrame) {
                 handler(frame);
             }
         }
+        2 => non_maskable_interrupt(frame),
         _ => fatal_exception(frame),
     }
 }
 
 fn fatal_exception(frame: &TrapFrame) -> ! {
     let mut out = serial::emergency_writer();
-    if IN_FATAL.swap(true, Ordering::SeqCst) {
+    if !begin_crash() {
         let _ = writeln!(
             out,
             "\nKEEL FATAL: nested {} at rip={:#x} while reporting a crash",
@@ -297,10 +373,11 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
     }
     let _ = writeln!(
         out,
-        "\nKEEL FATAL: CPU exception {} {} (error code {:#x})",
+        "\nKEEL FATAL: CPU exception {} {} (error code {:#x}) on CPU {}",
         frame.vector,
         exception_name(frame.vector),
-        frame.error_code
+        frame.error_code,
+        crate::percpu::current_index()
     );
     if frame.vector == 14 {
         let address = Cr2::read_raw();

@@ -6,7 +6,8 @@
 //! the GDT/TSS with an IST stack for every vector ([`gdt`]), the IDT and trap dispatch
 //! with crash reports and symbolized backtraces ([`interrupts`], [`backtrace`]), the
 //! start-info structure ([`bootinfo`]), the TSC clock ([`time`]), the real page tables
-//! ([`paging`]) and the local APIC with its one-shot timer ([`apic`]). It then hands an
+//! ([`paging`], whose reducing changes reach every CPU through the TLB shootdown in
+//! [`tlb`]) and the local APIC with its one-shot timer ([`apic`]). It then hands an
 //! [`ArchInfo`] to the kernel binary's `keel_kernel_main`.
 //!
 //! This crate is where Keel's `unsafe` lives, in small modules; every block states what
@@ -33,6 +34,7 @@ pub mod platform;
 pub mod serial;
 pub mod smp;
 pub mod time;
+pub mod tlb;
 
 use bootinfo::{BootInfo, BootInfoError, PhysicalMemory};
 use core::fmt::Write;
@@ -133,6 +135,7 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
         gdt::init();
         interrupts::init();
     }
+    tlb::init();
     let boot = match BootInfo::parse(&BootIdentityMap, u64::from(start_info)) {
         Ok(boot) => boot,
         Err(error) => boot_failure("bad PVH start info", &error),

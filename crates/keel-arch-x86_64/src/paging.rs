@@ -14,6 +14,33 @@
 //!
 //! Page-table frames come from a bump region right after the kernel image; [`init`]
 //! reports its extent so the page allocator can leave it out.
+//!
+//! # When other CPUs must flush
+//! All CPUs share these tables, but each caches translations in its own TLB (and the
+//! upper levels in its paging-structure caches), and keeps them after the tables change
+//! until it flushes them. So a change must be shot down on every CPU
+//! ([`crate::tlb::shootdown`]) before its caller relies on it whenever it takes
+//! something away from a translation another CPU may have cached:
+//! - an unmap, or a page made a guard ([`set_guard_page`]): present becomes not
+//!   present;
+//! - a protection reduced (writable or executable taken away, caching changed);
+//! - the frame changed ([`map_page_to`]);
+//! - a 2 MiB page split into 4 KiB pages whose entries then differ from the 2 MiB one
+//!   (the split and the change go out as one full flush).
+//!
+//! No shootdown is needed when a non-present entry becomes present (a new mapping, or
+//! a guard removed): the SDM (vol. 3, 4.10.4.3, "Optional Invalidation") says no TLB
+//! or paging-structure-cache entry is created from a paging-structure entry whose P
+//! flag is 0, so no CPU holds a translation to flush, provided the entry was shot
+//! down when it last became not present (Keel always does that). The same section
+//! says that adding rights (writable, executable) without a flush may cost a spurious
+//! page fault; Keel treats every page fault as fatal, so it shoots down every change
+//! to a present entry, rights added included.
+//!
+//! Before the first AP is up only the boot CPU exists, and [`crate::tlb::shootdown`]
+//! is a local flush. An AP switches to these tables (a CR3 load, which flushes its
+//! TLB) before it is marked online; while it does, the boot CPU waits for it and
+//! changes no mapping, so it misses no shootdown.
 
 use crate::bootinfo::{BootInfo, MemoryKind};
 use x86_64::registers::control::{Cr3, Cr3Flags};
@@ -431,15 +458,102 @@ unsafe fn table_at(address: PhysAddr) -> &'static mut PageTable {
 /// access faults) or maps it again read-write, no-execute (`guard = false`). A 2 MiB
 /// mapping around it is first split into 4 KiB pages. Used for thread-stack guards.
 ///
-/// Other CPUs may keep a stale TLB entry for a page just turned into a guard until their
-/// next flush; the guard then catches overflows a little later on those CPUs.
+/// Setting a guard takes a mapping away, so it shoots the page down on every online CPU
+/// ([`crate::tlb::shootdown`]) before returning: the guard holds on every CPU from then
+/// on. (Until issue 11 it flushed only the calling CPU's TLB, and a CPU that had read
+/// the page kept reading it through its stale entry, with no fault.) Removing a guard
+/// makes a non-present entry present, which needs no shootdown; it is flushed locally
+/// only.
+///
+/// Call with no lock held that another CPU may spin on with interrupts masked (see
+/// [`crate::tlb`]).
 pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
     // Thread stacks are freed (and their guard page mapped again) possibly from the
     // scheduler running in an interrupt: never hold the lock with interrupts enabled.
-    x86_64::instructions::interrupts::without_interrupts(|| change_guard_page(address, guard))
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let flush = change_last_level(address, |entry| {
+            let flags = entry.flags();
+            let new_flags = if guard {
+                flags - PageTableFlags::PRESENT
+            } else {
+                flags
+                    | PageTableFlags::PRESENT
+                    | PageTableFlags::WRITABLE
+                    | PageTableFlags::NO_EXECUTE
+            };
+            let frame = entry.addr();
+            entry.set_addr(frame, new_flags);
+            // Any change to a present entry counts as a reduction (a guard being set,
+            // or no-execute added); making a non-present entry present does not.
+            flags.contains(PageTableFlags::PRESENT) && new_flags != flags
+        })?;
+        finish(flush);
+        Ok(())
+    })
 }
 
-fn change_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
+/// Maps the 4 KiB page at `address` to the physical frame at `frame` (page aligned),
+/// keeping the entry's flags, and returns the frame it mapped before. The page must be
+/// mapped (present); a 2 MiB mapping around it is first split. The old frame may be
+/// cached in other CPUs' TLBs, so this shoots the page down on every online CPU before
+/// returning: from then on no CPU reads or writes the old frame through `address`.
+///
+/// Call with no lock held that another CPU may spin on with interrupts masked (see
+/// [`crate::tlb`]).
+pub fn map_page_to(address: u64, frame: u64) -> Result<u64, PagingError> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut previous = None;
+        let flush = change_last_level(address, |entry| {
+            let flags = entry.flags();
+            if !flags.contains(PageTableFlags::PRESENT) {
+                return false;
+            }
+            let old = entry.addr().as_u64();
+            previous = Some(old);
+            entry.set_addr(PhysAddr::new(frame & !(PAGE - 1)), flags);
+            old != frame & !(PAGE - 1)
+        })?;
+        finish(flush);
+        previous.ok_or(PagingError::NotMapped(address))
+    })
+}
+
+/// What a change of the live tables leaves to flush, once their lock is dropped.
+#[derive(Debug, Clone, Copy)]
+struct PendingFlush {
+    /// The local CPU's TLB entry for this page (always flushed).
+    page: u64,
+    /// A mapping was reduced (or a huge page split): every CPU must flush, everything
+    /// if `split`, else `page`.
+    reduced: bool,
+    split: bool,
+}
+
+fn finish(flush: PendingFlush) {
+    use crate::tlb::{self, Flush};
+    let range = if flush.split {
+        Flush::All
+    } else {
+        Flush::Pages {
+            start: flush.page,
+            count: 1,
+        }
+    };
+    if flush.reduced || flush.split {
+        tlb::shootdown(range);
+    } else {
+        tlb::flush_local(range);
+    }
+}
+
+/// Finds the 4 KiB entry mapping `address` in the live tables (splitting a 2 MiB page
+/// around it first) and lets `change` rewrite it; `change` answers whether it reduced
+/// the mapping (took away presence or rights, or changed the frame). Holds the
+/// page-table lock only while the tables change; the caller flushes afterwards.
+fn change_last_level(
+    address: u64,
+    change: impl FnOnce(&mut x86_64::structures::paging::page_table::PageTableEntry) -> bool,
+) -> Result<PendingFlush, PagingError> {
     use x86_64::structures::paging::PageTableIndex;
     let _lock = LIVE_TABLES.lock();
     let virtual_address = VirtAddr::new(address);
@@ -470,6 +584,7 @@ fn change_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
     if !flags2.contains(PageTableFlags::PRESENT) {
         return Err(PagingError::NotMapped(address));
     }
+    let mut split = false;
     if flags2.contains(PageTableFlags::HUGE_PAGE) {
         let frame = TABLE_FRAMES
             .lock()
@@ -477,29 +592,30 @@ fn change_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
             .and_then(|frames| frames.allocate_frame())
             .ok_or(PagingError::OutOfTableFrames)?;
         // SAFETY: a fresh frame from the reserved table region, identity-mapped RAM.
-        let split = unsafe { table_at(frame.start_address()) };
+        let table = unsafe { table_at(frame.start_address()) };
         let base = entry2.addr().as_u64();
         let small_flags = flags2 - PageTableFlags::HUGE_PAGE;
-        for (index, entry) in split.iter_mut().enumerate() {
+        for (index, entry) in table.iter_mut().enumerate() {
             entry.set_addr(PhysAddr::new(base + index as u64 * PAGE), small_flags);
         }
+        // The 4 KiB entries translate exactly as the 2 MiB one did, so until one of
+        // them changes, a stale 2 MiB TLB entry elsewhere gives the same answer (the
+        // SDM, vol. 3 4.10.4.2, allows both sizes to be cached after a page-size
+        // change and asks only that the frame and rights not change with the size,
+        // which they do not here). The change below is followed by a full flush on
+        // every CPU.
         entry2.set_addr(
             frame.start_address(),
             PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
         );
-        x86_64::instructions::tlb::flush_all();
+        split = true;
     }
     // SAFETY: entry2 now points at a live level-1 table.
     let level1 = unsafe { table_at(entry2.addr()) };
-    let entry1 = &mut level1[indices[3]];
-    let flags1 = entry1.flags();
-    let new_flags = if guard {
-        flags1 - PageTableFlags::PRESENT
-    } else {
-        flags1 | PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE
-    };
-    let frame_address = entry1.addr();
-    entry1.set_addr(frame_address, new_flags);
-    x86_64::instructions::tlb::flush(virtual_address);
-    Ok(())
+    let reduced = change(&mut level1[indices[3]]);
+    Ok(PendingFlush {
+        page: address,
+        reduced,
+        split,
+    })
 }

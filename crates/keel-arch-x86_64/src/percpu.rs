@@ -47,9 +47,21 @@ pub fn init_this_cpu(index: usize, apic_id: u32) {
     unsafe { Msr::new(IA32_GS_BASE).write(record as *const PerCpu as u64) };
 }
 
-/// Marks this CPU as running.
+/// CPUs marked online so far.
+static ONLINE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks this CPU as running (once per CPU).
 pub fn mark_online() {
-    current().online.store(true, Ordering::Release);
+    let record = current();
+    if !record.online.swap(true, Ordering::AcqRel) {
+        ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// How many CPUs [`mark_online`] has marked: 1 until the first AP is up (0 before the
+/// boot CPU marks itself). CPUs never go offline.
+pub fn online_count() -> usize {
+    ONLINE_COUNT.load(Ordering::Acquire)
 }
 
 /// The current CPU's index. The boot CPU calls [`init_this_cpu`] first thing in Rust,

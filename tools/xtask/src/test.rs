@@ -136,12 +136,19 @@ fn loom_stage() -> Result<Stage, String> {
 
 struct CrashCase {
     name: &'static str,
+    /// vCPUs to boot with (`-smp`).
+    smp: u32,
     expect: &'static [&'static str],
+    /// Whether the output must hold exactly one crash report, whole and uninterrupted
+    /// ([`single_report_problems`]).
+    single_report: bool,
 }
 
 const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "null-read",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "cr2=0x0000000000000000",
@@ -152,6 +159,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "stack-overflow",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "(guard page: stack overflow)",
@@ -160,6 +169,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "write-rodata",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "protection violation on a write access",
@@ -168,6 +179,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "execute-data",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "protection violation on a instruction fetch access",
@@ -175,6 +188,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "invalid-opcode",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "keel_kernel::ktest::crash::invalid_opcode",
@@ -182,6 +197,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-stack-overflow",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "non-present page on a write access",
@@ -191,6 +208,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "panic",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL PANIC: deliberate panic for the crash test",
             "keel_kernel::ktest::crash::deliberate_panic",
@@ -198,6 +217,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-guard-rbp",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "backtrace:",
@@ -207,6 +228,8 @@ const CRASH_CASES: &[CrashCase] = &[
     },
     CrashCase {
         name: "thread-guard-in-entry-stub",
+        smp: 1,
+        single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
             "non-present page on a write access (guard page: stack overflow)",
@@ -214,7 +237,93 @@ const CRASH_CASES: &[CrashCase] = &[
             "KEEL FATAL: halting with failure status",
         ],
     },
+    CrashCase {
+        name: "guard-set-on-another-cpu",
+        smp: 2,
+        single_report: false,
+        expect: &[
+            "KEEL FATAL: CPU exception 14 page fault (#PF) (error code 0x0) on CPU 1",
+            "non-present page on a read access",
+            "keel_kernel::ktest::shootdown_cases::read_page",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
+    CrashCase {
+        name: "two-cpus-crash-at-once",
+        smp: 2,
+        single_report: true,
+        expect: &["backtrace:", "halting with failure status"],
+    },
+    CrashCase {
+        name: "two-cpus-fault-at-once",
+        smp: 2,
+        single_report: true,
+        expect: &[
+            "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
+            "keel_kernel::ktest::smp_crash_cases::fault_on_cpu",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
 ];
+
+/// Whether a line opens a crash report (an exception's or a panic's).
+fn is_report_header(line: &str) -> bool {
+    line.starts_with("KEEL FATAL: CPU exception")
+        || (line.starts_with("KEEL PANIC: ") && !line.starts_with("KEEL PANIC: halting"))
+        || line.starts_with("KEEL FATAL: nested")
+}
+
+/// What is wrong with `output` as the output of one crash: it must hold exactly one
+/// report header, followed by nothing but report lines (indented register, fault and
+/// backtrace lines, `backtrace:`) up to the report's `halting with failure status`
+/// line; an exception's report must have its register dump, and every report at least
+/// one backtrace frame. Anything else in between is another CPU's output
+/// interleaved, and a missing closing line is a cut report.
+fn single_report_problems(output: &str) -> Vec<String> {
+    let lines: Vec<&str> = output.lines().map(|line| line.trim_end()).collect();
+    let headers: Vec<usize> = (0..lines.len())
+        .filter(|&index| is_report_header(lines[index]))
+        .collect();
+    if headers.len() != 1 {
+        return vec![format!(
+            "{} report headers, want 1: {:?}",
+            headers.len(),
+            headers
+                .iter()
+                .map(|&index| lines[index])
+                .collect::<Vec<_>>()
+        )];
+    }
+    let header = lines[headers[0]];
+    let mut problems = Vec::new();
+    let mut closed = false;
+    let (mut registers, mut frames) = (false, 0);
+    for line in &lines[headers[0] + 1..] {
+        if line.ends_with(": halting with failure status") {
+            closed = true;
+            break;
+        }
+        if *line == "backtrace:" {
+            continue;
+        }
+        if !line.starts_with("  ") {
+            problems.push(format!("not a report line inside the report: {line:?}"));
+            continue;
+        }
+        registers |= line.contains(" rax=");
+        frames += usize::from(line.trim_start().starts_with("#"));
+    }
+    if !closed {
+        problems.push("the report has no closing \"halting with failure status\" line".into());
+    }
+    if header.starts_with("KEEL FATAL: CPU exception") && !registers {
+        problems.push("the exception report has no register dump".into());
+    }
+    if frames == 0 {
+        problems.push("the report has no backtrace frame".into());
+    }
+    problems
+}
 
 fn guest_stage() -> Result<Stage, String> {
     let mut stage = Stage {
@@ -279,6 +388,7 @@ fn guest_stage() -> Result<Stage, String> {
             case.name
         );
         let options = QemuOptions {
+            smp: case.smp,
             append: vec![format!("ktest.crash={}", case.name)],
             ..QemuOptions::default()
         };
@@ -289,7 +399,15 @@ fn guest_stage() -> Result<Stage, String> {
             .copied()
             .filter(|text| !outcome.output.contains(text))
             .collect();
-        if outcome.status == Some(GUEST_FAILURE_STATUS) && missing.is_empty() {
+        let report_problems = if case.single_report {
+            single_report_problems(&outcome.output)
+        } else {
+            Vec::new()
+        };
+        if outcome.status == Some(GUEST_FAILURE_STATUS)
+            && missing.is_empty()
+            && report_problems.is_empty()
+        {
             stage.passed += 1;
             eprintln!(
                 "xtask: crash test {} ok: reported and failed in {:.3} s",
@@ -299,7 +417,8 @@ fn guest_stage() -> Result<Stage, String> {
         } else {
             stage.failed += 1;
             stage.problems.push(format!(
-                "crash test {}: status {:?} (want {GUEST_FAILURE_STATUS}), missing {missing:?}",
+                "crash test {}: status {:?} (want {GUEST_FAILURE_STATUS}), missing {missing:?}, \
+                 report problems {report_problems:?}",
                 case.name, outcome.status
             ));
         }
@@ -368,6 +487,23 @@ mod tests {
             Some((3, 2))
         );
         assert_eq!(parse_cargo_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn single_report_check_catches_cut_and_interleaved_reports() {
+        let whole = "boot\nKEEL FATAL: CPU exception 6 invalid opcode (#UD) (error code 0x0) on CPU 0\n  \
+                     rip=0x1 cs=0x8\n  rax=0x0 rbx=0x0 rcx=0x0\nbacktrace:\n  #0  0x1 f+0x1\n\
+                     KEEL FATAL: halting with failure status\n";
+        assert!(single_report_problems(whole).is_empty());
+        let cut = "KEEL FATAL: CPU exception 6 invalid opcode (#UD)\n  rax=0x0\nbacktrace:\n";
+        assert!(!single_report_problems(cut).is_empty());
+        let interleaved = "KEEL FATAL: CPU exception 6 invalid opcode (#UD)\n  rax=0x0\n\
+                           KEEL PANIC: boom at a.rs:1:1\nbacktrace:\n  #0 f\n\
+                           KEEL PANIC: halting with failure status\n";
+        assert!(!single_report_problems(interleaved).is_empty());
+        let mixed_line = "KEEL PANIC: boom at a.rs:1:1\nbacktrace:\n  #0 f\nstray output\n\
+                          KEEL PANIC: halting with failure status\n";
+        assert!(!single_report_problems(mixed_line).is_empty());
     }
 
     #[test]
