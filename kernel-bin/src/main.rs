@@ -80,6 +80,11 @@ fn print_banner(
     kprintln!("");
     kprintln!("Keel {} - a research unikernel", env!("CARGO_PKG_VERSION"));
     let cpus = match &info.platform {
+        Ok(platform) if platform.cpus_online_capable > 0 => alloc::format!(
+            "{cpus_online} of {} online, {} hot-pluggable not started",
+            platform.cpu_count(),
+            platform.cpus_online_capable
+        ),
         Ok(platform) => alloc::format!("{cpus_online} of {} online", platform.cpu_count()),
         Err(error) => alloc::format!("1 online (ACPI MADT unreadable: {error:?})"),
     };

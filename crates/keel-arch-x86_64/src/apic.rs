@@ -2,6 +2,11 @@
 //! its timer in one-shot mode: the tickless scheduler arms it for the next preemption
 //! point only.
 //!
+//! The x2APIC path has not run yet: the QEMU 7.2 used here offers no x2APIC under TCG
+//! (`-cpu max` leaves CPUID.1:ECX bit 21 clear, and `-cpu max,+x2apic` or
+//! `qemu64,+x2apic` only warn "TCG doesn't support requested feature: CPUID.01H:ECX.x2apic
+//! [bit 21]", and the guest then reports xAPIC).
+//!
 //! The timer is calibrated against the TSC. The legacy 8259 PICs are masked so that no
 //! stray ISA interrupt lands on an exception vector.
 
@@ -198,6 +203,20 @@ pub fn send_ipi(apic_id: u32, kind: IpiKind) {
     };
     match MODE.load(Ordering::Relaxed) {
         2 => {
+            // A WRMSR to an x2APIC register is not serializing (Intel SDM vol. 3A, x2APIC
+            // chapter, "MSR Access in x2APIC Mode"): the IPI may be sent before this
+            // CPU's earlier stores are globally visible, so the receiver could miss what
+            // the IPI announces (a wake-up queue push, an AP's stack top). MFENCE makes
+            // the stores visible but orders only loads and stores, which WRMSR is not;
+            // LFENCE keeps the WRMSR from executing before the MFENCE completes. Linux
+            // does the same before its x2APIC ICR writes (`weak_wrmsr_fence`,
+            // arch/x86/include/asm/barrier.h, later processor.h, where it is skipped on
+            // CPUs flagged as not needing it). The xAPIC path needs no fence: its ICR
+            // write is a store to uncached memory, which x86 orders after earlier stores.
+            // SAFETY: MFENCE and LFENCE exist on every x86-64 CPU and only order memory
+            // accesses and execution; no `nomem`, so the compiler keeps earlier stores
+            // before them too.
+            unsafe { core::arch::asm!("mfence", "lfence", options(nostack, preserves_flags)) };
             // SAFETY: x2APIC mode: the ICR is one 64-bit MSR (0x830), destination in
             // the high half; writing it sends the IPI.
             unsafe { Msr::new(0x830).write((u64::from(apic_id) << 32) | u64::from(low)) };

@@ -54,7 +54,7 @@ pub struct ArchInfo {
     /// The local APIC.
     pub apic: apic::ApicInfo,
     /// CPUs and I/O APIC from the ACPI MADT, or why they could not be read.
-    pub platform: Result<platform::Platform, acpi::AcpiError>,
+    pub platform: Result<platform::Platform, platform::PlatformError>,
     /// The kernel image layout.
     pub layout: paging::KernelLayout,
     /// TSC at the PVH entry.

@@ -1,5 +1,7 @@
 //! Platform discovery from ACPI: the CPUs (local APIC ids from the MADT) and the I/O
-//! APIC, through the `acpi` crate (table parsing is not Keel's contribution).
+//! APIC. The `acpi` crate finds and validates the tables; the MADT's entries are parsed
+//! by `keel_bootinfo::madt` from the table's bytes, so that the choice of the CPUs to
+//! start (enabled ones only, not the merely online-capable) is tested on the host.
 //!
 //! Tables are reached through the identity map. Addresses inside the tables are
 //! untrusted: a region that is not mapped is served from a zeroed page instead, so a
@@ -7,12 +9,13 @@
 //! cleanly rather than fault.
 
 use crate::paging;
-use acpi::madt::{Madt, MadtEntry};
+use acpi::madt::Madt;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
+use keel_bootinfo::madt::{self, MadtCpus, MadtError};
 
 /// CPUs recorded at most.
-pub const MAX_CPUS: usize = 64;
+pub const MAX_CPUS: usize = madt::MAX_CPUS;
 
 #[repr(C, align(4096))]
 struct ZeroPage([u8; 4096]);
@@ -62,28 +65,45 @@ impl AcpiHandler for IdentityMapped {
 /// What ACPI says about the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Platform {
-    apic_ids: [u32; MAX_CPUS],
-    cpu_count: usize,
-    /// CPUs listed beyond [`MAX_CPUS`].
+    cpus: MadtCpus,
+    /// Enabled CPUs listed beyond [`MAX_CPUS`].
     pub cpus_dropped: usize,
+    /// CPUs the MADT marks online capable but not enabled (hot-pluggable, absent now):
+    /// not started.
+    pub cpus_online_capable: usize,
     /// Physical address of the first I/O APIC, if any.
     pub io_apic: Option<u64>,
 }
 
 impl Platform {
-    /// Local APIC ids of the enabled (or online-capable) CPUs, boot CPU first as listed.
+    /// Local APIC ids of the enabled CPUs (MADT flag bit 0), boot CPU first as listed.
     pub fn apic_ids(&self) -> &[u32] {
-        &self.apic_ids[..self.cpu_count]
+        self.cpus.apic_ids()
     }
 
     /// Number of CPUs.
     pub fn cpu_count(&self) -> usize {
-        self.cpu_count
+        self.cpus.apic_ids().len()
+    }
+}
+
+/// Why the platform could not be discovered.
+#[derive(Debug)]
+pub enum PlatformError {
+    /// The `acpi` crate found no usable RSDP, RSDT/XSDT or MADT.
+    Acpi(acpi::AcpiError),
+    /// The MADT's entries are malformed.
+    Madt(MadtError),
+}
+
+impl From<acpi::AcpiError> for PlatformError {
+    fn from(error: acpi::AcpiError) -> Self {
+        Self::Acpi(error)
     }
 }
 
 /// Reads the MADT. `rsdp` is the start info's RSDP address (0: scan the BIOS area).
-pub fn discover(rsdp: u64) -> Result<Platform, acpi::AcpiError> {
+pub fn discover(rsdp: u64) -> Result<Platform, PlatformError> {
     // SAFETY: the identity map covers the low megabyte (scanned when rsdp is 0) and every
     // memory-map region, where firmware puts the tables; the handler guards the rest.
     let tables = unsafe {
@@ -94,34 +114,22 @@ pub fn discover(rsdp: u64) -> Result<Platform, acpi::AcpiError> {
         }
     };
     let madt = tables.find_table::<Madt>()?;
-    let mut platform = Platform {
-        apic_ids: [0; MAX_CPUS],
-        cpu_count: 0,
-        cpus_dropped: 0,
-        io_apic: None,
+    // SAFETY: the handler returned either the identity-mapped table (checked mapped page
+    // by page, only read) or the static zero page, `mapped_length()` bytes in both cases
+    // (at most 4096 for the zero page, which is 4096 bytes long); the slice lives no
+    // longer than the mapping `madt`. The acpi crate validated the signature and checksum
+    // over the table's length; `madt::parse` checks them again and every length within.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            madt.virtual_start().as_ptr().cast::<u8>(),
+            madt.mapped_length(),
+        )
     };
-    let add = |platform: &mut Platform, id: u32| {
-        if platform.cpu_count < MAX_CPUS {
-            platform.apic_ids[platform.cpu_count] = id;
-            platform.cpu_count += 1;
-        } else {
-            platform.cpus_dropped += 1;
-        }
-    };
-    for entry in madt.get().entries() {
-        match entry {
-            // Flags bit 0: enabled; bit 1: online capable.
-            MadtEntry::LocalApic(cpu) if cpu.flags & 0b11 != 0 => {
-                add(&mut platform, u32::from(cpu.apic_id))
-            }
-            MadtEntry::LocalX2Apic(cpu) if cpu.flags & 0b11 != 0 => {
-                add(&mut platform, cpu.x2apic_id)
-            }
-            MadtEntry::IoApic(io_apic) if platform.io_apic.is_none() => {
-                platform.io_apic = Some(u64::from(io_apic.io_apic_address));
-            }
-            _ => {}
-        }
-    }
-    Ok(platform)
+    let cpus = madt::parse(bytes).map_err(PlatformError::Madt)?;
+    Ok(Platform {
+        cpus,
+        cpus_dropped: cpus.dropped,
+        cpus_online_capable: cpus.online_capable,
+        io_apic: cpus.io_apic,
+    })
 }

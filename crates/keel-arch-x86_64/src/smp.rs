@@ -7,8 +7,17 @@
 //! INIT, then two start-up IPIs (Intel SDM, "MP initialization"). The AP goes from real
 //! mode to protected mode on the trampoline's GDT, then to long mode on the boot code's
 //! identity map (which has no no-execute bits, so the trampoline page may execute), and
-//! jumps to `keel_ap_long_mode` in the kernel's text, which calls the kernel's
+//! jumps to `keel_ap_long_mode` in the kernel's text. That loads the boot CPU's page
+//! tables ([`keel_ap_cr3`]) before it touches the stack, and calls the kernel's
 //! `keel_kernel_ap_main` on the given stack. One AP starts at a time.
+//!
+//! The switch comes before the first stack access because the boot code's tables map
+//! only the first 4 GiB: an AP stack above 4 GiB faulted on the `call` below, and with no
+//! IDT on the AP yet that was a triple fault, a silent reset of the whole machine (issue
+//! 11 item 6; reproduced with `--memory 6G` and `ktest.ap_stack_above_4g`). The kernel's
+//! tables map all RAM, so the stack may be anywhere. A fault this early still cannot print
+//! anything: printing from an exception handler needs an IDT, and, with the stack itself
+//! possibly at fault, a TSS with an IST stack, neither of which the AP has yet.
 
 use crate::apic::{self, IpiKind};
 use crate::time;
@@ -25,6 +34,8 @@ unsafe extern "C" {
     pub static mut keel_ap_stack_top: u64;
     /// The index of the next AP (written by the boot CPU).
     pub static mut keel_ap_cpu_index: u64;
+    /// The page-table root the next AP loads before using its stack (the boot CPU's).
+    pub static mut keel_ap_cr3: u64;
 }
 
 /// Set by an AP once it runs Rust code; cleared by the boot CPU before each start.
@@ -101,6 +112,8 @@ global_asm!(
     keel_ap_stack_top: .skip 8
     .global keel_ap_cpu_index
     keel_ap_cpu_index: .skip 8
+    .global keel_ap_cr3
+    keel_ap_cr3: .skip 8
 
     .section .text.keel_ap, "ax"
     .code64
@@ -113,6 +126,9 @@ global_asm!(
     xor eax, eax
     mov fs, ax
     mov gs, ax
+    /* The kernel's tables (which map the stack wherever it is) before the stack. */
+    mov rax, qword ptr [keel_ap_cr3]
+    mov cr3, rax
     mov rsp, qword ptr [keel_ap_stack_top]
     xor ebp, ebp
     mov rdi, qword ptr [keel_ap_cpu_index]
@@ -198,14 +214,17 @@ fn init_delay_nanos() -> u64 {
 }
 
 /// Starts the AP with local APIC id `apic_id` as CPU `index`, on a stack whose top is
-/// `stack_top`, and waits until it runs Rust code.
+/// `stack_top`, and waits until it runs Rust code. The AP runs on this CPU's current page
+/// tables from its first stack access, so they must map the stack and the kernel.
 pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartError> {
     AP_ALIVE.store(false, Ordering::Release);
+    let (root, _) = x86_64::registers::control::Cr3::read();
     // SAFETY: no AP is starting concurrently (APs start one at a time and read these
     // only before signalling AP_ALIVE).
     unsafe {
         (&raw mut keel_ap_stack_top).write_volatile(stack_top);
         (&raw mut keel_ap_cpu_index).write_volatile(index as u64);
+        (&raw mut keel_ap_cr3).write_volatile(root.start_address().as_u64());
     }
     let page = (TRAMPOLINE_ADDRESS >> 12) as u8;
     apic::send_ipi(apic_id, IpiKind::Init);

@@ -15,6 +15,8 @@
 
 use core::fmt;
 
+pub mod madt;
+
 /// The value of `hvm_start_info.magic`.
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 /// Memory-map entries kept at most.

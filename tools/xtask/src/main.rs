@@ -24,7 +24,7 @@ commands:
   build [--release] [--features F,..] [--ktest]
         build the kernel; prints the path of the ELF to boot
   run   [--release] [--features F,..] [--machine q35|microvm] [--smp N]
-        [--memory SIZE] [--accel tcg|kvm] [--gdb] [--timeout SECONDS] [-- KERNEL ARGS..]
+        [--max-cpus N] [--memory SIZE] [--accel tcg|kvm] [--gdb] [--timeout SECONDS] [-- KERNEL ARGS..]
         build the kernel and boot it in QEMU, serial console on this terminal
   test  [--no-host] [--no-loom] [--no-guest]
         host unit tests, loom models, in-guest tests and crash tests

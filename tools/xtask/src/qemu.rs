@@ -38,6 +38,9 @@ pub struct QemuOptions {
     pub machine: Machine,
     /// Number of vCPUs.
     pub smp: u32,
+    /// QEMU's `maxcpus`: CPUs that could be hot-plugged later, listed in the MADT as
+    /// not enabled (`None`: as many as `smp`).
+    pub max_cpus: Option<u32>,
     /// Guest memory, in QEMU's syntax (`256M`, `2G`).
     pub memory: String,
     /// Accelerator.
@@ -53,6 +56,7 @@ impl Default for QemuOptions {
         Self {
             machine: Machine::Q35,
             smp: 1,
+            max_cpus: None,
             memory: "256M".into(),
             accel: Accel::Tcg,
             gdb: false,
@@ -124,7 +128,13 @@ pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
         Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
     };
     command
-        .args(["-smp", &options.smp.to_string()])
+        .args([
+            "-smp",
+            &match options.max_cpus {
+                Some(max) => format!("{},maxcpus={max}", options.smp),
+                None => options.smp.to_string(),
+            },
+        ])
         .args(["-m", &options.memory])
         .args([
             "-nodefaults",
@@ -258,6 +268,13 @@ pub fn run_command(arguments: &[String]) -> Result<(), String> {
                     _ => return Err(format!("--smp {text:?}: expected a CPU count 1..=255")),
                 };
             }
+            "--max-cpus" => {
+                let text = value(&mut iter, "--max-cpus")?;
+                options.max_cpus = match text.parse::<u32>() {
+                    Ok(count) if (1..=255).contains(&count) => Some(count),
+                    _ => return Err(format!("--max-cpus {text:?}: expected a CPU count 1..=255")),
+                };
+            }
             "--memory" => options.memory = parse_memory(&value(&mut iter, "--memory")?)?,
             "--accel" => {
                 options.accel = match value(&mut iter, "--accel")?.as_str() {
@@ -294,10 +311,14 @@ pub fn run_command(arguments: &[String]) -> Result<(), String> {
         );
     }
     eprintln!(
-        "xtask: booting {} on {:?} with {} vCPU(s), {} of memory ({:?})",
+        "xtask: booting {} on {:?} with {} vCPU(s){}, {} of memory ({:?})",
         kernel.display(),
         options.machine,
         options.smp,
+        options
+            .max_cpus
+            .map(|max| format!(" (maxcpus={max})"))
+            .unwrap_or_default(),
         options.memory,
         options.accel
     );
