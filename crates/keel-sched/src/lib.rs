@@ -42,9 +42,11 @@
 //! the CPU's OS thread, idle wait = park with timeout, stacks = `mmap` with a
 //! `PROT_NONE` guard page, thread pointer = no-op since std's TLS lives in FS), and
 //! `keel_hosted::Machine` starts them. The one difference: a hosted CPU cannot be
-//! interrupted, so preemption happens only at scheduler entry points (`yield_now`,
-//! `park`, `sleep`, `join`, [`Scheduler::preempt_check`]); the kernel calls
-//! [`Scheduler::timer_interrupt`] from its timer interrupt instead.
+//! interrupted asynchronously, so preemption happens only at scheduler entry points
+//! (`yield_now`, `park`, `sleep`, `join`, [`Scheduler::preempt_check`]) and where a
+//! spinning thread calls `keel_hosted::interrupt_point`, which takes a pending wake-up
+//! IPI or expired timer as the kernel's handlers do ([`Scheduler::wakeup_interrupt`],
+//! [`Scheduler::timer_interrupt`]).
 //!
 //! Threads must not unwind: a panic that escapes a thread's closure aborts.
 #![no_std]

@@ -410,16 +410,18 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.schedule(Entry::Preempt);
     }
 
-    /// Kernel only: called by the wake-up interrupt (IPI) handler on its CPU. Takes in
-    /// the threads other CPUs queued here and lets the policy preempt the current
-    /// thread for them; from the idle loop it switches to them directly.
+    /// Called by the wake-up interrupt (IPI) handler on its CPU (in the kernel; hosted,
+    /// by `keel_hosted::interrupt_point`). Takes in the threads other CPUs queued here
+    /// and lets the policy preempt the current thread for them (or arms the timer for
+    /// their turn); from the idle loop it switches to them directly.
     pub fn wakeup_interrupt(&self) {
         self.preempt_check();
     }
 
-    /// Kernel only: called by the one-shot timer's interrupt handler on its CPU, at a
-    /// point where switching threads is allowed (the end of the handler). Fires
-    /// expired sleep timers and preempts the current thread if the policy says so.
+    /// Called by the one-shot timer's interrupt handler on its CPU (in the kernel;
+    /// hosted, by `keel_hosted::interrupt_point`), at a point where switching threads
+    /// is allowed (the end of the handler). Fires expired sleep timers and preempts
+    /// the current thread if the policy says so.
     pub fn timer_interrupt(&self) {
         let Some(cpu) = self.arch.current_cpu() else {
             return;
