@@ -10,7 +10,7 @@
 //! reload), so a change of several pages costs one IPI round.
 //!
 //! Deadlock freedom:
-//! - Initiators are serialised by one flag ([`INITIATOR`]), so there is only ever one
+//! - Initiators are serialised by one flag (`INITIATOR`), so there is only ever one
 //!   request in flight, described by statics that stay unchanged until every target has
 //!   acknowledged it.
 //! - The initiator may have interrupts masked (page-table changes happen with them
