@@ -3,7 +3,7 @@
 
 use crate::kernel::{self, BuildOptions};
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,9 @@ pub struct QemuOptions {
     pub gdb: bool,
     /// The kernel command line.
     pub append: Vec<String>,
+    /// Another QEMU to run instead of the installed one: the root of an extracted
+    /// Debian package tree (see [`ensure_x2apic_qemu`]).
+    pub qemu_root: Option<PathBuf>,
 }
 
 impl Default for QemuOptions {
@@ -61,6 +64,7 @@ impl Default for QemuOptions {
             accel: Accel::Tcg,
             gdb: false,
             append: Vec::new(),
+            qemu_root: None,
         }
     }
 }
@@ -115,9 +119,79 @@ pub fn ensure_qemu() -> Result<(), String> {
     }
 }
 
+/// The Debian release whose backports carry a QEMU whose TCG emulates x2APIC (10.0
+/// there; the 7.2 of Debian 12 rejects `+x2apic` under TCG).
+const X2APIC_QEMU_SUITE: &str = "bookworm-backports";
+
+/// Makes sure a QEMU whose TCG offers x2APIC is extracted under `directory` (the
+/// packages `qemu-system-x86` and `qemu-system-data` from bookworm-backports,
+/// downloaded with `apt-get download` and unpacked with `dpkg -x`, never installed),
+/// and returns the root of that tree. Needs root for apt (it adds the backports source
+/// for the download and removes it again). Its firmware comes from the installed
+/// `seabios` package, which the installed QEMU brings.
+pub fn ensure_x2apic_qemu(directory: &Path) -> Result<PathBuf, String> {
+    let root = directory.join("root");
+    if root.join("usr/bin/qemu-system-x86_64").exists() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let sources = Path::new("/etc/apt/sources.list.d/keel-xtask-backports.list");
+    std::fs::write(
+        sources,
+        format!("deb http://deb.debian.org/debian {X2APIC_QEMU_SUITE} main\n"),
+    )
+    .map_err(|error| format!("cannot write {} (not root?): {error}", sources.display()))?;
+    let run = |command: &mut Command| -> bool {
+        command
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .current_dir(directory)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let downloaded = run(Command::new("apt-get").args(["update", "-q"]))
+        && run(Command::new("apt-get").args([
+            "download",
+            "-q",
+            &format!("qemu-system-x86/{X2APIC_QEMU_SUITE}"),
+            &format!("qemu-system-data/{X2APIC_QEMU_SUITE}"),
+        ]));
+    let _ = std::fs::remove_file(sources);
+    let _ = run(Command::new("apt-get").args(["update", "-q"]));
+    if !downloaded {
+        return Err(format!("downloading QEMU from {X2APIC_QEMU_SUITE} failed"));
+    }
+    let packages: Vec<PathBuf> = std::fs::read_dir(directory)
+        .map_err(|error| format!("cannot read {}: {error}", directory.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "deb"))
+        .collect();
+    for package in &packages {
+        if !run(Command::new("dpkg").arg("-x").arg(package).arg(&root)) {
+            return Err(format!("dpkg -x {} failed", package.display()));
+        }
+    }
+    if root.join("usr/bin/qemu-system-x86_64").exists() {
+        Ok(root)
+    } else {
+        Err(format!("no qemu-system-x86_64 in {}", root.display()))
+    }
+}
+
 /// The QEMU command line for `kernel` with `options`.
 pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
-    let mut command = Command::new("qemu-system-x86_64");
+    let mut command = match &options.qemu_root {
+        Some(root) => {
+            let mut command = Command::new(root.join("usr/bin/qemu-system-x86_64"));
+            command
+                .arg("-L")
+                .arg(root.join("usr/share/qemu"))
+                .args(["-L", "/usr/share/seabios"]);
+            command
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
     let machine = match options.machine {
         Machine::Q35 => "q35",
         Machine::Microvm => "microvm",

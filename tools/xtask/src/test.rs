@@ -377,19 +377,56 @@ fn guest_stage() -> Result<Stage, String> {
             None,
         ),
     ];
-    for (label, image, machine, smp, memory, max_cpus, extra) in suites {
+    // One more boot runs the x2APIC path (issue 11 item 11): Debian 12's QEMU 7.2
+    // offers no x2APIC under TCG, the QEMU 10 of bookworm-backports does. It is
+    // downloaded and unpacked under target/ (never installed); where that cannot be
+    // done (not root, no network) the boot is skipped with a message.
+    let x2apic_qemu = match qemu::ensure_x2apic_qemu(&workspace_root().join("target/qemu-x2apic")) {
+        Ok(root) => Some(root),
+        Err(error) => {
+            eprintln!("xtask: SKIPPING the x2APIC suite boot: {error}");
+            None
+        }
+    };
+    let x2apic_suite = x2apic_qemu.as_ref().map(|root| {
+        (
+            "q35-smp2-x2apic-qemu10",
+            &image,
+            Machine::Q35,
+            2,
+            "256M",
+            None,
+            None,
+            Some(root.clone()),
+        )
+    });
+    let suites = suites
+        .into_iter()
+        .map(|(label, image, machine, smp, memory, max_cpus, extra)| {
+            (label, image, machine, smp, memory, max_cpus, extra, None)
+        })
+        .chain(x2apic_suite);
+    for (label, image, machine, smp, memory, max_cpus, extra, qemu_root) in suites {
         eprintln!("xtask: booting the in-guest test suite on {label}");
         let mut append = vec![format!("ktest.expect_cpus={smp}")];
         append.extend(extra.map(String::from));
+        let wants_x2apic = qemu_root.is_some();
         let options = QemuOptions {
             machine,
             smp,
             max_cpus,
             memory: memory.into(),
             append,
+            qemu_root,
             ..QemuOptions::default()
         };
         let outcome = qemu::boot_captured(image, &options, SUITE_LIMIT, Some("  | "))?;
+        if wants_x2apic && !outcome.output.contains("apic:   x2APIC") {
+            stage.failed += 1;
+            stage
+                .problems
+                .push(format!("{label}: the kernel did not report x2APIC mode"));
+        }
         eprintln!(
             "xtask: {label}: QEMU process time {:.3} s",
             outcome.elapsed.as_secs_f64()
