@@ -207,6 +207,7 @@ pub fn run_early_crash(info: &ArchInfo) {
         && name != "guard-set-on-another-cpu"
         && name != "two-cpus-crash-at-once"
         && name != "two-cpus-fault-at-once"
+        && name != "ap-early-fault"
     {
         crash::run(name);
     }
@@ -620,6 +621,8 @@ pub mod crash {
             }
             "two-cpus-crash-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(true),
             "two-cpus-fault-at-once" => super::smp_crash_cases::crash_on_two_cpus_at_once(false),
+            // Crashes (or not) in `smp::start_application_processors`, before this runs.
+            "ap-early-fault" => kprintln!("ktest: an AP started on an unmapped stack"),
             _ => kprintln!("ktest: unknown crash {name:?}"),
         }
         kprintln!("ktest: crash {name:?} did not crash");

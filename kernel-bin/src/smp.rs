@@ -68,6 +68,12 @@ fn alloc_pages_above_4g(count: u64) -> Option<keel_pagealloc::PageRange> {
 /// although the boot code's tables map only the first 4 GiB (issue 11 item 6). An AP
 /// whose high stack cannot be had is not started, so the suite's CPU count check fails
 /// instead of the test passing without a high stack.
+///
+/// With the `ktest` feature, `ktest.crash=ap-early-fault` starts each AP with its stack
+/// pointer at the top of its stack's guard page, so the AP's first push (the
+/// trampoline's `call`) page-faults before the AP has its own IDT: the early fault
+/// handler of `keel_arch_x86_64::smp` must report it and end the VM with the failure
+/// status (issue 11 item 6).
 pub fn start_application_processors(info: &ArchInfo) -> usize {
     let Ok(platform) = &info.platform else {
         return 1;
@@ -76,6 +82,8 @@ pub fn start_application_processors(info: &ArchInfo) -> usize {
     KERNEL_CR3.store(root.start_address().as_u64(), Ordering::Relaxed);
     smp::install_trampoline();
     let high_stacks = info.boot.command_line_has("ktest.ap_stack_above_4g");
+    let early_fault = cfg!(feature = "ktest")
+        && info.boot.command_line_value("ktest.crash") == Some("ap-early-fault");
     let mut online = 1;
     for &apic_id in platform.apic_ids() {
         if apic_id == info.apic.id || online >= percpu::MAX_CPUS {
@@ -85,7 +93,13 @@ pub fn start_application_processors(info: &ArchInfo) -> usize {
             log::error!("no memory for the stack of CPU with APIC id {apic_id}");
             break;
         };
-        if high_stacks {
+        // The deliberate crash: the top of the guard page (non-present) under the stack.
+        let stack_top = if early_fault {
+            stack_top - AP_STACK_SIZE
+        } else {
+            stack_top
+        };
+        if high_stacks || early_fault {
             log::info!("CPU with APIC id {apic_id} starts on a stack with top {stack_top:#x}");
         }
         for top in &NEXT_AP_IST_TOPS {

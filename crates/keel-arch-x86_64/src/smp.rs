@@ -15,14 +15,35 @@
 //! only the first 4 GiB: an AP stack above 4 GiB faulted on the `call` below, and with no
 //! IDT on the AP yet that was a triple fault, a silent reset of the whole machine (issue
 //! 11 item 6; reproduced with `--memory 6G` and `ktest.ap_stack_above_4g`). The kernel's
-//! tables map all RAM, so the stack may be anywhere. A fault this early still cannot print
-//! anything: printing from an exception handler needs an IDT, and, with the stack itself
-//! possibly at fault, a TSS with an IST stack, neither of which the AP has yet.
+//! tables map all RAM, so the stack may be anywhere.
+//!
+//! A fault this early is reported, not a silent reset. Before anything else,
+//! `keel_ap_long_mode` loads an early GDT, TSS and IDT, statics of this module that the
+//! boot CPU fills in [`install_trampoline`]: every gate of the IDT (the 32 exception
+//! vectors; interrupts stay masked) switches to a small static stack through IST1 of the
+//! early TSS, so a fault is handled even when the AP's own stack is the problem. The
+//! handler (`keel_ap_early_fault`, assembly, no Rust) writes
+//! `KEEL FATAL: CPU exception during application processor start-up (vector N)` to COM1
+//! and ends the VM with [`ExitCode::Failure`](crate::cpu::ExitCode::Failure), as
+//! [`crate::cpu::exit`] does. These tables stay in use through the AP's first Rust code
+//! until the kernel's own per-CPU GDT, TSS and IDT replace them
+//! ([`crate::gdt::init_application_processor`],
+//! [`crate::interrupts::load_on_application_processor`]); the gates' code selector 0x08
+//! and IST1 stay valid across that switch. All APs share the early tables, which is
+//! correct because they start one at a time and leave them before the next starts;
+//! `ltr` marks the TSS descriptor busy, so each AP clears that bit before its `ltr`.
+//! The crash case `ktest.crash=ap-early-fault` (kernel-bin) tests this.
 
 use crate::apic::{self, IpiKind};
+use crate::cpu::{DEBUG_EXIT_PORT, ExitCode};
 use crate::time;
 use core::arch::global_asm;
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::VirtAddr;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::structures::gdt::Descriptor;
+use x86_64::structures::tss::TaskStateSegment;
 
 /// Physical address the trampoline is copied to (page 8, start-up vector 0x08).
 pub const TRAMPOLINE_ADDRESS: u64 = 0x8000;
@@ -30,6 +51,9 @@ pub const TRAMPOLINE_ADDRESS: u64 = 0x8000;
 unsafe extern "C" {
     static keel_ap_trampoline_start: u8;
     static keel_ap_trampoline_end: u8;
+    /// The first of the early fault stubs, one per exception vector, each
+    /// [`EARLY_STUB_SIZE`] bytes.
+    static keel_ap_early_fault_stubs: u8;
     /// The stack pointer the next AP starts with (written by the boot CPU).
     pub static mut keel_ap_stack_top: u64;
     /// The index of the next AP (written by the boot CPU).
@@ -41,6 +65,56 @@ unsafe extern "C" {
 /// Set by an AP once it runs Rust code; cleared by the boot CPU before each start.
 pub static AP_ALIVE: AtomicBool = AtomicBool::new(false);
 
+/// Vectors the early IDT has gates for: the CPU exceptions (the AP runs with interrupts
+/// masked until the kernel's own IDT is loaded).
+const EARLY_VECTORS: usize = 32;
+/// Bytes of each early fault stub (the assembly aligns each to 16 bytes).
+const EARLY_STUB_SIZE: u64 = 16;
+/// Bytes of the early fault stack (the handler uses only the CPU's frame and a few
+/// return addresses).
+const EARLY_STACK_SIZE: usize = 1024;
+/// The early GDT's selectors; code and data match the trampoline's GDT.
+const EARLY_CODE_SELECTOR: u16 = 0x08;
+/// The early TSS's descriptor (GDT entries 3 and 4).
+const EARLY_TSS_SELECTOR: u16 = 0x18;
+
+/// A static that the boot CPU writes in [`install_trampoline`] and the APs only read
+/// (through their descriptor-table registers) afterwards, apart from the early TSS
+/// descriptor's busy bit, which each AP clears in assembly before its `ltr`.
+#[repr(C, align(16))]
+struct EarlyCell<T>(UnsafeCell<T>);
+
+// SAFETY: written by the boot CPU before any AP starts, then used by one starting AP at
+// a time (APs start one after another and leave the early tables before the next starts).
+unsafe impl<T> Sync for EarlyCell<T> {}
+
+/// Null, 64-bit code (0x08), data (0x10), the TSS (0x18, two entries).
+static EARLY_GDT: EarlyCell<[u64; 5]> = EarlyCell(UnsafeCell::new([0; 5]));
+static EARLY_GDTR: EarlyCell<DescriptorTablePointer> =
+    EarlyCell(UnsafeCell::new(DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::zero(),
+    }));
+/// Two quadwords per 64-bit gate.
+static EARLY_IDT: EarlyCell<[u64; 2 * EARLY_VECTORS]> =
+    EarlyCell(UnsafeCell::new([0; 2 * EARLY_VECTORS]));
+static EARLY_IDTR: EarlyCell<DescriptorTablePointer> =
+    EarlyCell(UnsafeCell::new(DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::zero(),
+    }));
+static EARLY_TSS: EarlyCell<TaskStateSegment> = EarlyCell(UnsafeCell::new(TaskStateSegment::new()));
+/// The early fault handler's stack (IST1 of the early TSS); only the CPU uses it.
+static EARLY_STACK: EarlyCell<[u8; EARLY_STACK_SIZE]> =
+    EarlyCell(UnsafeCell::new([0; EARLY_STACK_SIZE]));
+
+// SAFETY: this code runs only on an AP that the boot CPU started with INIT-SIPI-SIPI
+// (`start_ap`), one AP at a time, after `install_trampoline` copied the trampoline to
+// TRAMPOLINE_ADDRESS and filled the early GDT, TSS and IDT; it relies on the boot code's
+// identity map (`keel_boot_pml4`, first 4 GiB) and the kernel's tables (`keel_ap_cr3`)
+// both mapping the kernel image at its link addresses, so the early tables, the early
+// fault stack and the stubs are reachable before and after the CR3 switch. The early
+// fault handler never returns: it only writes to COM1 and the exit ports, then halts.
 global_asm!(
     r#"
     .section .rodata.keel_ap_trampoline, "a"
@@ -119,6 +193,10 @@ global_asm!(
     .code64
     .global keel_ap_long_mode
     keel_ap_long_mode:
+    /* First the early GDT, TSS and IDT (statics in the kernel image, which both the
+       boot code's tables and the kernel's map at the same address), so that any fault
+       from here on is reported on the early fault stack instead of resetting the VM. */
+    lgdt [{early_gdtr}]
     mov ax, 0x10
     mov ds, ax
     mov es, ax
@@ -126,6 +204,12 @@ global_asm!(
     xor eax, eax
     mov fs, ax
     mov gs, ax
+    /* The previous AP's `ltr` left the TSS descriptor busy (type 0xb); make it
+       available (type 0x9) again, or `ltr` raises #GP. */
+    and byte ptr [{early_gdt} + {tss_selector} + 5], 0xfd
+    mov ax, {tss_selector}
+    ltr ax
+    lidt [{early_idtr}]
     /* The kernel's tables (which map the stack wherever it is) before the stack. */
     mov rax, qword ptr [keel_ap_cr3]
     mov cr3, rax
@@ -134,8 +218,92 @@ global_asm!(
     mov rdi, qword ptr [keel_ap_cpu_index]
     call {entry}
     ud2
+
+    /* The early fault stubs: one per exception vector, EARLY_STUB_SIZE bytes each. The
+       CPU has switched to the early fault stack (IST1) and pushed its frame there. */
+    .p2align 4
+    .global keel_ap_early_fault_stubs
+    keel_ap_early_fault_stubs:
+    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .p2align 4
+    mov ecx, \vector
+    jmp keel_ap_early_fault
+    .endr
+
+    /* ecx: the vector. Writes the message to COM1 and ends the VM with the failure
+       code, as cpu::exit does: isa-debug-exit, then q35's ACPI power-off, then halt. */
+    keel_ap_early_fault:
+    lea rsi, [rip + keel_ap_early_fault_message]
+    call keel_ap_early_fault_puts
+    mov eax, ecx
+    xor edx, edx
+    mov r9d, 10
+    div r9d
+    /* eax: tens, edx: units (vectors are below 32). */
+    mov r11d, edx
+    test eax, eax
+    jz .Lkeel_ap_early_fault_units
+    lea r8d, [eax + 0x30]
+    call keel_ap_early_fault_putc
+    .Lkeel_ap_early_fault_units:
+    lea r8d, [r11d + 0x30]
+    call keel_ap_early_fault_putc
+    lea rsi, [rip + keel_ap_early_fault_message_end]
+    call keel_ap_early_fault_puts
+    mov dx, {exit_port}
+    mov eax, {failure}
+    out dx, eax
+    mov dx, 0x604
+    mov ax, 0x2000
+    out dx, ax
+    .Lkeel_ap_early_fault_halt:
+    cli
+    hlt
+    jmp .Lkeel_ap_early_fault_halt
+
+    /* Writes the NUL-terminated string at rsi. Clobbers rsi, r8, r10, rax, rdx. */
+    keel_ap_early_fault_puts:
+    movzx r8d, byte ptr [rsi]
+    test r8d, r8d
+    jz .Lkeel_ap_early_fault_puts_done
+    call keel_ap_early_fault_putc
+    inc rsi
+    jmp keel_ap_early_fault_puts
+    .Lkeel_ap_early_fault_puts_done:
+    ret
+
+    /* Writes the byte in r8b to COM1 once the line status register (0x3fd) says the
+       transmit holding register is empty, waiting a bounded time as serial.rs does.
+       Clobbers r10, rax, rdx. */
+    keel_ap_early_fault_putc:
+    mov r10d, 100000
+    .Lkeel_ap_early_fault_poll:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 0x20
+    jnz .Lkeel_ap_early_fault_send
+    pause
+    dec r10d
+    jnz .Lkeel_ap_early_fault_poll
+    .Lkeel_ap_early_fault_send:
+    mov dx, 0x3f8
+    mov eax, r8d
+    out dx, al
+    ret
+
+    .section .rodata.keel_ap_early_fault, "a"
+    keel_ap_early_fault_message:
+    .asciz "\r\nKEEL FATAL: CPU exception during application processor start-up (vector "
+    keel_ap_early_fault_message_end:
+    .asciz ")\r\nKEEL FATAL: halting with failure status\r\n"
     "#,
     entry = sym ap_entry_64,
+    early_gdt = sym EARLY_GDT,
+    early_gdtr = sym EARLY_GDTR,
+    early_idtr = sym EARLY_IDTR,
+    tss_selector = const EARLY_TSS_SELECTOR,
+    exit_port = const DEBUG_EXIT_PORT,
+    failure = const ExitCode::Failure as u32,
 );
 
 unsafe extern "Rust" {
@@ -163,7 +331,8 @@ pub enum StartError {
     },
 }
 
-/// Copies the trampoline to low memory. Call once, on the boot CPU, before [`start_ap`].
+/// Copies the trampoline to low memory and fills the early GDT, TSS and IDT the APs
+/// load first. Call once, on the boot CPU, before [`start_ap`].
 pub fn install_trampoline() {
     let start = &raw const keel_ap_trampoline_start;
     let end = &raw const keel_ap_trampoline_end;
@@ -172,6 +341,62 @@ pub fn install_trampoline() {
     // allocator; the trampoline (a few hundred bytes) fits in page 8, which nothing else
     // uses after boot (the start info was copied out earlier).
     unsafe { core::ptr::copy_nonoverlapping(start, TRAMPOLINE_ADDRESS as *mut u8, length) };
+    install_early_fault_tables();
+}
+
+/// A present 64-bit interrupt gate, DPL 0, to `handler` through IST1 (SDM vol. 3,
+/// figure 6-8).
+fn early_interrupt_gate(handler: u64) -> [u64; 2] {
+    let low = (handler & 0xffff)
+        | u64::from(EARLY_CODE_SELECTOR) << 16
+        | 1 << 32 // IST1
+        | 0x8e << 40 // present, DPL 0, 64-bit interrupt gate
+        | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
+}
+
+/// Fills the early tables (see the module doc).
+fn install_early_fault_tables() {
+    let stubs = &raw const keel_ap_early_fault_stubs as u64;
+    let stack_top = EARLY_STACK.0.get() as u64 + EARLY_STACK_SIZE as u64;
+    let tss = EARLY_TSS.0.get();
+    // SAFETY: the boot CPU runs this once, before any AP starts, so nothing else reads or
+    // writes the early TSS now; the stack top is 16-byte aligned (EarlyCell's alignment,
+    // and the size is a multiple of 16).
+    unsafe { (*tss).interrupt_stack_table[0] = VirtAddr::new(stack_top) };
+    // SAFETY: the early TSS is a static (it lives forever) and is not written again.
+    let Descriptor::SystemSegment(tss_low, tss_high) =
+        (unsafe { Descriptor::tss_segment_unchecked(tss) })
+    else {
+        unreachable!("a TSS descriptor is a system segment")
+    };
+    let (Descriptor::UserSegment(code), Descriptor::UserSegment(data)) = (
+        Descriptor::kernel_code_segment(),
+        Descriptor::kernel_data_segment(),
+    ) else {
+        unreachable!("code and data descriptors are user segments")
+    };
+    let gdt = [0, code, data, tss_low, tss_high];
+    let mut idt = [0; 2 * EARLY_VECTORS];
+    for (vector, gate) in idt.chunks_exact_mut(2).enumerate() {
+        gate.copy_from_slice(&early_interrupt_gate(
+            stubs + vector as u64 * EARLY_STUB_SIZE,
+        ));
+    }
+    // SAFETY: as above, nothing else uses the early tables while the boot CPU fills them
+    // (no AP is starting yet); the limits are the tables' sizes minus one.
+    unsafe {
+        EARLY_GDT.0.get().write(gdt);
+        EARLY_GDTR.0.get().write(DescriptorTablePointer {
+            limit: (size_of::<[u64; 5]>() - 1) as u16,
+            base: VirtAddr::from_ptr(EARLY_GDT.0.get()),
+        });
+        EARLY_IDT.0.get().write(idt);
+        EARLY_IDTR.0.get().write(DescriptorTablePointer {
+            limit: (size_of::<[u64; 2 * EARLY_VECTORS]>() - 1) as u16,
+            base: VirtAddr::from_ptr(EARLY_IDT.0.get()),
+        });
+    }
 }
 
 fn wait_alive(micros: u64) -> bool {

@@ -264,6 +264,17 @@ const CRASH_CASES: &[CrashCase] = &[
             "KEEL FATAL: halting with failure status",
         ],
     },
+    // An AP whose first stack access faults, before it has an IDT of its own (issue 11
+    // item 6): without the early fault handler that is a silent triple fault.
+    CrashCase {
+        name: "ap-early-fault",
+        smp: 2,
+        single_report: false,
+        expect: &[
+            "KEEL FATAL: CPU exception during application processor start-up (vector 14)",
+            "KEEL FATAL: halting with failure status",
+        ],
+    },
 ];
 
 /// Whether a line opens a crash report (an exception's or a panic's).
