@@ -371,6 +371,31 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
 /// for any non-zero last-level entry, present or not, so it called guard pages mapped,
 /// and the backtrace walker, trusting it, faulted on them.
 pub fn flags_of(address: u64) -> Option<PageTableFlags> {
+    let (_, entry) = final_entry(address)?;
+    let flags = PageTableFlags::from_bits_truncate(entry);
+    flags.contains(PageTableFlags::PRESENT).then_some(flags)
+}
+
+/// Whether `address` lies in a page made a guard with [`set_guard_page`]: its 4 KiB
+/// entry in the active tables is not present but keeps its frame address (nothing else
+/// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
+/// no table). Lock-free, so the crash report may ask while any lock is held.
+pub fn is_guard_page(address: u64) -> bool {
+    matches!(
+        final_entry(address),
+        Some((3, entry)) if entry & PageTableFlags::PRESENT.bits() == 0
+            && entry & ENTRY_FRAME_MASK != 0
+    )
+}
+
+/// The frame-address bits of a page-table entry.
+const ENTRY_FRAME_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Walks the active tables for `address` and returns the entry the walk ends at, with
+/// its level (0 = PML4 .. 3 = page table): the first entry without PRESENT, a present
+/// 1 GiB or 2 MiB entry, or the present 4 KiB entry. `None` for a non-canonical
+/// address. Lock-free: it reads the live tables as a snapshot.
+fn final_entry(address: u64) -> Option<(usize, u64)> {
     let address = VirtAddr::try_new(address).ok()?;
     let indices = [
         address.p4_index(),
@@ -389,51 +414,14 @@ pub fn flags_of(address: u64) -> Option<PageTableFlags> {
         // (another CPU may change the tables meanwhile: the answer is then a snapshot).
         let entry = unsafe { slot.read_volatile() };
         let flags = PageTableFlags::from_bits_truncate(entry);
-        if !flags.contains(PageTableFlags::PRESENT) {
-            return None;
+        // Levels 1 and 2 may map 1 GiB and 2 MiB pages.
+        let huge = (level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE);
+        if level == 3 || huge || !flags.contains(PageTableFlags::PRESENT) {
+            return Some((level, entry));
         }
-        // Levels 3 and 2 (index 1 and 2 here) may map 1 GiB and 2 MiB pages.
-        if level == 3 || ((level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE)) {
-            return Some(flags);
-        }
-        table = PhysAddr::new(entry & 0x000f_ffff_ffff_f000);
+        table = PhysAddr::new(entry & ENTRY_FRAME_MASK);
     }
     None
-}
-
-/// Whether `address` lies in a page made a guard with [`set_guard_page`]: its 4 KiB
-/// entry in the active tables is not present but keeps its frame address (nothing else
-/// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
-/// no table). Lock-free, so the crash report may ask while any lock is held.
-pub fn is_guard_page(address: u64) -> bool {
-    let Ok(address) = VirtAddr::try_new(address) else {
-        return false;
-    };
-    let indices = [
-        address.p4_index(),
-        address.p3_index(),
-        address.p2_index(),
-        address.p1_index(),
-    ];
-    let (root, _) = Cr3::read();
-    let mut table = root.start_address();
-    for (level, index) in indices.into_iter().enumerate() {
-        let slot = (table.as_u64() + u64::from(index) * 8) as *const u64;
-        // SAFETY: as in `flags_of`: `table` is the root or the frame of a present,
-        // non-huge entry of the live tables, identity-mapped RAM; one aligned word is
-        // read, volatile, without making a reference.
-        let entry = unsafe { slot.read_volatile() };
-        let flags = PageTableFlags::from_bits_truncate(entry);
-        let frame = entry & 0x000f_ffff_ffff_f000;
-        if level == 3 {
-            return !flags.contains(PageTableFlags::PRESENT) && frame != 0;
-        }
-        if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
-            return false;
-        }
-        table = PhysAddr::new(frame);
-    }
-    false
 }
 
 /// Size of a 4 KiB page.

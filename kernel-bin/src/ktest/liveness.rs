@@ -8,7 +8,7 @@
 //! test runner stays off it except on one CPU, where it only joins (a sleep of its
 //! would arm the timer that rescues the woken thread).
 
-use super::{Failure, TestResult};
+use super::{Failure, TestResult, has_two_cpus};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
 use keel_arch_x86_64::{ArchInfo, kprintln, percpu, time};
@@ -57,15 +57,6 @@ fn wait_for(flag: &AtomicBool) -> bool {
         crate::threads::scheduler().sleep(1_000_000);
     }
     true
-}
-
-/// Whether the case can run here; prints why not otherwise.
-fn has_two_cpus() -> bool {
-    let cpus = crate::threads::scheduler().cpu_count();
-    if cpus < 2 {
-        kprintln!("    not run: needs a second CPU (this boot has {cpus})");
-    }
-    cpus >= 2
 }
 
 fn woken_runs_beside_spinner(waker: Waker) -> TestResult {

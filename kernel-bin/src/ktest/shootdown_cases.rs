@@ -5,7 +5,7 @@
 //! `guard-set-on-another-cpu` checks the review's own scenario, where the second read
 //! must fault.
 
-use super::{Failure, TestResult};
+use super::{Failure, TestResult, has_two_cpus};
 use core::sync::atomic::{AtomicU64, Ordering};
 use keel_arch_x86_64::tlb::{self, Flush};
 use keel_arch_x86_64::{ArchInfo, kprintln, paging, percpu, time};
@@ -131,19 +131,10 @@ fn remap_seen_on_every_other_cpu(page: u64, other: u64) -> TestResult {
     Ok(())
 }
 
-fn needs_two_cpus(name: &str) -> bool {
-    let cpus = crate::threads::scheduler().cpu_count();
-    if cpus < 2 {
-        kprintln!("    {name} needs two CPUs; this run has {cpus}: nothing to check");
-        return false;
-    }
-    true
-}
-
 /// A 4 KiB page remapped to another frame on CPU 0 reads the new frame on every other
 /// CPU, each of which read (and so cached) the old translation just before.
 pub fn remapped_page_is_seen_by_every_other_cpu(_: &ArchInfo) -> TestResult {
-    if !needs_two_cpus("remapped_page_is_seen_by_every_other_cpu") {
+    if !has_two_cpus() {
         return Ok(());
     }
     let pages = crate::memory::alloc_pages(2);
@@ -160,7 +151,7 @@ pub fn remapped_page_is_seen_by_every_other_cpu(_: &ArchInfo) -> TestResult {
 /// The same inside a 2 MiB mapping: the first remap splits it into 4 KiB pages, and the
 /// other CPUs, which cached the 2 MiB translation, must drop it too.
 pub fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
-    if !needs_two_cpus("remap_inside_a_huge_page_is_seen_by_other_cpus") {
+    if !has_two_cpus() {
         return Ok(());
     }
     const HUGE: u64 = 2 * 1024 * 1024;
@@ -209,7 +200,7 @@ pub fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResul
 /// once; initiators are serialised and a waiting one answers the others' requests, so
 /// all complete (a deadlock would hang the suite, and the host's time limit fails it).
 pub fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
-    if !needs_two_cpus("concurrent_shootdowns_from_every_cpu_complete") {
+    if !has_two_cpus() {
         return Ok(());
     }
     // About 400 rounds in all, whatever the CPU count (the oversubscribed runs are slow).
@@ -277,7 +268,7 @@ pub fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     // Busy targets take far longer under TCG on a loaded host: fewer samples there.
     const SAMPLES: usize = 1001;
     const BUSY_SAMPLES: usize = 101;
-    if !needs_two_cpus("shootdown_round_cost") {
+    if !has_two_cpus() {
         return Ok(());
     }
     let scheduler = crate::threads::scheduler();
