@@ -10,10 +10,16 @@
 //! a feature, switched on by a bench or test, would also link `std` into the kernel
 //! binary (which depends on both crates) and break it with a duplicate `panic_impl`.
 
+// Unsafe code only in the modules marked `allow(unsafe_code)` below, each block with
+// its `SAFETY:` argument.
+#![deny(unsafe_code)]
+
 // The names `parker.rs` finds through `super` (see that file).
 use keel_lfmutex::{Parker, ThreadId};
 
+#[allow(unsafe_code)]
 mod parker;
+#[allow(unsafe_code)]
 pub mod sched;
 
 pub use parker::StdParker;

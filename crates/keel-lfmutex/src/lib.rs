@@ -110,17 +110,27 @@
 //! into the queues) and the data cells of the guards; every block says what it
 //! relies on.
 #![no_std]
+// Unsafe code only in the modules marked `allow(unsafe_code)` below, each block with
+// its `SAFETY:` argument.
+#![deny(unsafe_code)]
 
 #[cfg(any(test, loom))]
 extern crate std;
 
+#[allow(unsafe_code)]
 mod condvar;
+#[allow(unsafe_code)]
 mod mutex;
 #[cfg(all(test, not(loom), not(feature = "fifo-lfmutex")))]
+#[allow(unsafe_code)]
 mod order_tests;
+#[allow(unsafe_code)]
 mod parker;
+#[allow(unsafe_code)]
 pub mod queue;
+#[allow(unsafe_code)]
 mod raw;
+#[allow(unsafe_code)]
 mod rwlock;
 mod semaphore;
 

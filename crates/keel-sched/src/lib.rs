@@ -50,19 +50,27 @@
 //!
 //! Threads must not unwind: a panic that escapes a thread's closure aborts.
 #![no_std]
+// Unsafe code only in the modules marked `allow(unsafe_code)` below, each block with
+// its `SAFETY:` argument.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
 #[cfg(test)]
 extern crate std;
 
+#[allow(unsafe_code)]
 mod arch;
+#[allow(unsafe_code)]
 mod context;
 pub mod handshake;
 mod math;
 pub mod policy;
+#[allow(unsafe_code)]
 mod scheduler;
+#[allow(unsafe_code)]
 mod thread;
+#[allow(unsafe_code)]
 pub mod wakeup;
 
 pub use arch::{Arch, StackMemory};

@@ -17,11 +17,16 @@
 //! can starve one), and it is small enough to audit line by line. The crate is
 //! `no_std`; its only `unsafe` is the access to the protected data through the cell.
 #![no_std]
+// Unsafe code only in the modules marked `allow(unsafe_code)` below, each block with
+// its `SAFETY:` argument.
+#![deny(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
 
+#[allow(unsafe_code)]
 pub mod shim;
+#[allow(unsafe_code)]
 mod spinlock;
 
 pub use spinlock::{SpinLock, SpinLockGuard};
