@@ -78,7 +78,7 @@ fn host_stage() -> Result<Stage, String> {
     command.args(["test", "--workspace", "--exclude", "keel-kernel"]);
     cargo_test(&mut stage, command)?;
     // The mutex's experiment variants get the same unit tests, so they do not rot.
-    for features in ["fifo-lfmutex", "spinning-lfmutex"] {
+    for features in ["fifo-lfmutex", "strict-lfmutex"] {
         eprintln!("xtask: running keel-lfmutex's unit tests with the feature {features}");
         let mut command = cargo();
         command.args(["test", "--package", "keel-lfmutex", "--features", features]);
@@ -95,7 +95,7 @@ fn loom_stage() -> Result<Stage, String> {
     let target = workspace_root().join("loom-target");
     // Each deliberately broken build runs only the model files aimed at the code it
     // breaks: the other files' models run unchanged in the first build already.
-    let builds: [(Option<&str>, &[&str]); 4] = [
+    let builds: [(Option<&str>, &[&str]); 5] = [
         (None, &[]),
         // The spinlock's and the wake-up queue's broken variants touch disjoint
         // code, so one build checks both.
@@ -109,6 +109,7 @@ fn loom_stage() -> Result<Stage, String> {
             &["lfmutex", "handshake"],
         ),
         (Some("broken-lfmutex-offer"), &["lfmutex"]),
+        (Some("broken-lfmutex-spin"), &["lfmutex_spin"]),
     ];
     for (features, files) in builds {
         eprintln!(
