@@ -222,7 +222,7 @@ const CRASH_CASES: &[CrashCase] = &[
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "backtrace:",
-            "keel_kernel::ktest::arch_cases::fault_with_rbp_in_guard",
+            "keel_kernel::ktest::crash::fault_with_rbp_in_guard",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -244,7 +244,7 @@ const CRASH_CASES: &[CrashCase] = &[
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF) (error code 0x0) on CPU 1",
             "non-present page on a read access",
-            "keel_kernel::ktest::shootdown_cases::read_page",
+            "keel_kernel::ktest::shootdown::read_page",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -260,7 +260,7 @@ const CRASH_CASES: &[CrashCase] = &[
         single_report: true,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
-            "keel_kernel::ktest::smp_crash_cases::fault_on_cpu",
+            "keel_kernel::ktest::crash::fault_on_cpu",
             "KEEL FATAL: halting with failure status",
         ],
     },
