@@ -15,7 +15,7 @@ fn symbol_table_names_functions(_: &ArchInfo) -> TestResult {
     let address = symbol_table_names_functions as *const () as u64;
     let found = table.lookup(address + 1).map(|symbol| symbol.name);
     check!(
-        found == Some("keel_kernel::ktest::symbol_table_names_functions"),
+        found == Some(concat!(module_path!(), "::symbol_table_names_functions")),
         "lookup returned the wrong name",
         found
     );
