@@ -10,7 +10,8 @@
 //!
 //! Command-line arguments:
 //! - `ktest.filter=TEXT` runs only the cases whose names contain TEXT (for iterating by
-//!   hand; `cargo xtask test` never passes it); `ktest.only=TEXT` is an alias.
+//!   hand; `cargo xtask test` never passes it); `ktest.only=TEXT` is an alias. A filter
+//!   that selects nothing fails.
 //! - `ktest.crash=NAME` runs one deliberate crash instead ([`crash`], registered by
 //!   `crash!`); the host checks that it is reported with symbols and a failure status.
 //!   An unknown NAME lists the valid ones.

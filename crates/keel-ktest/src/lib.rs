@@ -23,6 +23,25 @@
 //! symbols: it takes slices, and is therefore `forbid(unsafe_code)` and tested on the
 //! host like every other pure crate.
 //!
+//! Why not the `linkme` crate: it would bring a proc-macro (and syn) into the kernel's
+//! build for what two `macro_rules!` and four linker-script lines do, and with a custom
+//! script whose `PHDRS` fix every segment, where the linker puts an orphan section
+//! such as `linkme`'s is not something to leave to chance: the script names the
+//! sections itself.
+//!
+//! # Checking that registration works
+//! The runner prints every case's name. `cargo xtask test` reads the `ktest!(...)`
+//! registrations in `kernel-bin/src` and fails a suite boot unless the names it ran are
+//! exactly those, each once; so a registration lost at link time, or a case the runner
+//! skipped, fails the suite (a count against a remembered minimum would not notice one
+//! case replaced by another). It also boots `ktest.crash=no-such-crash` and compares
+//! the listed crash names with its own crash cases.
+//!
+//! # Filter
+//! `ktest.filter=TEXT` (alias `ktest.only=TEXT`) selects the cases whose name contains
+//! TEXT. A filter that selects nothing fails the run (a typo must not look like a
+//! pass).
+//!
 //! # Where the cases live
 //! Each subsystem's guest cases live in their own file named after that subsystem under
 //! `kernel-bin/src/ktest/` (`paging.rs`, `interrupts.rs`, `cpu.rs`, `time.rs`,
