@@ -15,7 +15,8 @@
 //! into the linker section `.ktest_cases` (`.ktest_crashes`) next to the function,
 //! taking the name from the function's identifier (`stringify!`, never a hand-typed
 //! copy). The kernel's linker script `KEEP`s both sections between start and end
-//! symbols, so `--gc-sections` cannot drop a case nobody references, and
+//! symbols, so `--gc-sections` cannot drop a case nobody references (rustc's `#[used]`
+//! already marks the statics retained; the `KEEP` does not rely on that), and
 //! `kernel-bin/src/ktest/registry.rs` turns those symbols into slices (the only
 //! `unsafe` of the harness, beside the linker script that defines the layout). Each
 //! section holds pointers, 8 bytes each, so no padding can appear between entries
