@@ -138,10 +138,10 @@ fn tsc_to_nanos(ticks: u64, nanos_per_tick_fixed: u64) -> u64 {
 
 impl Clock {
     fn new() -> Self {
-        use core::arch::x86_64::__cpuid;
         // CPUID 0x8000_0007 EDX bit 8: invariant TSC (constant rate, runs in idle).
-        let max_extended = __cpuid(0x8000_0000).eax;
-        let invariant = max_extended >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0;
+        let invariant = raw_cpuid::CpuId::new()
+            .get_advanced_power_mgmt_info()
+            .is_some_and(|info| info.has_invariant_tsc());
         if !invariant {
             return Clock::Instant {
                 origin: Instant::now(),
