@@ -246,6 +246,88 @@ fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
 }
 ktest!(cross_cpu_park_unpark_loses_no_wakeup);
 
+/// What a spinning mutex waiter asks, on real CPUs: `KernelParker::owner_is_running`
+/// says yes of a thread that runs on the CPU named (while another CPU asks), no for
+/// another CPU, and no once the thread has parked. Under TCG no vCPU reports itself
+/// preempted, so the answer is the scheduler's alone.
+fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    use keel_lfmutex::{Parker, ThreadId};
+    static ID: AtomicU64 = AtomicU64::new(0);
+    static PARK_NOW: AtomicBool = AtomicBool::new(false);
+    static RESUMED: AtomicBool = AtomicBool::new(false);
+    if !super::has_two_cpus() {
+        return Ok(());
+    }
+    ID.store(0, Ordering::SeqCst);
+    PARK_NOW.store(false, Ordering::SeqCst);
+    RESUMED.store(false, Ordering::SeqCst);
+    let scheduler = crate::threads::scheduler();
+    let last = scheduler.cpu_count() - 1;
+    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let owner = scheduler.spawn(
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(last)),
+        move || {
+            let scheduler = crate::threads::scheduler();
+            ID.store(
+                scheduler.current_id().map_or(0, |id| id.0),
+                Ordering::SeqCst,
+            );
+            while !PARK_NOW.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+                core::hint::spin_loop();
+            }
+            while !RESUMED.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+                scheduler.park();
+            }
+        },
+    );
+    check!(owner.is_ok(), "spawn failed");
+    let Ok(owner) = owner else { return Ok(()) };
+    while ID.load(Ordering::SeqCst) == 0 && time::monotonic_nanos() < give_up {
+        scheduler.sleep(1_000_000);
+    }
+    let id = core::num::NonZeroU64::new(ID.load(Ordering::SeqCst));
+    check!(id.is_some(), "the owner thread never ran");
+    let Some(id) = id else { return Ok(()) };
+    let id = ThreadId::new(id);
+    let cpu_hint = last as u32;
+    let running = crate::threads::KernelParker::owner_is_running(id, cpu_hint);
+    let wrong_cpu = crate::threads::KernelParker::owner_is_running(id, 0);
+    let nonexistent_cpu = crate::threads::KernelParker::owner_is_running(id, u32::MAX);
+    PARK_NOW.store(true, Ordering::SeqCst);
+    let mut parked_seen = false;
+    while time::monotonic_nanos() < give_up {
+        if !crate::threads::KernelParker::owner_is_running(id, cpu_hint) {
+            parked_seen = true;
+            break;
+        }
+        scheduler.sleep(1_000_000);
+    }
+    RESUMED.store(true, Ordering::SeqCst);
+    scheduler.unpark(owner.thread());
+    scheduler.join(owner);
+    check!(running, "a spinning thread was not seen running on its CPU");
+    check!(
+        !wrong_cpu,
+        "a thread was seen running on a CPU it is not on"
+    );
+    check!(
+        !nonexistent_cpu,
+        "a thread was seen running on a CPU that does not exist"
+    );
+    check!(parked_seen, "a parked thread was still seen running");
+    let preempted: alloc::vec::Vec<usize> = (0..scheduler.cpu_count())
+        .filter(|&cpu| keel_arch_x86_64::steal_time::is_preempted(cpu))
+        .collect();
+    check!(
+        keel_arch_x86_64::steal_time::offered() || preempted.is_empty(),
+        "a CPU reported preemption without KVM steal time",
+        preempted
+    );
+    Ok(())
+}
+ktest!(owner_is_running_follows_the_owner);
+
 /// Several wakers, pinned to every other CPU, wake one thread on CPU 0 at the same
 /// time, over and over: the target's wake-up queue gets concurrent pushes on several
 /// lanes while its CPU goes to sleep and wakes up. Each waker posts a number, unparks
