@@ -182,10 +182,15 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let mut ram = [PhysRange::new(0, 0); MAX_RAM_REGIONS];
     let mut ram_count = 0;
     for region in info.boot.memory_regions() {
-        if region.kind == MemoryKind::Ram && ram_count < MAX_RAM_REGIONS {
-            ram[ram_count] = PhysRange::new(region.start, region.end());
-            ram_count += 1;
+        if region.kind != MemoryKind::Ram {
+            continue;
         }
+        if ram_count == MAX_RAM_REGIONS {
+            log::warn!("more than {MAX_RAM_REGIONS} RAM regions; ignoring {region:?}");
+            continue;
+        }
+        ram[ram_count] = PhysRange::new(region.start, region.end());
+        ram_count += 1;
     }
     let ram = &ram[..ram_count];
     let tables = info.paging.table_region_start;
