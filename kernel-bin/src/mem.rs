@@ -1,8 +1,9 @@
 //! The C memory functions the prebuilt `core` calls (`memcpy`, `memmove`, `memset`,
-//! `memcmp`, `bcmp`). They use `rep movsb`/`rep stosb`, which are fast on CPUs with ERMSB
-//! and, being assembly, cannot be turned back into calls to themselves by the compiler.
-
-use core::arch::asm;
+//! `memcmp`, `bcmp`): the kernel's symbol definitions, each a thin wrapper around
+//! `keel-mem`, which holds the code (small sizes in straight-line moves, larger ones
+//! with `rep movsb`/`rep stosb`; never a loop the compiler could turn back into a call
+//! to these very symbols). The symbols are defined here, not in `keel-mem`, so that
+//! host tests and benches that link `keel-mem` keep glibc's.
 
 /// Copies `count` bytes from `source` to `destination` (regions must not overlap).
 ///
@@ -10,12 +11,8 @@ use core::arch::asm;
 /// Both regions must be valid for `count` bytes and must not overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(destination: *mut u8, source: *const u8, count: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid; rep movsb copies forwards
-    // (the direction flag is clear per the ABI).
-    unsafe {
-        asm!("rep movsb", inout("rcx") count => _, inout("rdi") destination => _,
-             inout("rsi") source => _, options(nostack, preserves_flags));
-    }
+    // SAFETY: the caller's contract is `copy_nonoverlapping`'s.
+    unsafe { keel_mem::copy_nonoverlapping(destination, source, count) };
     destination
 }
 
@@ -25,23 +22,8 @@ pub unsafe extern "C" fn memcpy(destination: *mut u8, source: *const u8, count: 
 /// Both regions must be valid for `count` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memmove(destination: *mut u8, source: *const u8, count: usize) -> *mut u8 {
-    if (destination as usize) <= (source as usize)
-        || (destination as usize) >= (source as usize).wrapping_add(count)
-    {
-        // SAFETY: a forward copy is correct when the destination starts before the source
-        // or the regions do not overlap; validity is the caller's guarantee.
-        unsafe { memcpy(destination, source, count) };
-    } else if count > 0 {
-        // SAFETY: copies backwards from the last byte (direction flag set, then cleared
-        // again as the ABI requires); validity is the caller's guarantee.
-        unsafe {
-            asm!("std", "rep movsb", "cld",
-                 inout("rcx") count => _,
-                 inout("rdi") destination.add(count - 1) => _,
-                 inout("rsi") source.add(count - 1) => _,
-                 options(nostack));
-        }
-    }
+    // SAFETY: the caller's contract is `copy`'s.
+    unsafe { keel_mem::copy(destination, source, count) };
     destination
 }
 
@@ -51,11 +33,8 @@ pub unsafe extern "C" fn memmove(destination: *mut u8, source: *const u8, count:
 /// The region must be valid for `count` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(destination: *mut u8, value: i32, count: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees the range is valid.
-    unsafe {
-        asm!("rep stosb", inout("rcx") count => _, inout("rdi") destination => _,
-             in("al") value as u8, options(nostack, preserves_flags));
-    }
+    // SAFETY: the caller's contract is `fill`'s; C converts `value` to unsigned char.
+    unsafe { keel_mem::fill(destination, value as u8, count) };
     destination
 }
 
@@ -65,14 +44,8 @@ pub unsafe extern "C" fn memset(destination: *mut u8, value: i32, count: usize) 
 /// Both regions must be valid for `count` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcmp(left: *const u8, right: *const u8, count: usize) -> i32 {
-    for index in 0..count {
-        // SAFETY: index < count and the caller guarantees both ranges are valid.
-        let (a, b) = unsafe { (*left.add(index), *right.add(index)) };
-        if a != b {
-            return i32::from(a) - i32::from(b);
-        }
-    }
-    0
+    // SAFETY: the caller's contract is `compare`'s.
+    unsafe { keel_mem::compare(left, right, count) }
 }
 
 /// Compares `count` bytes for equality (0 when equal).
@@ -81,8 +54,8 @@ pub unsafe extern "C" fn memcmp(left: *const u8, right: *const u8, count: usize)
 /// Both regions must be valid for `count` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bcmp(left: *const u8, right: *const u8, count: usize) -> i32 {
-    // SAFETY: same contract as memcmp.
-    unsafe { memcmp(left, right, count) }
+    // SAFETY: the caller's contract is `differ`'s.
+    unsafe { keel_mem::differ(left, right, count) }
 }
 
 /// Referenced by the prebuilt `core`; never called with `panic = "abort"`.

@@ -1,10 +1,13 @@
 //! Physical memory and the kernel heap: the statics that compose `keel-pagealloc` and
 //! `keel-heap`.
 //!
-//! At boot, [`init`] carves the page-metadata array out of RAM, creates the buddy
-//! allocator over `[0, highest RAM page)`, and hands it every RAM page except the first
-//! megabyte (firmware data), the kernel image, the boot page-table region and the
-//! metadata array itself. Single pages go through a per-CPU cache; the heap gets its
+//! At boot, [`init`] asks `keel-memmap` for a plan (the arithmetic lives there, tested
+//! on the host): it checks that the RAM outside the first megabyte (firmware data), the
+//! kernel image and the boot page-table region covers the page metadata plus what the
+//! kernel allocates while it boots ([`boot_demand`]), failing with "not enough memory:
+//! N KiB usable, M KiB needed" otherwise, and says where the metadata array goes. This
+//! module writes the array there, creates the buddy allocator over
+//! `[0, highest RAM page)`, and hands it the plan's free ranges. Single pages go through a per-CPU cache; the heap gets its
 //! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
 //! allocator). Physical and virtual addresses are equal (identity map).
 //!
@@ -12,13 +15,15 @@
 //! The scheduler runs from interrupts and may allocate or free, so the heap and the
 //! single-page paths run with interrupts masked on their CPU.
 
+use crate::{smp, threads};
 use core::ptr::NonNull;
 use keel_arch_x86_64::bootinfo::MemoryKind;
 use keel_arch_x86_64::{ArchInfo, percpu};
 use keel_heap::{KernelHeap, PageSource as HeapPageSource};
+use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
-    BuddyAllocator, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta, PageRange, PageSource,
-    PerCpuPageCache, metadata_bytes,
+    BuddyAllocator, DEFAULT_CACHE_CAPACITY, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta,
+    PageRange, PageSource, PerCpuPageCache, metadata_bytes,
 };
 use keel_sync::SpinLock;
 
@@ -122,8 +127,8 @@ pub struct MemoryReport {
 /// Why physical memory could not be set up.
 #[derive(Debug, Clone, Copy)]
 pub enum MemoryError {
-    /// No RAM region can hold the metadata array.
-    NoRoomForMetadata(u64),
+    /// The memory map leaves too little RAM, or no room for the metadata array.
+    Plan(PlanError),
     /// The allocator refused a range.
     Allocator(PageAllocError),
 }
@@ -131,80 +136,85 @@ pub enum MemoryError {
 impl core::fmt::Display for MemoryError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::NoRoomForMetadata(bytes) => {
-                write!(f, "no RAM region can hold {bytes} bytes of page metadata")
-            }
+            Self::Plan(error) => write!(f, "{error}"),
             Self::Allocator(error) => write!(f, "page allocator: {error}"),
         }
     }
 }
 
-/// Subtracts `holes` from `[start, end)` and calls `add` for each remaining piece.
-fn for_each_piece(start: u64, end: u64, holes: &[(u64, u64)], add: &mut dyn FnMut(u64, u64)) {
-    let mut cursor = start;
-    while cursor < end {
-        // The nearest hole that overlaps [cursor, end).
-        let next_hole = holes
-            .iter()
-            .filter(|(hole_start, hole_end)| *hole_end > cursor && *hole_start < end)
-            .min_by_key(|(hole_start, _)| *hole_start);
-        match next_hole {
-            Some(&(hole_start, hole_end)) => {
-                if hole_start > cursor {
-                    add(cursor, hole_start);
-                }
-                cursor = cursor.max(hole_end);
-            }
-            None => {
-                add(cursor, end);
-                cursor = end;
-            }
-        }
+/// The most RAM regions [`init`] considers (QEMU's maps have a handful).
+const MAX_RAM_REGIONS: usize = 64;
+
+/// Heap pages held once the kernel has booted: measured at 4, 6, 6 and 7 pages with 1,
+/// 2, 4 and 8 CPUs (64 MiB, q35); the reserve doubles that and adds one per CPU.
+fn heap_boot_pages(cpus: u64) -> u64 {
+    16 + cpus
+}
+
+/// What the kernel allocates from the page allocator while it boots with `cpus` CPUs:
+/// the main thread's stack, each application processor's first stack and IST stacks
+/// (`smp`), one page-cache refill per CPU and the heap's pages.
+pub fn boot_demand(cpus: u64) -> BootDemand {
+    BootDemand {
+        cpus,
+        main_stack_bytes: threads::DEFAULT_STACK_SIZE as u64,
+        ap_stack_bytes: smp::AP_STACK_SIZE,
+        ap_ist_stacks: keel_arch_x86_64::gdt::IST_COUNT as u64,
+        ap_ist_bytes: smp::AP_IST_SIZE,
+        page_cache_refill_pages: (DEFAULT_CACHE_CAPACITY / 2) as u64,
+        heap_pages: heap_boot_pages(cpus),
     }
 }
 
-/// Sets up the page allocator and the heap.
-pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
-    let ram = || {
-        info.boot
-            .memory_regions()
-            .iter()
-            .filter(|region| region.kind == MemoryKind::Ram)
-    };
-    let highest = ram().map(|region| region.end()).max().unwrap_or(0);
-    let span_pages = highest / PAGE_SIZE;
-    let metadata_size = metadata_bytes(span_pages).next_multiple_of(PAGE_SIZE);
-    let image = (
-        info.layout.start,
-        info.layout.end.next_multiple_of(PAGE_SIZE),
-    );
-    let tables = (
-        info.paging.table_region_start,
-        info.paging.table_region_start + keel_arch_x86_64::paging::TABLE_REGION_SIZE,
-    );
-    let low_memory = (0, 0x10_0000);
-    // The metadata array goes in the first RAM gap big enough, above the tables.
-    let mut metadata_at = None;
-    for region in ram() {
-        for_each_piece(
-            region.start.next_multiple_of(PAGE_SIZE),
-            region.end() & !(PAGE_SIZE - 1),
-            &[low_memory, image, tables],
-            &mut |start, end| {
-                if metadata_at.is_none() && end - start >= metadata_size {
-                    metadata_at = Some(start);
-                }
-            },
-        );
+/// The CPUs the kernel will try to start: those the MADT lists (at most
+/// `percpu::MAX_CPUS`), or the boot CPU alone.
+fn cpus_to_start(info: &ArchInfo) -> u64 {
+    match &info.platform {
+        Ok(platform) => platform.cpu_count().clamp(1, percpu::MAX_CPUS) as u64,
+        Err(_) => 1,
     }
-    let metadata_start = metadata_at.ok_or(MemoryError::NoRoomForMetadata(metadata_size))?;
-    let slots = span_pages as usize;
-    let metadata_pointer = metadata_start as *mut PageMeta;
-    // SAFETY: [metadata_start, +metadata_size) is RAM that no one else uses (it avoids
-    // low memory, the kernel image and the page tables, and is never handed to the
-    // allocator below), identity-mapped read-write, and aligned for PageMeta (page
-    // aligned). Every slot is initialised before the slice is formed; the slice lives
-    // for the rest of the kernel's life, referenced only by the allocator.
+}
+
+/// Sets up the page allocator and the heap: `keel_memmap::plan` checks the memory map
+/// against [`boot_demand`] and places the page metadata; this writes the metadata array
+/// there and hands the plan's free ranges to the buddy allocator.
+pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
+    let mut ram = [PhysRange::new(0, 0); MAX_RAM_REGIONS];
+    let mut ram_count = 0;
+    for region in info.boot.memory_regions() {
+        if region.kind != MemoryKind::Ram {
+            continue;
+        }
+        if ram_count == MAX_RAM_REGIONS {
+            log::warn!("more than {MAX_RAM_REGIONS} RAM regions; ignoring {region:?}");
+            continue;
+        }
+        ram[ram_count] = PhysRange::new(region.start, region.end());
+        ram_count += 1;
+    }
+    let ram = &ram[..ram_count];
+    let tables = info.paging.table_region_start;
+    let reserved = [
+        // Firmware data (BIOS data area, EBDA, the AP trampoline page).
+        PhysRange::new(0, 0x10_0000),
+        PhysRange::new(info.layout.start, info.layout.end),
+        PhysRange::new(tables, tables + keel_arch_x86_64::paging::TABLE_REGION_SIZE),
+    ];
+    let plan = keel_memmap::plan(
+        ram,
+        &reserved,
+        metadata_bytes,
+        &boot_demand(cpus_to_start(info)),
+    )
+    .map_err(MemoryError::Plan)?;
+    let slots = plan.span_pages as usize;
+    let metadata_pointer = plan.metadata.start as *mut PageMeta;
+    // SAFETY: the plan put the metadata range inside one RAM region, outside low memory,
+    // the kernel image and the page tables, and never hands it to the allocator; it is
+    // identity-mapped read-write, page aligned (so aligned for PageMeta) and at least
+    // `metadata_bytes(span_pages)` long. Every slot is initialised before the slice is
+    // formed; the slice lives for the rest of the kernel's life, referenced only by the
+    // allocator.
     let metadata: &'static mut [PageMeta] = unsafe {
         for index in 0..slots {
             metadata_pointer.add(index).write(PageMeta::UNAVAILABLE);
@@ -212,30 +222,22 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         core::slice::from_raw_parts_mut(metadata_pointer, slots)
     };
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
-    let metadata_hole = (metadata_start, metadata_start + metadata_size);
     let mut failure = None;
-    for region in ram() {
-        for_each_piece(
-            region.start.next_multiple_of(PAGE_SIZE),
-            region.end() & !(PAGE_SIZE - 1),
-            &[low_memory, image, tables, metadata_hole],
-            &mut |start, end| {
-                let range = PageRange::new(
-                    PageFrameNumber::new(start / PAGE_SIZE),
-                    (end - start) / PAGE_SIZE,
-                );
-                if let Err(error) = allocator.add_free_range(range) {
-                    failure.get_or_insert(error);
-                }
-            },
+    plan.for_each_free_range(ram, &reserved, &mut |piece| {
+        let range = PageRange::new(
+            PageFrameNumber::new(piece.start / PAGE_SIZE),
+            piece.len() / PAGE_SIZE,
         );
-    }
+        if let Err(error) = allocator.add_free_range(range) {
+            failure.get_or_insert(error);
+        }
+    });
     if let Some(error) = failure {
         return Err(MemoryError::Allocator(error));
     }
     let report = MemoryReport {
         free_pages: allocator.free_page_count(),
-        metadata_bytes: metadata_size,
+        metadata_bytes: plan.metadata.len(),
     };
     *PAGES.lock() = Some(allocator);
     Ok(report)

@@ -10,9 +10,9 @@ use keel_sched::CpuId;
 use x86_64::registers::control::Cr3;
 
 /// Bytes of an AP's first stack (its idle loop runs on it).
-const AP_STACK_SIZE: u64 = 64 * 1024;
+pub(crate) const AP_STACK_SIZE: u64 = 64 * 1024;
 /// Bytes of each of an AP's IST stacks.
-const AP_IST_SIZE: u64 = 32 * 1024;
+pub(crate) const AP_IST_SIZE: u64 = 32 * 1024;
 
 /// The boot CPU's page-table root, for the APs to load.
 static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);

@@ -219,6 +219,10 @@ fn make_policy(_cpu: CpuId) -> KernelPolicy {
     keel_sched::RoundRobinPolicy::default()
 }
 
+/// Bytes of a thread's stack unless its spawn options say otherwise (the main thread's
+/// too; `memory::boot_demand` counts it).
+pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
+
 static SCHEDULER: spin::Once<KernelScheduler> = spin::Once::new();
 
 /// The scheduler; panics if [`start`] has not created it.
@@ -261,7 +265,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
         Scheduler::with_policy(
             KernelArch { cpu_count },
             SchedulerConfig {
-                default_stack_size: 64 * 1024,
+                default_stack_size: DEFAULT_STACK_SIZE,
                 balance_interval_nanos: Some(10_000_000),
                 // OSv polls 10 000 times before halting. Here polling vCPUs steal host
                 // time from the vCPU that holds (or is handed) a lock, and `pause` is

@@ -115,6 +115,16 @@ pub fn ist_stack_ranges() -> impl Iterator<Item = (u64, u64)> {
     IST_STACKS.iter().map(|stack| (stack.bottom(), stack.top()))
 }
 
+/// A TSS whose IST entry for each [`IstSlot`] (TSS slot `slot + 1`) is `ist_tops[slot]`;
+/// no other stack (ring 0 runs on its own stacks, there is no ring 3).
+fn task_state_segment(ist_tops: [u64; IST_COUNT]) -> TaskStateSegment {
+    let mut tss = TaskStateSegment::new();
+    for (slot, top) in ist_tops.iter().enumerate() {
+        tss.interrupt_stack_table[slot] = VirtAddr::new(*top);
+    }
+    tss
+}
+
 /// Loads the GDT (kernel code and data, TSS) and the TSS with the IST stacks.
 ///
 /// # Safety
@@ -122,10 +132,8 @@ pub fn ist_stack_ranges() -> impl Iterator<Item = (u64, u64)> {
 pub unsafe fn init() {
     // SAFETY: per the contract, nothing else accesses the tables now.
     let tss = unsafe { &mut *TABLES.tss.get() };
-    for (slot, stack) in IST_STACKS.iter().enumerate() {
-        // Keep the stack pointer 16-byte aligned (the top is page aligned).
-        tss.interrupt_stack_table[slot] = VirtAddr::new(stack.top());
-    }
+    // The stack tops are page aligned, so the stack pointers stay 16-byte aligned.
+    *tss = task_state_segment(core::array::from_fn(|slot| IST_STACKS[slot].top()));
     // SAFETY: as above; nothing else accesses the GDT yet.
     let gdt = unsafe { &mut *TABLES.gdt.get() };
     // SAFETY: TABLES.tss lives forever and is not mutated after this point.
@@ -163,13 +171,99 @@ unsafe fn fill_and_load(gdt: &'static mut GlobalDescriptorTable, tss: &'static T
 /// Call once per AP, on that AP, with interrupts disabled; every top must be the
 /// 16-byte aligned end of a stack of the AP's own.
 pub unsafe fn init_application_processor(ist_tops: [u64; IST_COUNT]) {
-    let mut tss = TaskStateSegment::new();
-    for (slot, top) in ist_tops.iter().enumerate() {
-        tss.interrupt_stack_table[slot] = VirtAddr::new(*top);
-    }
+    let tss = task_state_segment(ist_tops);
     let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
     let gdt: &'static mut GlobalDescriptorTable =
         alloc::boxed::Box::leak(alloc::boxed::Box::new(GlobalDescriptorTable::new()));
     // SAFETY: both tables are leaked: they live, unmodified, as long as this CPU.
     unsafe { fill_and_load(gdt, tss) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_stacks_sit_right_above_their_guard_page() {
+        for stack in &IST_STACKS {
+            assert_eq!(stack.guard_address() % GUARD_SIZE as u64, 0);
+            assert_eq!(stack.bottom(), stack.guard_address() + GUARD_SIZE as u64);
+            assert_eq!(stack.top(), stack.bottom() + IST_STACK_SIZE as u64);
+            // The CPU pushes the interrupt frame at a 16-byte aligned top.
+            assert_eq!(stack.top() % 16, 0);
+        }
+        assert_eq!(ist_guard_pages().count(), IST_COUNT);
+        let ranges: std::vec::Vec<_> = ist_stack_ranges().collect();
+        for (index, (bottom, top)) in ranges.iter().enumerate() {
+            for (other, (other_bottom, other_top)) in ranges.iter().enumerate() {
+                assert!(index == other || top <= other_bottom || other_top <= bottom);
+            }
+        }
+    }
+
+    #[test]
+    fn task_state_puts_each_slot_in_its_ist_entry() {
+        let tops = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
+        let tss = task_state_segment(tops);
+        for slot in [
+            IstSlot::Exceptions,
+            IstSlot::DoubleFault,
+            IstSlot::Nmi,
+            IstSlot::MachineCheck,
+            IstSlot::Interrupts,
+        ] {
+            let index = slot as usize;
+            assert!(index < IST_COUNT);
+            assert_eq!(tss.interrupt_stack_table[index].as_u64(), tops[index]);
+        }
+        // Copies: the TSS is packed, its fields cannot be borrowed.
+        let ist = tss.interrupt_stack_table;
+        let privilege = tss.privilege_stack_table;
+        assert!(ist[IST_COUNT..].iter().all(|entry| entry.is_null()));
+        assert!(privilege.iter().all(|entry| entry.is_null()));
+    }
+
+    #[test]
+    fn tss_descriptor_encodes_base_limit_and_type() {
+        let tss: &'static TaskStateSegment = std::boxed::Box::leak(std::boxed::Box::new(
+            task_state_segment([0x8000; IST_COUNT]),
+        ));
+        let Descriptor::SystemSegment(low, high) = Descriptor::tss_segment(tss) else {
+            panic!("a TSS descriptor is a 16-byte system segment");
+        };
+        let base = tss as *const TaskStateSegment as u64;
+        let limit = (low & 0xffff) | ((low >> 48) & 0xf) << 16;
+        assert_eq!(limit, size_of::<TaskStateSegment>() as u64 - 1);
+        assert_eq!(limit, 103);
+        let encoded_base =
+            ((low >> 16) & 0xff_ffff) | ((low >> 56) & 0xff) << 24 | (high & 0xffff_ffff) << 32;
+        assert_eq!(encoded_base, base);
+        // Type 9 (available 64-bit TSS), a system descriptor (S = 0), present, DPL 0.
+        assert_eq!((low >> 40) & 0xf, 0x9);
+        assert_eq!((low >> 44) & 1, 0);
+        assert_eq!((low >> 47) & 1, 1);
+        assert_eq!((low >> 45) & 3, 0);
+    }
+
+    #[test]
+    fn kernel_code_and_data_descriptors() {
+        let (Descriptor::UserSegment(code), Descriptor::UserSegment(data)) = (
+            Descriptor::kernel_code_segment(),
+            Descriptor::kernel_data_segment(),
+        ) else {
+            panic!("code and data descriptors are 8-byte segments");
+        };
+        let bit = |descriptor: u64, index: u32| (descriptor >> index) & 1;
+        // Code: present, DPL 0, executable, 64-bit (L = 1, D = 0).
+        assert_eq!(bit(code, 47), 1);
+        assert_eq!((code >> 45) & 3, 0);
+        assert_eq!(bit(code, 43), 1);
+        assert_eq!(bit(code, 53), 1);
+        assert_eq!(bit(code, 54), 0);
+        // Data: present, DPL 0, writable, not executable.
+        assert_eq!(bit(data, 47), 1);
+        assert_eq!((data >> 45) & 3, 0);
+        assert_eq!(bit(data, 43), 0);
+        assert_eq!(bit(data, 41), 1);
+    }
 }

@@ -470,3 +470,85 @@ pub fn is_stack_guard(address: u64) -> bool {
 pub unsafe fn load_on_application_processor() {
     load_idt();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Gate {
+        /// The gate as the CPU reads it: two little-endian quadwords.
+        fn words(&self) -> [u64; 2] {
+            [
+                u64::from(self.offset_low)
+                    | u64::from(self.selector) << 16
+                    | u64::from(self.options) << 32
+                    | u64::from(self.offset_middle) << 48,
+                u64::from(self.offset_high) | u64::from(self.reserved) << 32,
+            ]
+        }
+    }
+
+    #[test]
+    fn gate_layout_is_the_cpus() {
+        assert_eq!(size_of::<Gate>(), 16);
+        assert_eq!(size_of::<[Gate; 256]>(), 4096);
+        assert_eq!(core::mem::offset_of!(Gate, options), 4);
+        assert_eq!(core::mem::offset_of!(Gate, offset_high), 8);
+        assert_eq!(Gate::MISSING.words(), [0, 0]);
+    }
+
+    #[test]
+    fn interrupt_gate_encodes_offset_selector_type_and_ist() {
+        let handler = 0xffff_8123_4567_89ab_u64;
+        let gate = Gate::interrupt(handler, 0x08, IstSlot::Nmi);
+        let [low, high] = gate.words();
+        let offset = (low & 0xffff) | ((low >> 48) & 0xffff) << 16 | (high & 0xffff_ffff) << 32;
+        assert_eq!(offset, handler);
+        assert_eq!((low >> 16) & 0xffff, 0x08);
+        // IST index: the slot plus one (Nmi is slot 2, so TSS IST3).
+        assert_eq!((low >> 32) & 0x7, 3);
+        // Present, DPL 0, type 0xE (64-bit interrupt gate: IF cleared on entry).
+        assert_eq!((low >> 40) & 0xff, 0x8e);
+        assert_eq!(high >> 32, 0);
+    }
+
+    #[test]
+    fn interrupt_gate_agrees_with_the_early_ap_gate() {
+        // Two independent encoders of the same gate: the AP's early IDT (IST1, code
+        // selector 0x08) and the kernel's (IstSlot::Exceptions is TSS IST1).
+        for handler in [0x10_0000u64, 0x12_3456, 0xdead_beef_0000_1000, u64::MAX] {
+            assert_eq!(
+                Gate::interrupt(handler, 0x08, IstSlot::Exceptions).words(),
+                crate::smp::early_interrupt_gate(handler),
+                "handler {handler:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_vector_has_an_ist_slot_and_the_special_ones_their_own() {
+        assert_eq!(ist_slot(2), IstSlot::Nmi);
+        assert_eq!(ist_slot(8), IstSlot::DoubleFault);
+        assert_eq!(ist_slot(18), IstSlot::MachineCheck);
+        for vector in [0, 1, 3, 6, 13, 14, 15, 31] {
+            assert_eq!(ist_slot(vector), IstSlot::Exceptions, "vector {vector}");
+        }
+        for vector in 32..=255 {
+            assert_eq!(ist_slot(vector), IstSlot::Interrupts, "vector {vector}");
+        }
+        for vector in 0..=255 {
+            assert!((ist_slot(vector) as usize) < crate::gdt::IST_COUNT);
+        }
+    }
+
+    #[test]
+    fn exception_names() {
+        assert_eq!(exception_name(0), "divide error (#DE)");
+        assert_eq!(exception_name(14), "page fault (#PF)");
+        assert_eq!(exception_name(8), "double fault (#DF)");
+        assert_eq!(exception_name(15), "reserved exception");
+        assert_eq!(exception_name(31), "reserved exception");
+        assert_eq!(exception_name(32), "interrupt");
+        assert_eq!(exception_name(255), "interrupt");
+    }
+}

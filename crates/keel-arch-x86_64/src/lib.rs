@@ -12,12 +12,18 @@
 //!
 //! This crate is where Keel's `unsafe` lives, in small modules; every block states what
 //! it relies on. The pure parts live in their own crates and are unit-tested on the host
-//! (the start-info parser in `keel-bootinfo`, the symbol table in `keel-ksyms`); this
-//! crate's boot assembly cannot link into a host test executable, so it is exercised by
+//! (the start-info parser in `keel-bootinfo`, the symbol table in `keel-ksyms`). This
+//! crate's own encodings (IDT gates, the early AP gates, the TSS and its descriptor, the
+//! page-table entries and 2 MiB/4 KiB mapping steps, log levels) are unit-tested on the
+//! host too (`cargo test -p keel-arch-x86_64`); for that, the boot and AP-trampoline
+//! assembly, whose 32-bit absolute relocations cannot link into a position-independent
+//! test executable, is left out under `cfg(test)`. The hardware paths themselves run in
 //! the in-guest test kernel and the crash tests (`cargo xtask test`).
 #![no_std]
 
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 pub use keel_bootinfo as bootinfo;
 

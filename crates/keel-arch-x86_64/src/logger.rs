@@ -52,3 +52,17 @@ pub fn parse_level(name: &str) -> Option<LevelFilter> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_levels() {
+        assert_eq!(parse_level("off"), Some(LevelFilter::Off));
+        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
+        assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
+        assert_eq!(parse_level("Debug"), None);
+        assert_eq!(parse_level(""), None);
+    }
+}

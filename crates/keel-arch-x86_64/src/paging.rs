@@ -227,27 +227,117 @@ impl Builder<'_> {
         let mut address = start & !(PAGE - 1);
         let end = end.next_multiple_of(PAGE);
         while address < end {
-            if address >= avoid.0 && address < avoid.1 {
-                address = avoid.1;
-                continue;
-            }
-            let huge_end = address + HUGE;
-            let huge_fits = address.is_multiple_of(HUGE)
-                && huge_end <= end
-                && (huge_end <= avoid.0 || address >= avoid.1)
-                && !self.guards[..self.guard_count]
-                    .iter()
-                    .any(|&guard| guard >= address && guard < huge_end);
-            if huge_fits {
-                self.map_huge(address, flags | PageTableFlags::HUGE_PAGE)?;
-                address = huge_end;
-            } else {
-                self.map_small(address, flags)?;
-                address += PAGE;
+            let guards = &self.guards[..self.guard_count];
+            match next_mapping(address, end, avoid, guards) {
+                MappingStep::Skip { to } => address = to,
+                MappingStep::Huge => {
+                    self.map_huge(address, flags | PageTableFlags::HUGE_PAGE)?;
+                    address += HUGE;
+                }
+                MappingStep::Small => {
+                    self.map_small(address, flags)?;
+                    address += PAGE;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// What [`Builder::map_range`] does at one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MappingStep {
+    /// Jump over the avoided range, to this address.
+    Skip { to: u64 },
+    /// Map a 2 MiB page here.
+    Huge,
+    /// Map a 4 KiB page here (a guard page is then left out by `map_small`).
+    Small,
+}
+
+/// The step at page-aligned `address` of an identity map up to `end` (page aligned)
+/// that avoids `[avoid.0, avoid.1)` and the pages in `guards`: a 2 MiB page where
+/// `address` is 2 MiB aligned and the whole 2 MiB lies below `end`, outside `avoid`
+/// and holds no guard page; else a 4 KiB page.
+fn next_mapping(address: u64, end: u64, avoid: (u64, u64), guards: &[u64]) -> MappingStep {
+    if address >= avoid.0 && address < avoid.1 {
+        return MappingStep::Skip { to: avoid.1 };
+    }
+    let huge_end = address + HUGE;
+    let huge_fits = address.is_multiple_of(HUGE)
+        && huge_end <= end
+        && (huge_end <= avoid.0 || address >= avoid.1)
+        && !guards
+            .iter()
+            .any(|&guard| guard >= address && guard < huge_end);
+    if huge_fits {
+        MappingStep::Huge
+    } else {
+        MappingStep::Small
+    }
+}
+
+/// The flags of the kernel image's page at `address`: text read+execute, rodata
+/// read-only, data and bss read-write, all else (headers before the text) read-only;
+/// everything but text no-execute.
+fn image_page_flags(layout: &KernelLayout, address: u64) -> PageTableFlags {
+    let present = PageTableFlags::PRESENT;
+    let no_execute = PageTableFlags::NO_EXECUTE;
+    if address < layout.text_end && address >= layout.text_start {
+        present
+    } else if address >= layout.rodata_start && address < layout.rodata_end {
+        present | no_execute
+    } else if address >= layout.data_start {
+        present | PageTableFlags::WRITABLE | no_execute
+    } else {
+        // Between the image start and the text: headers, never executed.
+        present | no_execute
+    }
+}
+
+/// The flags of a memory-map region's identity mapping: read-write, no-execute; RAM
+/// and ACPI memory write-back, everything else (MMIO) uncached.
+fn region_flags(kind: MemoryKind) -> PageTableFlags {
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    if kind.is_memory() {
+        flags
+    } else {
+        flags | UNCACHED
+    }
+}
+
+/// Uncached: PCD and PWT set.
+const UNCACHED: PageTableFlags = PageTableFlags::NO_CACHE.union(PageTableFlags::WRITE_THROUGH);
+
+/// The flags a 4 KiB entry with `flags` gets when made a guard (`guard`: PRESENT taken
+/// away, the rest kept so the entry still names its frame) or mapped again (present,
+/// read-write, no-execute), and whether that reduced a present mapping (so every CPU
+/// must flush it). Making a non-present entry present reduces nothing.
+fn guard_entry_flags(flags: PageTableFlags, guard: bool) -> (PageTableFlags, bool) {
+    let new_flags = if guard {
+        flags - PageTableFlags::PRESENT
+    } else {
+        flags | PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE
+    };
+    (
+        new_flags,
+        flags.contains(PageTableFlags::PRESENT) && new_flags != flags,
+    )
+}
+
+/// Entry `index` (0..512) of the 4 KiB table that replaces a 2 MiB entry at `base`
+/// with `huge_flags`: the same frame range and rights, without `HUGE_PAGE`.
+fn split_entry(base: u64, huge_flags: PageTableFlags, index: usize) -> (PhysAddr, PageTableFlags) {
+    (
+        PhysAddr::new(base + index as u64 * PAGE),
+        huge_flags - PageTableFlags::HUGE_PAGE,
+    )
+}
+
+/// Whether a raw entry found at `level` of a walk (0 = PML4 .. 3 = page table) is a
+/// guard page's: a 4 KiB entry without PRESENT that keeps its frame address.
+fn is_guard_entry(level: usize, entry: u64) -> bool {
+    level == 3 && entry & PageTableFlags::PRESENT.bits() == 0 && entry & ENTRY_FRAME_MASK != 0
 }
 
 /// Builds the kernel's page tables and switches to them.
@@ -305,47 +395,25 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
         }
     }
 
-    let present = PageTableFlags::PRESENT;
-    let writable = PageTableFlags::WRITABLE;
-    let no_execute = PageTableFlags::NO_EXECUTE;
-    let uncached = PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
+    let read_write =
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
 
     // The kernel image, section by section, with 4 KiB pages.
     let mut address = layout.start;
     while address < layout.end {
-        let flags = if address < layout.text_end && address >= layout.text_start {
-            present
-        } else if address >= layout.rodata_start && address < layout.rodata_end {
-            present | no_execute
-        } else if address >= layout.data_start {
-            present | writable | no_execute
-        } else {
-            // Between the image start and the text: headers, never executed.
-            present | no_execute
-        };
-        builder.map_small(address, flags)?;
+        builder.map_small(address, image_page_flags(&layout, address))?;
         address += PAGE;
     }
     let image = (layout.start, layout.end.next_multiple_of(PAGE));
 
     // The low megabyte (BIOS data, ACPI RSDP area) even where the map leaves gaps.
-    builder.map_range(PAGE, 0x10_0000, present | writable | no_execute, image)?;
+    builder.map_range(PAGE, 0x10_0000, read_write, image)?;
     for region in boot.memory_regions() {
-        let flags = if region.kind.is_memory() {
-            present | writable | no_execute
-        } else {
-            present | writable | no_execute | uncached
-        };
-        builder.map_range(region.start, region.end(), flags, image)?;
+        builder.map_range(region.start, region.end(), region_flags(region.kind), image)?;
     }
     // Local APIC, I/O APIC, HPET: uncached MMIO.
     for mmio in [apic_base, 0xfec0_0000, 0xfed0_0000] {
-        builder.map_range(
-            mmio,
-            mmio + PAGE,
-            present | writable | no_execute | uncached,
-            image,
-        )?;
+        builder.map_range(mmio, mmio + PAGE, read_write | UNCACHED, image)?;
     }
 
     builder.report.table_frames_used = builder.frames.used;
@@ -381,11 +449,7 @@ pub fn flags_of(address: u64) -> Option<PageTableFlags> {
 /// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
 /// no table). Lock-free, so the crash report may ask while any lock is held.
 pub fn is_guard_page(address: u64) -> bool {
-    matches!(
-        final_entry(address),
-        Some((3, entry)) if entry & PageTableFlags::PRESENT.bits() == 0
-            && entry & ENTRY_FRAME_MASK != 0
-    )
+    final_entry(address).is_some_and(|(level, entry)| is_guard_entry(level, entry))
 }
 
 /// The frame-address bits of a page-table entry.
@@ -460,20 +524,12 @@ pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
     // scheduler running in an interrupt: never hold the lock with interrupts enabled.
     x86_64::instructions::interrupts::without_interrupts(|| {
         let flush = change_last_level(address, |entry| {
-            let flags = entry.flags();
-            let new_flags = if guard {
-                flags - PageTableFlags::PRESENT
-            } else {
-                flags
-                    | PageTableFlags::PRESENT
-                    | PageTableFlags::WRITABLE
-                    | PageTableFlags::NO_EXECUTE
-            };
-            let frame = entry.addr();
-            entry.set_addr(frame, new_flags);
             // Any change to a present entry counts as a reduction (a guard being set,
             // or no-execute added); making a non-present entry present does not.
-            flags.contains(PageTableFlags::PRESENT) && new_flags != flags
+            let (new_flags, reduced) = guard_entry_flags(entry.flags(), guard);
+            let frame = entry.addr();
+            entry.set_addr(frame, new_flags);
+            reduced
         })?;
         finish(flush);
         Ok(())
@@ -582,9 +638,9 @@ fn change_last_level(
         // SAFETY: a fresh frame from the reserved table region, identity-mapped RAM.
         let table = unsafe { table_at(frame.start_address()) };
         let base = entry2.addr().as_u64();
-        let small_flags = flags2 - PageTableFlags::HUGE_PAGE;
         for (index, entry) in table.iter_mut().enumerate() {
-            entry.set_addr(PhysAddr::new(base + index as u64 * PAGE), small_flags);
+            let (frame, flags) = split_entry(base, flags2, index);
+            entry.set_addr(frame, flags);
         }
         // The 4 KiB entries translate exactly as the 2 MiB one did, so until one of
         // them changes, a stale 2 MiB TLB entry elsewhere gives the same answer (the
@@ -606,4 +662,203 @@ fn change_last_level(
         reduced,
         split,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// The steps `map_range` takes over `[start, end)`.
+    fn steps(start: u64, end: u64, avoid: (u64, u64), guards: &[u64]) -> Vec<(u64, MappingStep)> {
+        let mut out = Vec::new();
+        let mut address = start;
+        while address < end {
+            let step = next_mapping(address, end, avoid, guards);
+            out.push((address, step));
+            address = match step {
+                MappingStep::Skip { to } => to,
+                MappingStep::Huge => address + HUGE,
+                MappingStep::Small => address + PAGE,
+            };
+        }
+        out
+    }
+
+    const NOTHING: (u64, u64) = (0, 0);
+
+    #[test]
+    fn aligned_ranges_get_huge_pages() {
+        let plan = steps(0x20_0000, 0x80_0000, NOTHING, &[]);
+        assert_eq!(
+            plan,
+            [
+                (0x20_0000, MappingStep::Huge),
+                (0x40_0000, MappingStep::Huge),
+                (0x60_0000, MappingStep::Huge)
+            ]
+        );
+    }
+
+    #[test]
+    fn unaligned_edges_get_small_pages_up_to_the_boundary() {
+        let plan = steps(0x1f_f000, 0x40_1000, NOTHING, &[]);
+        assert_eq!(plan.first(), Some(&(0x1f_f000, MappingStep::Small)));
+        assert_eq!(plan[1], (0x20_0000, MappingStep::Huge));
+        // The tail past the last full 2 MiB is one 4 KiB page.
+        assert_eq!(plan[2..], [(0x40_0000, MappingStep::Small)]);
+    }
+
+    #[test]
+    fn a_guard_page_forces_small_pages_around_it() {
+        let guard = 0x30_0000;
+        let plan = steps(0x20_0000, 0x60_0000, NOTHING, &[guard]);
+        // The first 2 MiB holds the guard: 512 small pages; the next is huge.
+        assert_eq!(
+            plan.iter()
+                .filter(|(_, step)| *step == MappingStep::Small)
+                .count(),
+            512
+        );
+        assert!(plan.contains(&(guard, MappingStep::Small)));
+        assert_eq!(plan.last(), Some(&(0x40_0000, MappingStep::Huge)));
+    }
+
+    #[test]
+    fn the_avoided_image_is_skipped_and_never_inside_a_huge_page() {
+        let image = (0x10_0000, 0x3a_4000);
+        let plan = steps(0, 0x80_0000, image, &[]);
+        assert!(plan.contains(&(0x10_0000, MappingStep::Skip { to: 0x3a_4000 })));
+        for &(address, step) in &plan {
+            match step {
+                MappingStep::Huge => assert!(address + HUGE <= image.0 || address >= image.1),
+                MappingStep::Small => assert!(address < image.0 || address >= image.1),
+                MappingStep::Skip { .. } => {}
+            }
+        }
+        // Below the image and up to the next 2 MiB boundary after it: small pages;
+        // from 4 MiB on, huge ones.
+        assert_eq!(plan.first(), Some(&(0, MappingStep::Small)));
+        assert!(plan.contains(&(0x3a_4000, MappingStep::Small)));
+        assert!(plan.contains(&(0x40_0000, MappingStep::Huge)));
+        // Every page of [0, 8 MiB) outside the image is covered exactly once.
+        let covered: u64 = plan
+            .iter()
+            .map(|(_, step)| match step {
+                MappingStep::Huge => HUGE,
+                MappingStep::Small => PAGE,
+                MappingStep::Skip { .. } => 0,
+            })
+            .sum();
+        assert_eq!(covered, 0x80_0000 - (image.1 - image.0));
+    }
+
+    fn layout() -> KernelLayout {
+        KernelLayout {
+            start: 0x10_0000,
+            text_start: 0x10_1000,
+            text_end: 0x13_0000,
+            rodata_start: 0x13_0000,
+            rodata_end: 0x15_0000,
+            data_start: 0x15_0000,
+            end: 0x3a_4000,
+        }
+    }
+
+    #[test]
+    fn image_sections_get_their_rights() {
+        let layout = layout();
+        let p = PageTableFlags::PRESENT;
+        let w = PageTableFlags::WRITABLE;
+        let nx = PageTableFlags::NO_EXECUTE;
+        assert_eq!(image_page_flags(&layout, 0x10_0000), p | nx, "headers");
+        assert_eq!(image_page_flags(&layout, 0x10_1000), p, "text");
+        assert_eq!(image_page_flags(&layout, 0x12_f000), p, "last text page");
+        assert_eq!(image_page_flags(&layout, 0x13_0000), p | nx, "rodata");
+        assert_eq!(image_page_flags(&layout, 0x15_0000), p | w | nx, "data");
+        assert_eq!(image_page_flags(&layout, 0x3a_3000), p | w | nx, "bss");
+        // W^X: no page is both writable and executable.
+        let mut address = layout.start;
+        while address < layout.end {
+            let flags = image_page_flags(&layout, address);
+            assert!(!flags.contains(w) || flags.contains(nx), "{address:#x}");
+            address += PAGE;
+        }
+    }
+
+    #[test]
+    fn memory_is_cached_and_mmio_is_not() {
+        use crate::bootinfo::MemoryKind;
+        for kind in [
+            MemoryKind::Ram,
+            MemoryKind::AcpiReclaimable,
+            MemoryKind::AcpiNvs,
+        ] {
+            let flags = region_flags(kind);
+            assert!(!flags.intersects(UNCACHED), "{kind:?}");
+            assert!(flags.contains(PageTableFlags::NO_EXECUTE | PageTableFlags::WRITABLE));
+        }
+        let mmio = region_flags(MemoryKind::Reserved);
+        assert!(mmio.contains(PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH));
+        assert!(mmio.contains(PageTableFlags::PRESENT | PageTableFlags::NO_EXECUTE));
+    }
+
+    #[test]
+    fn guard_entries_keep_their_frame_and_count_as_reductions() {
+        let mapped =
+            PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let (guarded, reduced) = guard_entry_flags(mapped, true);
+        assert!(!guarded.contains(PageTableFlags::PRESENT));
+        assert!(guarded.contains(PageTableFlags::WRITABLE));
+        assert!(reduced, "present -> not present needs a shootdown");
+        let (again, reduced) = guard_entry_flags(guarded, false);
+        assert_eq!(again, mapped);
+        assert!(!reduced, "not present -> present needs none");
+        // Making a present executable page a plain data page takes a right away.
+        let (_, reduced) = guard_entry_flags(PageTableFlags::PRESENT, false);
+        assert!(reduced);
+        let (_, reduced) = guard_entry_flags(mapped, false);
+        assert!(!reduced, "no change, no flush");
+
+        // A guard entry as `is_guard_page` finds it in a walk.
+        let mut entry = x86_64::structures::paging::page_table::PageTableEntry::new();
+        entry.set_addr(PhysAddr::new(0x12_3000), guarded);
+        assert!(is_guard_entry(
+            3,
+            entry.addr().as_u64() | entry.flags().bits()
+        ));
+        assert!(!is_guard_entry(
+            2,
+            entry.addr().as_u64() | entry.flags().bits()
+        ));
+        assert!(
+            !is_guard_entry(3, 0),
+            "an empty entry is unmapped, not a guard"
+        );
+        assert!(!is_guard_entry(3, 0x12_3000 | mapped.bits()), "present");
+    }
+
+    #[test]
+    fn split_entries_translate_like_the_huge_page() {
+        let huge_flags = PageTableFlags::PRESENT
+            | PageTableFlags::WRITABLE
+            | PageTableFlags::NO_EXECUTE
+            | PageTableFlags::HUGE_PAGE;
+        let base = 0x4000_0000 + 7 * HUGE;
+        for index in 0..512 {
+            let (frame, flags) = split_entry(base, huge_flags, index);
+            assert_eq!(frame.as_u64(), base + index as u64 * PAGE);
+            assert_eq!(flags, huge_flags - PageTableFlags::HUGE_PAGE);
+            // The same address translates to the same frame through either mapping.
+            let address = base + index as u64 * PAGE + 0x123;
+            let through_huge = base + (address & (HUGE - 1));
+            assert_eq!(frame.as_u64() + (address & (PAGE - 1)), through_huge);
+        }
+    }
+
+    #[test]
+    fn entry_frame_mask_covers_bits_12_to_51() {
+        assert_eq!(ENTRY_FRAME_MASK, ((1u64 << 52) - 1) & !(PAGE - 1));
+        assert_eq!(ENTRY_FRAME_MASK & PageTableFlags::all().bits(), 0);
+    }
 }

@@ -35,8 +35,10 @@
 //! The crash case `ktest.crash=ap-early-fault` (kernel-bin) tests this.
 
 use crate::apic::{self, IpiKind};
+#[cfg(not(test))]
 use crate::cpu::{DEBUG_EXIT_PORT, ExitCode};
 use crate::time;
+#[cfg(not(test))]
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +78,7 @@ const EARLY_STACK_SIZE: usize = 1024;
 /// The early GDT's selectors; code and data match the trampoline's GDT.
 const EARLY_CODE_SELECTOR: u16 = 0x08;
 /// The early TSS's descriptor (GDT entries 3 and 4).
+#[cfg(not(test))]
 const EARLY_TSS_SELECTOR: u16 = 0x18;
 
 /// A static that the boot CPU writes in [`install_trampoline`] and the APs only read
@@ -115,6 +118,9 @@ static EARLY_STACK: EarlyCell<[u8; EARLY_STACK_SIZE]> =
 // both mapping the kernel image at its link addresses, so the early tables, the early
 // fault stack and the stubs are reachable before and after the CR3 switch. The early
 // fault handler never returns: it only writes to COM1 and the exit ports, then halts.
+// Not in host unit tests (`cfg(test)`): the trampoline's absolute relocations cannot
+// link into a position-independent test executable, and no host test starts an AP.
+#[cfg(not(test))]
 global_asm!(
     r#"
     .section .rodata.keel_ap_trampoline, "a"
@@ -306,6 +312,7 @@ global_asm!(
     failure = const ExitCode::Failure as u32,
 );
 
+#[cfg(not(test))]
 unsafe extern "Rust" {
     /// The kernel binary's per-AP main function.
     fn keel_kernel_ap_main(index: usize) -> !;
@@ -315,6 +322,7 @@ unsafe extern "Rust" {
 ///
 /// # Safety
 /// Only the trampoline calls this, once per AP.
+#[cfg(not(test))]
 unsafe extern "C" fn ap_entry_64(index: u64) -> ! {
     AP_ALIVE.store(true, Ordering::Release);
     // SAFETY: the kernel binary defines `keel_kernel_ap_main` with this signature.
@@ -346,7 +354,7 @@ pub fn install_trampoline() {
 
 /// A present 64-bit interrupt gate, DPL 0, to `handler` through IST1 (SDM vol. 3,
 /// figure 6-8).
-fn early_interrupt_gate(handler: u64) -> [u64; 2] {
+pub(crate) fn early_interrupt_gate(handler: u64) -> [u64; 2] {
     let low = (handler & 0xffff)
         | u64::from(EARLY_CODE_SELECTOR) << 16
         | 1 << 32 // IST1
@@ -465,4 +473,35 @@ pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartE
     } else {
         Err(StartError::Timeout { apic_id })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_gate_fields() {
+        let handler = 0x0000_7fff_1234_5678_u64;
+        let [low, high] = early_interrupt_gate(handler);
+        assert_eq!(low & 0xffff, 0x5678);
+        assert_eq!((low >> 48) & 0xffff, 0x1234);
+        assert_eq!(high, 0x7fff);
+        assert_eq!((low >> 16) & 0xffff, u64::from(EARLY_CODE_SELECTOR));
+        assert_eq!((low >> 32) & 0x7, 1, "IST1");
+        assert_eq!(
+            (low >> 40) & 0xff,
+            0x8e,
+            "present 64-bit interrupt gate, DPL 0"
+        );
+    }
+
+    // The trampoline and the early tables are sized for these constants (checked at
+    // compile time).
+    const _: () = {
+        assert!(EARLY_STACK_SIZE.is_multiple_of(16));
+        assert!(size_of::<[u64; 2 * EARLY_VECTORS]>() - 1 == 511);
+        assert!(TRAMPOLINE_ADDRESS.is_multiple_of(4096));
+        // Start-up IPIs name a page below 1 MiB.
+        assert!(TRAMPOLINE_ADDRESS < 0x10_0000);
+    };
 }
