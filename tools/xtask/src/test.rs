@@ -3,6 +3,7 @@
 //! Every stage's counts are printed, and the run closes with one `N passed, N failed`
 //! line over all stages. Any failure, timeout or crash makes the command exit non-zero.
 
+use crate::cli::TestArguments;
 use crate::kernel::{self, BuildOptions};
 use crate::qemu::{self, GUEST_FAILURE_STATUS, GUEST_SUCCESS_STATUS, Machine, QemuOptions};
 use crate::{cargo, workspace_root};
@@ -277,6 +278,11 @@ const CRASH_CASES: &[CrashCase] = &[
     },
 ];
 
+/// The names of the deliberate crashes (`ktest.crash=NAME`) this runner checks.
+pub fn crash_case_names() -> Vec<&'static str> {
+    CRASH_CASES.iter().map(|case| case.name).collect()
+}
+
 /// Whether a line opens a crash report (an exception's or a panic's).
 fn is_report_header(line: &str) -> bool {
     line.starts_with("KEEL FATAL: CPU exception")
@@ -501,15 +507,16 @@ fn guest_stage() -> Result<Stage, String> {
 }
 
 /// `cargo xtask test`.
-pub fn run(arguments: &[String]) -> Result<(), String> {
-    let (mut host, mut loom, mut guest) = (true, true, true);
-    for argument in arguments {
-        match argument.as_str() {
-            "--no-host" => host = false,
-            "--no-loom" => loom = false,
-            "--no-guest" => guest = false,
-            other => return Err(format!("unknown test option {other:?}")),
-        }
+pub fn run(arguments: &TestArguments) -> Result<(), String> {
+    let (host, loom, guest) = (
+        !arguments.no_host,
+        !arguments.no_loom,
+        !arguments.no_guest,
+    );
+    if !(host || loom || guest) {
+        return Err(
+            "--no-host, --no-loom and --no-guest together leave nothing to run; drop one".into(),
+        );
     }
     let mut stages = Vec::new();
     if host {
