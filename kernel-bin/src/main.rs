@@ -32,7 +32,10 @@ use keel_arch_x86_64::{ArchInfo, backtrace, kprintln, serial, time};
 pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
     let memory_start = time::read_tsc();
     if !command_line::check(info.boot.command_line()) {
-        kprintln!("KEEL FATAL: bad kernel command line {:?}", info.boot.command_line());
+        kprintln!(
+            "KEEL FATAL: bad kernel command line {:?}",
+            info.boot.command_line()
+        );
         cpu::exit(ExitCode::Failure)
     }
     log_boot_details(info);
@@ -102,11 +105,7 @@ fn log_boot_details(info: &ArchInfo) {
         );
     }
     for module in boot.modules() {
-        log::debug!(
-            "boot: module at {:#x}, {} bytes",
-            module.start,
-            module.size
-        );
+        log::debug!("boot: module at {:#x}, {} bytes", module.start, module.size);
     }
     let paging = &info.paging;
     log::debug!(
@@ -117,11 +116,14 @@ fn log_boot_details(info: &ArchInfo) {
     );
     match &info.platform {
         Ok(platform) => log::debug!(
-            "acpi: MADT lists APIC ids {:?} ({} dropped, {} hot-pluggable), I/O APIC at {:?}",
+            "acpi: MADT lists APIC ids {:?} ({} dropped, {} hot-pluggable), I/O APIC at {}",
             platform.apic_ids(),
             platform.cpus_dropped,
             platform.cpus_online_capable,
-            platform.io_apic
+            match platform.io_apic {
+                Some(address) => alloc::format!("{address:#x}"),
+                None => "none".into(),
+            }
         ),
         Err(error) => log::debug!("acpi: no platform tables: {error:?}"),
     }
@@ -184,10 +186,7 @@ mod command_line {
 
     /// Every key the kernel reads.
     const KEYS: &[Key] = &[
-        key(
-            "app",
-            Values::OneOf(&["default", "lockbench", "trapbench"]),
-        ),
+        key("app", Values::OneOf(&["default", "lockbench", "trapbench"])),
         key(
             "log",
             Values::OneOf(&["off", "error", "warn", "info", "debug", "trace"]),

@@ -136,8 +136,10 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
             case = format!("{group} [{value}]");
         }
         let implementation = benchmark["function_id"].as_str().unwrap_or("?").to_string();
-        let time = typical_estimate(&estimates)
-            .ok_or(format!("{}: no slope or mean estimate", directory.display()))?;
+        let time = typical_estimate(&estimates).ok_or(format!(
+            "{}: no slope or mean estimate",
+            directory.display()
+        ))?;
         table.entry(case).or_default().insert(implementation, time);
     }
     if table.is_empty() {

@@ -168,8 +168,9 @@ mod tests {
     use super::*;
 
     fn parse_from(arguments: &[&str]) -> Result<Command, clap::Error> {
-        let matches =
-            Cli::command().try_get_matches_from(std::iter::once("cargo xtask").chain(arguments.iter().copied()))?;
+        let matches = Cli::command().try_get_matches_from(
+            std::iter::once("cargo xtask").chain(arguments.iter().copied()),
+        )?;
         Ok(Cli::from_arg_matches(&matches)?.command)
     }
 
@@ -191,14 +192,23 @@ mod tests {
     #[test]
     fn the_documented_commands_parse() {
         let Command::Run(run) = parse_from(&[
-            "run", "--release", "--smp", "4", "--", "app=lockbench", "lockbench.threads=8",
+            "run",
+            "--release",
+            "--smp",
+            "4",
+            "--",
+            "app=lockbench",
+            "lockbench.threads=8",
         ])
         .unwrap() else {
             panic!("not run");
         };
         assert!(run.build.release);
         assert_eq!(run.smp, 4);
-        assert_eq!(run.kernel_arguments, ["app=lockbench", "lockbench.threads=8"]);
+        assert_eq!(
+            run.kernel_arguments,
+            ["app=lockbench", "lockbench.threads=8"]
+        );
         let Command::Test(test) = parse_from(&["test", "--no-host", "--no-loom"]).unwrap() else {
             panic!("not test");
         };
@@ -207,9 +217,14 @@ mod tests {
             panic!("not bench");
         };
         assert_eq!(bench.name.as_deref(), Some("heap"));
-        let Command::Build(build) =
-            parse_from(&["build", "--features", "ktest,sched-round-robin", "--features", ""]).unwrap()
-        else {
+        let Command::Build(build) = parse_from(&[
+            "build",
+            "--features",
+            "ktest,sched-round-robin",
+            "--features",
+            "",
+        ])
+        .unwrap() else {
             panic!("not build");
         };
         assert_eq!(
@@ -224,7 +239,8 @@ mod tests {
         assert!(parse_from(&["run", "--machine", "pc"]).is_err());
         assert!(parse_from(&["run", "--memory", "lots"]).is_err());
         assert!(parse_from(&["run", "app=lockbench"]).is_err());
-        let Command::Build(build) = parse_from(&["build", "--features", "no-such-feature"]).unwrap()
+        let Command::Build(build) =
+            parse_from(&["build", "--features", "no-such-feature"]).unwrap()
         else {
             panic!("not build");
         };

@@ -119,6 +119,10 @@ mod tests {
 
     #[test]
     fn the_kernel_manifest_has_the_ktest_feature() {
-        assert!(kernel_features().iter().any(|feature| feature.name == "ktest"));
+        assert!(
+            kernel_features()
+                .iter()
+                .any(|feature| feature.name == "ktest")
+        );
     }
 }

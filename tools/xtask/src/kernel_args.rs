@@ -124,7 +124,11 @@ pub fn help_text() -> String {
             Values::Text if key.name == "ktest.crash" => "ktest.crash=NAME".into(),
             values => format!("{}={}", key.name, describe(values)),
         };
-        let build = if key.ktest_only { " [--ktest only]" } else { "" };
+        let build = if key.ktest_only {
+            " [--ktest only]"
+        } else {
+            ""
+        };
         text.push_str(&format!("  {syntax}\n      {}{build}\n", key.help));
         if key.name == "ktest.crash" {
             text.push_str(&format!("      NAME: {}\n", crash_case_names().join(", ")));
@@ -138,7 +142,10 @@ pub fn help_text() -> String {
 /// `--ktest`), or the first error.
 pub fn check(arguments: &[String], ktest: bool) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
-    for word in arguments.iter().flat_map(|argument| argument.split_ascii_whitespace()) {
+    for word in arguments
+        .iter()
+        .flat_map(|argument| argument.split_ascii_whitespace())
+    {
         let (name, value) = match word.split_once('=') {
             Some((name, value)) => (name, Some(value)),
             None => (word, None),

@@ -111,7 +111,9 @@ pub fn parse_memory(value: &str) -> Result<MemorySize, String> {
         .parse()
         .map_err(|_| format!("{value:?} is not a size such as 256M or 2G"))?;
     match number.checked_mul(unit) {
-        Some(mebibytes) if (1..=MAX_MEMORY_MIB).contains(&mebibytes) => Ok(MemorySize { mebibytes }),
+        Some(mebibytes) if (1..=MAX_MEMORY_MIB).contains(&mebibytes) => {
+            Ok(MemorySize { mebibytes })
+        }
         _ => Err(format!(
             "{value:?} is out of range (1M..={}G)",
             MAX_MEMORY_MIB / 1024
