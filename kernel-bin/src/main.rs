@@ -26,6 +26,36 @@ use core::fmt::Write;
 use keel_arch_x86_64::cpu::{self, ExitCode};
 use keel_arch_x86_64::{ArchInfo, backtrace, kprintln, serial, time};
 
+// The ELF entry point (`ENTRY` in linker.ld), for whoever runs the kernel ELF as a Linux
+// program (`cargo run --bin keel-kernel`): it writes a hint to stderr and exits with
+// status 1, through raw Linux system calls, instead of jumping into 32-bit boot code and
+// dying of SIGSEGV. QEMU, Firecracker and Cloud Hypervisor boot through the PVH ELF note
+// (`keel_pvh_start32`) and never jump to the ELF entry point.
+core::arch::global_asm!(
+    ".pushsection .text.keel_linux_stub, \"ax\"",
+    ".global keel_linux_stub",
+    ".type keel_linux_stub, @function",
+    ".code64",
+    "keel_linux_stub:",
+    "    mov eax, 1", // write(2, message, length)
+    "    mov edi, 2",
+    "    lea rsi, [rip + {message}]",
+    "    mov edx, {length}",
+    "    syscall",
+    "    mov eax, 231", // exit_group(1)
+    "    mov edi, 1",
+    "    syscall",
+    "    ud2",
+    ".size keel_linux_stub, . - keel_linux_stub",
+    ".popsection",
+    message = sym LINUX_STUB_MESSAGE,
+    length = const LINUX_STUB_MESSAGE.len(),
+);
+
+/// What the ELF entry point stub writes to stderr.
+static LINUX_STUB_MESSAGE: [u8; 77] =
+    *b"this is the Keel kernel, not a Linux program: boot it with `cargo xtask run`\n";
+
 /// The kernel's main function, called by the architecture crate once the CPU, the page
 /// tables, the clock and the APIC are up.
 #[unsafe(no_mangle)]
