@@ -515,9 +515,13 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
     match exit.code() {
         Some(GUEST_SUCCESS_STATUS) => Ok(()),
         Some(GUEST_FAILURE_STATUS) => Err("the guest reported failure".into()),
+        Some(0) => Err("QEMU exited with status 0, but not through the guest's \
+             isa-debug-exit: the guest reset or triple-faulted (-no-reboot turns that into \
+             an exit), or QEMU was told to quit (SIGTERM, SIGINT)"
+            .into()),
         Some(code) => Err(format!(
-            "QEMU exited with status {code} (the guest did not exit through isa-debug-exit: \
-             QEMU refused its options, or the guest reset, which -no-reboot turns into an exit)"
+            "QEMU exited with status {code}, not through the guest's isa-debug-exit \
+             (QEMU's own error, if any, is above)"
         )),
         None => Err(format!("QEMU was killed by {}", describe_status(exit))),
     }
