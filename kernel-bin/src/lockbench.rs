@@ -4,8 +4,9 @@
 //! critical section, for a fixed number of acquisitions in total. The lock is
 //! `keel_sync::SpinLock` when the kernel is built with the `lock-spin` feature and the
 //! lock-free mutex (`keel_lfmutex::Mutex` on Keel threads) otherwise, so two kernels that
-//! differ only in the lock run the same workload. The feature `lfmutex-spinning` builds
-//! the mutex whose `lock` spins briefly before blocking (an experiment). With more vCPUs
+//! differ only in the lock run the same workload. The feature `lfmutex-strict` builds
+//! the mutex whose waiters never spin (OSv's rule; by default a waiter spins briefly
+//! while the owner runs on a CPU that is not preempted). With more vCPUs
 //! than host cores (`--smp 4` on this 2-core machine) vCPUs are descheduled by the host
 //! at random moments, sometimes while holding the lock: spinning waiters then burn their
 //! time slices, while the lock-free mutex's waiters sleep and give their vCPU to other
@@ -33,8 +34,8 @@ const LOCK_NAME: &str = "spinlock";
 #[cfg(not(feature = "lock-spin"))]
 type BenchLock<T> = keel_lfmutex::Mutex<T, KernelParker>;
 #[cfg(not(feature = "lock-spin"))]
-const LOCK_NAME: &str = if cfg!(feature = "lfmutex-spinning") {
-    "lfmutex-spinning"
+const LOCK_NAME: &str = if cfg!(feature = "lfmutex-strict") {
+    "lfmutex-strict"
 } else {
     "lfmutex"
 };

@@ -228,9 +228,11 @@ mod command_line {
         key("trapbench.samples", Values::NumberAtLeast(1)),
         // The harness checks the crash and case names itself.
         ktest_key("ktest.crash", Values::Text),
+        ktest_key("ktest.filter", Values::Text),
         ktest_key("ktest.only", Values::Text),
         ktest_key("ktest.expect_cpus", Values::NumberAtLeast(1)),
-        ktest_key("ktest.ap_stack_above_4g", Values::Flag),
+        // Read by the SMP start-up in every build (smp.rs).
+        key("ktest.ap_stack_above_4g", Values::Flag),
     ];
 
     /// Checks every word of `command_line`; returns false when one is an error (already

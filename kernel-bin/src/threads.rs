@@ -176,6 +176,10 @@ unsafe impl Arch for KernelArch {
         x86_64::instructions::interrupts::enable();
     }
 
+    fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
+        keel_arch_x86_64::steal_time::is_preempted(cpu.0)
+    }
+
     fn allocate_stack(&self, size: usize) -> Option<KernelStack> {
         let pages = (size as u64).div_ceil(PAGE_SIZE) + 1;
         let range = memory::alloc_pages(pages).ok()?;
@@ -298,7 +302,8 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
             .current_id()
             .expect("lock-free mutex used outside a Keel thread")
             .0;
-        keel_lfmutex::ThreadId::new(NonZeroU64::new(id + 1).unwrap_or(NonZeroU64::MIN))
+        // The scheduler numbers threads from 1, so its ids are the mutex's as they are.
+        keel_lfmutex::ThreadId::new(NonZeroU64::new(id).expect("keel-sched numbers threads from 1"))
     }
 
     fn park() {
@@ -315,5 +320,24 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
     fn without_preemption<R>(section: impl FnOnce() -> R) -> R {
         let _masked = keel_sched::Arch::mask_interrupts(scheduler().arch());
         section()
+    }
+
+    /// The CPU index (a hint: the thread may migrate right after).
+    fn current_cpu_hint() -> u32 {
+        scheduler()
+            .arch()
+            .current_cpu()
+            .map_or(u32::MAX, |cpu| u32::try_from(cpu.0).unwrap_or(u32::MAX))
+    }
+
+    /// Whether the owner runs on the CPU it took the mutex on, and that vCPU is not
+    /// preempted (KVM's steal-time flag; never set under TCG). An owner that has
+    /// migrated since counts as not running: the spinner then sleeps, which is
+    /// always safe.
+    fn owner_is_running(owner: keel_lfmutex::ThreadId, cpu_hint: u32) -> bool {
+        let Ok(cpu) = usize::try_from(cpu_hint) else {
+            return false;
+        };
+        scheduler().is_running_on(keel_sched::ThreadId(owner.get()), CpuId(cpu))
     }
 }

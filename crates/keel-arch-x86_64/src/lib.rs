@@ -33,6 +33,7 @@ pub mod percpu;
 pub mod platform;
 pub mod serial;
 pub mod smp;
+pub mod steal_time;
 pub mod time;
 pub mod tlb;
 

@@ -55,6 +55,7 @@ pub fn mark_online() {
     let record = current();
     if !record.online.swap(true, Ordering::AcqRel) {
         ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
+        crate::steal_time::enable_on_this_cpu(record.index.load(Ordering::Relaxed));
     }
 }
 

@@ -14,9 +14,6 @@
 // its `SAFETY:` argument.
 #![deny(unsafe_code)]
 
-// The names `parker.rs` finds through `super` (see that file).
-use keel_lfmutex::{Parker, ThreadId};
-
 #[allow(unsafe_code)]
 mod parker;
 #[allow(unsafe_code)]

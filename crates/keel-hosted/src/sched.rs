@@ -21,6 +21,9 @@
 //!   ([`Scheduler::wakeup_interrupt`], [`Scheduler::timer_interrupt`]), and only
 //!   then. So a hosted test sees the same liveness as the kernel: a thread queued on a
 //!   busy CPU runs only if somebody raised one of those lines.
+//! - **Preemption by the hypervisor** is never real here; a test makes
+//!   [`Arch::is_cpu_preempted`] report it for a CPU with
+//!   [`HostedArch::set_cpu_preempted`].
 //! - **Clock offsets** ([`HostedArch::with_clock_offsets`]): each CPU may read the
 //!   clock ahead of the others by a fixed amount, to test code that compares times
 //!   taken on different CPUs.
@@ -135,10 +138,10 @@ fn tsc_to_nanos(ticks: u64, nanos_per_tick_fixed: u64) -> u64 {
 
 impl Clock {
     fn new() -> Self {
-        use core::arch::x86_64::__cpuid;
         // CPUID 0x8000_0007 EDX bit 8: invariant TSC (constant rate, runs in idle).
-        let max_extended = __cpuid(0x8000_0000).eax;
-        let invariant = max_extended >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0;
+        let invariant = raw_cpuid::CpuId::new()
+            .get_advanced_power_mgmt_info()
+            .is_some_and(|info| info.has_invariant_tsc());
         if !invariant {
             return Clock::Instant {
                 origin: Instant::now(),
@@ -192,6 +195,9 @@ struct HostedCpu {
     wakeup_pending: AtomicBool,
     /// Added to the clock when read on this CPU (see [`HostedArch::with_clock_offsets`]).
     clock_offset_nanos: u64,
+    /// What [`Arch::is_cpu_preempted`] reports (set by
+    /// [`HostedArch::set_cpu_preempted`]; `Relaxed`, a hint as in the kernel).
+    preempted: AtomicBool,
 }
 
 impl HostedArch {
@@ -212,11 +218,25 @@ impl HostedArch {
                     os_thread: OnceLock::new(),
                     timer_deadline: AtomicU64::new(u64::MAX),
                     wakeup_pending: AtomicBool::new(false),
+                    preempted: AtomicBool::new(false),
                     clock_offset_nanos: offset,
                 })
                 .collect(),
             clock: Clock::new(),
         }
+    }
+
+    /// Makes [`Arch::is_cpu_preempted`] report `preempted` for `cpu`, as a
+    /// hypervisor's steal-time flag would while it has descheduled that vCPU. Only
+    /// the report changes: the CPU's OS thread goes on running, so a test can show
+    /// what a lock waiter does when it is told that the owner's CPU is preempted.
+    ///
+    /// # Panics
+    /// If `cpu` does not exist.
+    pub fn set_cpu_preempted(&self, cpu: CpuId, preempted: bool) {
+        self.cpus[cpu.0]
+            .preempted
+            .store(preempted, Ordering::Relaxed);
     }
 
     /// A non-zero identity for this instance (the address of its CPU table, which
@@ -307,6 +327,12 @@ unsafe impl Arch for HostedArch {
         self.cpus[cpu.0]
             .wakeup_pending
             .store(false, Ordering::SeqCst);
+    }
+
+    fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
+        self.cpus
+            .get(cpu.0)
+            .is_some_and(|shared| shared.preempted.load(Ordering::Relaxed))
     }
 
     fn allocate_stack(&self, size: usize) -> Option<HostedStack> {

@@ -220,13 +220,14 @@ impl<P: Parker> Condvar<P> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::{Mutex, StdParker};
+    use crate::Mutex;
+    use crate::test_parker::TestParker;
     use std::sync::Arc;
     use std::thread;
     use std::vec::Vec;
 
-    type TestMutex<T> = Mutex<T, StdParker>;
-    type TestCondvar = Condvar<StdParker>;
+    type TestMutex<T> = Mutex<T, TestParker>;
+    type TestCondvar = Condvar<TestParker>;
 
     #[test]
     fn ping_pong_ten_thousand_times() {

@@ -13,12 +13,15 @@
 //!   both on `Mutex` + `Condvar`.
 //!
 //! Everything blocks through the [`Parker`] trait ("park this thread / unpark that
-//! one" plus a thread identity), so the same code runs on host threads
-//! (`keel_hosted::StdParker`), under loom (`LoomParker`, `--cfg loom`) and on
-//! Keel's scheduler. **Waiters never spin**: a descheduled lock holder (a preempted
-//! vCPU) costs the others nothing but the wait. All atomics and cells come from
-//! [`keel_sync::shim`], so `loom-tests/` model-checks this code unchanged. This is
-//! the blocking counterpart of `keel_sync::SpinLock`, which is for short
+//! one" plus a thread identity, and two hints for spinning), so the same code runs on
+//! host threads (`keel_hosted::StdParker`), under loom (`LoomParker`, `--cfg loom`)
+//! and on Keel's scheduler. **Waiters never spin without bound**: a locker that finds
+//! the mutex held spins only while the owner runs on a CPU the hypervisor has not
+//! preempted, and for at most about one sleep/wake transfer (see *Bounded,
+//! owner-aware spinning* below); otherwise it sleeps, so a descheduled lock holder (a
+//! preempted vCPU) costs the others nothing but the wait. All atomics and cells come
+//! from [`keel_sync::shim`], so `loom-tests/` model-checks this code unchanged. This
+//! is the blocking counterpart of `keel_sync::SpinLock`, which is for short
 //! non-sleeping sections only.
 //!
 //! # The algorithm
@@ -70,18 +73,37 @@
 //! it), so a waiter that loses an offer waits for every waiter queued at that moment
 //! too. The wait stays bounded by the queue's length, not FIFO; the unit test
 //! `offer_loser_requeues_at_the_tail` records that order.
-//! Waiters still never spin. Wait-morphed condition-variable waiters are always
-//! handed the mutex. The feature `fifo-lfmutex` restores OSv's strict hand-over
-//! for experiments, and `broken-lfmutex-offer` breaks the offer path for the loom
-//! models to catch.
+//! Wait-morphed condition-variable waiters are always handed the mutex. The feature
+//! `fifo-lfmutex` restores OSv's strict hand-over for experiments, and
+//! `broken-lfmutex-offer` breaks the offer path for the loom models to catch.
 //!
-//! **Spinning, as an experiment only.** With waiters that never spin, each time the
-//! mutex moves to a thread that has gone to sleep costs a sleep and a wake-up
-//! (together 0.7–0.8 µs of a bench round on Linux host threads, papers/0006), which
-//! is what keeps this mutex behind `parking_lot` on the host. The feature
-//! `spinning-lfmutex` lets a `lock` that finds the mutex held watch the lock word for
-//! a few microseconds before counting itself in, to measure what breaking the rule
-//! would buy; it is off by default, and the kernel does not use it.
+//! **Bounded, owner-aware spinning (Keel's change, the default).** With waiters that
+//! never spin, each time the mutex moves to a thread that has gone to sleep costs a
+//! sleep and a wake-up (together 0.7–0.8 µs of a bench round on Linux host threads,
+//! papers/0006), which kept this mutex behind `parking_lot`. OSv's rule exists for
+//! the opposite case: a spinning waiter whose lock holder has lost its CPU burns its
+//! own time for nothing (the ticket spinlock collapsed in 14 of 19 contended guest
+//! runs, papers/0006). So a `lock` that finds the mutex held first watches the lock
+//! word and takes the mutex if it becomes free or is put on offer, but
+//! - only while the owner is running: the mutex records the owner's CPU beside its
+//!   id ([`Parker::current_cpu_hint`]), and each look asks
+//!   [`Parker::owner_is_running`], which in the kernel is "does that CPU run that
+//!   thread, and has the hypervisor not preempted it" (KVM's steal-time flag; TCG
+//!   offers none), as Linux's `mutex_spin_on_owner` asks `owner_on_cpu` and
+//!   `vcpu_is_preempted`; on host threads, "has it not parked"; the default answer
+//!   is no, so a parker that cannot tell never spins;
+//! - and for at most the mutex's spin limit, in looks at the lock word: at most 32
+//!   (about 0.8 µs on the build machine, one sleep/wake transfer), adapting per
+//!   mutex as glibc's adaptive mutex does, in the direction the evidence points: a
+//!   spin that got the mutex raises the limit by a quarter, one that ran out halves
+//!   it (to no fewer than 2 looks). Under loom the limit is one look.
+//!
+//! A spinner has not counted itself in, so the lock word and the queue never see it;
+//! it takes the mutex only with the same read-modify-writes as `try_lock` (the free
+//! word from 0 to 1, or an offered token, counting itself in), which is why the
+//! algorithm's argument is unchanged. The feature `strict-lfmutex` restores OSv's
+//! waiters that never spin, for experiments, and `broken-lfmutex-spin` breaks the
+//! spinner's count-in for the loom model `lfmutex_spin` to catch.
 //!
 //! **Why a token and not a flag:** a locker may read an old token, be preempted,
 //! and resume after that hand-off was resolved and a *different* unlock published
@@ -133,14 +155,15 @@ mod raw;
 #[allow(unsafe_code)]
 mod rwlock;
 mod semaphore;
+#[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)]
+mod test_parker;
 
 pub use condvar::Condvar;
 pub use mutex::{Mutex, MutexGuard, ReentrantMutex, ReentrantMutexGuard};
 #[cfg(loom)]
 pub use parker::LoomParker;
-#[cfg(test)]
-pub(crate) use parker::StdParker;
-pub use parker::{Parker, ThreadId};
+pub use parker::{Parker, RunningTable, ThreadId};
 pub use raw::{RawMutex, UnlockError};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::Semaphore;

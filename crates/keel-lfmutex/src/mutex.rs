@@ -323,12 +323,12 @@ impl<T: fmt::Debug, P: Parker> fmt::Debug for ReentrantMutexGuard<'_, T, P> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::StdParker;
+    use crate::test_parker::TestParker;
     use std::sync::Arc;
     use std::thread;
     use std::vec::Vec;
 
-    type TestMutex<T> = Mutex<T, StdParker>;
+    type TestMutex<T> = Mutex<T, TestParker>;
 
     fn count_with_threads(threads: usize, increments: usize) {
         let counter = Arc::new(TestMutex::new(0_usize));
@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn reentrant_mutex_nests_and_excludes() {
-        let mutex = Arc::new(ReentrantMutex::<_, StdParker>::new(core::cell::Cell::new(
+        let mutex = Arc::new(ReentrantMutex::<_, TestParker>::new(core::cell::Cell::new(
             0,
         )));
         let handles: Vec<_> = (0..4)

@@ -73,16 +73,85 @@ pub unsafe trait Parker {
     fn without_preemption<R>(section: impl FnOnce() -> R) -> R {
         section()
     }
+
+    /// Where the calling thread runs, as a mutex records it beside its owner for
+    /// owner-aware spinning: the CPU index in the kernel, any number that
+    /// [`owner_is_running`](Parker::owner_is_running) understands elsewhere. Only a
+    /// hint: the thread may move right after. The default is 0.
+    #[inline]
+    fn current_cpu_hint() -> u32 {
+        0
+    }
+
+    /// Whether `owner`, which recorded `cpu_hint` (its
+    /// [`current_cpu_hint`](Parker::current_cpu_hint)) when it took the mutex, is
+    /// running right now on a CPU that the hypervisor has not preempted: the
+    /// condition under which a locker may spin for a while instead of sleeping
+    /// (Linux's `mutex_spin_on_owner` asks the same). Only a hint, read without
+    /// synchronisation: a wrong answer costs time (a bounded spin, or a sleep that
+    /// was not needed), never correctness. The default is `false`, where nothing
+    /// tells: then waiters never spin.
+    #[inline]
+    fn owner_is_running(owner: ThreadId, cpu_hint: u32) -> bool {
+        let _ = (owner, cpu_hint);
+        false
+    }
 }
 
-/// Test-only: the host parker of `keel-hosted`, compiled into this crate's unit tests
-/// from the same file (a dependency on `keel-hosted` would bring another copy of this
-/// crate's `Parker` trait).
-#[cfg(test)]
-#[path = "../../keel-hosted/src/parker.rs"]
-mod hosted_parker;
-#[cfg(test)]
-pub use hosted_parker::StdParker;
+/// Which threads are running rather than parked, for parkers whose threads have no
+/// scheduler to ask (host threads): a fixed table of slots, the slot of a thread
+/// chosen by its id. A thread marks itself running when it first takes an id and
+/// after every `park`, and parked just before it parks.
+///
+/// Two threads whose ids share a slot (more than [`RunningTable::SLOTS`] threads
+/// alive) overwrite each other's entry; then [`is_running`](RunningTable::is_running)
+/// may say `false` of a running thread, which only stops a spinner early. It never
+/// says `true` of a thread that has marked itself parked and not running again: only
+/// the thread itself writes its own id.
+#[derive(Debug)]
+pub struct RunningTable {
+    slots: [core::sync::atomic::AtomicU64; RunningTable::SLOTS],
+}
+
+impl RunningTable {
+    /// Number of slots.
+    pub const SLOTS: usize = 256;
+
+    /// A table in which no thread runs.
+    pub const fn new() -> Self {
+        Self {
+            slots: [const { core::sync::atomic::AtomicU64::new(0) }; Self::SLOTS],
+        }
+    }
+
+    fn slot(&self, id: ThreadId) -> &core::sync::atomic::AtomicU64 {
+        // The remainder is below SLOTS, so it fits a usize.
+        &self.slots[(id.get() % Self::SLOTS as u64) as usize]
+    }
+
+    /// The calling thread, `id`, runs.
+    pub fn mark_running(&self, id: ThreadId) {
+        self.slot(id)
+            .store(id.get(), core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The calling thread, `id`, is about to park.
+    pub fn mark_parked(&self, id: ThreadId) {
+        self.slot(id)
+            .store(0, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `id` has marked itself running and not parked since (a snapshot).
+    pub fn is_running(&self, id: ThreadId) -> bool {
+        self.slot(id).load(core::sync::atomic::Ordering::Relaxed) == id.get()
+    }
+}
+
+impl Default for RunningTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Blocks loom's model threads with `loom::thread::park` and
 /// `loom::thread::Thread::unpark`, so a lost wake-up shows up as a loom deadlock.
@@ -131,6 +200,12 @@ mod loom_parker {
 
         fn unpark(handle: &Self::Handle) {
             handle.unpark();
+        }
+
+        /// Always running: loom's threads are never preempted by anyone, and the
+        /// models must explore the spinning path (one iteration under loom).
+        fn owner_is_running(_owner: ThreadId, _cpu_hint: u32) -> bool {
+            true
         }
     }
 }

@@ -310,13 +310,13 @@ impl<T: fmt::Debug, P: Parker> fmt::Debug for RwLockWriteGuard<'_, T, P> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::StdParker;
+    use crate::test_parker::TestParker;
     use core::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
     use std::thread;
     use std::vec::Vec;
 
-    type TestRwLock<T> = RwLock<T, StdParker>;
+    type TestRwLock<T> = RwLock<T, TestParker>;
 
     #[test]
     fn readers_are_concurrent() {

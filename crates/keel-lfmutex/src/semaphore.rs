@@ -106,7 +106,7 @@ impl<P: Parker> fmt::Debug for Semaphore<P> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::StdParker;
+    use crate::test_parker::TestParker;
     use std::sync::Arc;
     use std::thread;
     use std::vec::Vec;
@@ -116,7 +116,7 @@ mod tests {
         const PRODUCERS: usize = 3;
         const CONSUMERS: usize = 4;
         const ITEMS: usize = 6_000; // divisible by both
-        let items = Arc::new(Semaphore::<StdParker>::new(0));
+        let items = Arc::new(Semaphore::<TestParker>::new(0));
         let consumed = Arc::new(core::sync::atomic::AtomicUsize::new(0));
         let consumers: Vec<_> = (0..CONSUMERS)
             .map(|_| {
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn try_wait_counts_and_debug() {
-        let semaphore = Semaphore::<StdParker>::new(2);
+        let semaphore = Semaphore::<TestParker>::new(2);
         assert!(semaphore.try_wait());
         assert!(semaphore.try_wait());
         assert!(!semaphore.try_wait());

@@ -75,6 +75,16 @@ pub unsafe trait Arch: Send + Sync + 'static {
     /// the platform can provide one. `None` if memory is exhausted.
     fn allocate_stack(&self, size: usize) -> Option<Self::Stack>;
 
+    /// Whether the hypervisor has preempted `cpu` right now (its vCPU is not running
+    /// on a host CPU), as far as the platform tells; a hint for owner-aware spinning,
+    /// read by other CPUs. `false` where nothing tells, the default (the kernel reads
+    /// KVM's steal-time "preempted" flag where KVM offers it; QEMU's TCG offers
+    /// none; the hosted arch reports what a test sets).
+    fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
+        let _ = cpu;
+        false
+    }
+
     /// Sets the thread pointer (FS base on x86-64, for TLS) of this CPU.
     ///
     /// # Safety

@@ -87,7 +87,8 @@ pub const MIN_STACK_SIZE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CpuId(pub usize);
 
-/// A thread's unique id within its scheduler.
+/// A thread's unique id within its scheduler, numbered from 1 (so that 0 can mean
+/// "no thread", as in a mutex's owner word).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ThreadId(pub u64);
 

@@ -73,6 +73,10 @@ struct Cpu<P> {
     /// Runnable threads (queued plus running), published for the balancer
     /// (`Relaxed`: a heuristic).
     load: AtomicUsize,
+    /// The id of the thread running on this CPU, 0 while the idle loop runs: written
+    /// by this CPU at every switch, read by anyone as a hint (`Relaxed`; see
+    /// [`Scheduler::is_running_on`]).
+    running: AtomicU64,
     /// Only this CPU touches it, with interrupts masked.
     local: UnsafeCell<CpuLocal<P>>,
 }
@@ -235,6 +239,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             .map(|index| Cpu {
                 incoming: WakeQueue::new(cpu_count),
                 load: AtomicUsize::new(0),
+                running: AtomicU64::new(0),
                 local: UnsafeCell::new(CpuLocal {
                     policy: make_policy(CpuId(index)),
                     run_queue: RunQueue::default(),
@@ -390,6 +395,18 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
         let local = unsafe { self.cpus[cpu.0].local() };
         local.current.as_ref().map(|current| current.inner.id)
+    }
+
+    /// Whether thread `id` is running right now on `cpu`, and the hypervisor has not
+    /// preempted `cpu` ([`Arch::is_cpu_preempted`]); false for a CPU that does not
+    /// exist. A snapshot without synchronisation, for owner-aware spinning (a lock
+    /// waiter spins only while the owner runs): either answer may be stale by the
+    /// time the caller acts on it.
+    pub fn is_running_on(&self, id: ThreadId, cpu: CpuId) -> bool {
+        self.cpus
+            .get(cpu.0)
+            .is_some_and(|shared| shared.running.load(Ordering::Relaxed) == id.0)
+            && !self.arch.is_cpu_preempted(cpu)
     }
 
     /// Gives the CPU to another runnable thread, if any (the caller is requeued).
@@ -863,6 +880,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             }
         }
         local.current = next;
+        self.cpus[cpu.0].running.store(
+            local.current.as_ref().map_or(0, |thread| thread.inner.id.0),
+            Ordering::Relaxed,
+        );
         local.running_since = now;
         self.arm_timer(cpu, local, now, local.current.is_some());
         self.publish_load(cpu, local);

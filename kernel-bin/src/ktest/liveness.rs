@@ -8,10 +8,10 @@
 //! test runner stays off it except on one CPU, where it only joins (a sleep of its
 //! would arm the timer that rescues the woken thread).
 
-use super::{Failure, TestResult, has_two_cpus};
+use super::{TestResult, has_two_cpus};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
-use keel_arch_x86_64::{ArchInfo, kprintln, percpu, time};
+use keel_arch_x86_64::{ArchInfo, percpu, time};
 use keel_sched::{CpuId, SpawnOptions, Thread};
 
 /// How long a spinner waits for the woken thread before the case fails.
@@ -151,30 +151,34 @@ fn woken_runs_beside_spinner(waker: Waker) -> TestResult {
     Ok(())
 }
 
-pub(super) fn unparked_from_another_cpu_runs_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
+fn unparked_from_another_cpu_runs_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
     woken_runs_beside_spinner(Waker::OtherCpu)
 }
+ktest!(unparked_from_another_cpu_runs_while_its_cpu_spins);
 
-pub(super) fn unparked_by_the_spinner_runs_while_it_spins(_: &ArchInfo) -> TestResult {
+fn unparked_by_the_spinner_runs_while_it_spins(_: &ArchInfo) -> TestResult {
     woken_runs_beside_spinner(Waker::Spinner)
 }
+ktest!(unparked_by_the_spinner_runs_while_it_spins);
 
-pub(super) fn spawned_by_the_spinner_runs_while_it_spins(_: &ArchInfo) -> TestResult {
+fn spawned_by_the_spinner_runs_while_it_spins(_: &ArchInfo) -> TestResult {
     woken_runs_beside_spinner(Waker::SpinnerSpawns)
 }
+ktest!(spawned_by_the_spinner_runs_while_it_spins);
 
-pub(super) fn spawned_from_another_cpu_runs_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
+fn spawned_from_another_cpu_runs_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
     woken_runs_beside_spinner(Waker::OtherCpuSpawns)
 }
+ktest!(spawned_from_another_cpu_runs_while_its_cpu_spins);
 
 /// A sleeper's timer fires on its CPU while another thread spins there.
-pub(super) fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
+fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let last = scheduler.cpu_count() - 1;
     let asleep = Arc::new(AtomicBool::new(false));
@@ -207,11 +211,12 @@ pub(super) fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins(_: &ArchInfo
     );
     Ok(())
 }
+ktest!(sleeper_runs_when_its_timer_fires_while_its_cpu_spins);
 
 /// Every CPU but 0 runs one spinner, pinned; CPU 0 runs three unpinned threads that
 /// yield until one of them finds itself elsewhere. The balancer moves them one at a
 /// time onto a CPU with a spinner: the moved thread must run there.
-pub(super) fn moved_by_the_balancer_runs_while_its_new_cpu_spins(_: &ArchInfo) -> TestResult {
+fn moved_by_the_balancer_runs_while_its_new_cpu_spins(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
@@ -266,3 +271,4 @@ pub(super) fn moved_by_the_balancer_runs_while_its_new_cpu_spins(_: &ArchInfo) -
     );
     Ok(())
 }
+ktest!(moved_by_the_balancer_runs_while_its_new_cpu_spins);

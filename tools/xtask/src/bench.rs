@@ -145,9 +145,39 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
     if table.is_empty() {
         return Err(format!("no results for groups named {name}/..."));
     }
+    // Extra per-row figures some benches write (the mutex bench's per-thread spread):
+    // (group, function) -> spread median.
+    let mut spreads: BTreeMap<(String, String), f64> = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(criterion_directory.join("keel-extra.jsonl")) {
+        for line in text.lines() {
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(line)
+                && let (Some(group), Some(function), Some(spread)) = (
+                    record["group"].as_str(),
+                    record["function"].as_str(),
+                    record["spread_median"].as_f64(),
+                )
+            {
+                spreads.insert((group.to_string(), function.to_string()), spread);
+            }
+        }
+    }
+    let spread_of = |case: &str, function: &str| {
+        spreads
+            .get(&(case.to_string(), function.to_string()))
+            .map_or_else(|| "-".to_string(), |spread| format!("{spread:.2}"))
+    };
     println!(
-        "\n{:<36} {:<24} {:>14} {:>14} {:>8}",
-        "case", "peer", "keel time", "peer time", "ratio"
+        "\n{:<36} {:<24} {:>14} {:>14} {:>8}{}",
+        "case",
+        "peer",
+        "keel time",
+        "peer time",
+        "ratio",
+        if spreads.is_empty() {
+            ""
+        } else {
+            "  keel spread  peer spread"
+        }
     );
     for (case, implementations) in &table {
         let ours = implementations.get("keel").copied();
@@ -156,8 +186,17 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
                 Some(ours) => (format_nanos(ours), format!("{:.2}x", time / ours)),
                 None => ("-".into(), "-".into()),
             };
+            let spread_columns = if spreads.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  {:>11}  {:>11}",
+                    spread_of(case, "keel"),
+                    spread_of(case, peer)
+                )
+            };
             println!(
-                "{case:<36} {peer:<24} {ours_text:>14} {:>14} {ratio:>8}",
+                "{case:<36} {peer:<24} {ours_text:>14} {:>14} {ratio:>8}{spread_columns}",
                 format_nanos(*time)
             );
         }
@@ -168,6 +207,13 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
          the samples; the mean where it has no slope)\n\
          ratio = peer time / keel time (above 1.00x: Keel is faster)"
     );
+    if !spreads.is_empty() {
+        println!(
+            "spread = slowest thread's acquisitions / busiest thread's (fixed window) or the \
+             slowest thread's progress when the first finished (fixed work), median; 1.00 is \
+             perfectly even, near 0 is starvation"
+        );
+    }
     Ok(())
 }
 

@@ -83,10 +83,16 @@ const KEYS: &[Key] = &[
         help: "run one deliberate crash instead of the suite",
     },
     Key {
-        name: "ktest.only",
+        name: "ktest.filter",
         values: Values::Text,
         ktest_only: true,
         help: "run only the cases whose name contains TEXT",
+    },
+    Key {
+        name: "ktest.only",
+        values: Values::Text,
+        ktest_only: true,
+        help: "the same as ktest.filter (its older name)",
     },
     Key {
         name: "ktest.expect_cpus",
@@ -97,8 +103,8 @@ const KEYS: &[Key] = &[
     Key {
         name: "ktest.ap_stack_above_4g",
         values: Values::Flag,
-        ktest_only: true,
-        help: "start every AP on a stack above 4 GiB",
+        ktest_only: false,
+        help: "start every AP on a stack above 4 GiB (any build; boot with --memory 6G)",
     },
 ];
 

@@ -69,6 +69,96 @@ fn parse_guest_result(output: &str) -> Option<(u64, u64)> {
     })
 }
 
+/// The case names that `ktest!(a, b)` registrations in `source` name (comment lines
+/// skipped).
+fn registered_in(source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+    {
+        for (index, _) in line.match_indices("ktest!(") {
+            let rest = &line[index + "ktest!(".len()..];
+            let Some((list, _)) = rest.split_once(')') else {
+                continue;
+            };
+            names.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|name| {
+                        !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                    .map(String::from),
+            );
+        }
+    }
+    names
+}
+
+/// Every in-guest case registered in the kernel's sources (`kernel-bin/src/**.rs`),
+/// sorted, so each suite boot can be checked to have run all of them.
+fn registered_case_names() -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut directories = vec![workspace_root().join("kernel-bin/src")];
+    while let Some(directory) = directories.pop() {
+        let entries = std::fs::read_dir(&directory)
+            .map_err(|error| format!("cannot list {}: {error}", directory.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|error| format!("cannot list {}: {error}", directory.display()))?
+                .path();
+            if path.is_dir() {
+                directories.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                let source = std::fs::read_to_string(&path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+                names.extend(registered_in(&source));
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The names of the cases the guest ran (`test NAME ... ok` or `... FAILED`), sorted.
+fn run_case_names(output: &str) -> Vec<String> {
+    let mut names: Vec<String> = output
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("test ")?.split_once(" ... "))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// What differs between the registered and the run case names (both sorted).
+fn case_list_problems(registered: &[String], run: &[String]) -> Option<String> {
+    let missing: Vec<&String> = registered.iter().filter(|n| !run.contains(n)).collect();
+    let unexpected: Vec<&String> = run.iter().filter(|n| !registered.contains(n)).collect();
+    let repeated = run.windows(2).any(|pair| pair[0] == pair[1]);
+    (!missing.is_empty() || !unexpected.is_empty() || repeated).then(|| {
+        format!(
+            "registered cases not run: {missing:?}; run but not registered in the sources: \
+             {unexpected:?}{}",
+            if repeated { "; some ran twice" } else { "" }
+        )
+    })
+}
+
+/// The crash names the guest lists for an unknown `ktest.crash=` name, sorted.
+fn listed_crash_names(output: &str) -> Option<Vec<String>> {
+    let (_, list) = output.split_once("valid crash names:")?;
+    let mut names: Vec<String> = list
+        .lines()
+        .next()?
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    names.sort();
+    Some(names)
+}
+
 fn host_stage() -> Result<Stage, String> {
     let mut stage = Stage {
         name: "host unit tests".into(),
@@ -79,7 +169,7 @@ fn host_stage() -> Result<Stage, String> {
     command.args(["test", "--workspace", "--exclude", "keel-kernel"]);
     cargo_test(&mut stage, command)?;
     // The mutex's experiment variants get the same unit tests, so they do not rot.
-    for features in ["fifo-lfmutex", "spinning-lfmutex"] {
+    for features in ["fifo-lfmutex", "strict-lfmutex"] {
         eprintln!("xtask: running keel-lfmutex's unit tests with the feature {features}");
         let mut command = cargo();
         command.args(["test", "--package", "keel-lfmutex", "--features", features]);
@@ -96,7 +186,7 @@ fn loom_stage() -> Result<Stage, String> {
     let target = workspace_root().join("loom-target");
     // Each deliberately broken build runs only the model files aimed at the code it
     // breaks: the other files' models run unchanged in the first build already.
-    let builds: [(Option<&str>, &[&str]); 4] = [
+    let builds: [(Option<&str>, &[&str]); 5] = [
         (None, &[]),
         // The spinlock's and the wake-up queue's broken variants touch disjoint
         // code, so one build checks both.
@@ -110,6 +200,7 @@ fn loom_stage() -> Result<Stage, String> {
             &["lfmutex", "handshake"],
         ),
         (Some("broken-lfmutex-offer"), &["lfmutex"]),
+        (Some("broken-lfmutex-spin"), &["lfmutex_spin"]),
     ];
     for (features, files) in builds {
         eprintln!(
@@ -245,7 +336,7 @@ const CRASH_CASES: &[CrashCase] = &[
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
             "backtrace:",
-            "keel_kernel::ktest::arch_cases::fault_with_rbp_in_guard",
+            "keel_kernel::ktest::crash::fault_with_rbp_in_guard",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -271,7 +362,7 @@ const CRASH_CASES: &[CrashCase] = &[
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF) (error code 0x0) on CPU 1",
             "non-present page on a read access",
-            "keel_kernel::ktest::shootdown_cases::read_page",
+            "keel_kernel::ktest::shootdown::read_page",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -291,7 +382,7 @@ const CRASH_CASES: &[CrashCase] = &[
         single_report: true,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
-            "keel_kernel::ktest::smp_crash_cases::fault_on_cpu",
+            "keel_kernel::ktest::crash::fault_on_cpu",
             "KEEL FATAL: halting with failure status",
         ],
     },
@@ -419,6 +510,7 @@ fn guest_stage() -> Result<Stage, String> {
         ..Stage::default()
     };
     qemu::ensure_qemu()?;
+    let registered = registered_case_names()?;
     let image = kernel::build(&BuildOptions {
         release: false,
         features: vec!["ktest".into()],
@@ -519,6 +611,12 @@ fn guest_stage() -> Result<Stage, String> {
             "xtask: {label}: QEMU process time {:.3} s",
             outcome.elapsed.as_secs_f64()
         );
+        // Every case registered in the sources must have run, each once: a
+        // registration the linker dropped, or a case the runner skipped, fails here.
+        if let Some(problem) = case_list_problems(&registered, &run_case_names(&outcome.output)) {
+            stage.failed += 1;
+            stage.problems.push(format!("{label}: {problem}"));
+        }
         match (parse_guest_result(&outcome.output), outcome.status) {
             (Some((passed, 0)), Some(GUEST_SUCCESS_STATUS)) => {
                 stage.passed += passed;
@@ -578,6 +676,28 @@ fn guest_stage() -> Result<Stage, String> {
                 case.name, outcome.status
             ));
         }
+    }
+    // An unknown crash name must fail and list every registered crash, and that list
+    // must be exactly the crash cases above (none registered without a host check).
+    eprintln!("xtask: crash test with an unknown name: the kernel must list the valid ones");
+    let options = QemuOptions {
+        append: vec!["ktest.crash=no-such-crash".into()],
+        ..QemuOptions::default()
+    };
+    let outcome = qemu::boot_captured(&image, &options, CRASH_LIMIT, Some("  | "))?;
+    let mut expected: Vec<String> = CRASH_CASES.iter().map(|case| case.name.into()).collect();
+    expected.sort();
+    let listed = listed_crash_names(&outcome.output);
+    if outcome.status == Some(GUEST_FAILURE_STATUS) && listed.as_ref() == Some(&expected) {
+        stage.passed += 1;
+        eprintln!("xtask: crash test with an unknown name ok: the valid names are listed");
+    } else {
+        stage.failed += 1;
+        stage.problems.push(format!(
+            "unknown crash name: status {:?} (want {GUEST_FAILURE_STATUS}), listed {listed:?}, \
+             want {expected:?}",
+            outcome.status
+        ));
     }
     Ok(stage)
 }
@@ -671,6 +791,32 @@ mod tests {
         let empty = "backtrace:\nKEEL FATAL: halting with failure status\n";
         assert_eq!(backtrace_problems(empty, 1, None).len(), 1);
         assert!(backtrace_problems(empty, 0, None).is_empty());
+    }
+
+    #[test]
+    fn compares_registered_with_run_case_names() {
+        let source = "//! registered by `ktest!(name);`\nfn a() {}\nktest!(a);\n\
+                      ktest!(b, c_d);\n    // ktest!(commented)\n";
+        assert_eq!(registered_in(source), ["a", "b", "c_d"]);
+        let output = "boot\ntest a ... ok (3 us)\n    note\ntest c_d ... FAILED: x at f:1\n";
+        assert_eq!(run_case_names(output), ["a", "c_d"]);
+        let registered: Vec<String> = ["a", "b", "c_d"].map(String::from).into();
+        let problem = case_list_problems(&registered, &run_case_names(output));
+        assert!(problem.is_some_and(|text| text.contains("[\"b\"]")));
+        let all = "test a ... ok\ntest b ... ok\ntest c_d ... ok\n";
+        assert_eq!(case_list_problems(&registered, &run_case_names(all)), None);
+        let twice = "test a ... ok\ntest a ... ok\ntest b ... ok\ntest c_d ... ok\n";
+        assert!(case_list_problems(&registered, &run_case_names(twice)).is_some());
+    }
+
+    #[test]
+    fn parses_the_listed_crash_names() {
+        let output = "ktest: unknown crash \"x\"; valid crash names: panic null-read\nnext\n";
+        assert_eq!(
+            listed_crash_names(output),
+            Some(vec!["null-read".into(), "panic".into()])
+        );
+        assert_eq!(listed_crash_names("nothing"), None);
     }
 
     #[test]

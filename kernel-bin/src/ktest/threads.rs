@@ -3,12 +3,12 @@
 //! wake-ups, TLS through FS, floating-point state, many threads, the balancer, and
 //! tickless idle.
 
-use super::{Failure, TestResult};
+use super::TestResult;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 
-pub(super) fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
+fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let mut handles = alloc::vec::Vec::new();
     for index in 0..64u64 {
@@ -26,10 +26,11 @@ pub(super) fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
     check!(sum == expected, "joined results wrong", sum, expected);
     Ok(())
 }
+ktest!(threads_spawn_and_join);
 
 /// Two threads that never yield: the second can only run if the timer preempts the
 /// first, which spins until the second has run.
-pub(super) fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
+fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
     use core::sync::atomic::AtomicU64;
     static SECOND_RAN: AtomicBool = AtomicBool::new(false);
     static SPINS: AtomicU64 = AtomicU64::new(0);
@@ -58,8 +59,9 @@ pub(super) fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
     );
     Ok(())
 }
+ktest!(timer_preempts_busy_threads);
 
-pub(super) fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
+fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
     /// (deadline, the order in which the sleeper got going again)
     static WOKEN: Mutex<alloc::vec::Vec<(u64, u64)>, crate::threads::KernelParker> =
@@ -96,8 +98,9 @@ pub(super) fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     }
     Ok(())
 }
+ktest!(sleepers_never_wake_early);
 
-pub(super) fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult {
+fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
     static COUNTER: Mutex<u64, crate::threads::KernelParker> = Mutex::new(0);
     *COUNTER.lock() = 0;
@@ -129,8 +132,9 @@ pub(super) fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult
     check!(total == 16 * 500, "lost increments", total);
     Ok(())
 }
+ktest!(lfmutex_counts_exactly_on_keel_threads);
 
-pub(super) fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
+fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::{Condvar, Mutex};
     type Parker = crate::threads::KernelParker;
     static TURN: Mutex<u32, Parker> = Mutex::new(0);
@@ -165,8 +169,9 @@ pub(super) fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
     check!(turns == 2 * ROUNDS, "ping-pong lost a turn", turns);
     Ok(())
 }
+ktest!(condvar_ping_pong_on_keel_threads);
 
-pub(super) fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
+fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let cpus = scheduler.cpu_count();
     if let Ok(platform) = &info.platform {
@@ -200,10 +205,11 @@ pub(super) fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
     }
     Ok(())
 }
+ktest!(every_cpu_runs_its_pinned_threads);
 
 /// Two threads on different CPUs hand a token back and forth through park/unpark;
 /// a lost wake-up would hang (and the host's time limit would fail the suite).
-pub(super) fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
+fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
     use core::sync::atomic::AtomicU64;
     const ROUNDS: u64 = 2000;
     static BALL: AtomicU64 = AtomicU64::new(0);
@@ -238,13 +244,96 @@ pub(super) fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult 
     check!(BALL.load(Ordering::SeqCst) == 2 * ROUNDS, "ball lost");
     Ok(())
 }
+ktest!(cross_cpu_park_unpark_loses_no_wakeup);
+
+/// What a spinning mutex waiter asks, on real CPUs: `KernelParker::owner_is_running`
+/// says yes of a thread that runs on the CPU named (while another CPU asks), no for
+/// another CPU, and no once the thread has parked. Under TCG no vCPU reports itself
+/// preempted, so the answer is the scheduler's alone.
+fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    use keel_lfmutex::{Parker, ThreadId};
+    static ID: AtomicU64 = AtomicU64::new(0);
+    static PARK_NOW: AtomicBool = AtomicBool::new(false);
+    static RESUMED: AtomicBool = AtomicBool::new(false);
+    if !super::has_two_cpus() {
+        return Ok(());
+    }
+    ID.store(0, Ordering::SeqCst);
+    PARK_NOW.store(false, Ordering::SeqCst);
+    RESUMED.store(false, Ordering::SeqCst);
+    let scheduler = crate::threads::scheduler();
+    let last = scheduler.cpu_count() - 1;
+    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let owner = scheduler.spawn(
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(last)),
+        move || {
+            let scheduler = crate::threads::scheduler();
+            ID.store(
+                scheduler.current_id().map_or(0, |id| id.0),
+                Ordering::SeqCst,
+            );
+            while !PARK_NOW.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+                core::hint::spin_loop();
+            }
+            while !RESUMED.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+                scheduler.park();
+            }
+        },
+    );
+    check!(owner.is_ok(), "spawn failed");
+    let Ok(owner) = owner else { return Ok(()) };
+    while ID.load(Ordering::SeqCst) == 0 && time::monotonic_nanos() < give_up {
+        scheduler.sleep(1_000_000);
+    }
+    let id = core::num::NonZeroU64::new(ID.load(Ordering::SeqCst));
+    check!(id.is_some(), "the owner thread never ran");
+    let Some(id) = id else { return Ok(()) };
+    let id = ThreadId::new(id);
+    let cpu_hint = last as u32;
+    let running = crate::threads::KernelParker::owner_is_running(id, cpu_hint);
+    let wrong_cpu = crate::threads::KernelParker::owner_is_running(id, 0);
+    let nonexistent_cpu = crate::threads::KernelParker::owner_is_running(id, u32::MAX);
+    PARK_NOW.store(true, Ordering::SeqCst);
+    let mut parked_seen = false;
+    while time::monotonic_nanos() < give_up {
+        if !crate::threads::KernelParker::owner_is_running(id, cpu_hint) {
+            parked_seen = true;
+            break;
+        }
+        scheduler.sleep(1_000_000);
+    }
+    RESUMED.store(true, Ordering::SeqCst);
+    scheduler.unpark(owner.thread());
+    scheduler.join(owner);
+    check!(running, "a spinning thread was not seen running on its CPU");
+    check!(
+        !wrong_cpu,
+        "a thread was seen running on a CPU it is not on"
+    );
+    check!(
+        !nonexistent_cpu,
+        "a thread was seen running on a CPU that does not exist"
+    );
+    check!(parked_seen, "a parked thread was still seen running");
+    let preempted: alloc::vec::Vec<usize> = (0..scheduler.cpu_count())
+        .filter(|&cpu| keel_arch_x86_64::steal_time::is_preempted(cpu))
+        .collect();
+    check!(
+        keel_arch_x86_64::steal_time::offered() || preempted.is_empty(),
+        "a CPU reported preemption without KVM steal time",
+        preempted
+    );
+    Ok(())
+}
+ktest!(owner_is_running_follows_the_owner);
 
 /// Several wakers, pinned to every other CPU, wake one thread on CPU 0 at the same
 /// time, over and over: the target's wake-up queue gets concurrent pushes on several
 /// lanes while its CPU goes to sleep and wakes up. Each waker posts a number, unparks
 /// the target and parks until the target acknowledges it; a lost wake-up on either
 /// side leaves both parked, and the suite's time limit fails the run.
-pub(super) fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
+fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
     use core::sync::atomic::AtomicU64;
     const WAKERS: usize = 3;
     const ROUNDS: u64 = 3000;
@@ -328,10 +417,11 @@ pub(super) fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult
     WAKER_HANDLES.lock().clear();
     Ok(())
 }
+ktest!(many_cpus_wake_one_thread_without_loss);
 
 /// Each thread gets its own FS base (its thread pointer); `fs:[0]` reads the first word
 /// of its own block, also after being switched out and back in.
-pub(super) fn thread_local_storage_through_fs(_: &ArchInfo) -> TestResult {
+fn thread_local_storage_through_fs(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let mut handles = alloc::vec::Vec::new();
     for index in 0..6u64 {
@@ -368,11 +458,12 @@ pub(super) fn thread_local_storage_through_fs(_: &ArchInfo) -> TestResult {
     }
     Ok(())
 }
+ktest!(thread_local_storage_through_fs);
 
 /// Busy threads doing floating-point work are preempted by the timer (interrupt
 /// entry saves the SSE state on the thread's stack); every thread's result must be
 /// exactly what it computes alone.
-pub(super) fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
+fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
     fn work(seed: u64) -> f64 {
         let mut x = seed as f64 + 0.5;
         let mut sum = 0.0f64;
@@ -406,8 +497,9 @@ pub(super) fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
     }
     Ok(())
 }
+ktest!(float_state_survives_preemption);
 
-pub(super) fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
+fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
     const COUNTERS: usize = 8;
     static COUNTERS_SHARED: [Mutex<u64, crate::threads::KernelParker>; COUNTERS] =
@@ -449,10 +541,11 @@ pub(super) fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
     }
     Ok(())
 }
+ktest!(thousands_of_threads_count_exactly);
 
 /// Unpinned busy threads all start on CPU 0; with several CPUs the balancer must move
 /// some elsewhere (each records the CPU it finishes on).
-pub(super) fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
+fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let cpus = scheduler.cpu_count();
     if cpus < 2 {
@@ -494,12 +587,13 @@ pub(super) fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult 
     );
     Ok(())
 }
+ktest!(balancer_moves_threads_off_a_busy_cpu);
 
 /// Tickless: while the only thread sleeps 50 ms and every other CPU is idle, the
 /// timer fires for the sleeper's deadline only (a periodic 1 kHz tick would fire 50
 /// times per CPU). A fire slightly before the TSC deadline (APIC/TSC calibration) may
 /// add a re-arm, hence the small allowance.
-pub(super) fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
+fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
     let counters = &crate::threads::COUNTERS;
     let before = counters.timer_interrupts.load(Ordering::Relaxed);
     crate::threads::scheduler().sleep(50_000_000);
@@ -511,3 +605,4 @@ pub(super) fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
     );
     Ok(())
 }
+ktest!(tickless_idle_takes_no_timer_ticks);

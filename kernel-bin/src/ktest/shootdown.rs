@@ -133,7 +133,7 @@ fn remap_seen_on_every_other_cpu(page: u64, other: u64) -> TestResult {
 
 /// A 4 KiB page remapped to another frame on CPU 0 reads the new frame on every other
 /// CPU, each of which read (and so cached) the old translation just before.
-pub fn remapped_page_is_seen_by_every_other_cpu(_: &ArchInfo) -> TestResult {
+fn remapped_page_is_seen_by_every_other_cpu(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
@@ -147,10 +147,11 @@ pub fn remapped_page_is_seen_by_every_other_cpu(_: &ArchInfo) -> TestResult {
     check!(freed.is_ok(), "free failed", freed);
     Ok(())
 }
+ktest!(remapped_page_is_seen_by_every_other_cpu);
 
 /// The same inside a 2 MiB mapping: the first remap splits it into 4 KiB pages, and the
 /// other CPUs, which cached the 2 MiB translation, must drop it too.
-pub fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
+fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
@@ -195,11 +196,12 @@ pub fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResul
     );
     Ok(())
 }
+ktest!(remap_inside_a_huge_page_is_seen_by_other_cpus);
 
 /// Every CPU's pinned thread starts shootdowns in a loop with interrupts masked, all at
 /// once; initiators are serialised and a waiting one answers the others' requests, so
 /// all complete (a deadlock would hang the suite, and the host's time limit fails it).
-pub fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
+fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
     if !has_two_cpus() {
         return Ok(());
     }
@@ -255,6 +257,7 @@ pub fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult
     check!(freed.is_ok(), "free failed", freed);
     Ok(())
 }
+ktest!(concurrent_shootdowns_from_every_cpu_complete);
 
 fn median(samples: &mut [u64]) -> u64 {
     samples.sort_unstable();
@@ -264,7 +267,7 @@ fn median(samples: &mut [u64]) -> u64 {
 /// Measures one shootdown round of one page from CPU 0 to every other CPU (idle, then
 /// each busy in a spinning thread) in TSC cycles, median over many rounds, beside a
 /// local flush; checks only that every round reached every other CPU.
-pub fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
+fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     // Busy targets take far longer under TCG on a loaded host: fewer samples there.
     const SAMPLES: usize = 1001;
     const BUSY_SAMPLES: usize = 101;
@@ -351,12 +354,13 @@ pub fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     check!(freed.is_ok(), "free failed", freed);
     Ok(())
 }
+ktest!(shootdown_round_cost);
 
 /// Crash case `guard-set-on-another-cpu` (needs two CPUs): a thread pinned on CPU 1
 /// reads a page, CPU 0 makes the page a guard, CPU 1 reads it again and must fault
 /// (the host checks that the report names the page fault on CPU 1). Without a
 /// shootdown CPU 1 read the old contents through its stale TLB entry.
-pub fn crash_reading_guard_set_on_another_cpu() {
+fn guard_set_on_another_cpu() {
     static STAGE: AtomicU64 = AtomicU64::new(0);
     let scheduler = crate::threads::scheduler();
     if scheduler.cpu_count() < 2 {
@@ -395,3 +399,4 @@ pub fn crash_reading_guard_set_on_another_cpu() {
         scheduler.join(reader);
     }
 }
+crash!(Threads, guard_set_on_another_cpu);
