@@ -150,10 +150,7 @@ fn log_boot_details(info: &ArchInfo) {
             platform.apic_ids(),
             platform.cpus_dropped,
             platform.cpus_online_capable,
-            match platform.io_apic {
-                Some(address) => alloc::format!("{address:#x}"),
-                None => "none".into(),
-            }
+            OptionalAddress(platform.io_apic)
         ),
         Err(error) => log::debug!("acpi: no platform tables: {error:?}"),
     }
@@ -165,6 +162,19 @@ fn log_boot_details(info: &ArchInfo) {
         info.tsc.hertz,
         info.tsc.source
     );
+}
+
+/// An address in hex, or `none`; formats without allocating (this runs before the heap
+/// exists).
+struct OptionalAddress(Option<u64>);
+
+impl core::fmt::Display for OptionalAddress {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(address) => write!(out, "{address:#x}"),
+            None => write!(out, "none"),
+        }
+    }
 }
 
 /// The kernel's own check of its command line: `key=value` words and bare flags.
