@@ -6,6 +6,10 @@
 //! therefore checks every frame (aligned, strictly increasing, inside a known stack or
 //! on mapped pages, return address inside the kernel's text) and stops at the first
 //! implausible one instead of faulting.
+//!
+//! Consecutive frames with the same return address (a recursion, such as a stack
+//! overflow) are folded into one line that ends in `xN`, so the callers below a deep
+//! recursion still fit in the report.
 
 use core::fmt::Write;
 use keel_ksyms::SymbolTable;
@@ -17,8 +21,12 @@ unsafe extern "C" {
     static __text_end: u8;
 }
 
-/// Frames printed at most.
+/// Lines printed at most (a folded run of repeated frames is one line).
 pub const MAX_FRAMES: usize = 48;
+
+/// Frames walked at most. The walk stops anyway at the top of the stack (each frame
+/// pointer must be above the last); this only bounds the work on a corrupt chain.
+const MAX_WALK: usize = 8192;
 
 /// The kernel's symbol table, or why it cannot be read.
 pub fn symbol_table() -> Result<SymbolTable<'static>, keel_ksyms::SymbolTableError> {
@@ -70,6 +78,53 @@ pub fn write_frame(out: &mut impl Write, index: usize, address: u64) {
     };
 }
 
+/// A run of consecutive frames with the same address, not printed yet.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Index of its first frame.
+    first: usize,
+    /// The frames' (call-site) address.
+    address: u64,
+    /// How many frames.
+    count: usize,
+}
+
+/// Prints `run` as one line (` xN` after the symbol when it folds several frames);
+/// returns false when the line budget is used up (after saying so).
+fn write_run(out: &mut impl Write, run: Run, lines: &mut usize) -> bool {
+    if *lines >= MAX_FRAMES {
+        let _ = writeln!(out, "  ... (further frames not shown)");
+        return false;
+    }
+    *lines += 1;
+    if run.count == 1 {
+        write_frame(out, run.first, run.address);
+        return true;
+    }
+    let last = run.first + run.count - 1;
+    let _ = match symbol_table()
+        .ok()
+        .and_then(|table| table.lookup(run.address))
+    {
+        Some(symbol) => writeln!(
+            out,
+            "  #{:<2} {:#018x} {}+{:#x} x{} (frames #{}-#{last})",
+            run.first,
+            run.address,
+            symbol.name,
+            symbol.offset_of(run.address),
+            run.count,
+            run.first
+        ),
+        None => writeln!(
+            out,
+            "  #{:<2} {:#018x} <unknown> x{} (frames #{}-#{last})",
+            run.first, run.address, run.count, run.first
+        ),
+    };
+    true
+}
+
 /// Prints a backtrace that starts at `rip` with frame pointer `rbp`.
 pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
     if let Err(error) = symbol_table() {
@@ -79,8 +134,10 @@ pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
         );
     }
     write_frame(out, 0, rip);
+    let mut lines = 1;
+    let mut pending: Option<Run> = None;
     let (text_start, text_end) = text_range();
-    for index in 1..MAX_FRAMES {
+    for index in 1..MAX_WALK {
         if !rbp.is_multiple_of(8) || !in_known_stack(rbp) {
             break;
         }
@@ -94,11 +151,29 @@ pub fn write_backtrace(out: &mut impl Write, rip: u64, mut rbp: u64) {
             break;
         }
         // The return address points after the call; symbolize the call itself.
-        write_frame(out, index, return_address - 1);
+        let address = return_address - 1;
+        match &mut pending {
+            Some(run) if run.address == address => run.count += 1,
+            _ => {
+                if let Some(run) = pending.take()
+                    && !write_run(out, run, &mut lines)
+                {
+                    return;
+                }
+                pending = Some(Run {
+                    first: index,
+                    address,
+                    count: 1,
+                });
+            }
+        }
         if next_rbp <= rbp {
             break;
         }
         rbp = next_rbp;
+    }
+    if let Some(run) = pending {
+        write_run(out, run, &mut lines);
     }
 }
 

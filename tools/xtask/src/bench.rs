@@ -1,9 +1,14 @@
-//! `cargo xtask bench NAME`: runs one criterion bench and prints a table of medians,
-//! ours (`keel`) beside each peer, with the ratio peer/ours (above 1: ours is faster).
+//! `cargo xtask bench NAME`: runs one criterion bench and prints a table, ours (`keel`)
+//! beside each peer, with the ratio peer/ours (above 1: ours is faster).
 //!
 //! It reads criterion's own result files (`target/criterion/**/new/benchmark.json` and
-//! `estimates.json`) of the groups named `NAME/...`.
+//! `estimates.json`) of the groups named `NAME/...`. The table shows the very number in
+//! the middle of criterion's `time: [low estimate high]` line: criterion's "typical"
+//! estimate, which is the slope of its linear-sampling regression when it has one and
+//! the mean otherwise (never the median, which `estimates.json` also holds and which
+//! can differ by tens of percent for skewed timings).
 
+use crate::cli::BenchArguments;
 use crate::{cargo, workspace_root};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,25 +47,71 @@ fn format_nanos(nanos: f64) -> String {
     }
 }
 
+/// The benches: the files `benches/benches/*.rs`, sorted.
+pub fn names() -> Vec<String> {
+    let directory = workspace_root().join("benches/benches");
+    let mut names: Vec<String> = std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().into_string().ok()?;
+                    name.strip_suffix(".rs").map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Criterion's typical estimate (slope, else mean) from `estimates.json`, in ns.
+fn typical_estimate(estimates: &serde_json::Value) -> Option<f64> {
+    estimates["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| estimates["mean"]["point_estimate"].as_f64())
+}
+
 /// `cargo xtask bench NAME`.
-pub fn run(arguments: &[String]) -> Result<(), String> {
-    let [name] = arguments else {
-        return Err("usage: cargo xtask bench NAME (for example pagealloc or heap)".into());
-    };
-    let bench_file = workspace_root()
-        .join("benches/benches")
-        .join(format!("{name}.rs"));
-    if !bench_file.exists() {
+pub fn run(arguments: &BenchArguments) -> Result<(), String> {
+    let known = names();
+    let Some(name) = arguments.name.as_deref() else {
         return Err(format!(
-            "no bench named {name:?} (expected {})",
-            bench_file.display()
+            "name a bench: cargo xtask bench NAME, where NAME is one of {}",
+            known.join(", ")
+        ));
+    };
+    if !known.iter().any(|known| known == name) {
+        return Err(format!(
+            "no bench named {name:?}; the benches are {}",
+            known.join(", ")
         ));
     }
     let criterion_directory = workspace_root().join("target/criterion");
     let _ = std::fs::remove_dir_all(&criterion_directory);
-    eprintln!("xtask: running criterion bench {name} (cargo bench -p keel-benches --bench {name})");
-    let status = cargo()
-        .args(["bench", "--package", "keel-benches", "--bench", name])
+    let mut criterion_arguments: Vec<String> = Vec::new();
+    if arguments.quick {
+        criterion_arguments.extend(
+            ["--warm-up-time", "1", "--measurement-time", "2"]
+                .into_iter()
+                .map(String::from),
+        );
+    }
+    criterion_arguments.extend(arguments.criterion_arguments.iter().cloned());
+    eprintln!(
+        "xtask: running criterion bench {name} (cargo bench -p keel-benches --bench {name}{})",
+        if criterion_arguments.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", criterion_arguments.join(" "))
+        }
+    );
+    let mut command = cargo();
+    command.args(["bench", "--package", "keel-benches", "--bench", name]);
+    if !criterion_arguments.is_empty() {
+        command.arg("--").args(&criterion_arguments);
+    }
+    let status = command
         .status()
         .map_err(|error| format!("cannot run cargo: {error}"))?;
     if !status.success() {
@@ -68,7 +119,7 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     }
     let mut results = Vec::new();
     collect(&criterion_directory, &mut results);
-    // group -> implementation -> median nanoseconds
+    // group -> implementation -> typical estimate in nanoseconds
     let mut table: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for directory in results {
         let benchmark = read_json(&directory.join("benchmark.json"))?;
@@ -85,13 +136,11 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
             case = format!("{group} [{value}]");
         }
         let implementation = benchmark["function_id"].as_str().unwrap_or("?").to_string();
-        let median = estimates["median"]["point_estimate"]
-            .as_f64()
-            .ok_or(format!("{}: no median", directory.display()))?;
-        table
-            .entry(case)
-            .or_default()
-            .insert(implementation, median);
+        let time = typical_estimate(&estimates).ok_or(format!(
+            "{}: no slope or mean estimate",
+            directory.display()
+        ))?;
+        table.entry(case).or_default().insert(implementation, time);
     }
     if table.is_empty() {
         return Err(format!("no results for groups named {name}/..."));
@@ -121,8 +170,8 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
         "\n{:<36} {:<24} {:>14} {:>14} {:>8}{}",
         "case",
         "peer",
-        "keel median",
-        "peer median",
+        "keel time",
+        "peer time",
         "ratio",
         if spreads.is_empty() {
             ""
@@ -132,9 +181,9 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
     );
     for (case, implementations) in &table {
         let ours = implementations.get("keel").copied();
-        for (peer, median) in implementations.iter().filter(|(name, _)| *name != "keel") {
+        for (peer, time) in implementations.iter().filter(|(name, _)| *name != "keel") {
             let (ours_text, ratio) = match ours {
-                Some(ours) => (format_nanos(ours), format!("{:.2}x", median / ours)),
+                Some(ours) => (format_nanos(ours), format!("{:.2}x", time / ours)),
                 None => ("-".into(), "-".into()),
             };
             let spread_columns = if spreads.is_empty() {
@@ -148,11 +197,16 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
             };
             println!(
                 "{case:<36} {peer:<24} {ours_text:>14} {:>14} {ratio:>8}{spread_columns}",
-                format_nanos(*median)
+                format_nanos(*time)
             );
         }
     }
-    println!("\nratio = peer median / keel median (above 1.00x: Keel is faster)");
+    println!(
+        "\ntime = criterion's estimate per iteration, the middle number of its \
+         `time: [low estimate high]` line above (the slope of its linear regression over \
+         the samples; the mean where it has no slope)\n\
+         ratio = peer time / keel time (above 1.00x: Keel is faster)"
+    );
     if !spreads.is_empty() {
         println!(
             "spread = slowest thread's acquisitions / busiest thread's (fixed window) or the \
@@ -161,4 +215,31 @@ pub fn run(arguments: &[String]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_uses_criterions_typical_estimate() {
+        let with_slope = serde_json::json!({
+            "mean": {"point_estimate": 24.0},
+            "median": {"point_estimate": 20.5},
+            "slope": {"point_estimate": 24.3},
+        });
+        assert_eq!(typical_estimate(&with_slope), Some(24.3));
+        let flat = serde_json::json!({
+            "mean": {"point_estimate": 7.0},
+            "median": {"point_estimate": 6.0},
+            "slope": null,
+        });
+        assert_eq!(typical_estimate(&flat), Some(7.0));
+    }
+
+    #[test]
+    fn lists_the_benches() {
+        let names = names();
+        assert!(names.iter().any(|name| name == "heap"), "{names:?}");
+    }
 }

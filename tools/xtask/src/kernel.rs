@@ -13,28 +13,6 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Parses `--release`, `--features a,b`, `--ktest`.
-    pub fn parse(arguments: &[String]) -> Result<Self, String> {
-        let mut options = Self::default();
-        let mut iter = arguments.iter();
-        while let Some(argument) = iter.next() {
-            match argument.as_str() {
-                "--release" => options.release = true,
-                "--ktest" => options.features.push("ktest".into()),
-                "--features" => {
-                    let list = iter.next().ok_or("--features needs a value")?;
-                    options.features.extend(
-                        list.split(',')
-                            .filter(|feature| !feature.is_empty())
-                            .map(String::from),
-                    );
-                }
-                other => return Err(format!("unknown build option {other:?}")),
-            }
-        }
-        Ok(options)
-    }
-
     fn image_name(&self) -> String {
         let mut name = String::from("keel-kernel");
         let mut features = self.features.clone();

@@ -8,50 +8,41 @@
 //! - `cargo xtask test` runs the host unit tests of every crate, the loom models, and the
 //!   in-guest test suite and crash tests; any failure makes it exit non-zero.
 //! - `cargo xtask bench NAME` runs one criterion bench and prints ours beside the peers.
+//!
+//! The command line is parsed with clap ([`cli`]); every subcommand has a `--help` that
+//! also lists what is read from the workspace at run time: the Cargo features of
+//! `keel-kernel` (from `kernel-bin/Cargo.toml`, [`features`]) and the bench names (the
+//! files of `benches/benches/`).
 
 mod bench;
+mod cli;
+mod features;
 mod kernel;
+mod kernel_args;
 mod qemu;
 mod symbols;
 mod test;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
-
-commands:
-  build [--release] [--features F,..] [--ktest]
-        build the kernel; prints the path of the ELF to boot
-  run   [--release] [--features F,..] [--machine q35|microvm] [--smp N]
-        [--max-cpus N] [--memory SIZE] [--accel tcg|kvm] [--gdb] [--timeout SECONDS] [-- KERNEL ARGS..]
-        build the kernel and boot it in QEMU, serial console on this terminal
-  test  [--no-host] [--no-loom] [--no-guest]
-        host unit tests, loom models, in-guest tests and crash tests
-  bench NAME
-        run one criterion bench (pagealloc, heap, ...) and print ours vs peers
-";
-
 fn main() -> ExitCode {
-    let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = arguments.split_first() else {
-        eprint!("{USAGE}");
-        return ExitCode::FAILURE;
+    let command = match cli::parse() {
+        Ok(command) => command,
+        Err(error) => {
+            // Help and version go to stdout with status 0; usage errors to stderr with 2.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
     };
-    let result = match command.as_str() {
-        "build" => kernel::BuildOptions::parse(rest).and_then(|options| {
+    let result = match command {
+        cli::Command::Build(arguments) => arguments.build_options().and_then(|options| {
             let path = kernel::build(&options)?;
             println!("{}", path.display());
             Ok(())
         }),
-        "run" => qemu::run_command(rest),
-        "test" => test::run(rest),
-        "bench" => bench::run(rest),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        cli::Command::Run(arguments) => qemu::run_command(arguments),
+        cli::Command::Test(arguments) => test::run(&arguments),
+        cli::Command::Bench(arguments) => bench::run(&arguments),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

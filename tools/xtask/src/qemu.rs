@@ -1,10 +1,13 @@
 //! Booting kernels in QEMU: the `run` command and the captured, time-limited boots the
 //! test runner uses.
 
-use crate::kernel::{self, BuildOptions};
-use std::io::{BufRead, BufReader, Read};
+use crate::cli::RunArguments;
+use crate::kernel;
+use crate::kernel_args;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,7 @@ pub const GUEST_SUCCESS_STATUS: i32 = (0x10 << 1) | 1;
 pub const GUEST_FAILURE_STATUS: i32 = (0x11 << 1) | 1;
 
 /// Which QEMU machine to emulate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Machine {
     /// PCI, ACPI, IOAPIC; SeaBIOS runs first.
     Q35,
@@ -23,7 +26,7 @@ pub enum Machine {
 }
 
 /// Which accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
     /// Software emulation: works everywhere, the default.
     Tcg,
@@ -69,14 +72,129 @@ impl Default for QemuOptions {
     }
 }
 
-fn parse_memory(value: &str) -> Result<String, String> {
-    let digits = value.trim_end_matches(['M', 'G', 'm', 'g']);
-    match digits.parse::<u64>() {
-        Ok(number) if number > 0 && digits.len() < value.len() => Ok(value.to_uppercase()),
-        Ok(number) if number > 0 => Ok(format!("{number}M")),
+/// A guest memory size, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize {
+    /// Mebibytes.
+    pub mebibytes: u64,
+}
+
+impl MemorySize {
+    /// QEMU's `-m` syntax.
+    pub fn qemu_argument(self) -> String {
+        format!("{}M", self.mebibytes)
+    }
+}
+
+impl std::fmt::Display for MemorySize {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.mebibytes >= 1024 && self.mebibytes.is_multiple_of(1024) {
+            write!(out, "{} GiB", self.mebibytes / 1024)
+        } else {
+            write!(out, "{} MiB", self.mebibytes)
+        }
+    }
+}
+
+/// The largest `--memory` accepted: 1 TiB (QEMU's own limit depends on the host).
+const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+/// Parses `--memory`: `256M`, `2G`, `256` (MiB), case-insensitive.
+pub fn parse_memory(value: &str) -> Result<MemorySize, String> {
+    let text = value.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((index, 'm' | 'M')) => (&text[..index], 1),
+        Some((index, 'g' | 'G')) => (&text[..index], 1024),
+        _ => (text, 1),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size such as 256M or 2G"))?;
+    match number.checked_mul(unit) {
+        Some(mebibytes) if (1..=MAX_MEMORY_MIB).contains(&mebibytes) => {
+            Ok(MemorySize { mebibytes })
+        }
         _ => Err(format!(
-            "--memory {value:?}: expected a size such as 256M or 2G"
+            "{value:?} is out of range (1M..={}G)",
+            MAX_MEMORY_MIB / 1024
         )),
+    }
+}
+
+/// The least memory the kernel boots with, in MiB, for `smp` vCPUs, measured on q35 by
+/// booting at decreasing sizes (issue 12 item 2):
+/// - the default application needs about 8 MiB plus 5/8 MiB per vCPU (boot data, page
+///   metadata, page tables, each CPU's stacks and caches): 9 MiB booted at `--smp 1`
+///   and 8 failed, 10/9 at 2, 11/10 at 4, 13/12 at 8; 17 booted at 16;
+/// - the in-guest suite (`--ktest`) checks for 64 MiB of usable RAM and spawns
+///   thousands of threads; near its edge a run passes or not by chance: with 72 MiB it
+///   passed at `--smp 1` (68 failed) and failed at 4; 76 and 78 passed at 4; 76, 80 and
+///   86 passed at 8; 80 passed at 2 and 4. So 80 MiB up to 8 vCPUs, and 1 MiB more
+///   per further vCPU (extrapolated, not measured).
+pub fn minimum_memory_mib(smp: u32, ktest: bool) -> u64 {
+    let smp = u64::from(smp);
+    let default_app = 8 + (smp * 5).div_ceil(8);
+    if ktest {
+        default_app.max(KTEST_MINIMUM_MIB + smp.saturating_sub(8))
+    } else {
+        default_app
+    }
+}
+
+/// The memory `--ktest` needs at up to 8 vCPUs.
+const KTEST_MINIMUM_MIB: u64 = 80;
+
+/// The `--memory` part of `run --help`.
+pub fn memory_help() -> String {
+    format!(
+        "Memory (--memory): QEMU's -m, in MiB (M) or GiB (G); default 256M. The kernel needs \
+         at least 8 MiB + 5/8 MiB per vCPU for the default app ({} MiB at --smp 1, {} at \
+         --smp 4, {} at --smp 8), and with --ktest {} MiB up to --smp 8, 1 MiB more per \
+         further vCPU ({} at --smp 16); smaller sizes are refused.\n",
+        minimum_memory_mib(1, false),
+        minimum_memory_mib(4, false),
+        minimum_memory_mib(8, false),
+        KTEST_MINIMUM_MIB,
+        minimum_memory_mib(16, true),
+    )
+}
+
+/// What an exit status means, in words: the code, or the signal by name.
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(signal) => format!(
+            "signal {signal} ({}){}",
+            signal_name(signal),
+            if status.core_dumped() {
+                ", core dumped"
+            } else {
+                ""
+            }
+        ),
+        None => format!("{status}"),
+    }
+}
+
+/// The usual name of a Linux signal number.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT: QEMU aborted, for example on a failed assertion",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "unnamed signal",
     }
 }
 
@@ -235,8 +353,10 @@ pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
 pub struct BootOutcome {
     /// Everything the guest printed on the serial console.
     pub output: String,
-    /// QEMU's exit status, `None` when it was killed at the time limit.
+    /// QEMU's exit code, `None` when it was killed at the time limit or by a signal.
     pub status: Option<i32>,
+    /// QEMU's whole exit status, `None` when xtask killed it at the time limit.
+    pub exit: Option<ExitStatus>,
     /// Whole QEMU process time.
     pub elapsed: Duration,
 }
@@ -280,12 +400,12 @@ pub fn boot_captured(
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let status = loop {
+    let exit = loop {
         if let Some(status) = child
             .try_wait()
             .map_err(|error| format!("waiting for QEMU: {error}"))?
         {
-            break status.code();
+            break Some(status);
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -304,77 +424,53 @@ pub fn boot_captured(
     }
     Ok(BootOutcome {
         output,
-        status,
+        status: exit.and_then(|status| status.code()),
+        exit,
         elapsed,
     })
 }
 
 /// `cargo xtask run`.
-pub fn run_command(arguments: &[String]) -> Result<(), String> {
-    let mut build = BuildOptions::default();
-    let mut options = QemuOptions::default();
-    let mut limit: Option<Duration> = None;
-    let mut iter = arguments.iter();
-    let value = |iter: &mut std::slice::Iter<String>, name: &str| -> Result<String, String> {
-        iter.next().cloned().ok_or(format!("{name} needs a value"))
-    };
-    while let Some(argument) = iter.next() {
-        match argument.as_str() {
-            "--release" => build.release = true,
-            "--ktest" => build.features.push("ktest".into()),
-            "--features" => build.features.extend(
-                value(&mut iter, "--features")?
-                    .split(',')
-                    .filter(|feature| !feature.is_empty())
-                    .map(String::from),
-            ),
-            "--machine" => {
-                options.machine = match value(&mut iter, "--machine")?.as_str() {
-                    "q35" => Machine::Q35,
-                    "microvm" => Machine::Microvm,
-                    other => return Err(format!("--machine {other:?}: expected q35 or microvm")),
-                }
-            }
-            "--smp" => {
-                let text = value(&mut iter, "--smp")?;
-                options.smp = match text.parse::<u32>() {
-                    Ok(count) if (1..=255).contains(&count) => count,
-                    _ => return Err(format!("--smp {text:?}: expected a CPU count 1..=255")),
-                };
-            }
-            "--max-cpus" => {
-                let text = value(&mut iter, "--max-cpus")?;
-                options.max_cpus = match text.parse::<u32>() {
-                    Ok(count) if (1..=255).contains(&count) => Some(count),
-                    _ => return Err(format!("--max-cpus {text:?}: expected a CPU count 1..=255")),
-                };
-            }
-            "--memory" => options.memory = parse_memory(&value(&mut iter, "--memory")?)?,
-            "--accel" => {
-                options.accel = match value(&mut iter, "--accel")?.as_str() {
-                    "tcg" => Accel::Tcg,
-                    "kvm" => Accel::Kvm,
-                    other => return Err(format!("--accel {other:?}: expected tcg or kvm")),
-                }
-            }
-            "--gdb" => options.gdb = true,
-            "--timeout" => {
-                let text = value(&mut iter, "--timeout")?;
-                let seconds: u64 = text
-                    .parse()
-                    .map_err(|_| format!("--timeout {text:?}: expected seconds"))?;
-                limit = Some(Duration::from_secs(seconds));
-            }
-            "--" => {
-                options.append.extend(iter.by_ref().cloned());
-            }
-            other => {
-                return Err(format!(
-                    "unknown run option {other:?} (kernel arguments go after --)"
-                ));
-            }
-        }
+pub fn run_command(arguments: RunArguments) -> Result<(), String> {
+    let build = arguments.build.build_options()?;
+    let ktest = build.features.iter().any(|feature| feature == "ktest");
+    if let Some(max) = arguments.max_cpus
+        && max < arguments.smp
+    {
+        return Err(format!(
+            "--max-cpus {max} is below --smp {}: maxcpus counts the started CPUs too",
+            arguments.smp
+        ));
     }
+    let minimum = minimum_memory_mib(arguments.smp, ktest);
+    if arguments.memory.mebibytes < minimum {
+        return Err(format!(
+            "--memory {}: the kernel needs at least {minimum} MiB with --smp {}{} \
+             ({}; see `cargo xtask run --help`)",
+            arguments.memory,
+            arguments.smp,
+            if ktest { " and --ktest" } else { "" },
+            if ktest {
+                "the test suite: 80 MiB up to 8 vCPUs, 1 MiB more per further vCPU"
+            } else {
+                "8 MiB + 5/8 MiB per vCPU"
+            }
+        ));
+    }
+    for warning in kernel_args::check(&arguments.kernel_arguments, ktest)? {
+        eprintln!("xtask: warning: {warning}");
+    }
+    let options = QemuOptions {
+        machine: arguments.machine,
+        smp: arguments.smp,
+        max_cpus: arguments.max_cpus,
+        memory: arguments.memory.qemu_argument(),
+        accel: arguments.accel,
+        gdb: arguments.gdb,
+        append: arguments.kernel_arguments,
+        qemu_root: None,
+    };
+    let limit = arguments.timeout.map(Duration::from_secs);
     ensure_qemu()?;
     let kernel = kernel::build(&build)?;
     if options.gdb {
@@ -393,31 +489,85 @@ pub fn run_command(arguments: &[String]) -> Result<(), String> {
             .max_cpus
             .map(|max| format!(" (maxcpus={max})"))
             .unwrap_or_default(),
-        options.memory,
+        arguments.memory,
         options.accel
     );
     let start = Instant::now();
-    let status = match limit {
-        None => command(&kernel, &options)
-            .status()
-            .map_err(|error| format!("cannot start QEMU: {error}"))?
-            .code(),
-        Some(limit) => {
-            let outcome = boot_captured(&kernel, &options, limit, Some(""))?;
-            outcome.status
+    let exit = match limit {
+        None => {
+            let mut command = command(&kernel, &options);
+            // QEMU's -serial stdio reads stdin; where that is not a terminal (a pipe, a
+            // `while read` loop) it would eat input meant for someone else.
+            if !std::io::stdin().is_terminal() {
+                command.stdin(Stdio::null());
+            }
+            Some(
+                command
+                    .status()
+                    .map_err(|error| format!("cannot start QEMU: {error}"))?,
+            )
         }
+        Some(limit) => boot_captured(&kernel, &options, limit, Some(""))?.exit,
     };
     let elapsed = start.elapsed();
     eprintln!(
         "xtask: QEMU process time {:.3} s (whole process: start, firmware, kernel, exit)",
         elapsed.as_secs_f64()
     );
-    match status {
+    let Some(exit) = exit else {
+        return Err(format!(
+            "QEMU was stopped at the time limit (--timeout {} s)",
+            limit.map_or(0, |limit| limit.as_secs())
+        ));
+    };
+    match exit.code() {
         Some(GUEST_SUCCESS_STATUS) => Ok(()),
         Some(GUEST_FAILURE_STATUS) => Err("the guest reported failure".into()),
+        Some(0) => Err("QEMU exited with status 0, but not through the guest's \
+             isa-debug-exit: the guest reset or triple-faulted (-no-reboot turns that into \
+             an exit), or QEMU was told to quit (SIGTERM, SIGINT)"
+            .into()),
         Some(code) => Err(format!(
-            "QEMU exited with status {code} (the guest did not exit through isa-debug-exit)"
+            "QEMU exited with status {code}, not through the guest's isa-debug-exit \
+             (QEMU's own error, if any, is above)"
         )),
-        None => Err("QEMU was stopped at the time limit, or killed by a signal".into()),
+        None => Err(format!("QEMU was killed by {}", describe_status(exit))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_memory_sizes() {
+        assert_eq!(parse_memory("256M"), Ok(MemorySize { mebibytes: 256 }));
+        assert_eq!(parse_memory("2g"), Ok(MemorySize { mebibytes: 2048 }));
+        assert_eq!(parse_memory("64"), Ok(MemorySize { mebibytes: 64 }));
+        assert!(parse_memory("0M").is_err());
+        assert!(parse_memory("1.5G").is_err());
+        assert!(parse_memory("M").is_err());
+        assert!(parse_memory("99999999999999999999G").is_err());
+        assert_eq!(MemorySize { mebibytes: 6144 }.qemu_argument(), "6144M");
+    }
+
+    #[test]
+    fn minimum_memory_grows_with_cpus_and_ktest() {
+        assert_eq!(minimum_memory_mib(1, false), 9);
+        assert_eq!(minimum_memory_mib(4, false), 11);
+        assert_eq!(minimum_memory_mib(8, false), 13);
+        assert_eq!(minimum_memory_mib(1, true), 80);
+        assert_eq!(minimum_memory_mib(8, true), 80);
+        assert_eq!(minimum_memory_mib(16, true), 88);
+        // The sizes the test suites boot with stay allowed.
+        assert!(minimum_memory_mib(8, true) <= 256);
+    }
+
+    #[test]
+    fn names_signals() {
+        let aborted = ExitStatus::from_raw(6);
+        assert!(describe_status(aborted).starts_with("signal 6 (SIGABRT"));
+        let exited = ExitStatus::from_raw(3 << 8);
+        assert_eq!(describe_status(exited), "exit status 3");
     }
 }

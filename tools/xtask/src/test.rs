@@ -3,6 +3,7 @@
 //! Every stage's counts are printed, and the run closes with one `N passed, N failed`
 //! line over all stages. Any failure, timeout or crash makes the command exit non-zero.
 
+use crate::cli::TestArguments;
 use crate::kernel::{self, BuildOptions};
 use crate::qemu::{self, GUEST_FAILURE_STATUS, GUEST_SUCCESS_STATUS, Machine, QemuOptions};
 use crate::{cargo, workspace_root};
@@ -233,12 +234,20 @@ struct CrashCase {
     /// Whether the output must hold exactly one crash report, whole and uninterrupted
     /// ([`single_report_problems`]).
     single_report: bool,
+    /// The least number of backtrace lines the report must have (the faulting function
+    /// and its callers; a folded run counts as one line).
+    min_frames: usize,
+    /// A recursive function whose repeated frames must be folded into one `xN` line
+    /// ([`backtrace_problems`]).
+    folded: Option<&'static str>,
 }
 
 const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "null-read",
         smp: 1,
+        min_frames: 3,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -251,6 +260,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "stack-overflow",
         smp: 1,
+        min_frames: 3,
+        folded: Some("keel_kernel::ktest::crash::recurse"),
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -261,6 +272,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "write-rodata",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -271,6 +284,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "execute-data",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -280,6 +295,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "invalid-opcode",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
@@ -289,6 +306,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "thread-stack-overflow",
         smp: 1,
+        min_frames: 3,
+        folded: Some("keel_kernel::ktest::crash::recurse"),
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -300,6 +319,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "panic",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL PANIC: deliberate panic for the crash test",
@@ -309,6 +330,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "thread-guard-rbp",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
@@ -320,6 +343,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "thread-guard-in-entry-stub",
         smp: 1,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF)",
@@ -331,6 +356,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "guard-set-on-another-cpu",
         smp: 2,
+        min_frames: 1,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception 14 page fault (#PF) (error code 0x0) on CPU 1",
@@ -342,12 +369,16 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "two-cpus-crash-at-once",
         smp: 2,
+        min_frames: 1,
+        folded: None,
         single_report: true,
         expect: &["backtrace:", "halting with failure status"],
     },
     CrashCase {
         name: "two-cpus-fault-at-once",
         smp: 2,
+        min_frames: 1,
+        folded: None,
         single_report: true,
         expect: &[
             "KEEL FATAL: CPU exception 6 invalid opcode (#UD)",
@@ -360,6 +391,8 @@ const CRASH_CASES: &[CrashCase] = &[
     CrashCase {
         name: "ap-early-fault",
         smp: 2,
+        min_frames: 0,
+        folded: None,
         single_report: false,
         expect: &[
             "KEEL FATAL: CPU exception during application processor start-up (vector 14)",
@@ -367,6 +400,50 @@ const CRASH_CASES: &[CrashCase] = &[
         ],
     },
 ];
+
+/// The names of the deliberate crashes (`ktest.crash=NAME`) this runner checks.
+pub fn crash_case_names() -> Vec<&'static str> {
+    CRASH_CASES.iter().map(|case| case.name).collect()
+}
+
+/// What is wrong with the backtrace of the first report in `output`: fewer than
+/// `min_frames` frame lines, or, for a `folded` function, its repeated frames not folded
+/// into one `xN` line (the faulting frame #0 may name it once more).
+fn backtrace_problems(output: &str, min_frames: usize, folded: Option<&str>) -> Vec<String> {
+    let frames: Vec<&str> = output
+        .lines()
+        .skip_while(|line| line.trim_end() != "backtrace:")
+        .skip(1)
+        .map(str::trim)
+        .take_while(|line| line.starts_with('#') || line.starts_with("..."))
+        .collect();
+    let mut problems = Vec::new();
+    if frames.len() < min_frames {
+        problems.push(format!(
+            "{} backtrace line(s), want at least {min_frames}: {frames:?}",
+            frames.len()
+        ));
+    }
+    if let Some(function) = folded {
+        let naming: Vec<&&str> = frames
+            .iter()
+            .filter(|line| line.contains(&format!("{function}+")))
+            .collect();
+        let folded_line = naming.iter().any(|line| {
+            line.split_whitespace().any(|word| {
+                word.strip_prefix('x')
+                    .and_then(|count| count.parse::<u64>().ok())
+                    .is_some_and(|count| count >= 2)
+            })
+        });
+        if !folded_line || naming.len() > 2 {
+            problems.push(format!(
+                "the repeated {function} frames are not folded into one xN line: {naming:?}"
+            ));
+        }
+    }
+    problems
+}
 
 /// Whether a line opens a crash report (an exception's or a panic's).
 fn is_report_header(line: &str) -> bool {
@@ -571,11 +648,16 @@ fn guest_stage() -> Result<Stage, String> {
             .copied()
             .filter(|text| !outcome.output.contains(text))
             .collect();
-        let report_problems = if case.single_report {
+        let mut report_problems = if case.single_report {
             single_report_problems(&outcome.output)
         } else {
             Vec::new()
         };
+        report_problems.extend(backtrace_problems(
+            &outcome.output,
+            case.min_frames,
+            case.folded,
+        ));
         if outcome.status == Some(GUEST_FAILURE_STATUS)
             && missing.is_empty()
             && report_problems.is_empty()
@@ -621,15 +703,12 @@ fn guest_stage() -> Result<Stage, String> {
 }
 
 /// `cargo xtask test`.
-pub fn run(arguments: &[String]) -> Result<(), String> {
-    let (mut host, mut loom, mut guest) = (true, true, true);
-    for argument in arguments {
-        match argument.as_str() {
-            "--no-host" => host = false,
-            "--no-loom" => loom = false,
-            "--no-guest" => guest = false,
-            other => return Err(format!("unknown test option {other:?}")),
-        }
+pub fn run(arguments: &TestArguments) -> Result<(), String> {
+    let (host, loom, guest) = (!arguments.no_host, !arguments.no_loom, !arguments.no_guest);
+    if !(host || loom || guest) {
+        return Err(
+            "--no-host, --no-loom and --no-guest together leave nothing to run; drop one".into(),
+        );
     }
     let mut stages = Vec::new();
     if host {
@@ -698,6 +777,20 @@ mod tests {
         let mixed_line = "KEEL PANIC: boom at a.rs:1:1\nbacktrace:\n  #0 f\nstray output\n\
                           KEEL PANIC: halting with failure status\n";
         assert!(!single_report_problems(mixed_line).is_empty());
+    }
+
+    #[test]
+    fn backtrace_check_wants_callers_and_folded_recursion() {
+        let folded = "KEEL FATAL: CPU exception 14\nbacktrace:\n  #0  0x1 k::recurse+0x27\n  \
+                      #1  0x2 k::recurse+0x4e x881 (frames #1-#881)\n  #882 0x3 k::run+0xc6\n\
+                      KEEL FATAL: halting with failure status\n";
+        assert!(backtrace_problems(folded, 3, Some("k::recurse")).is_empty());
+        let unfolded = "backtrace:\n  #0  0x1 k::recurse+0x27\n  #1  0x2 k::recurse+0x4e\n  \
+                        #2  0x2 k::recurse+0x4e\n  #3  0x2 k::recurse+0x4e\nKEEL FATAL: halting\n";
+        assert!(!backtrace_problems(unfolded, 3, Some("k::recurse")).is_empty());
+        let empty = "backtrace:\nKEEL FATAL: halting with failure status\n";
+        assert_eq!(backtrace_problems(empty, 1, None).len(), 1);
+        assert!(backtrace_problems(empty, 0, None).is_empty());
     }
 
     #[test]
