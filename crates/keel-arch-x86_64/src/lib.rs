@@ -147,11 +147,10 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
         Ok(boot) => boot,
         Err(error) => boot_failure("bad PVH start info", &error),
     };
-    if let Some(level) = boot.command_line_value("log") {
-        match logger::parse_level(level) {
-            Some(level) => log::set_max_level(level),
-            None => log::warn!("unknown log level {level:?} on the command line; using info"),
-        }
+    // A bad value is reported (and fails the boot) by the kernel's own command-line
+    // check; until then, info.
+    if let Some(level) = boot.command_line_value("log").and_then(logger::parse_level) {
+        log::set_max_level(level);
     }
     let mut phases = BootPhases {
         early: time::read_tsc(),
