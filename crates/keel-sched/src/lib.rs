@@ -64,8 +64,10 @@ mod arch;
 #[allow(unsafe_code)]
 mod context;
 pub mod handshake;
-mod math;
 pub mod policy;
+// Safe code; `allow` only for the `unsafe impl`s that `intrusive_adapter!` expands to.
+#[allow(unsafe_code)]
+mod queue;
 #[allow(unsafe_code)]
 mod scheduler;
 #[allow(unsafe_code)]

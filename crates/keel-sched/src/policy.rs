@@ -5,7 +5,6 @@
 //! (smallest first, ties in enqueue order) and asks the policy when to preempt.
 
 use crate::Priority;
-use crate::math;
 
 /// Per-thread scheduling state. Touched only by the CPU that owns the thread (the one
 /// whose run queue holds it or that runs it).
@@ -42,6 +41,11 @@ impl Accounting {
 
 /// One CPU's scheduling policy. All methods run on that CPU with interrupts masked.
 pub trait Policy: Send + 'static {
+    /// Whether [`enqueue`](Policy::enqueue) always gives a key at least as large as
+    /// every queued thread's (the key is the enqueue sequence): the run queue is then
+    /// a FIFO list (O(1) insert and pop) instead of a tree ordered by key.
+    const FIFO_ORDER: bool = false;
+
     /// `thread` becomes runnable on this CPU (new, woken, migrated in, preempted or
     /// yielding); `sequence` increases with every enqueue on this CPU. Sets its key.
     fn enqueue(&mut self, thread: &mut Accounting, sequence: u64);
@@ -137,8 +141,8 @@ impl FairPolicy {
     pub fn new(params: FairParams) -> Self {
         Self {
             params,
-            hysteresis_factor: math::exp(params.hysteresis_nanos / params.tau_nanos) - 1.0,
-            penalty_factor: math::exp(params.context_switch_penalty_nanos / params.tau_nanos) - 1.0,
+            hysteresis_factor: libm::expm1(params.hysteresis_nanos / params.tau_nanos),
+            penalty_factor: libm::expm1(params.context_switch_penalty_nanos / params.tau_nanos),
             inverse_tau: 1.0 / params.tau_nanos,
             scale: 1.0,
             epoch: 0,
@@ -183,7 +187,7 @@ impl Policy for FairPolicy {
         let old = self.scale;
         // `ran_nanos` fits an i64 (292 years): a one-instruction conversion.
         let ran = i64::try_from(ran_nanos).unwrap_or(i64::MAX) as f64;
-        let new = old * math::exp(ran * self.inverse_tau);
+        let new = old * libm::exp(ran * self.inverse_tau);
         if !new.is_finite() {
             // A clock jump; ignore the interval (as OSv does).
             return false;
@@ -238,7 +242,7 @@ impl Policy for FairPolicy {
             return Some(0);
         }
         let per_unit = running.priority.get() * self.scale;
-        let nanos = self.params.tau_nanos * math::ln(1.0 + gap / per_unit);
+        let nanos = self.params.tau_nanos * libm::log(1.0 + gap / per_unit);
         // Overshoot by 1% like OSv: running a little long is paid back in runtime.
         Some((nanos * 1.01) as u64)
     }
@@ -274,6 +278,8 @@ impl Default for RoundRobinPolicy {
 }
 
 impl Policy for RoundRobinPolicy {
+    const FIFO_ORDER: bool = true;
+
     fn enqueue(&mut self, thread: &mut Accounting, sequence: u64) {
         // Exact in an f64 up to 2^53 enqueues.
         thread.key = sequence as f64;
