@@ -29,6 +29,15 @@
 //!   threads, each waiting for its turn by polling it 1000 times (`spin_loop`) and
 //!   then parking; the other unparks it after giving it the turn.
 //!
+//! **`switch/pingpong-crowd`: the `switch/pingpong` round trip with `N - 2` more
+//! runnable threads on the CPU** (no peer: `xtask` prints ours alone).
+//! - `keel [N]`: the two ping-pong threads share the CPU with `N - 2` runnable
+//!   threads that yield in a loop but have run once at priority 1e100, so their keys
+//!   stay above the ping-pong threads' for the case's whole run (for about 40 s of
+//!   CPU time at tau = 200 ms, on a fresh machine per case) and they stay queued: every switch works on a run queue of
+//!   `N - 2` threads, and every decision computes the running thread's time slice
+//!   against the next queued one. `[2]` is the plain ping-pong through the same code.
+//!
 //! **`switch/yield`: one switch per iteration, `N` runnable threads on one CPU.**
 //! - `keel [N]`: `N` keel threads (32 KiB stacks) on one hosted CPU, fair policy,
 //!   each calling `yield_now` in a loop: every switch requeues the yielding thread in
@@ -46,7 +55,7 @@ use std::time::{Duration, Instant};
 use corosensei::Coroutine;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use keel_hosted::Machine;
-use keel_sched::{CpuId, FairPolicy, SchedulerConfig, SpawnOptions};
+use keel_sched::{CpuId, FairPolicy, Priority, SchedulerConfig, SpawnOptions};
 
 /// The idle poll budget of the hosted CPUs, which `linux-spin-park` copies.
 const POLL_BUDGET: u32 = 1_000;
@@ -99,6 +108,89 @@ fn keel_round_trips(machine: &Machine<FairPolicy>, iters: u64, apart: bool) -> D
             .expect("spawn");
         let partner_thread = partner.thread().clone();
         // Let the partner start and park first.
+        scheduler.yield_now();
+        let start = Instant::now();
+        for round in 0..iters {
+            turn.store(2 * round + 1, Ordering::Release);
+            scheduler.unpark(&partner_thread);
+            while turn.load(Ordering::Acquire) != 2 * round + 2 {
+                scheduler.park();
+            }
+        }
+        let elapsed = start.elapsed();
+        scheduler.join(partner);
+        elapsed
+    })
+}
+
+/// `iters` park/unpark round trips (`keel_round_trips`) on the one CPU of `machine`
+/// with `crowd` more runnable threads that never get to run (see the module docs).
+fn keel_crowd_round_trips(machine: &Machine<FairPolicy>, iters: u64, crowd: u64) -> Duration {
+    let scheduler = Arc::clone(machine.scheduler());
+    let (stop, started) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let background = SpawnOptions::new()
+        .stack_size(32 * 1024)
+        .priority(Priority::new(1e100).expect("a valid priority"));
+    let crowd_handles: Vec<_> = (0..crowd)
+        .map(|_| {
+            let (scheduler, stop, started) = (
+                Arc::clone(&scheduler),
+                Arc::clone(&stop),
+                Arc::clone(&started),
+            );
+            Arc::clone(&scheduler)
+                .spawn(background, move || {
+                    started.fetch_add(1, Ordering::Relaxed);
+                    while !stop.load(Ordering::Relaxed) {
+                        scheduler.yield_now();
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let elapsed = keel_round_trips_after(machine, iters, move |scheduler| {
+        // Every crowd thread runs once (at key 0 it goes first) and is charged.
+        while started.load(Ordering::Relaxed) < crowd {
+            scheduler.yield_now();
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    machine.run(SpawnOptions::new(), move || {
+        for handle in crowd_handles {
+            scheduler.join(handle);
+        }
+    });
+    elapsed
+}
+
+/// `keel_round_trips` on one CPU, after `prepare` ran on the main thread.
+fn keel_round_trips_after(
+    machine: &Machine<FairPolicy>,
+    iters: u64,
+    prepare: impl FnOnce(&keel_sched::Scheduler<keel_hosted::HostedArch, FairPolicy>) + Send + 'static,
+) -> Duration {
+    let scheduler = Arc::clone(machine.scheduler());
+    machine.run(SpawnOptions::new(), move || {
+        prepare(&scheduler);
+        let turn = Arc::new(AtomicU64::new(0));
+        let main = scheduler.current().expect("on a keel thread");
+        let (partner_scheduler, partner_turn) = (Arc::clone(&scheduler), Arc::clone(&turn));
+        let partner = scheduler
+            .spawn(SpawnOptions::new(), move || {
+                for round in 0..iters {
+                    while partner_turn.load(Ordering::Acquire) != 2 * round + 1 {
+                        partner_scheduler.park();
+                    }
+                    partner_turn.store(2 * round + 2, Ordering::Release);
+                    partner_scheduler.unpark(&main);
+                }
+            })
+            .expect("spawn");
+        let partner_thread = partner.thread().clone();
+        // Let the partner start and park first (it has the smallest key).
         scheduler.yield_now();
         let start = Instant::now();
         for round in 0..iters {
@@ -234,9 +326,11 @@ fn on_fresh_thread(body: impl FnOnce() -> Duration + Send + 'static) -> Duration
 }
 
 /// How many yields each of `threads` threads makes so that they add up to at least
-/// `iters` switches, and the time of `iters` switches given the time of them all.
+/// `iters` switches (and at least 8 each, so that a sample is mostly steady-state
+/// rotation, not its start and end), and the time of `iters` switches given the time
+/// of them all.
 fn yield_rounds(iters: u64, threads: u64) -> (u64, impl Fn(Duration) -> Duration) {
-    let rounds = iters.div_ceil(threads).max(1);
+    let rounds = iters.div_ceil(threads).max(8);
     let switches = rounds * threads;
     (rounds, move |elapsed: Duration| {
         let nanos = elapsed.as_nanos() * u128::from(iters) / u128::from(switches);
@@ -377,6 +471,28 @@ fn pingpong_apart(c: &mut Criterion) {
     two_cpus.shutdown();
 }
 
+fn pingpong_crowd(c: &mut Criterion) {
+    let config = SchedulerConfig {
+        balance_interval_nanos: None,
+        ..SchedulerConfig::default()
+    };
+    let mut group = c.benchmark_group("switch/pingpong-crowd");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for threads in [2_u64, 10_000] {
+        // A fresh machine per case: the crowd's keys must stay above the ping-pong
+        // threads' for the case's whole run (see the module docs).
+        let machine = Machine::<FairPolicy>::with_config(1, config);
+        group.bench_with_input(BenchmarkId::new("keel", threads), &threads, |b, &n| {
+            b.iter_custom(|iters| keel_crowd_round_trips(&machine, iters, n - 2))
+        });
+        machine.shutdown();
+    }
+    group.finish();
+}
+
 fn yields(c: &mut Criterion) {
     let config = SchedulerConfig {
         balance_interval_nanos: None,
@@ -404,5 +520,5 @@ fn yields(c: &mut Criterion) {
     machine.shutdown();
 }
 
-criterion_group!(benches, pingpong, pingpong_apart, yields);
+criterion_group!(benches, pingpong, pingpong_apart, pingpong_crowd, yields);
 criterion_main!(benches);

@@ -90,6 +90,11 @@ impl<'a> KeyAdapter<'a> for TimerAdapter {
 pub(crate) struct RunQueue {
     /// `FIFO_ORDER` of the CPU's policy: use `fifo`, not `sorted`.
     fifo_order: bool,
+    /// Ordered queues: the thread that runs next, kept out of `sorted` (whose other
+    /// threads all run after it), so that peeking is O(1) and the common switch
+    /// between a few threads (one queued at a time) never touches the tree. `None`
+    /// only when the queue is empty.
+    first: Option<Arc<ThreadInner>>,
     sorted: RBTree<SortedAdapter>,
     fifo: LinkedList<FifoAdapter>,
     /// Number of queued threads (neither collection counts).
@@ -101,6 +106,7 @@ impl RunQueue {
     pub(crate) fn new(fifo_order: bool) -> Self {
         Self {
             fifo_order,
+            first: None,
             sorted: RBTree::new(SortedAdapter::new()),
             fifo: LinkedList::new(FifoAdapter::new()),
             len: 0,
@@ -121,7 +127,17 @@ impl RunQueue {
             );
             self.fifo.push_back(thread);
         } else {
-            self.sorted.insert(thread);
+            match self.first.take() {
+                None => self.first = Some(thread),
+                Some(first) if key < first.run_key.get() => {
+                    self.sorted.insert(first);
+                    self.first = Some(thread);
+                }
+                Some(first) => {
+                    self.sorted.insert(thread);
+                    self.first = Some(first);
+                }
+            }
         }
         self.len += 1;
     }
@@ -131,7 +147,11 @@ impl RunQueue {
         let thread = if self.fifo_order {
             self.fifo.pop_front()
         } else {
-            self.sorted.front_mut().remove()
+            let first = self.first.take();
+            if first.is_some() && !self.sorted.is_empty() {
+                self.first = self.sorted.front_mut().remove();
+            }
+            first
         };
         if thread.is_some() {
             self.len -= 1;
@@ -144,7 +164,7 @@ impl RunQueue {
         if self.fifo_order {
             self.fifo.front().get()
         } else {
-            self.sorted.front().get()
+            self.first.as_deref()
         }
     }
 
@@ -168,7 +188,16 @@ impl RunQueue {
             while cursor.get().is_some_and(|thread| !eligible(thread)) {
                 cursor.move_prev();
             }
-            cursor.remove()
+            match cursor.remove() {
+                Some(thread) => Some(thread),
+                // Only `first` is left to look at.
+                None if self.first.as_deref().is_some_and(&eligible) => {
+                    let first = self.first.take();
+                    self.first = self.sorted.front_mut().remove();
+                    first
+                }
+                None => None,
+            }
         };
         if thread.is_some() {
             self.len -= 1;
@@ -192,6 +221,9 @@ impl RunQueue {
             return;
         }
         let mut old = self.sorted.take();
+        if let Some(first) = self.first.take() {
+            old.insert(first);
+        }
         let mut cursor = old.front_mut();
         while let Some(thread) = cursor.remove() {
             let key = RunKey {
@@ -201,6 +233,7 @@ impl RunQueue {
             thread.run_key.set(key);
             self.sorted.insert(thread);
         }
+        self.first = self.sorted.front_mut().remove();
     }
 }
 
