@@ -275,6 +275,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 context: UnsafeCell::new(stack_pointer),
                 accounting: UnsafeCell::new(Accounting::new(options.priority)),
                 entry: UnsafeCell::new(Some(entry)),
+                spare: UnsafeCell::new(None),
                 joiner: SpinLock::new(None),
                 wake_link: WakeLink::new(),
                 run_link: RBTreeLink::new(),
@@ -286,7 +287,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 _stack: Box::new(stack),
             }),
         };
-        self.deliver(thread.clone());
+        self.deliver(&thread);
         Ok(JoinHandle { thread, result })
     }
 
@@ -553,6 +554,38 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             .expect("called outside the scheduler's CPUs")
     }
 
+    /// Takes the spare handle of `thread` (see `ThreadInner::spare`), a thread
+    /// whose home CPU `local` is the state of.
+    fn take_spare(local: &mut CpuLocal<P>, thread: &ThreadInner) -> Option<Thread> {
+        let _ = local;
+        // SAFETY: see `spare_argument` below.
+        unsafe { (*thread.spare.get()).take() }
+    }
+
+    /// Stores `thread`'s own handle as its spare (it just blocked on the CPU whose
+    /// state `local` is, its home).
+    fn put_spare(local: &mut CpuLocal<P>, thread: Thread) {
+        let _ = local;
+        let slot = thread.inner.spare.get();
+        // SAFETY: see `spare_argument` below; and the record stays alive, since the
+        // handle moves into it.
+        let previous = unsafe { slot.replace(Some(thread)) };
+        debug_assert!(
+            previous.is_none(),
+            "a blocked thread's spare handle was set"
+        );
+        drop(previous);
+    }
+
+    // spare_argument: a thread's `spare` is accessed only through `take_spare` and
+    // `put_spare`, which rely on (1) every caller passing a thread whose home CPU is
+    // the one `local` is the state of (the current thread, switched out by
+    // `switch_to`; a thread delivered to this CPU, in `deliver` and `make_runnable`):
+    // the home CPU changes only for a queued thread (migration), whose spare is empty,
+    // and the new CPU receives it through its wake-up queue (release/acquire); (2) the
+    // `&mut CpuLocal`, which proves this CPU's state exclusively borrowed and is held
+    // across each access, so no two accesses to a spare overlap.
+
     /// Calls `body` with the running thread's record.
     fn with_current<R>(&self, body: impl FnOnce(&ThreadInner) -> R) -> R {
         let inner: *const ThreadInner = {
@@ -599,7 +632,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Wakes `thread` if it is waiting. Returns whether this call woke it.
     fn wake(&self, thread: &Thread) -> bool {
         if Self::claim_waiting(&thread.inner) {
-            self.deliver(thread.clone());
+            self.deliver(thread);
             true
         } else {
             false
@@ -608,7 +641,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// Makes a `WAKING` thread runnable on its home CPU: directly when that is this
     /// CPU, else through the home CPU's wake-up queue (waking the CPU if asleep).
-    fn deliver(&self, thread: Thread) {
+    fn deliver(&self, thread: &Thread) {
         let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
         let interrupts = self.arch.mask_interrupts();
         let local = self.try_local(&interrupts);
@@ -618,7 +651,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if let Some(mut local) = local
             && local.cpu == home
         {
-            Self::make_runnable(&mut local, thread);
+            // The handle the thread blocked with, if it is switched out; else a clone.
+            let owned =
+                Self::take_spare(&mut local, &thread.inner).unwrap_or_else(|| thread.clone());
+            Self::make_runnable(&mut local, owned);
             if local.current.is_some() {
                 // A thread runs here (we are it, or an interrupt handler on it), and
                 // no scheduling decision follows by itself: make one due, as OSv's
@@ -638,7 +674,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             }
             self.publish_load(home, &local);
         } else {
-            self.push_remote(here, home, thread);
+            self.push_remote(here, home, thread.clone());
         }
     }
 
@@ -670,6 +706,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Enqueues a thread delivered to this CPU (or marks the current thread running
     /// again if a wake-up raced with its blocking).
     fn make_runnable(local: &mut CpuLocal<P>, thread: Thread) {
+        // Queued or running from now on: the spare handle (if the thread blocked and
+        // was delivered with another handle) goes. Not the last one: `thread` is
+        // another.
+        drop(Self::take_spare(local, &thread.inner));
         if local
             .current
             .as_ref()
@@ -811,9 +851,13 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if let Some(thread) = previous {
             if previous_runnable {
                 Self::make_runnable(&mut local, thread);
-            } else {
+            } else if thread.inner.state.load(Ordering::Relaxed) == state::TERMINATED {
                 // Released by the next context, once nothing runs on its stack.
                 local.switched_out = Some(thread);
+            } else {
+                // Blocked: its handle waits for its wake-up (see `ThreadInner::spare`).
+                // A waker may have claimed it already; its delivery then drops this.
+                Self::put_spare(&mut local, thread);
             }
         }
         local.current = next;
@@ -1035,6 +1079,7 @@ mod tests {
             context: UnsafeCell::new(0),
             accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
             entry: UnsafeCell::new(None),
+            spare: UnsafeCell::new(None),
             joiner: SpinLock::new(None),
             wake_link: WakeLink::new(),
             run_link: RBTreeLink::new(),

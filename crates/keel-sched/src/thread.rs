@@ -76,13 +76,22 @@ pub(crate) struct ThreadInner {
     /// start until the entry fires (see `queue`).
     pub(crate) timer_link: RBTreeLink,
     pub(crate) timer_key: Cell<TimerKey>,
+    /// While the thread is blocked (switched out, not runnable): the handle its CPU
+    /// ran it with, kept here instead of dropped, so that a wake-up on the same CPU
+    /// takes it instead of cloning the waker's handle (two locked reference-count
+    /// operations per block/wake saved). Touched only by the thread's home CPU with its
+    /// state borrowed (see `Scheduler::spare_of`); empty whenever the thread is queued or
+    /// running (`make_runnable` takes it), so it never outlives the thread's wait. A
+    /// thread blocked forever keeps itself alive through it.
+    pub(crate) spare: UnsafeCell<Option<Thread>>,
     /// The stack; freed with the last handle, never while the thread runs (the CPU
     /// holds a handle of its current thread until it has switched away).
     pub(crate) _stack: Box<dyn StackMemory>,
 }
 
 // SAFETY: the `UnsafeCell` fields are only accessed by the thread's home CPU with
-// interrupts masked (`context`, `accounting`) or by the thread itself (`entry`); the
+// interrupts masked (`context`, `accounting`, `spare`) or by the thread itself
+// (`entry`); the
 // queue links and keys (`Cell`s inside) only by the CPU whose run or timer queue
 // holds the thread, with interrupts masked (see `queue`); and
 // ownership moves between CPUs only through the wake-up queues (Release/Acquire);
