@@ -157,7 +157,9 @@ fn ping_pong<P: Policy>(s: &Sched<P>, partner_options: SpawnOptions, rounds: u64
 
 #[test]
 fn park_unpark_on_one_cpu_allocates_nothing() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fair = machine(1, |_| FairPolicy::default());
     let allocations = run_on(&fair, |s| ping_pong(&s, SpawnOptions::new(), 2_000));
     assert_eq!(allocations, 0, "fair policy: allocations in park/unpark");
@@ -166,9 +168,10 @@ fn park_unpark_on_one_cpu_allocates_nothing() {
     assert_eq!(allocations, 0, "round-robin: allocations in park/unpark");
 }
 
-/// Spawns `count` threads that park until [`Crowd::release`], then run `work`, count
-/// themselves done, and park again until [`Crowd::finish`]. Spawning allocates, so it
-/// happens before the armed window; releasing and running them does not.
+/// Spawns `count` threads, one at a time, that park until [`Crowd::release`], then
+/// run `work`, count themselves done, and park again until [`Crowd::finish`].
+/// Spawning allocates, so it happens before the armed window; releasing and running
+/// them must not. The run queue holds at most two threads before the release.
 struct Crowd<P: Policy> {
     s: Sched<P>,
     go: Arc<AtomicBool>,
@@ -214,10 +217,11 @@ impl<P: Policy> Crowd<P> {
                 })
                 .unwrap();
             crowd.handles.push(handle);
-        }
-        // Let every thread start and park (they are blocked, not runnable, from now).
-        while crowd.started.load(Ordering::SeqCst) < count {
-            crowd.s.yield_now();
+            // Let it start and park before the next is spawned (blocked, not
+            // runnable, from now), so that the run queue stays short until `release`.
+            while crowd.started.load(Ordering::SeqCst) < crowd.handles.len() as u64 {
+                crowd.s.yield_now();
+            }
         }
         crowd
     }
@@ -245,7 +249,9 @@ impl<P: Policy> Crowd<P> {
 
 #[test]
 fn yield_among_many_threads_allocates_nothing() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fair = machine(1, |_| FairPolicy::default());
     let allocations = run_on(&fair, |s| {
         // Warm-up: the yield path with two runnable threads.
@@ -264,7 +270,9 @@ fn yield_among_many_threads_allocates_nothing() {
 
 #[test]
 fn wake_ups_across_cpus_allocate_nothing() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let two = machine(2, |_| FairPolicy::default());
     let allocations = run_on(&two, |s| {
         ping_pong(&s, SpawnOptions::new().pin(CpuId(1)), 2_000)
@@ -274,7 +282,9 @@ fn wake_ups_across_cpus_allocate_nothing() {
 
 #[test]
 fn timers_allocate_nothing() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let sleeps = |s: &Sched<FairPolicy>| (0..5).for_each(|_| s.sleep(20_000));
     let fair = machine(1, |_| FairPolicy::default());
     let allocations = run_on(&fair, move |s| {
@@ -311,7 +321,9 @@ fn timers_allocate_nothing() {
 
 #[test]
 fn the_counter_counts() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fair = machine(1, |_| FairPolicy::default());
     let allocations = run_on(&fair, |_| {
         allocations_during(|| drop(std::hint::black_box(Box::new(1_u64))))
