@@ -68,6 +68,8 @@ fn read_current_cpu() -> (usize, usize) {
 pub struct HostedArch {
     cpus: Box<[HostedCpu]>,
     clock: Clock,
+    /// Some CPU's clock offset is not zero.
+    has_clock_offsets: bool,
 }
 
 /// Takes the interrupts pending on the calling CPU, as the kernel's interrupt handlers
@@ -223,6 +225,7 @@ impl HostedArch {
                 })
                 .collect(),
             clock: Clock::new(),
+            has_clock_offsets: offsets_nanos.iter().any(|&offset| offset != 0),
         }
     }
 
@@ -279,10 +282,15 @@ unsafe impl Arch for HostedArch {
     fn enable_interrupts(&self) {}
 
     fn now_nanos(&self) -> u64 {
+        let now = self.clock.now_nanos();
+        if !self.has_clock_offsets {
+            // The usual case: no CPU lookup (a thread-local read) on every decision.
+            return now;
+        }
         let offset = self
             .current_cpu()
             .map_or(0, |cpu| self.cpus[cpu.0].clock_offset_nanos);
-        self.clock.now_nanos().saturating_add(offset)
+        now.saturating_add(offset)
     }
 
     fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64) {

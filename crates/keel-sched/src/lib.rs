@@ -14,7 +14,9 @@
 //!   lock-free [`wakeup::WakeQueue`] (one lane per source CPU, as OSv's
 //!   `incoming_wakeups`, and one word announcing the non-empty lanes that also holds
 //!   the target's "sleeping" flag), and send a wake-up (IPI) only when the target is
-//!   asleep or not polling its queue.
+//!   asleep or not polling its queue. Run queues and timer queues are intrusive
+//!   (the links live in the thread record): the switch, wake-up and timer paths
+//!   allocate nothing.
 //! - **Policies** ([`Policy`]) order the run queue and decide preemption.
 //!   [`FairPolicy`] (the default) is OSv's: the runnable thread with the smallest
 //!   exponentially decayed runtime (time constant `tau` = 200 ms) runs, with 2 ms of
@@ -64,8 +66,10 @@ mod arch;
 #[allow(unsafe_code)]
 mod context;
 pub mod handshake;
-mod math;
 pub mod policy;
+// Safe code; `allow` only for the `unsafe impl`s that `intrusive_adapter!` expands to.
+#[allow(unsafe_code)]
+mod queue;
 #[allow(unsafe_code)]
 mod scheduler;
 #[allow(unsafe_code)]

@@ -5,7 +5,6 @@
 //! (smallest first, ties in enqueue order) and asks the policy when to preempt.
 
 use crate::Priority;
-use crate::math;
 
 /// Per-thread scheduling state. Touched only by the CPU that owns the thread (the one
 /// whose run queue holds it or that runs it).
@@ -42,6 +41,11 @@ impl Accounting {
 
 /// One CPU's scheduling policy. All methods run on that CPU with interrupts masked.
 pub trait Policy: Send + 'static {
+    /// Whether [`enqueue`](Policy::enqueue) always gives a key at least as large as
+    /// every queued thread's (the key is the enqueue sequence): the run queue is then
+    /// a FIFO list (O(1) insert and pop) instead of a tree ordered by key.
+    const FIFO_ORDER: bool = false;
+
     /// `thread` becomes runnable on this CPU (new, woken, migrated in, preempted or
     /// yielding); `sequence` increases with every enqueue on this CPU. Sets its key.
     fn enqueue(&mut self, thread: &mut Accounting, sequence: u64);
@@ -132,13 +136,47 @@ const RENORMALIZE_ABOVE: f64 = 1.3407807929942597e154; // 2^512
 /// The factor applied at a renormalisation.
 const RENORMALIZE_FACTOR: f64 = 7.458340731200207e-155; // 2^-512
 
+/// Below this `x`, `1 + x + x²/2` is `e^x` to within half an ulp: the rest of the
+/// series is below `x³/6 · e^x < 1.0e-17`, under half the spacing of doubles near 1
+/// (`2^-53 ≈ 1.1e-16`). 2^-18 of tau = 200 ms is 763 ns, longer than most runs
+/// between two switches of a thread that blocks often.
+const SMALL_EXPONENT: f64 = 3.814697265625e-6; // 2^-18
+
+/// `e^x` for the decay factor of a run of `x` time constants: `libm::exp`, except for
+/// short runs (every switch charges one), where the second-order series is already
+/// exact to rounding and costs a multiply-add instead of `exp`'s ~30 ns here (the
+/// largest item of the switch's profile, papers/0010-switch.md).
+fn growth(x: f64) -> f64 {
+    if (0.0..SMALL_EXPONENT).contains(&x) {
+        1.0 + x * (1.0 + 0.5 * x)
+    } else {
+        libm::exp(x)
+    }
+}
+
+/// Below this `y`, [`slice_exponent`] uses three terms of the series.
+const SMALL_GAP: f64 = 1.0 / 32.0;
+
+/// `ln(1 + y)`: the time-slice length in units of tau for a key gap of `y` units.
+/// `libm::log1p`, except for small gaps (two threads alternating are about the
+/// hysteresis apart, `y ≈ 0.01`), where `y - y²/2 + y³/3` is within `y³/4 < 8e-6`
+/// relative of it: far below the 1% overshoot the slice is given anyway, and a few
+/// multiplies instead of `log1p`'s ~30 ns on every switch with others waiting.
+fn slice_exponent(y: f64) -> f64 {
+    if (0.0..SMALL_GAP).contains(&y) {
+        y * (1.0 - y * (0.5 - y * (1.0 / 3.0)))
+    } else {
+        libm::log1p(y)
+    }
+}
+
 impl FairPolicy {
     /// A fair policy with the given parameters.
     pub fn new(params: FairParams) -> Self {
         Self {
             params,
-            hysteresis_factor: math::exp(params.hysteresis_nanos / params.tau_nanos) - 1.0,
-            penalty_factor: math::exp(params.context_switch_penalty_nanos / params.tau_nanos) - 1.0,
+            hysteresis_factor: libm::expm1(params.hysteresis_nanos / params.tau_nanos),
+            penalty_factor: libm::expm1(params.context_switch_penalty_nanos / params.tau_nanos),
             inverse_tau: 1.0 / params.tau_nanos,
             scale: 1.0,
             epoch: 0,
@@ -183,7 +221,7 @@ impl Policy for FairPolicy {
         let old = self.scale;
         // `ran_nanos` fits an i64 (292 years): a one-instruction conversion.
         let ran = i64::try_from(ran_nanos).unwrap_or(i64::MAX) as f64;
-        let new = old * math::exp(ran * self.inverse_tau);
+        let new = old * growth(ran * self.inverse_tau);
         if !new.is_finite() {
             // A clock jump; ignore the interval (as OSv does).
             return false;
@@ -238,7 +276,7 @@ impl Policy for FairPolicy {
             return Some(0);
         }
         let per_unit = running.priority.get() * self.scale;
-        let nanos = self.params.tau_nanos * math::ln(1.0 + gap / per_unit);
+        let nanos = self.params.tau_nanos * slice_exponent(gap / per_unit);
         // Overshoot by 1% like OSv: running a little long is paid back in runtime.
         Some((nanos * 1.01) as u64)
     }
@@ -274,6 +312,8 @@ impl Default for RoundRobinPolicy {
 }
 
 impl Policy for RoundRobinPolicy {
+    const FIFO_ORDER: bool = true;
+
     fn enqueue(&mut self, thread: &mut Accounting, sequence: u64) {
         // Exact in an f64 up to 2^53 enqueues.
         thread.key = sequence as f64;
@@ -342,6 +382,35 @@ mod tests {
         let after = policy.decayed_runtime(&sleeper);
         let decay = before / after;
         assert!((decay - core::f64::consts::E).abs() < 1e-6, "decay {decay}");
+    }
+
+    #[test]
+    fn growth_matches_libm_exp() {
+        let mut x = 1e-12;
+        while x < 1.0 {
+            let (fast, exact) = (growth(x), libm::exp(x));
+            assert!(
+                (fast - exact).abs() <= f64::EPSILON * exact,
+                "e^{x}: {fast} vs {exact}"
+            );
+            x *= 1.1;
+        }
+        assert_eq!(growth(0.0), 1.0);
+        assert_eq!(growth(2.0), libm::exp(2.0));
+    }
+
+    #[test]
+    fn slice_exponent_matches_libm_log1p() {
+        let mut y = 1e-12;
+        while y < 100.0 {
+            let (fast, exact) = (slice_exponent(y), libm::log1p(y));
+            assert!(
+                (fast - exact).abs() <= 1e-5 * exact,
+                "ln(1 + {y}): {fast} vs {exact}"
+            );
+            y *= 1.1;
+        }
+        assert_eq!(slice_exponent(0.0), 0.0);
     }
 
     #[test]

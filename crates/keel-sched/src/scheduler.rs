@@ -2,12 +2,11 @@
 //! waking, timers and the load balancer.
 
 use alloc::boxed::Box;
-use alloc::collections::BinaryHeap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
-use core::cmp::Ordering as CmpOrdering;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt;
+use core::ops::{Deref, DerefMut};
 
 use keel_sync::SpinLock;
 use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, spin_loop};
@@ -16,9 +15,11 @@ use crate::arch::{Arch, StackMemory};
 use crate::context::{self, switch_context};
 use crate::handshake;
 use crate::policy::{Accounting, FairPolicy, Policy};
+use crate::queue::{RunKey, RunQueue, TimerKey, TimerQueue};
 use crate::thread::{JoinHandle, Thread, ThreadInner, state};
 use crate::wakeup::{PushOutcome, WakeLink, WakeQueue};
 use crate::{CpuId, SpawnError, SpawnOptions, ThreadId};
+use intrusive_collections::{LinkedListLink, RBTreeLink};
 
 /// Scheduler-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +78,15 @@ struct Cpu<P> {
     /// by this CPU at every switch, read by anyone as a hint (`Relaxed`; see
     /// [`Scheduler::is_running_on`]).
     running: AtomicU64,
-    /// Only this CPU touches it, with interrupts masked.
+    /// Only this CPU touches it, with interrupts masked, through a [`LocalRef`].
     local: UnsafeCell<CpuLocal<P>>,
+    /// A [`LocalRef`] of this CPU exists. Only this CPU touches it.
+    local_borrowed: Cell<bool>,
 }
 
-// SAFETY: `local` is only accessed by its own CPU (see `Cpu::local`), and the rest is
-// atomic or the lock-free queue; `P: Send` moves the policy with the scheduler.
+// SAFETY: `local` and `local_borrowed` are only accessed by their own CPU (see
+// `Scheduler::try_local`), and the rest is atomic or the lock-free queue; `P: Send`
+// moves the policy with the scheduler.
 unsafe impl<P: Send> Sync for Cpu<P> {}
 
 /// State private to one CPU.
@@ -96,7 +100,7 @@ struct CpuLocal<P> {
     /// The thread just switched away from, released by the next context after the
     /// switch (its stack may be freed only once nothing runs on it).
     switched_out: Option<Thread>,
-    timers: BinaryHeap<TimerEntry>,
+    timers: TimerQueue,
     /// When the current thread (or the idle loop) started running.
     running_since: u64,
     /// The deadline the one-shot timer is armed for.
@@ -107,82 +111,6 @@ struct CpuLocal<P> {
     /// Increases with every enqueue (ties in the run queue go in this order).
     enqueue_sequence: u64,
     timer_sequence: u64,
-}
-
-/// Run queue: sorted so that the next thread to run is last (`pop` is O(1)).
-#[derive(Default)]
-struct RunQueue {
-    entries: Vec<QueueEntry>,
-}
-
-struct QueueEntry {
-    key: f64,
-    sequence: u64,
-    thread: Thread,
-}
-
-impl RunQueue {
-    fn insert(&mut self, key: f64, sequence: u64, thread: Thread) {
-        // Whether `entry` runs after the new one (so stays before it in the vector).
-        let runs_later = |entry: &QueueEntry| match entry.key.total_cmp(&key) {
-            CmpOrdering::Greater => true,
-            CmpOrdering::Less => false,
-            CmpOrdering::Equal => entry.sequence > sequence,
-        };
-        // The common cases (an empty queue, or the new thread runs next) append, without
-        // a search or a shift.
-        let position = match self.entries.last() {
-            None => 0,
-            Some(last) if runs_later(last) => self.entries.len(),
-            Some(_) => self.entries.partition_point(runs_later),
-        };
-        self.entries.insert(
-            position,
-            QueueEntry {
-                key,
-                sequence,
-                thread,
-            },
-        );
-    }
-
-    fn pop(&mut self) -> Option<Thread> {
-        self.entries.pop().map(|entry| entry.thread)
-    }
-
-    fn peek(&self) -> Option<&Thread> {
-        self.entries.last().map(|entry| &entry.thread)
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-}
-
-/// A sleeping thread's wake-up time on its CPU's timer list.
-struct TimerEntry {
-    deadline: u64,
-    sequence: u64,
-    generation: u64,
-    thread: Thread,
-}
-
-impl PartialEq for TimerEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == CmpOrdering::Equal
-    }
-}
-impl Eq for TimerEntry {}
-impl PartialOrd for TimerEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for TimerEntry {
-    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        (other.deadline, other.sequence).cmp(&(self.deadline, self.sequence))
-    }
 }
 
 /// Why the scheduler is entered.
@@ -200,23 +128,37 @@ enum Entry {
 }
 
 /// Raw accounting pointer of a thread.
-fn accounting(thread: &Thread) -> *mut Accounting {
-    thread.inner.accounting.get()
+fn accounting(thread: &ThreadInner) -> *mut Accounting {
+    thread.accounting.get()
 }
 
-impl<P> Cpu<P> {
-    /// Exclusive access to this CPU's private state.
-    ///
-    /// # Safety
-    ///
-    /// The caller must run on this CPU (per [`Arch::current_cpu`]) with interrupts
-    /// masked, and no other reference obtained from this function for this CPU may be
-    /// alive while the returned one is used (in particular none may be held across a
-    /// context switch).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn local(&self) -> &mut CpuLocal<P> {
-        // SAFETY: forwarded to the caller (see `# Safety`).
-        unsafe { &mut *self.local.get() }
+/// Exclusive access to the private state of the CPU the caller runs on, with
+/// interrupts masked for its whole life (it borrows the mask's guard); made only by
+/// [`Scheduler::try_local`]. At most one exists per CPU at a time (a second attempt
+/// panics), and none survives a context switch: the switch
+/// ([`Scheduler::switch_to`]) consumes it, and the resumed context makes its own.
+struct LocalRef<'a, P> {
+    cpu: CpuId,
+    local: &'a mut CpuLocal<P>,
+    borrowed: &'a Cell<bool>,
+}
+
+impl<P> Deref for LocalRef<'_, P> {
+    type Target = CpuLocal<P>;
+    fn deref(&self) -> &CpuLocal<P> {
+        self.local
+    }
+}
+
+impl<P> DerefMut for LocalRef<'_, P> {
+    fn deref_mut(&mut self) -> &mut CpuLocal<P> {
+        self.local
+    }
+}
+
+impl<P> Drop for LocalRef<'_, P> {
+    fn drop(&mut self) {
+        self.borrowed.set(false);
     }
 }
 
@@ -242,11 +184,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 running: AtomicU64::new(0),
                 local: UnsafeCell::new(CpuLocal {
                     policy: make_policy(CpuId(index)),
-                    run_queue: RunQueue::default(),
+                    run_queue: RunQueue::new(P::FIFO_ORDER),
                     current: None,
                     idle_context: 0,
                     switched_out: None,
-                    timers: BinaryHeap::new(),
+                    timers: TimerQueue::new(),
                     running_since: 0,
                     armed_deadline: None,
                     last_balance: 0,
@@ -254,6 +196,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                     enqueue_sequence: 0,
                     timer_sequence: 0,
                 }),
+                local_borrowed: Cell::new(false),
             })
             .collect();
         Self {
@@ -337,13 +280,19 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 context: UnsafeCell::new(stack_pointer),
                 accounting: UnsafeCell::new(Accounting::new(options.priority)),
                 entry: UnsafeCell::new(Some(entry)),
+                spare: UnsafeCell::new(None),
                 joiner: SpinLock::new(None),
                 wake_link: WakeLink::new(),
+                run_link: RBTreeLink::new(),
+                fifo_link: LinkedListLink::new(),
+                run_key: Cell::new(RunKey::default()),
+                timer_link: RBTreeLink::new(),
+                timer_key: Cell::new(TimerKey::default()),
                 thread_pointer: options.thread_pointer,
                 _stack: Box::new(stack),
             }),
         };
-        self.deliver(thread.clone());
+        self.deliver(&thread);
         Ok(JoinHandle { thread, result })
     }
 
@@ -379,10 +328,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     pub fn current(&self) -> Option<Thread> {
         // Mask first, then read the CPU: with interrupts enabled, a timer preemption
         // between the two could let the balancer move this thread to another CPU.
-        let _interrupts = self.arch.mask_interrupts();
-        let cpu = self.arch.current_cpu()?;
-        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-        let local = unsafe { self.cpus[cpu.0].local() };
+        let interrupts = self.arch.mask_interrupts();
+        let local = self.try_local(&interrupts)?;
         local.current.clone()
     }
 
@@ -390,10 +337,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// [`current`](Scheduler::current) it takes no reference (no reference-count
     /// traffic), for callers such as a mutex recording its owner.
     pub fn current_id(&self) -> Option<ThreadId> {
-        let _interrupts = self.arch.mask_interrupts();
-        let cpu = self.arch.current_cpu()?;
-        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-        let local = unsafe { self.cpus[cpu.0].local() };
+        let interrupts = self.arch.mask_interrupts();
+        let local = self.try_local(&interrupts)?;
         local.current.as_ref().map(|current| current.inner.id)
     }
 
@@ -411,8 +356,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// Gives the CPU to another runnable thread, if any (the caller is requeued).
     pub fn yield_now(&self) {
-        let _interrupts = self.arch.mask_interrupts();
-        self.schedule(Entry::Yield);
+        let interrupts = self.arch.mask_interrupts();
+        self.schedule(self.local(&interrupts), Entry::Yield);
     }
 
     /// A preemption point: lets the policy switch to a more deserving thread (for
@@ -420,11 +365,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// long loops; in the kernel the timer interrupt does it (see
     /// [`timer_interrupt`](Scheduler::timer_interrupt)).
     pub fn preempt_check(&self) {
-        if self.arch.current_cpu().is_none() {
-            return;
+        let interrupts = self.arch.mask_interrupts();
+        if let Some(local) = self.try_local(&interrupts) {
+            self.schedule(local, Entry::Preempt);
         }
-        let _interrupts = self.arch.mask_interrupts();
-        self.schedule(Entry::Preempt);
     }
 
     /// Called by the wake-up interrupt (IPI) handler on its CPU (in the kernel; hosted,
@@ -440,16 +384,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// is allowed (the end of the handler). Fires expired sleep timers and preempts
     /// the current thread if the policy says so.
     pub fn timer_interrupt(&self) {
-        let Some(cpu) = self.arch.current_cpu() else {
+        let interrupts = self.arch.mask_interrupts();
+        let Some(mut local) = self.try_local(&interrupts) else {
             return;
         };
-        let _interrupts = self.arch.mask_interrupts();
-        {
-            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-            let local = unsafe { self.cpus[cpu.0].local() };
-            local.armed_deadline = None;
-        }
-        self.schedule(Entry::Preempt);
+        local.armed_deadline = None;
+        self.schedule(local, Entry::Preempt);
     }
 
     /// Blocks the calling thread until its park token is available, then consumes
@@ -491,19 +431,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.with_current(|me| {
             let generation = me.sleep_generation.load(Ordering::Relaxed);
             {
-                let _interrupts = self.arch.mask_interrupts();
-                let cpu = self.current_cpu();
-                // SAFETY: we run on `cpu` with interrupts masked and hold no other
-                // reference.
-                let local = unsafe { self.cpus[cpu.0].local() };
+                let interrupts = self.arch.mask_interrupts();
+                let mut local = self.local(&interrupts);
                 let thread = local.current.clone().expect("sleep outside a thread");
                 local.timer_sequence += 1;
-                local.timers.push(TimerEntry {
+                let key = TimerKey {
                     deadline: deadline_nanos,
                     sequence: local.timer_sequence,
                     generation,
-                    thread,
-                });
+                };
+                local.timers.insert(key, thread.inner);
             }
             // Wait for the entry to fire, not for this CPU's clock: the thread may
             // run on another CPU than the entry's by now (a spurious wake-up and the
@@ -555,16 +492,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         );
         let this = &self.cpus[cpu.0];
         {
-            let _interrupts = self.arch.mask_interrupts();
-            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-            let local = unsafe { this.local() };
+            let interrupts = self.arch.mask_interrupts();
+            let mut local = self.local(&interrupts);
             local.running_since = self.arch.now_nanos();
             local.last_balance = local.running_since;
         }
         loop {
             {
-                let _interrupts = self.arch.mask_interrupts();
-                self.schedule(Entry::Idle);
+                let interrupts = self.arch.mask_interrupts();
+                self.schedule(self.local(&interrupts), Entry::Idle);
             }
             // Back in the idle loop: from here on this CPU polls its queue by itself.
             this.incoming.start_polling();
@@ -580,11 +516,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 continue;
             }
             let deadline = {
-                let _interrupts = self.arch.mask_interrupts();
-                // SAFETY: we run on `cpu` with interrupts masked and hold no other
-                // reference.
-                let local = unsafe { this.local() };
-                local.timers.peek().map(|timer| timer.deadline)
+                let interrupts = self.arch.mask_interrupts();
+                self.local(&interrupts).timers.next_deadline()
             };
             if deadline.is_some_and(|deadline| deadline <= self.arch.now_nanos()) {
                 continue;
@@ -593,28 +526,88 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 self.arch.idle_wait(cpu, deadline);
             }
             // Clears the sleeping flag; what it took is enqueued by the next decision.
-            self.absorb(cpu, this.incoming.drain().map(|inner| Thread { inner }));
+            self.absorb(this.incoming.drain().map(|inner| Thread { inner }));
         }
     }
 
     // ----- internals -------------------------------------------------------------
 
-    /// The current CPU; panics outside the scheduler's CPUs.
-    fn current_cpu(&self) -> CpuId {
-        self.arch
-            .current_cpu()
+    /// The private state of the CPU we run on, or `None` off the scheduler's CPUs.
+    /// `masked` proves interrupts masked for as long as the result lives. Panics if
+    /// this CPU's state is already borrowed (a re-entrant call).
+    fn try_local<'a>(&'a self, masked: &'a A::InterruptGuard) -> Option<LocalRef<'a, P>> {
+        let _ = masked;
+        // Read under the mask: in the kernel a timer preemption between the read and
+        // the use could let the balancer migrate this thread to another CPU.
+        let cpu = self.arch.current_cpu()?;
+        let this = &self.cpus[cpu.0];
+        assert!(
+            !this.local_borrowed.replace(true),
+            "CPU {} state borrowed twice",
+            cpu.0
+        );
+        // SAFETY: relies on (1) the `Arch` contract (item 1): `current_cpu` says `cpu`
+        // only on the one context that runs that CPU, so no other CPU or host thread
+        // touches `this.local` or `this.local_borrowed`; (2) interrupts being masked
+        // while the result lives (it borrows `masked`), so no interrupt handler on this
+        // CPU enters the scheduler meanwhile (item 2); (3) the `local_borrowed` flag,
+        // just checked and set, cleared only by the result's drop: no other `LocalRef`
+        // of this CPU is alive, so this `&mut` is the only reference to its state;
+        // (4) no context switch while it lives (the one switch, `switch_to`, consumes
+        // it first), so the context it belongs to stays on `cpu`, and the resumed
+        // context (a thread or the idle loop) makes its own.
+        let local = unsafe { &mut *this.local.get() };
+        Some(LocalRef {
+            cpu,
+            local,
+            borrowed: &this.local_borrowed,
+        })
+    }
+
+    /// [`try_local`](Self::try_local) for code that runs on a CPU of the scheduler;
+    /// panics elsewhere.
+    fn local<'a>(&'a self, masked: &'a A::InterruptGuard) -> LocalRef<'a, P> {
+        self.try_local(masked)
             .expect("called outside the scheduler's CPUs")
     }
+
+    /// Takes the spare handle of `thread` (see `ThreadInner::spare`), a thread
+    /// whose home CPU `local` is the state of.
+    fn take_spare(local: &mut CpuLocal<P>, thread: &ThreadInner) -> Option<Thread> {
+        let _ = local;
+        // SAFETY: see `spare_argument` below.
+        unsafe { (*thread.spare.get()).take() }
+    }
+
+    /// Stores `thread`'s own handle as its spare (it just blocked on the CPU whose
+    /// state `local` is, its home).
+    fn put_spare(local: &mut CpuLocal<P>, thread: Thread) {
+        let _ = local;
+        let slot = thread.inner.spare.get();
+        // SAFETY: see `spare_argument` below; and the record stays alive, since the
+        // handle moves into it.
+        let previous = unsafe { slot.replace(Some(thread)) };
+        debug_assert!(
+            previous.is_none(),
+            "a blocked thread's spare handle was set"
+        );
+        drop(previous);
+    }
+
+    // spare_argument: a thread's `spare` is accessed only through `take_spare` and
+    // `put_spare`, which rely on (1) every caller passing a thread whose home CPU is
+    // the one `local` is the state of (the current thread, switched out by
+    // `switch_to`; a thread delivered to this CPU, in `deliver` and `make_runnable`):
+    // the home CPU changes only for a queued thread (migration), whose spare is empty,
+    // and the new CPU receives it through its wake-up queue (release/acquire); (2) the
+    // `&mut CpuLocal`, which proves this CPU's state exclusively borrowed and is held
+    // across each access, so no two accesses to a spare overlap.
 
     /// Calls `body` with the running thread's record.
     fn with_current<R>(&self, body: impl FnOnce(&ThreadInner) -> R) -> R {
         let inner: *const ThreadInner = {
-            // Mask first, then read the CPU: in the kernel a timer preemption in
-            // between could let the balancer migrate this thread.
-            let _interrupts = self.arch.mask_interrupts();
-            let cpu = self.current_cpu();
-            // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-            let local = unsafe { self.cpus[cpu.0].local() };
+            let interrupts = self.arch.mask_interrupts();
+            let local = self.local(&interrupts);
             let current = local
                 .current
                 .as_ref()
@@ -634,9 +627,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Blocks the current thread (`me`) until a wake-up, unless `ready()` holds after
     /// it is marked waiting. Spurious returns are possible; callers loop.
     fn block_current(&self, me: &ThreadInner, ready: impl Fn() -> bool) {
-        let _interrupts = self.arch.mask_interrupts();
-        // Read under the mask (see `with_current`).
-        let cpu = self.current_cpu();
+        let interrupts = self.arch.mask_interrupts();
+        let local = self.local(&interrupts);
         // Mark waiting, then the re-check: pairs with a waker's "publish condition,
         // then claim": either we see its condition, or its claim sees WAITING and it
         // delivers us (see `handshake`).
@@ -644,7 +636,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if ready() && handshake::cancel_wait(&me.state) {
             return;
         }
-        self.schedule_on(cpu, Entry::Block);
+        self.schedule(local, Entry::Block);
     }
 
     /// Moves a WAITING thread to WAKING; true if this caller did it (and so must
@@ -657,7 +649,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Wakes `thread` if it is waiting. Returns whether this call woke it.
     fn wake(&self, thread: &Thread) -> bool {
         if Self::claim_waiting(&thread.inner) {
-            self.deliver(thread.clone());
+            self.deliver(thread);
             true
         } else {
             false
@@ -666,16 +658,20 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// Makes a `WAKING` thread runnable on its home CPU: directly when that is this
     /// CPU, else through the home CPU's wake-up queue (waking the CPU if asleep).
-    fn deliver(&self, thread: Thread) {
+    fn deliver(&self, thread: &Thread) {
         let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
-        let _interrupts = self.arch.mask_interrupts();
-        let here = self.arch.current_cpu();
-        if here == Some(home) {
-            // SAFETY: we run on `home` with interrupts masked; `deliver` is never
-            // called while this CPU's state is borrowed (`schedule` uses
-            // `deliver_from` instead).
-            let local = unsafe { self.cpus[home.0].local() };
-            Self::make_runnable(local, thread);
+        let interrupts = self.arch.mask_interrupts();
+        let local = self.try_local(&interrupts);
+        let here = local.as_ref().map(|local| local.cpu);
+        // (`deliver` is never called while this CPU's state is borrowed: `schedule`
+        // uses `deliver_from` instead.)
+        if let Some(mut local) = local
+            && local.cpu == home
+        {
+            // The handle the thread blocked with, if it is switched out; else a clone.
+            let owned =
+                Self::take_spare(&mut local, &thread.inner).unwrap_or_else(|| thread.clone());
+            Self::make_runnable(&mut local, owned);
             if local.current.is_some() {
                 // A thread runs here (we are it, or an interrupt handler on it), and
                 // no scheduling decision follows by itself: make one due, as OSv's
@@ -693,9 +689,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                     self.arch.arm_timer(home, due);
                 }
             }
-            self.publish_load(home, local);
+            self.publish_load(home, &local);
         } else {
-            self.push_remote(here, home, thread);
+            self.push_remote(here, home, thread.clone());
         }
     }
 
@@ -727,6 +723,10 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Enqueues a thread delivered to this CPU (or marks the current thread running
     /// again if a wake-up raced with its blocking).
     fn make_runnable(local: &mut CpuLocal<P>, thread: Thread) {
+        // Queued or running from now on: the spare handle (if the thread blocked and
+        // was delivered with another handle) goes. Not the last one: `thread` is
+        // another.
+        drop(Self::take_spare(local, &thread.inner));
         if local
             .current
             .as_ref()
@@ -740,18 +740,21 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         let sequence = local.enqueue_sequence;
         // SAFETY: the thread is owned by this CPU (delivered to it), not running, and
         // no other reference to its accounting is alive.
-        let accounting = unsafe { &mut *accounting(&thread) };
+        let accounting = unsafe { &mut *accounting(&thread.inner) };
         local.policy.enqueue(accounting, sequence);
-        local.run_queue.insert(accounting.key, sequence, thread);
+        let key = RunKey {
+            key: accounting.key,
+            sequence,
+        };
+        local.run_queue.insert(key, thread.inner);
     }
 
     /// Enqueues what `drain` took from the wake-up queue.
-    fn absorb(&self, cpu: CpuId, drained: impl Iterator<Item = Thread>) {
-        let _interrupts = self.arch.mask_interrupts();
-        // SAFETY: we run on `cpu` with interrupts masked and hold no other reference.
-        let local = unsafe { self.cpus[cpu.0].local() };
+    fn absorb(&self, drained: impl Iterator<Item = Thread>) {
+        let interrupts = self.arch.mask_interrupts();
+        let mut local = self.local(&interrupts);
         for thread in drained {
-            Self::make_runnable(local, thread);
+            Self::make_runnable(&mut local, thread);
         }
     }
 
@@ -763,36 +766,28 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         }
     }
 
-    /// The scheduling decision, and the switch. Called with interrupts masked, on a
-    /// thread of this scheduler or the idle loop.
-    fn schedule(&self, entry: Entry) {
-        self.schedule_on(self.current_cpu(), entry);
-    }
-
-    /// [`schedule`](Self::schedule) on `cpu`, the current CPU (read since the last
-    /// context switch). Returns the current CPU when the calling context continues
-    /// (it may be another one after a switch: a queued thread may migrate).
-    fn schedule_on(&self, cpu: CpuId, entry: Entry) {
+    /// The scheduling decision, and the switch, on the CPU whose state `local` is.
+    /// Called on a thread of this scheduler or the idle loop. When the calling
+    /// context continues it may be on another CPU (a queued thread may migrate).
+    fn schedule(&self, mut local: LocalRef<'_, P>, entry: Entry) {
+        let cpu = local.cpu;
         let this = &self.cpus[cpu.0];
-        // SAFETY: we run on `cpu` with interrupts masked; the reference is not used
-        // after the context switch below (the resumed side fetches its own).
-        let local = unsafe { this.local() };
         let now = self.arch.now_nanos();
 
         // Before draining: a push the drain misses then finds the queue's `POLLING`
         // flag clear and interrupts us (see `wakeup`).
         this.incoming.stop_polling();
         for inner in this.incoming.drain() {
-            Self::make_runnable(local, Thread { inner });
+            Self::make_runnable(&mut local, Thread { inner });
         }
-        self.expire_timers(cpu, local, now);
-        self.charge_current(local, now);
+        self.expire_timers(cpu, &mut local, now);
+        Self::charge_current(&mut local, now);
         if let Some(interval) = self.config.balance_interval_nanos
             && self.cpus.len() > 1
             && now.saturating_sub(local.last_balance) >= interval
         {
             local.last_balance = now;
-            self.balance(cpu, local);
+            self.balance(cpu, &mut local);
         }
 
         let previous_runnable = local
@@ -811,7 +806,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                     // SAFETY: both threads are owned by this CPU and are distinct (one
                     // is current, the other queued); only shared references are made.
                     let (running, candidate) =
-                        unsafe { (&*accounting(current), &*accounting(candidate)) };
+                        unsafe { (&*accounting(&current.inner), &*accounting(candidate)) };
                     local.policy.should_preempt(running, candidate, now)
                 }
             },
@@ -820,14 +815,14 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             let runs_thread = local.current.is_some() && previous_runnable;
             if local.current.is_some() && !previous_runnable {
                 // Blocked with nothing else runnable: switch to the idle loop.
-                return self.switch_to(cpu, local, None, now, false);
+                return self.switch_to(local, None, now, false);
             }
-            self.arm_timer(cpu, local, now, runs_thread);
-            self.publish_load(cpu, local);
+            self.arm_timer(cpu, &mut local, now, runs_thread);
+            self.publish_load(cpu, &local);
             return;
         }
-        let next = local.run_queue.pop();
-        self.switch_to(cpu, local, next, now, previous_runnable);
+        let next = local.run_queue.pop().map(|inner| Thread { inner });
+        self.switch_to(local, next, now, previous_runnable);
     }
 
     /// Switches from the current context to `next` (`None`: the idle loop), requeueing
@@ -835,8 +830,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// resumed (possibly on another CPU).
     fn switch_to(
         &self,
-        cpu: CpuId,
-        local: &mut CpuLocal<P>,
+        mut local: LocalRef<'_, P>,
         next: Option<Thread>,
         now: u64,
         previous_runnable: bool,
@@ -849,7 +843,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if let Some(thread) = &previous {
             // SAFETY: the current thread is owned by this CPU; no other reference to
             // its accounting is alive.
-            let accounting = unsafe { &mut *accounting(thread) };
+            let accounting = unsafe { &mut *accounting(&thread.inner) };
             local.policy.switch_out(accounting);
         }
         let resume_from = match &next {
@@ -857,7 +851,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 thread.inner.state.store(state::RUNNING, Ordering::Relaxed);
                 // SAFETY: the thread was just taken from this CPU's run queue; no
                 // other reference to its accounting is alive.
-                let accounting = unsafe { &mut *accounting(thread) };
+                let accounting = unsafe { &mut *accounting(&thread.inner) };
                 local.policy.switch_in(accounting, now, previous_runnable);
                 if thread.inner.thread_pointer != 0
                     && thread.inner.thread_pointer != local.thread_pointer
@@ -873,27 +867,35 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         };
         if let Some(thread) = previous {
             if previous_runnable {
-                Self::make_runnable(local, thread);
-            } else {
+                Self::make_runnable(&mut local, thread);
+            } else if thread.inner.state.load(Ordering::Relaxed) == state::TERMINATED {
                 // Released by the next context, once nothing runs on its stack.
                 local.switched_out = Some(thread);
+            } else {
+                // Blocked: its handle waits for its wake-up (see `ThreadInner::spare`).
+                // A waker may have claimed it already; its delivery then drops this.
+                Self::put_spare(&mut local, thread);
             }
         }
         local.current = next;
+        let cpu = local.cpu;
         self.cpus[cpu.0].running.store(
             local.current.as_ref().map_or(0, |thread| thread.inner.id.0),
             Ordering::Relaxed,
         );
         local.running_since = now;
-        self.arm_timer(cpu, local, now, local.current.is_some());
-        self.publish_load(cpu, local);
+        let runs_thread = local.current.is_some();
+        self.arm_timer(cpu, &mut local, now, runs_thread);
+        self.publish_load(cpu, &local);
+        // This CPU's state is released before the switch: the resumed context
+        // borrows it anew.
+        drop(local);
         // SAFETY: relies on (1) `save_into` pointing at the saved-context slot of the
         // current context (the previous thread's record, kept alive by the run queue
         // or `switched_out`, or this CPU's idle slot); (2) `resume_from` being the
         // stack pointer saved by the last switch away from `next` (or prepared at
         // spawn), on a stack its record keeps alive, not resumed since: only the home
-        // CPU resumes a thread, once per enqueue; (3) `local` not being used after
-        // this call.
+        // CPU resumes a thread, once per enqueue.
         unsafe { switch_context(save_into, resume_from, self as *const Self as usize) };
         self.after_switch();
     }
@@ -901,45 +903,43 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Runs in the resumed context right after a switch: releases the thread switched
     /// away from.
     fn after_switch(&self) {
-        let cpu = self.current_cpu();
         let switched_out = {
-            // SAFETY: we run on `cpu` with interrupts masked (the switcher masked
-            // them) and hold no other reference.
-            let local = unsafe { self.cpus[cpu.0].local() };
-            local.switched_out.take()
+            // Masked already (by the switcher); the guard proves it to `local`.
+            let interrupts = self.arch.mask_interrupts();
+            self.local(&interrupts).switched_out.take()
         };
         // Dropped without the CPU state borrowed: it may free a stack and a closure.
         drop(switched_out);
     }
 
-    fn charge_current(&self, local: &mut CpuLocal<P>, now: u64) {
+    fn charge_current(local: &mut CpuLocal<P>, now: u64) {
         let ran = now.saturating_sub(local.running_since);
         local.running_since = now;
-        let Some(current) = &local.current else {
+        let CpuLocal {
+            policy,
+            run_queue,
+            current,
+            ..
+        } = local;
+        let Some(current) = current else {
             return;
         };
         // SAFETY: the current thread is owned by this CPU; no other reference to its
         // accounting is alive.
-        let accounting_of_current = unsafe { &mut *accounting(current) };
-        if local.policy.charge(accounting_of_current, ran) {
-            for entry in &mut local.run_queue.entries {
+        let accounting_of_current = unsafe { &mut *accounting(&current.inner) };
+        if policy.charge(accounting_of_current, ran) {
+            run_queue.rekey_all(|thread| {
                 // SAFETY: queued threads are owned by this CPU and distinct from the
                 // current one; one reference at a time.
-                let queued = unsafe { &mut *accounting(&entry.thread) };
-                local.policy.renormalize(queued);
-                entry.key = queued.key;
-            }
+                let queued = unsafe { &mut *accounting(thread) };
+                policy.renormalize(queued);
+                queued.key
+            });
         }
     }
 
     fn expire_timers(&self, cpu: CpuId, local: &mut CpuLocal<P>, now: u64) {
-        while let Some(timer) = local.timers.peek()
-            && timer.deadline <= now
-        {
-            let Some(timer) = local.timers.pop() else {
-                break;
-            };
-            let sleeper = &timer.thread.inner;
+        while let Some((timer, sleeper)) = local.timers.pop_expired(now) {
             if sleeper.sleep_generation.load(Ordering::Relaxed) != timer.generation {
                 continue;
             }
@@ -948,8 +948,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             sleeper
                 .sleep_fired
                 .fetch_max(timer.generation + 1, Ordering::SeqCst);
-            if Self::claim_waiting(sleeper) {
-                self.deliver_from(cpu, local, timer.thread);
+            if Self::claim_waiting(&sleeper) {
+                self.deliver_from(cpu, local, Thread { inner: sleeper });
             }
         }
     }
@@ -958,11 +958,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// thread runs with others waiting) the current thread's preemption point;
     /// disarms it when there is neither (tickless).
     fn arm_timer(&self, cpu: CpuId, local: &mut CpuLocal<P>, now: u64, runs_thread: bool) {
-        let mut deadline = local.timers.peek().map(|timer| timer.deadline);
+        let mut deadline = local.timers.next_deadline();
         if runs_thread && let (Some(current), Some(next)) = (&local.current, local.run_queue.peek())
         {
             // SAFETY: distinct threads owned by this CPU; shared references only.
-            let (running, next) = unsafe { (&*accounting(current), &*accounting(next)) };
+            let (running, next) = unsafe { (&*accounting(&current.inner), &*accounting(next)) };
             if let Some(slice) = local.policy.time_slice(running, next, now) {
                 let preempt_at = now.saturating_add(slice);
                 deadline = Some(deadline.map_or(preempt_at, |timer| timer.min(preempt_at)));
@@ -997,18 +997,15 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             return;
         }
         // The thread that would run last here.
-        let Some(position) = local
-            .run_queue
-            .entries
-            .iter()
-            .position(|entry| !entry.thread.inner.pinned)
-        else {
+        let Some(inner) = local.run_queue.take_last_where(|thread| !thread.pinned) else {
             return;
         };
-        let thread = local.run_queue.entries.remove(position).thread;
+        let thread = Thread { inner };
         // SAFETY: the thread was queued on this CPU; no other reference to its
         // accounting is alive.
-        local.policy.export(unsafe { &mut *accounting(&thread) });
+        local
+            .policy
+            .export(unsafe { &mut *accounting(&thread.inner) });
         thread.inner.state.store(state::WAKING, Ordering::Relaxed);
         thread.inner.home_cpu.store(target, Ordering::Release);
         // Count it at once so that other CPUs' balancers see it.
@@ -1027,7 +1024,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 self.wake(&joiner);
             }
         });
-        self.schedule(Entry::Block);
+        self.schedule(self.local(&interrupts), Entry::Block);
         // The guard's state dies with this thread.
         core::mem::forget(interrupts);
         unreachable!("a terminated thread was resumed");
@@ -1091,37 +1088,45 @@ mod tests {
         }
     }
 
-    fn thread(id: u64) -> Thread {
-        Thread {
-            inner: Arc::new(ThreadInner {
-                id: ThreadId(id),
-                state: AtomicU32::new(state::QUEUED),
-                token: AtomicBool::new(false),
-                home_cpu: AtomicUsize::new(0),
-                pinned: false,
-                sleep_generation: AtomicU64::new(0),
-                sleep_fired: AtomicU64::new(0),
-                context: UnsafeCell::new(0),
-                accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
-                entry: UnsafeCell::new(None),
-                joiner: SpinLock::new(None),
-                wake_link: WakeLink::new(),
-                thread_pointer: 0,
-                _stack: Box::new(NoStack),
-            }),
-        }
+    fn thread(id: u64) -> Arc<ThreadInner> {
+        Arc::new(ThreadInner {
+            id: ThreadId(id),
+            state: AtomicU32::new(state::QUEUED),
+            token: AtomicBool::new(false),
+            home_cpu: AtomicUsize::new(0),
+            pinned: id.is_multiple_of(3),
+            sleep_generation: AtomicU64::new(0),
+            sleep_fired: AtomicU64::new(0),
+            context: UnsafeCell::new(0),
+            accounting: UnsafeCell::new(Accounting::new(Priority::DEFAULT)),
+            entry: UnsafeCell::new(None),
+            spare: UnsafeCell::new(None),
+            joiner: SpinLock::new(None),
+            wake_link: WakeLink::new(),
+            run_link: RBTreeLink::new(),
+            fifo_link: LinkedListLink::new(),
+            run_key: Cell::new(RunKey::default()),
+            timer_link: RBTreeLink::new(),
+            timer_key: Cell::new(TimerKey::default()),
+            thread_pointer: 0,
+            _stack: Box::new(NoStack),
+        })
+    }
+
+    fn key(key: f64, sequence: u64) -> RunKey {
+        RunKey { key, sequence }
     }
 
     /// Pops everything, returning thread ids in run order.
     fn drain(queue: &mut RunQueue) -> Vec<u64> {
-        core::iter::from_fn(|| queue.pop().map(|thread| thread.id().0)).collect()
+        let ids: Vec<u64> = core::iter::from_fn(|| queue.pop().map(|thread| thread.id.0)).collect();
+        assert_eq!(queue.len(), 0);
+        ids
     }
 
     #[test]
     fn run_queue_pops_smallest_key_first_then_enqueue_order() {
-        // Every insertion path: empty queue, appended (runs next), searched (middle and
-        // front), and equal keys (ties in sequence order).
-        let mut queue = RunQueue::default();
+        let mut queue = RunQueue::new(false);
         let inserts: [(f64, u64); 8] = [
             (5.0, 1),
             (3.0, 2),
@@ -1132,11 +1137,11 @@ mod tests {
             (3.0, 7),
             (0.5, 8),
         ];
-        for (key, sequence) in inserts {
-            queue.insert(key, sequence, thread(sequence));
+        for (value, sequence) in inserts {
+            queue.insert(key(value, sequence), thread(sequence));
             assert_eq!(queue.len(), sequence as usize);
         }
-        assert_eq!(queue.peek().map(Thread::id), Some(ThreadId(8)));
+        assert_eq!(queue.peek().map(|thread| thread.id), Some(ThreadId(8)));
         assert_eq!(drain(&mut queue), [8, 5, 2, 4, 7, 1, 6, 3]);
         assert!(queue.peek().is_none());
     }
@@ -1144,25 +1149,94 @@ mod tests {
     #[test]
     fn run_queue_matches_a_sorted_reference() {
         // Pseudo-random keys with many ties, against a stable sort.
-        let mut queue = RunQueue::default();
+        let mut queue = RunQueue::new(false);
         let mut reference = Vec::new();
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for sequence in 1..=500_u64 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let key = (seed % 16) as f64;
-            queue.insert(key, sequence, thread(sequence));
-            reference.push((key, sequence));
+            let value = (seed % 16) as f64;
+            queue.insert(key(value, sequence), thread(sequence));
+            reference.push((value, sequence));
             // Interleave pops, as the scheduler does.
             if seed.is_multiple_of(5) {
                 reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let expected = reference.remove(0).1;
-                assert_eq!(queue.pop().map(|thread| thread.id().0), Some(expected));
+                assert_eq!(queue.pop().map(|thread| thread.id.0), Some(expected));
             }
+            assert_eq!(queue.len(), reference.len());
         }
         reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let expected: Vec<u64> = reference.iter().map(|entry| entry.1).collect();
         assert_eq!(drain(&mut queue), expected);
+    }
+
+    #[test]
+    fn fifo_run_queue_is_first_in_first_out() {
+        let mut queue = RunQueue::new(true);
+        for sequence in 1..=6 {
+            queue.insert(key(sequence as f64, sequence), thread(sequence));
+        }
+        assert_eq!(queue.pop().map(|thread| thread.id.0), Some(1));
+        queue.insert(key(7.0, 7), thread(7));
+        assert_eq!(queue.peek().map(|thread| thread.id.0), Some(2));
+        assert_eq!(drain(&mut queue), [2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn take_last_where_skips_ineligible_threads() {
+        // `thread(id)` is pinned when `id` is a multiple of 3.
+        for fifo in [false, true] {
+            let mut queue = RunQueue::new(fifo);
+            for sequence in 1..=6 {
+                queue.insert(key(sequence as f64, sequence), thread(sequence));
+            }
+            let taken = queue.take_last_where(|thread| !thread.pinned);
+            assert_eq!(taken.map(|thread| thread.id.0), Some(5));
+            assert_eq!(queue.len(), 5);
+            assert_eq!(drain(&mut queue), [1, 2, 3, 4, 6]);
+            assert!(queue.take_last_where(|_| true).is_none());
+        }
+    }
+
+    #[test]
+    fn rekey_all_reorders() {
+        let mut queue = RunQueue::new(false);
+        for sequence in 1..=5 {
+            queue.insert(key(sequence as f64, sequence), thread(sequence));
+        }
+        // Reverse the order: the tree must be rebuilt, not patched in place.
+        queue.rekey_all(|thread| -(thread.id.0 as f64));
+        assert_eq!(queue.len(), 5);
+        assert_eq!(drain(&mut queue), [5, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn timer_queue_fires_in_deadline_then_sequence_order() {
+        let mut timers = TimerQueue::new();
+        let entries = [(30, 1), (10, 2), (20, 3), (10, 4)];
+        for (deadline, sequence) in entries {
+            let timer = TimerKey {
+                deadline,
+                sequence,
+                generation: sequence * 100,
+            };
+            timers.insert(timer, thread(sequence));
+        }
+        assert_eq!(timers.next_deadline(), Some(10));
+        assert!(timers.pop_expired(9).is_none());
+        let mut fired = Vec::new();
+        while let Some((timer, thread)) = timers.pop_expired(25) {
+            assert_eq!(timer.generation, thread.id.0 * 100);
+            fired.push(thread.id.0);
+        }
+        assert_eq!(fired, [2, 4, 3]);
+        assert_eq!(timers.next_deadline(), Some(30));
+        assert_eq!(
+            timers.pop_expired(u64::MAX).map(|(_, thread)| thread.id.0),
+            Some(1)
+        );
+        assert_eq!(timers.next_deadline(), None);
     }
 }

@@ -2,14 +2,16 @@
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 
+use intrusive_collections::{LinkedListLink, RBTreeLink};
 use keel_sync::SpinLock;
 use keel_sync::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::StackMemory;
 use crate::policy::Accounting;
+use crate::queue::{RunKey, TimerKey};
 use crate::wakeup::{Linked, WakeLink};
 use crate::{CpuId, ThreadId};
 
@@ -63,13 +65,35 @@ pub(crate) struct ThreadInner {
     /// in `WAKING`), and leaves `WAKING` only after that queue was drained, so it is in
     /// at most one queue at a time.
     pub(crate) wake_link: WakeLink,
+    /// Its place in its home CPU's run queue (ordered policies: a tree keyed on
+    /// `run_key`; FIFO: a list); see `queue`. Touched only by that CPU, with
+    /// interrupts masked, while the thread is `QUEUED` there.
+    pub(crate) run_link: RBTreeLink,
+    pub(crate) fifo_link: LinkedListLink,
+    pub(crate) run_key: Cell<RunKey>,
+    /// Its place in the timer queue of the CPU it last began a sleep on, keyed on
+    /// `timer_key`; touched only by that CPU with interrupts masked, from the sleep's
+    /// start until the entry fires (see `queue`).
+    pub(crate) timer_link: RBTreeLink,
+    pub(crate) timer_key: Cell<TimerKey>,
+    /// While the thread is blocked (switched out, not runnable): the handle its CPU
+    /// ran it with, kept here instead of dropped, so that a wake-up on the same CPU
+    /// takes it instead of cloning the waker's handle (two locked reference-count
+    /// operations per block/wake saved). Touched only by the thread's home CPU with its
+    /// state borrowed (see `Scheduler::spare_of`); empty whenever the thread is queued or
+    /// running (`make_runnable` takes it), so it never outlives the thread's wait. A
+    /// thread blocked forever keeps itself alive through it.
+    pub(crate) spare: UnsafeCell<Option<Thread>>,
     /// The stack; freed with the last handle, never while the thread runs (the CPU
     /// holds a handle of its current thread until it has switched away).
     pub(crate) _stack: Box<dyn StackMemory>,
 }
 
 // SAFETY: the `UnsafeCell` fields are only accessed by the thread's home CPU with
-// interrupts masked (`context`, `accounting`) or by the thread itself (`entry`), and
+// interrupts masked (`context`, `accounting`, `spare`) or by the thread itself
+// (`entry`); the
+// queue links and keys (`Cell`s inside) only by the CPU whose run or timer queue
+// holds the thread, with interrupts masked (see `queue`); and
 // ownership moves between CPUs only through the wake-up queues (Release/Acquire);
 // every other field is atomic or a lock. The boxed closure and stack are `Send`.
 unsafe impl Send for ThreadInner {}

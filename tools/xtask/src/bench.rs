@@ -181,6 +181,10 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
     );
     for (case, implementations) in &table {
         let ours = implementations.get("keel").copied();
+        if let (Some(ours), 1) = (ours, implementations.len()) {
+            // A case with no peer (ours alone): its own row.
+            println!("{case:<36} {:<24} {:>14}", "-", format_nanos(ours));
+        }
         for (peer, time) in implementations.iter().filter(|(name, _)| *name != "keel") {
             let (ours_text, ratio) = match ours {
                 Some(ours) => (format_nanos(ours), format!("{:.2}x", time / ours)),
