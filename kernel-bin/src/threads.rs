@@ -336,6 +336,11 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
         u32::try_from(percpu::current_index()).unwrap_or(u32::MAX)
     }
 
+    /// The kernel's monotonic clock (the TSC, scaled).
+    fn fairness_clock_nanos() -> Option<u64> {
+        Some(time::monotonic_nanos())
+    }
+
     /// Whether the owner runs on the CPU it took the mutex on, and that vCPU is not
     /// preempted (KVM's steal-time flag; never set under TCG). An owner that has
     /// migrated since counts as not running: the spinner then sleeps, which is

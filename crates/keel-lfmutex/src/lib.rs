@@ -164,7 +164,7 @@ pub use mutex::{Mutex, MutexGuard, ReentrantMutex, ReentrantMutexGuard};
 #[cfg(loom)]
 pub use parker::LoomParker;
 pub use parker::{Parker, RunningTable, ThreadId};
-pub use raw::{RawMutex, UnlockError};
+pub use raw::{FAIR_WAIT_NANOS, RawMutex, UnlockError};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::Semaphore;
 
