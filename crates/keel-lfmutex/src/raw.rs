@@ -387,13 +387,7 @@ impl<P: Parker> RawMutex<P> {
     /// owner.
     #[inline]
     pub(crate) fn acquire(&self) {
-        // The uncontended case in one read-modify-write; a failure reads the word.
-        let Err(word) = self
-            .state
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        else {
-            return;
-        };
+        let word = self.state.load(Ordering::Relaxed);
         if !cfg!(feature = "fifo-lfmutex") && word & TOKEN_MASK != 0 && self.claim_token(word, 1) {
             // On offer: a running thread barges past a waiter that is waking up.
             return;
@@ -658,15 +652,7 @@ impl<P: Parker> RawMutex<P> {
     /// `try_acquire`, or handed to it by a wake-up).
     #[inline]
     pub(crate) unsafe fn release(&self) {
-        // Nobody else counted in: release in one read-modify-write (no token or
-        // `IN_FLIGHT` can be set while only we are counted).
-        let Err(word) = self
-            .state
-            .compare_exchange(1, 0, Ordering::Release, Ordering::Relaxed)
-        else {
-            return;
-        };
-        if word & IN_FLIGHT != 0 {
+        if self.state.load(Ordering::Relaxed) & IN_FLIGHT != 0 {
             self.release_on_offer();
             return;
         }
