@@ -810,14 +810,15 @@ impl<P: Parker> RawMutex<P> {
 /// interval of `parking_lot`'s forced fair unlocks. Bargers keep a contended mutex
 /// busy while a woken waiter gets to run; a hand-off instead keeps it idle until
 /// then (a wake-up: microseconds on an idle CPU, up to a host time slice when the
-/// waiter's CPU is busy or, in a VM, its vCPU is descheduled), so handing over at
-/// every lost offer made the mutex convoy when critical sections are long.
+/// waiter's CPU is busy or, in a VM, its vCPU is descheduled); handing over at every
+/// lost offer cost up to 3x in the guest's long-critical-section runs (papers/0012).
 pub const FAIR_WAIT_NANOS: u64 = 500_000;
 
 /// The most looks at the lock word a spinning locker takes before it sleeps. One
-/// look (a load and a `spin_loop` pause) took 16–28 ns on the build machine's Xeon (PAPER_MUTEX), so
-/// 32 looks are 0.8 µs, about one sleep/wake transfer on Linux host threads
-/// (0.7–0.8 µs, papers/0006): spinning longer than a sleep costs cannot pay off.
+/// look (the owner check, a `spin_loop` pause and a load of the word) took 15–21 ns
+/// on the build machine's Xeon (papers/0012), so 32 looks are 0.5–0.7 µs, under one
+/// sleep/wake transfer on Linux host threads (0.7–0.8 µs, papers/0006): spinning
+/// longer than a sleep costs cannot pay off.
 pub(crate) const MAX_SPINS: u32 = 32;
 /// The fewest looks a spinner still takes when spinning has kept failing, so the
 /// mutex notices when it starts to pay again.
@@ -1066,7 +1067,7 @@ mod tests {
     }
 
     /// A spinner takes a mutex released while it watches, without counting itself
-    /// in or sleeping. Whether the release falls inside the spin (at most 0.8 µs) is
+    /// in or sleeping. Whether the release falls inside the spin (at most 0.5–0.7 µs) is
     /// up to the OS scheduler, so the test tries up to 1000 times and passes on the
     /// first spin that took the mutex; only a spin that can never see a release fails.
     #[test]
