@@ -223,5 +223,7 @@ fn a_briefly_passed_over_waiter_is_offered_the_mutex_again() {
 /// is handed the mutex next.
 #[test]
 fn a_waiter_passed_over_after_the_fair_wait_is_handed_the_mutex() {
-    assert!(second_unlock_hands_over::<ClockedParker<{ crate::FAIR_WAIT_NANOS }>>());
+    assert!(second_unlock_hands_over::<
+        ClockedParker<{ crate::FAIR_WAIT_NANOS }>,
+    >());
 }
