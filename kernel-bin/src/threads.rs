@@ -180,6 +180,10 @@ unsafe impl Arch for KernelArch {
         keel_arch_x86_64::steal_time::is_preempted(cpu.0)
     }
 
+    fn set_running_thread(&self, _cpu: CpuId, thread: Option<keel_sched::ThreadId>) {
+        percpu::set_current_thread_id(thread.map_or(0, |id| id.0));
+    }
+
     fn allocate_stack(&self, size: usize) -> Option<KernelStack> {
         let pages = (size as u64).div_ceil(PAGE_SIZE) + 1;
         let range = memory::alloc_pages(pages).ok()?;
@@ -301,13 +305,14 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
             .expect("lock-free mutex used outside a Keel thread")
     }
 
+    /// The id the scheduler recorded in this CPU's per-CPU record at its last switch
+    /// (`KernelArch::set_running_thread`), read in one instruction with no interrupt
+    /// mask: the mutex asks at every lock. The scheduler numbers threads from 1 and
+    /// records 0 for its idle loop, so its ids are the mutex's as they are.
     fn current_id() -> keel_lfmutex::ThreadId {
-        let id = scheduler()
-            .current_id()
-            .expect("lock-free mutex used outside a Keel thread")
-            .0;
-        // The scheduler numbers threads from 1, so its ids are the mutex's as they are.
-        keel_lfmutex::ThreadId::new(NonZeroU64::new(id).expect("keel-sched numbers threads from 1"))
+        let id = NonZeroU64::new(percpu::current_thread_id())
+            .expect("lock-free mutex used outside a Keel thread");
+        keel_lfmutex::ThreadId::new(id)
     }
 
     fn park() {
@@ -328,10 +333,12 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
 
     /// The CPU index (a hint: the thread may migrate right after).
     fn current_cpu_hint() -> u32 {
-        scheduler()
-            .arch()
-            .current_cpu()
-            .map_or(u32::MAX, |cpu| u32::try_from(cpu.0).unwrap_or(u32::MAX))
+        u32::try_from(percpu::current_index()).unwrap_or(u32::MAX)
+    }
+
+    /// The kernel's monotonic clock (the TSC, scaled).
+    fn fairness_clock_nanos() -> Option<u64> {
+        Some(time::monotonic_nanos())
     }
 
     /// Whether the owner runs on the CPU it took the mutex on, and that vCPU is not

@@ -2,7 +2,7 @@
 //! [`PerCpu`] record, whose first word is the CPU's index, so `mov rax, gs:[0]` names the
 //! current CPU in one instruction, without a lock or an APIC read.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use x86_64::registers::model_specific::Msr;
 
 /// CPUs supported.
@@ -25,6 +25,10 @@ pub struct PerCpu {
     pub wakeup_pending: AtomicBool,
     /// Whether the scheduler runs on this CPU (its `current_cpu` answers `Some`).
     pub scheduling: AtomicBool,
+    /// The id of the thread running on this CPU (0: none, the idle loop), written
+    /// by this CPU's scheduler at every switch; [`current_thread_id`] reads it in
+    /// one instruction.
+    pub current_thread: AtomicU64,
 }
 
 static PER_CPU: [PerCpu; MAX_CPUS] = [const {
@@ -34,6 +38,7 @@ static PER_CPU: [PerCpu; MAX_CPUS] = [const {
         online: AtomicBool::new(false),
         wakeup_pending: AtomicBool::new(false),
         scheduling: AtomicBool::new(false),
+        current_thread: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
@@ -76,6 +81,36 @@ pub fn current_index() -> usize {
         core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, readonly, preserves_flags))
     };
     index
+}
+
+/// The id of the thread running on the calling CPU, as its scheduler last recorded
+/// it with [`set_current_thread_id`] (0: none). Read with one gs-relative load: a
+/// thread that is preempted and moved to another CPU either before or after that
+/// instruction reads its own id either way, because each CPU's word names the thread
+/// that CPU runs, and the word only changes while its CPU switches, never in the
+/// middle of an instruction. So a thread always reads its own id here, without an
+/// interrupt mask.
+#[inline]
+pub fn current_thread_id() -> u64 {
+    let id: u64;
+    // SAFETY: GS base points at this CPU's `PerCpu` (set up before any caller runs);
+    // the offset is that of the `current_thread` field, an aligned `AtomicU64`, and a
+    // single aligned 8-byte load of it is atomic.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, gs:[{offset}]",
+            out(reg) id,
+            offset = const core::mem::offset_of!(PerCpu, current_thread),
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    id
+}
+
+/// Records `id` as the thread that runs next on the calling CPU (0: none). Only
+/// that CPU's scheduler calls this, at a switch, with interrupts masked.
+pub fn set_current_thread_id(id: u64) {
+    current().current_thread.store(id, Ordering::Relaxed);
 }
 
 /// The current CPU's record.

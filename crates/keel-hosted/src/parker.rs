@@ -75,4 +75,11 @@ unsafe impl Parker for StdParker {
     fn owner_is_running(owner: ThreadId, _cpu_hint: u32) -> bool {
         RUNNING.is_running(owner)
     }
+
+    /// `std::time::Instant`, as nanoseconds since the first call in the process.
+    fn fairness_clock_nanos() -> Option<u64> {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+        Some(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
 }

@@ -66,13 +66,20 @@
 //! `IN_FLIGHT`, just publish a fresh token (one `fetch_add` that also counts them
 //! out) instead of waking a second waiter. The woken waiter clears `IN_FLIGHT` and
 //! takes the token if it is still there, in one `fetch_and`. If a running thread
-//! got there first, the waiter queues again, marked so that whoever pops it next
-//! must *hand* it the mutex: no barger passes it over a second time in the same
-//! `lock`. It does lose its place, though: it queues again at the tail, behind the
-//! waiters that queued after it (the queue has one consumer, and the loser is not
-//! it), so a waiter that loses an offer waits for every waiter queued at that moment
-//! too. The wait stays bounded by the queue's length, not FIFO; the unit test
-//! `offer_loser_requeues_at_the_tail` records that order.
+//! got there first, the waiter queues again at the tail, behind the waiters that
+//! queued after it (the queue has one consumer, and the loser is not it; the unit
+//! test `offer_loser_requeues_at_the_tail` records that order).
+//!
+//! **Eventual fairness.** A waiter that loses an offer once it has waited
+//! [`FAIR_WAIT_NANOS`] (0.5 ms, after `parking_lot`'s forced fair unlocks) since it
+//! first queued is marked so that whoever pops it next must *hand* it the mutex: no
+//! barger passes it over again in the same `lock`, and its wait is bounded by 0.5 ms
+//! plus two passes of the queue. A waiter that loses sooner is offered the mutex
+//! again when popped. The clock is [`Parker::fairness_clock_nanos`]; without one (the
+//! default, and under loom) a waiter is handed the mutex after its first lost offer.
+//! Handing over at every lost offer, as the first version did, left the mutex idle
+//! while the handed waiter woke up; in the guest with long critical sections that
+//! cost up to 3x in throughput once locking itself became cheap (papers/0012).
 //! Wait-morphed condition-variable waiters are always handed the mutex. The feature
 //! `fifo-lfmutex` restores OSv's strict hand-over for experiments, and
 //! `broken-lfmutex-offer` breaks the offer path for the loom models to catch.
@@ -93,7 +100,7 @@
 //!   `vcpu_is_preempted`; on host threads, "has it not parked"; the default answer
 //!   is no, so a parker that cannot tell never spins;
 //! - and for at most the mutex's spin limit, in looks at the lock word: at most 32
-//!   (about 0.8 µs on the build machine, one sleep/wake transfer), adapting per
+//!   (0.5–0.7 µs on the build machine, under one sleep/wake transfer), adapting per
 //!   mutex as glibc's adaptive mutex does, in the direction the evidence points: a
 //!   spin that got the mutex raises the limit by a quarter, one that ran out halves
 //!   it (to no fewer than 2 looks). Under loom the limit is one look.
@@ -164,7 +171,7 @@ pub use mutex::{Mutex, MutexGuard, ReentrantMutex, ReentrantMutexGuard};
 #[cfg(loom)]
 pub use parker::LoomParker;
 pub use parker::{Parker, RunningTable, ThreadId};
-pub use raw::{RawMutex, UnlockError};
+pub use raw::{FAIR_WAIT_NANOS, RawMutex, UnlockError};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::Semaphore;
 

@@ -132,3 +132,98 @@ fn offer_loser_requeues_at_the_tail() {
     let order = log.lock().clone();
     assert_eq!(order, ["barger", "X1", "X2", "W"]);
 }
+
+/// [`GatedParker`] with a clock for eventual fairness: each thread's clock starts at
+/// 0 and moves `STEP_NANOS` on every read, so a waiter's second read (when it loses
+/// an offer) is `STEP_NANOS` after its first (when it queued).
+#[derive(Debug, Clone, Copy, Default)]
+struct ClockedParker<const STEP_NANOS: u64>;
+
+std::thread_local! {
+    static CLOCK_READS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+// SAFETY: every blocking and identity method is `GatedParker`'s (see its SAFETY).
+unsafe impl<const STEP_NANOS: u64> Parker for ClockedParker<STEP_NANOS> {
+    type Handle = Arc<Gate>;
+
+    fn current() -> Self::Handle {
+        GatedParker::current()
+    }
+
+    fn current_id() -> ThreadId {
+        GatedParker::current_id()
+    }
+
+    fn park() {
+        GatedParker::park();
+    }
+
+    fn unpark(handle: &Self::Handle) {
+        GatedParker::unpark(handle);
+    }
+
+    fn fairness_clock_nanos() -> Option<u64> {
+        Some(CLOCK_READS.with(|reads| {
+            let now = reads.get() * STEP_NANOS;
+            reads.set(reads.get() + 1);
+            now
+        }))
+    }
+}
+
+/// W queues, is offered the mutex, and loses it to a barger (the test's thread); the
+/// barger unlocks while W is held back in `park` again. True if that unlock handed W
+/// the mutex (the barger's `try_lock` then fails), false if it offered it again (the
+/// `try_lock` takes the offer).
+fn second_unlock_hands_over<P: Parker<Handle = Arc<Gate>> + 'static>() -> bool {
+    let log: Arc<Mutex<Vec<&'static str>, P>> = Arc::new(Mutex::new(Vec::new()));
+    let held = log.lock();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let w = {
+        let log = Arc::clone(&log);
+        thread::spawn(move || {
+            sender.send(P::current()).unwrap();
+            log.lock().push("W");
+        })
+    };
+    let w_gate = receiver.recv().unwrap();
+    wait_for_parks(&w_gate, 1);
+    w_gate.set_closed(true);
+    drop(held);
+    let barged = log.lock();
+    w_gate.set_closed(false);
+    wait_for_parks(&w_gate, 2);
+    // W waits again; hold it back while the barger unlocks.
+    w_gate.set_closed(true);
+    drop(barged);
+    let taken_again = log.try_lock();
+    let handed = taken_again.is_none();
+    drop(taken_again);
+    w_gate.set_closed(false);
+    w.join().unwrap();
+    assert_eq!(log.lock().last(), Some(&"W"), "W never got the mutex");
+    handed
+}
+
+/// Without a clock, a waiter that lost an offer is handed the mutex next.
+#[test]
+fn without_a_clock_a_passed_over_waiter_is_handed_the_mutex() {
+    assert!(second_unlock_hands_over::<GatedParker>());
+}
+
+/// A waiter passed over sooner than `FAIR_WAIT_NANOS` after it queued is offered the
+/// mutex again, so a running locker may take it once more.
+#[test]
+fn a_briefly_passed_over_waiter_is_offered_the_mutex_again() {
+    assert!(!second_unlock_hands_over::<ClockedParker<1_000>>());
+}
+
+/// Eventual fairness: a waiter passed over after waiting `FAIR_WAIT_NANOS` or longer
+/// is handed the mutex next.
+#[test]
+fn a_waiter_passed_over_after_the_fair_wait_is_handed_the_mutex() {
+    assert!(second_unlock_hands_over::<
+        ClockedParker<{ crate::FAIR_WAIT_NANOS }>,
+    >());
+}

@@ -96,6 +96,18 @@ pub unsafe trait Parker {
         let _ = (owner, cpu_hint);
         false
     }
+
+    /// Nanoseconds on a monotonic clock, for the mutex's eventual fairness: a waiter
+    /// that loses an offered mutex to a barger is handed the mutex the next time it
+    /// is popped only once it has waited [`FAIR_WAIT_NANOS`](crate::FAIR_WAIT_NANOS)
+    /// since it first queued; before that it is offered the mutex again, so running
+    /// lockers keep the mutex busy while it wakes. Read twice per wait, on the slow
+    /// path only. The default, `None` (no clock), hands a waiter the mutex after its
+    /// first lost offer.
+    #[inline]
+    fn fairness_clock_nanos() -> Option<u64> {
+        None
+    }
 }
 
 /// Which threads are running rather than parked, for parkers whose threads have no

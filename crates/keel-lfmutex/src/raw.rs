@@ -70,6 +70,12 @@ impl<P: Parker> Waiter<P> {
     fn require_handoff(&self) {
         self.state.store(WAITING_FOR_HANDOFF, Ordering::Relaxed);
     }
+
+    /// Marks its owner's record, in no queue after a lost offer, as an ordinary
+    /// waiter again (offered the mutex when popped, as on its first wait).
+    fn wait_again(&self) {
+        self.state.store(WAITING, Ordering::Relaxed);
+    }
 }
 
 impl<P: Parker> fmt::Debug for Waiter<P> {
@@ -529,6 +535,7 @@ impl<P: Parker> RawMutex<P> {
         }
         let record = Waiter::<P>::for_current_thread();
         let record_ptr = NonNull::from(&record);
+        let queued_at = P::fairness_clock_nanos();
         loop {
             // SAFETY: relies on (1) `record` living on this frame, which does not
             // return before `record.value().wait()` sees it woken, i.e. popped and
@@ -548,10 +555,25 @@ impl<P: Parker> RawMutex<P> {
                 return;
             }
             // Passed over by a barger: queue again, at the tail (behind waiters
-            // that queued after us: the queue has one consumer, and we are not it),
-            // and this time be handed the mutex when popped, never offered it, so
-            // no barger passes us over again in this lock.
-            record.value().require_handoff();
+            // that queued after us: the queue has one consumer, and we are not it).
+            // Once we have waited long enough (eventual fairness), be handed the
+            // mutex when popped, never offered it, so no barger passes us over again
+            // in this lock; until then, be offered it again.
+            if Self::waited_long_enough(queued_at) {
+                record.value().require_handoff();
+            } else {
+                record.value().wait_again();
+            }
+        }
+    }
+
+    /// Whether a waiter that first queued at `queued_at` (its
+    /// [`Parker::fairness_clock_nanos`]) must now be handed the mutex rather than
+    /// offered it: after [`FAIR_WAIT_NANOS`], or at once without a clock.
+    fn waited_long_enough(queued_at: Option<u64>) -> bool {
+        match (queued_at, P::fairness_clock_nanos()) {
+            (Some(queued_at), Some(now)) => now.wrapping_sub(queued_at) >= FAIR_WAIT_NANOS,
+            _ => true,
         }
     }
 
@@ -783,10 +805,20 @@ impl<P: Parker> RawMutex<P> {
     }
 }
 
+/// How long a waiter may be passed over by bargers before it is handed the mutex
+/// (eventual fairness; see [`Parker::fairness_clock_nanos`]): 0.5 ms, the average
+/// interval of `parking_lot`'s forced fair unlocks. Bargers keep a contended mutex
+/// busy while a woken waiter gets to run; a hand-off instead keeps it idle until
+/// then (a wake-up: microseconds on an idle CPU, up to a host time slice when the
+/// waiter's CPU is busy or, in a VM, its vCPU is descheduled); handing over at every
+/// lost offer cost up to 3x in the guest's long-critical-section runs (papers/0012).
+pub const FAIR_WAIT_NANOS: u64 = 500_000;
+
 /// The most looks at the lock word a spinning locker takes before it sleeps. One
-/// look (a load and a `spin_loop` pause) took 16–28 ns on the build machine's Xeon (PAPER_MUTEX), so
-/// 32 looks are 0.8 µs, about one sleep/wake transfer on Linux host threads
-/// (0.7–0.8 µs, papers/0006): spinning longer than a sleep costs cannot pay off.
+/// look (the owner check, a `spin_loop` pause and a load of the word) took 15–21 ns
+/// on the build machine's Xeon (papers/0012), so 32 looks are 0.5–0.7 µs, under one
+/// sleep/wake transfer on Linux host threads (0.7–0.8 µs, papers/0006): spinning
+/// longer than a sleep costs cannot pay off.
 pub(crate) const MAX_SPINS: u32 = 32;
 /// The fewest looks a spinner still takes when spinning has kept failing, so the
 /// mutex notices when it starts to pay again.
@@ -1035,7 +1067,7 @@ mod tests {
     }
 
     /// A spinner takes a mutex released while it watches, without counting itself
-    /// in or sleeping. Whether the release falls inside the spin (at most 0.8 µs) is
+    /// in or sleeping. Whether the release falls inside the spin (at most 0.5–0.7 µs) is
     /// up to the OS scheduler, so the test tries up to 1000 times and passes on the
     /// first spin that took the mutex; only a spin that can never see a release fails.
     #[test]

@@ -2,7 +2,7 @@
 
 use core::ptr::NonNull;
 
-use crate::CpuId;
+use crate::{CpuId, ThreadId};
 
 /// What the scheduler needs from the machine: CPU identity, interrupt masking, a
 /// monotonic clock, a one-shot timer, wake-up IPIs, an idle wait, thread stacks and
@@ -83,6 +83,17 @@ pub unsafe trait Arch: Send + Sync + 'static {
     fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
         let _ = cpu;
         false
+    }
+
+    /// The scheduler on `cpu` (the calling CPU) has chosen `thread` to run next
+    /// (`None`: the idle loop), with interrupts masked, just before it switches. A
+    /// platform can keep the id where one instruction reads it, so that "which thread
+    /// am I" needs neither an interrupt mask nor the scheduler's CPU state (the kernel
+    /// keeps it in the per-CPU record behind GS, for the lock-free mutex's owner). The
+    /// outgoing context runs only the rest of the switch, with interrupts still
+    /// masked, after this call. The default keeps nothing.
+    fn set_running_thread(&self, cpu: CpuId, thread: Option<ThreadId>) {
+        let _ = (cpu, thread);
     }
 
     /// Sets the thread pointer (FS base on x86-64, for TLS) of this CPU.

@@ -879,10 +879,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         }
         local.current = next;
         let cpu = local.cpu;
-        self.cpus[cpu.0].running.store(
-            local.current.as_ref().map_or(0, |thread| thread.inner.id.0),
-            Ordering::Relaxed,
-        );
+        let running = local.current.as_ref().map(|thread| thread.inner.id);
+        self.cpus[cpu.0]
+            .running
+            .store(running.map_or(0, |id| id.0), Ordering::Relaxed);
+        self.arch.set_running_thread(cpu, running);
         local.running_since = now;
         let runs_thread = local.current.is_some();
         self.arm_timer(cpu, &mut local, now, runs_thread);

@@ -328,6 +328,80 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
 }
 ktest!(owner_is_running_follows_the_owner);
 
+/// The lock-free mutex's "which thread am I" (`KernelParker::current_id`, one
+/// gs-relative load of the per-CPU record, without an interrupt mask) names the
+/// calling thread at every moment: more threads than CPUs spin, yield and are
+/// sleep, are preempted by the timer and moved by the balancer, and each compares the
+/// answer with its own id, taken from the scheduler at its start, over and over. A
+/// thread that read another thread's id would take that thread's mutex as its own.
+fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
+    use keel_lfmutex::Parker;
+    let scheduler = crate::threads::scheduler();
+    let threads = 2 * scheduler.cpu_count() + 1;
+    let until = time::monotonic_nanos() + 150_000_000;
+    let mut handles = alloc::vec::Vec::new();
+    for index in 0..threads {
+        // Half the threads stop early, unevenly across CPUs, so the balancer has
+        // reason to move the rest; short sleeps give it wake-ups to move.
+        let until = if index % 2 == 0 {
+            until
+        } else {
+            until - 100_000_000
+        };
+        let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
+            let scheduler = crate::threads::scheduler();
+            let own = scheduler.current_id().map_or(0, |id| id.0);
+            let (mut checks, mut wrong, mut cpu_changes) = (0u64, 0u64, 0u64);
+            let mut last_cpu = keel_arch_x86_64::percpu::current_index();
+            while time::monotonic_nanos() < until {
+                for _ in 0..64 {
+                    if crate::threads::KernelParker::current_id().get() != own {
+                        wrong += 1;
+                    }
+                    checks += 1;
+                    black_box(checks);
+                }
+                if checks % (8 * 1024) == 0 {
+                    scheduler.sleep(200_000);
+                } else if checks % 1024 == 0 {
+                    scheduler.yield_now();
+                }
+                let cpu = keel_arch_x86_64::percpu::current_index();
+                if cpu != last_cpu {
+                    cpu_changes += 1;
+                    last_cpu = cpu;
+                }
+            }
+            (own, checks, wrong, cpu_changes)
+        });
+        check!(spawned.is_ok(), "spawn failed");
+        if let Ok(handle) = spawned {
+            handles.push(handle);
+        }
+    }
+    let mut moved = 0;
+    for handle in handles {
+        let result = scheduler.join(handle);
+        check!(result.is_some(), "a checking thread did not return");
+        let Some((own, checks, wrong, cpu_changes)) = result else {
+            continue;
+        };
+        check!(own != 0, "a thread had no scheduler id");
+        check!(checks > 0, "a thread never checked", own);
+        check!(
+            wrong == 0,
+            "the mutex's thread id named another thread",
+            own,
+            wrong,
+            checks
+        );
+        moved += cpu_changes;
+    }
+    kprintln!("ktest:   {threads} threads; {moved} moves between CPUs seen");
+    Ok(())
+}
+ktest!(mutex_thread_id_is_the_callers_across_switches);
+
 /// Several wakers, pinned to every other CPU, wake one thread on CPU 0 at the same
 /// time, over and over: the target's wake-up queue gets concurrent pushes on several
 /// lanes while its CPU goes to sleep and wakes up. Each waker posts a number, unparks
