@@ -85,8 +85,8 @@ fn keel_round_trips(machine: &Machine<FairPolicy>, iters: u64, apart: bool) -> D
     let scheduler = Arc::clone(machine.scheduler());
     let (main_options, partner_options) = if apart {
         (
-            SpawnOptions::new().pin(CpuId(0)),
-            SpawnOptions::new().pin(CpuId(1)),
+            SpawnOptions::new().pin(CpuId::new(0)),
+            SpawnOptions::new().pin(CpuId::new(1)),
         )
     } else {
         (SpawnOptions::new(), SpawnOptions::new())

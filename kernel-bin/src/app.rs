@@ -47,7 +47,7 @@ pub fn main(info: &ArchInfo) -> ExitCode {
     let workers = scheduler.cpu_count();
     let mut handles = Vec::new();
     for worker in 0..workers {
-        let options = SpawnOptions::new().pin(CpuId(worker));
+        let options = SpawnOptions::new().pin(CpuId::new(worker));
         let spawned = scheduler.spawn(options, move || {
             let mut local: BTreeMap<&str, usize> = BTreeMap::new();
             for word in TEXT.split_whitespace().skip(worker).step_by(workers) {

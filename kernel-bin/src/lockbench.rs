@@ -104,7 +104,7 @@ pub fn run(info: &ArchInfo) -> bool {
     let start = time::monotonic_nanos();
     let mut handles = Vec::new();
     for index in 0..thread_count {
-        let options = SpawnOptions::new().pin(CpuId(index as usize % cpus));
+        let options = SpawnOptions::new().pin(CpuId::new(index as usize % cpus));
         match scheduler.spawn(options, move || {
             for round in 0..per_thread {
                 let mut guard = SHARED.lock();

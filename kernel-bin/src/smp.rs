@@ -160,6 +160,6 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
         tlb::service_pending();
         core::hint::spin_loop();
     };
-    scheduler.run_cpu(CpuId(index));
+    scheduler.run_cpu(CpuId::new(index));
     panic!("the idle loop of CPU {index} returned")
 }

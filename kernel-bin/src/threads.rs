@@ -12,7 +12,6 @@
 //! CPU 0's idle loop.
 
 use crate::memory;
-use core::num::NonZeroU64;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use keel_arch_x86_64::interrupts::{self, TrapFrame};
@@ -112,7 +111,7 @@ unsafe impl Arch for KernelArch {
         record
             .scheduling
             .load(Ordering::Relaxed)
-            .then(|| CpuId(record.index.load(Ordering::Relaxed)))
+            .then(|| CpuId::new(record.index.load(Ordering::Relaxed)))
     }
 
     fn cpu_online(&self, _cpu: CpuId) {
@@ -143,9 +142,9 @@ unsafe impl Arch for KernelArch {
     }
 
     fn send_wakeup(&self, cpu: CpuId) {
-        if let Some(record) = percpu::get(cpu.0) {
+        if let Some(record) = percpu::get(cpu.index()) {
             record.wakeup_pending.store(true, Ordering::SeqCst);
-            if cpu.0 != percpu::current_index() {
+            if cpu.index() != percpu::current_index() {
                 COUNTERS.wakeup_ipis.fetch_add(1, Ordering::Relaxed);
                 apic::send_ipi(
                     record.apic_id.load(Ordering::Relaxed),
@@ -177,7 +176,7 @@ unsafe impl Arch for KernelArch {
     }
 
     fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
-        keel_arch_x86_64::steal_time::is_preempted(cpu.0)
+        keel_arch_x86_64::steal_time::is_preempted(cpu.index())
     }
 
     fn allocate_stack(&self, size: usize) -> Option<KernelStack> {
@@ -281,7 +280,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
     if let Err(error) = scheduler.spawn(keel_sched::SpawnOptions::new(), main) {
         panic!("cannot spawn the main thread: {error:?}");
     }
-    scheduler.run_cpu(CpuId(0));
+    scheduler.run_cpu(CpuId::new(0));
     panic!("CPU 0's idle loop returned although the application is still running")
 }
 
@@ -301,13 +300,11 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
             .expect("lock-free mutex used outside a Keel thread")
     }
 
-    fn current_id() -> keel_lfmutex::ThreadId {
-        let id = scheduler()
+    /// The scheduler's thread id: the mutex's `ThreadId` is the same type.
+    fn current_id() -> keel_sched::ThreadId {
+        scheduler()
             .current_id()
             .expect("lock-free mutex used outside a Keel thread")
-            .0;
-        // The scheduler numbers threads from 1, so its ids are the mutex's as they are.
-        keel_lfmutex::ThreadId::new(NonZeroU64::new(id).expect("keel-sched numbers threads from 1"))
     }
 
     fn park() {
@@ -328,20 +325,19 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
 
     /// The CPU index (a hint: the thread may migrate right after).
     fn current_cpu_hint() -> u32 {
-        scheduler()
-            .arch()
-            .current_cpu()
-            .map_or(u32::MAX, |cpu| u32::try_from(cpu.0).unwrap_or(u32::MAX))
+        scheduler().arch().current_cpu().map_or(u32::MAX, |cpu| {
+            u32::try_from(cpu.index()).unwrap_or(u32::MAX)
+        })
     }
 
     /// Whether the owner runs on the CPU it took the mutex on, and that vCPU is not
     /// preempted (KVM's steal-time flag; never set under TCG). An owner that has
     /// migrated since counts as not running: the spinner then sleeps, which is
     /// always safe.
-    fn owner_is_running(owner: keel_lfmutex::ThreadId, cpu_hint: u32) -> bool {
+    fn owner_is_running(owner: keel_sched::ThreadId, cpu_hint: u32) -> bool {
         let Ok(cpu) = usize::try_from(cpu_hint) else {
             return false;
         };
-        scheduler().is_running_on(keel_sched::ThreadId(owner.get()), CpuId(cpu))
+        scheduler().is_running_on(owner, CpuId::new(cpu))
     }
 }

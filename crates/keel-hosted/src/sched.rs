@@ -86,7 +86,7 @@ pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
     let Some(cpu) = arch.current_cpu() else {
         return;
     };
-    if arch.cpus[cpu.0]
+    if arch.cpus[cpu.index()]
         .wakeup_pending
         .swap(false, Ordering::SeqCst)
     {
@@ -96,7 +96,7 @@ pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
     let Some(cpu) = arch.current_cpu() else {
         return;
     };
-    let timer = &arch.cpus[cpu.0].timer_deadline;
+    let timer = &arch.cpus[cpu.index()].timer_deadline;
     let deadline = timer.load(Ordering::Relaxed);
     if deadline != u64::MAX && arch.now_nanos() >= deadline {
         timer.store(u64::MAX, Ordering::Relaxed);
@@ -237,7 +237,7 @@ impl HostedArch {
     /// # Panics
     /// If `cpu` does not exist.
     pub fn set_cpu_preempted(&self, cpu: CpuId, preempted: bool) {
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .preempted
             .store(preempted, Ordering::Relaxed);
     }
@@ -264,17 +264,20 @@ unsafe impl Arch for HostedArch {
 
     fn current_cpu(&self) -> Option<CpuId> {
         let (identity, cpu) = read_current_cpu();
-        (identity == self.identity()).then_some(CpuId(cpu))
+        (identity == self.identity()).then_some(CpuId::new(cpu))
     }
 
     fn cpu_online(&self, cpu: CpuId) {
         assert!(
-            self.cpus[cpu.0].os_thread.set(thread::current()).is_ok(),
+            self.cpus[cpu.index()]
+                .os_thread
+                .set(thread::current())
+                .is_ok(),
             "CPU {} started twice",
-            cpu.0
+            cpu.index()
         );
         assert_eq!(read_current_cpu().0, 0, "this OS thread already runs a CPU");
-        CURRENT_CPU.with(|slot| slot.set((self.identity(), cpu.0)));
+        CURRENT_CPU.with(|slot| slot.set((self.identity(), cpu.index())));
     }
 
     fn mask_interrupts(&self) -> Self::InterruptGuard {}
@@ -289,18 +292,18 @@ unsafe impl Arch for HostedArch {
         }
         let offset = self
             .current_cpu()
-            .map_or(0, |cpu| self.cpus[cpu.0].clock_offset_nanos);
+            .map_or(0, |cpu| self.cpus[cpu.index()].clock_offset_nanos);
         now.saturating_add(offset)
     }
 
     fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64) {
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .timer_deadline
             .store(deadline_nanos, Ordering::Relaxed);
     }
 
     fn cancel_timer(&self, cpu: CpuId) {
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .timer_deadline
             .store(u64::MAX, Ordering::Relaxed);
     }
@@ -309,18 +312,20 @@ unsafe impl Arch for HostedArch {
         // Like the kernel, a CPU sends itself no IPI: only another CPU's (or a host
         // thread's) wake-up raises the line.
         if self.current_cpu() != Some(cpu) {
-            self.cpus[cpu.0]
+            self.cpus[cpu.index()]
                 .wakeup_pending
                 .store(true, Ordering::SeqCst);
         }
         // Not online yet: it will look at its queue when it starts.
-        if let Some(os_thread) = self.cpus[cpu.0].os_thread.get() {
+        if let Some(os_thread) = self.cpus[cpu.index()].os_thread.get() {
             os_thread.unpark();
         }
     }
 
     fn idle_wait(&self, cpu: CpuId, deadline_nanos: Option<u64>) {
-        let armed = self.cpus[cpu.0].timer_deadline.load(Ordering::Relaxed);
+        let armed = self.cpus[cpu.index()]
+            .timer_deadline
+            .load(Ordering::Relaxed);
         let deadline = deadline_nanos.unwrap_or(u64::MAX).min(armed);
         if deadline == u64::MAX {
             thread::park();
@@ -332,14 +337,14 @@ unsafe impl Arch for HostedArch {
         }
         // The wake-up that ended the wait was taken by it (the idle loop drains the
         // queue next), as the kernel's `hlt` takes the IPI.
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .wakeup_pending
             .store(false, Ordering::SeqCst);
     }
 
     fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
         self.cpus
-            .get(cpu.0)
+            .get(cpu.index())
             .is_some_and(|shared| shared.preempted.load(Ordering::Relaxed))
     }
 
@@ -464,7 +469,7 @@ impl<P: Policy> Machine<P> {
                 let scheduler = Arc::clone(&scheduler);
                 thread::Builder::new()
                     .name(std::format!("keel-cpu{cpu}"))
-                    .spawn(move || scheduler.run_cpu(CpuId(cpu)))
+                    .spawn(move || scheduler.run_cpu(CpuId::new(cpu)))
                     .expect("could not start a CPU thread")
             })
             .collect();

@@ -29,7 +29,7 @@ fn config() -> SchedulerConfig {
 }
 
 fn pinned(cpu: usize) -> SpawnOptions {
-    SpawnOptions::new().pin(CpuId(cpu))
+    SpawnOptions::new().pin(CpuId::new(cpu))
 }
 
 /// Spins, taking interrupts, until `flag` is set or [`GUARD`] passes; whether it was
@@ -288,7 +288,7 @@ fn thread_moved_by_the_balancer_runs_while_its_new_cpu_spins() {
                     .spawn(SpawnOptions::new(), move || {
                         let start = Instant::now();
                         while !moved2.load(Ordering::SeqCst) && start.elapsed() < GUARD {
-                            if s2.arch().current_cpu() == Some(CpuId(1)) {
+                            if s2.arch().current_cpu() == Some(CpuId::new(1)) {
                                 moved2.store(true, Ordering::SeqCst);
                             }
                             s2.yield_now();
@@ -341,7 +341,10 @@ fn sleeper_moved_to_a_cpu_whose_clock_lags_still_wakes() {
                 s3.spawn(SpawnOptions::new(), move || {
                     asleep2.store(true, Ordering::SeqCst);
                     s2.sleep(20_000_000);
-                    let cpu = s2.arch().current_cpu().map_or(u64::MAX, |c| c.0 as u64);
+                    let cpu = s2
+                        .arch()
+                        .current_cpu()
+                        .map_or(u64::MAX, |c| c.index() as u64);
                     woke_on2.store(cpu, Ordering::SeqCst);
                 })
                 .unwrap()

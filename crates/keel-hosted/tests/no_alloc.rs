@@ -82,7 +82,7 @@ fn machine<P: Policy>(cpus: usize, make_policy: impl FnMut(CpuId) -> P) -> Machi
     for cpu in 0..cpus {
         let handle = machine
             .scheduler()
-            .spawn(SpawnOptions::new().pin(CpuId(cpu)), || {
+            .spawn(SpawnOptions::new().pin(CpuId::new(cpu)), || {
                 IS_CPU.with(|flag| flag.set(true))
             })
             .unwrap();
@@ -103,7 +103,7 @@ fn run_on<P: Policy, R: Send + 'static>(
     let (sender, receiver) = mpsc::channel();
     machine
         .scheduler()
-        .spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+        .spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
             let _ = sender.send(body(scheduler));
         })
         .unwrap();
@@ -204,7 +204,7 @@ impl<P: Policy> Crowd<P> {
             );
             let handle = crowd
                 .s
-                .spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+                .spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
                     started.fetch_add(1, Ordering::SeqCst);
                     while !go.load(Ordering::SeqCst) {
                         s.park();
@@ -275,7 +275,7 @@ fn wake_ups_across_cpus_allocate_nothing() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let two = machine(2, |_| FairPolicy::default());
     let allocations = run_on(&two, |s| {
-        ping_pong(&s, SpawnOptions::new().pin(CpuId(1)), 2_000)
+        ping_pong(&s, SpawnOptions::new().pin(CpuId::new(1)), 2_000)
     });
     assert_eq!(allocations, 0, "allocations in cross-CPU wake-ups");
 }

@@ -209,9 +209,9 @@ fn spawn_errors_are_reported() {
     let machine = Machine::<FairPolicy>::with_config(2, config());
     let s = machine.scheduler();
     assert_eq!(
-        s.spawn(SpawnOptions::new().pin(CpuId(5)), || ())
+        s.spawn(SpawnOptions::new().pin(CpuId::new(5)), || ())
             .unwrap_err(),
-        SpawnError::NoSuchCpu(CpuId(5))
+        SpawnError::NoSuchCpu(CpuId::new(5))
     );
     assert_eq!(
         s.spawn(SpawnOptions::new().stack_size(100), || ())
@@ -313,7 +313,7 @@ fn counters_on_four_cpus_are_exact() {
                 let (s2, atomic, locked) =
                     (Arc::clone(&s), Arc::clone(&atomic), Arc::clone(&locked));
                 let options = if i % 2 == 0 {
-                    SpawnOptions::new().pin(CpuId(i % 4))
+                    SpawnOptions::new().pin(CpuId::new(i % 4))
                 } else {
                     SpawnOptions::new()
                 };
@@ -346,7 +346,7 @@ fn cross_cpu_park_unpark_loses_no_wakeup() {
             let main = s.current().unwrap();
             let (s2, turn2) = (Arc::clone(&s), Arc::clone(&turn));
             let partner = s
-                .spawn(SpawnOptions::new().pin(CpuId(cpus - 1)), move || {
+                .spawn(SpawnOptions::new().pin(CpuId::new(cpus - 1)), move || {
                     for round in 0..ROUNDS {
                         while turn2.load(Ordering::Acquire) != 2 * round + 1 {
                             s2.park();
@@ -379,7 +379,7 @@ fn unpark_from_host_threads_wakes_parked_threads() {
     let (sender, receiver) = mpsc::channel();
     let (s2, counter2) = (Arc::clone(&s), Arc::clone(&counter));
     let waiter = s
-        .spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+        .spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
             let me = s2.current().unwrap();
             sender.send(me).unwrap();
             let mut seen = 0;
@@ -403,7 +403,7 @@ fn unpark_from_host_threads_wakes_parked_threads() {
         waited += 1;
         assert!(waited < 60_000, "lost wake-up");
     }
-    assert_eq!(waiter_thread.cpu(), CpuId(1));
+    assert_eq!(waiter_thread.cpu(), CpuId::new(1));
 }
 
 #[test]
@@ -430,7 +430,7 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
             );
             let pinned = i < 4;
             let options = if pinned {
-                SpawnOptions::new().pin(CpuId(0))
+                SpawnOptions::new().pin(CpuId::new(0))
             } else {
                 SpawnOptions::new()
             };
@@ -440,10 +440,10 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
                     while !spread_enough.load(Ordering::Acquire) && s2.now_nanos() < give_up {
                         let me = s2.current().unwrap();
                         if pinned {
-                            pinned_seen.lock().unwrap().insert(me.cpu().0);
+                            pinned_seen.lock().unwrap().insert(me.cpu().index());
                         } else {
                             let mut seen = seen.lock().unwrap();
-                            seen.insert(me.cpu().0);
+                            seen.insert(me.cpu().index());
                             if seen.len() == 4 {
                                 spread_enough.store(true, Ordering::Release);
                             }

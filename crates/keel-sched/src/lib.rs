@@ -87,14 +87,13 @@ use core::fmt;
 /// The smallest stack [`Scheduler::spawn`] accepts, in bytes.
 pub const MIN_STACK_SIZE: usize = 4096;
 
-/// A CPU number, `0..cpu_count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CpuId(pub usize);
+/// A CPU number, `0..cpu_count` (`keel-types`'s, re-exported).
+pub use keel_types::CpuId;
 
 /// A thread's unique id within its scheduler, numbered from 1 (so that 0 can mean
-/// "no thread", as in a mutex's owner word).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ThreadId(pub u64);
+/// "no thread", as in a mutex's owner word). `keel-types`'s one thread id,
+/// re-exported: the same type `keel-lfmutex` records its owner with.
+pub use keel_types::ThreadId;
 
 /// The factor by which a thread's runtime is charged (OSv's convention): 1 is the
 /// default, 2 makes the thread look as if it ran twice as long (it gets half the CPU
@@ -184,7 +183,7 @@ impl fmt::Display for SpawnError {
         match self {
             SpawnError::StackAllocation => f.write_str("could not allocate a thread stack"),
             SpawnError::StackTooSmall(size) => write!(f, "stack of {size} bytes is too small"),
-            SpawnError::NoSuchCpu(cpu) => write!(f, "no CPU {}", cpu.0),
+            SpawnError::NoSuchCpu(cpu) => write!(f, "no CPU {}", cpu.index()),
         }
     }
 }

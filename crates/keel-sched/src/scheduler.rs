@@ -183,7 +183,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 load: AtomicUsize::new(0),
                 running: AtomicU64::new(0),
                 local: UnsafeCell::new(CpuLocal {
-                    policy: make_policy(CpuId(index)),
+                    policy: make_policy(CpuId::new(index)),
                     run_queue: RunQueue::new(P::FIFO_ORDER),
                     current: None,
                     idle_context: 0,
@@ -243,9 +243,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         T: Send + 'static,
     {
         let cpu = match options.pin {
-            Some(cpu) if cpu.0 >= self.cpus.len() => return Err(SpawnError::NoSuchCpu(cpu)),
+            Some(cpu) if cpu.index() >= self.cpus.len() => return Err(SpawnError::NoSuchCpu(cpu)),
             Some(cpu) => cpu,
-            None => self.arch.current_cpu().unwrap_or(CpuId(0)),
+            None => self.arch.current_cpu().unwrap_or(CpuId::new(0)),
         };
         let size = options.stack_size.unwrap_or(self.config.default_stack_size);
         if size < crate::MIN_STACK_SIZE {
@@ -270,10 +270,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         });
         let thread = Thread {
             inner: Arc::new(ThreadInner {
-                id: ThreadId(self.next_thread_id.fetch_add(1, Ordering::Relaxed)),
+                // Numbered from 1; a u64 counter does not wrap to 0 in any real lifetime.
+                id: ThreadId::from_u64(self.next_thread_id.fetch_add(1, Ordering::Relaxed))
+                    .expect("thread ids start at 1 and do not wrap"),
                 state: AtomicU32::new(state::WAKING),
                 token: AtomicBool::new(false),
-                home_cpu: AtomicUsize::new(cpu.0),
+                home_cpu: AtomicUsize::new(cpu.index()),
                 pinned: options.pin.is_some(),
                 sleep_generation: AtomicU64::new(0),
                 sleep_fired: AtomicU64::new(0),
@@ -349,8 +351,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// time the caller acts on it.
     pub fn is_running_on(&self, id: ThreadId, cpu: CpuId) -> bool {
         self.cpus
-            .get(cpu.0)
-            .is_some_and(|shared| shared.running.load(Ordering::Relaxed) == id.0)
+            .get(cpu.index())
+            .is_some_and(|shared| shared.running.load(Ordering::Relaxed) == id.get())
             && !self.arch.is_cpu_preempted(cpu)
     }
 
@@ -465,7 +467,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         for cpu in 0..self.cpus.len() {
-            self.arch.send_wakeup(CpuId(cpu));
+            self.arch.send_wakeup(CpuId::new(cpu));
         }
     }
 
@@ -490,7 +492,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             Some(cpu),
             "Arch::cpu_online broke current_cpu"
         );
-        let this = &self.cpus[cpu.0];
+        let this = &self.cpus[cpu.index()];
         {
             let interrupts = self.arch.mask_interrupts();
             let mut local = self.local(&interrupts);
@@ -540,11 +542,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // Read under the mask: in the kernel a timer preemption between the read and
         // the use could let the balancer migrate this thread to another CPU.
         let cpu = self.arch.current_cpu()?;
-        let this = &self.cpus[cpu.0];
+        let this = &self.cpus[cpu.index()];
         assert!(
             !this.local_borrowed.replace(true),
             "CPU {} state borrowed twice",
-            cpu.0
+            cpu.index()
         );
         // SAFETY: relies on (1) the `Arch` contract (item 1): `current_cpu` says `cpu`
         // only on the one context that runs that CPU, so no other CPU or host thread
@@ -659,7 +661,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Makes a `WAKING` thread runnable on its home CPU: directly when that is this
     /// CPU, else through the home CPU's wake-up queue (waking the CPU if asleep).
     fn deliver(&self, thread: &Thread) {
-        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        let home = CpuId::new(thread.inner.home_cpu.load(Ordering::Acquire));
         let interrupts = self.arch.mask_interrupts();
         let local = self.try_local(&interrupts);
         let here = local.as_ref().map(|local| local.cpu);
@@ -697,7 +699,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// `deliver` for callers that already hold this CPU's state.
     fn deliver_from(&self, cpu: CpuId, local: &mut CpuLocal<P>, thread: Thread) {
-        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        let home = CpuId::new(thread.inner.home_cpu.load(Ordering::Acquire));
         if home == cpu {
             Self::make_runnable(local, thread);
         } else {
@@ -709,12 +711,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// `source` (the CPU we run on, with interrupts masked; `None` off the CPUs), and
     /// interrupts `home` unless it is polling that queue by itself.
     fn push_remote(&self, source: Option<CpuId>, home: CpuId, thread: Thread) {
-        let target = &self.cpus[home.0];
+        let target = &self.cpus[home.index()];
         // SAFETY: relies on (1) `thread` being in `WAKING`, moved there by our caller
         // (a waker's claim, a migration or a spawn), which alone pushes it, and (2) a
         // thread leaving `WAKING` only once its queue was drained: so it is in no
         // wake-up queue now (see `ThreadInner::wake_link`).
-        let outcome = unsafe { target.incoming.push(source.map(|cpu| cpu.0), thread.inner) };
+        let outcome = unsafe {
+            target
+                .incoming
+                .push(source.map(|cpu| cpu.index()), thread.inner)
+        };
         if outcome != PushOutcome::Queued {
             self.arch.send_wakeup(home);
         }
@@ -760,7 +766,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     fn publish_load(&self, cpu: CpuId, local: &CpuLocal<P>) {
         let load = local.run_queue.len() + usize::from(local.current.is_some());
-        let slot = &self.cpus[cpu.0].load;
+        let slot = &self.cpus[cpu.index()].load;
         if slot.load(Ordering::Relaxed) != load {
             slot.store(load, Ordering::Relaxed);
         }
@@ -771,7 +777,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// context continues it may be on another CPU (a queued thread may migrate).
     fn schedule(&self, mut local: LocalRef<'_, P>, entry: Entry) {
         let cpu = local.cpu;
-        let this = &self.cpus[cpu.0];
+        let this = &self.cpus[cpu.index()];
         let now = self.arch.now_nanos();
 
         // Before draining: a push the drain misses then finds the queue's `POLLING`
@@ -879,8 +885,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         }
         local.current = next;
         let cpu = local.cpu;
-        self.cpus[cpu.0].running.store(
-            local.current.as_ref().map_or(0, |thread| thread.inner.id.0),
+        self.cpus[cpu.index()].running.store(
+            local
+                .current
+                .as_ref()
+                .map_or(0, |thread| thread.inner.id.get()),
             Ordering::Relaxed,
         );
         local.running_since = now;
@@ -987,7 +996,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             .cpus
             .iter()
             .enumerate()
-            .filter(|(index, _)| *index != cpu.0)
+            .filter(|(index, _)| *index != cpu.index())
             .map(|(index, other)| (index, other.load.load(Ordering::Relaxed)))
             .min_by_key(|(_, load)| *load)
         else {
@@ -1011,7 +1020,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // Count it at once so that other CPUs' balancers see it.
         self.cpus[target].load.fetch_add(1, Ordering::Relaxed);
         self.publish_load(cpu, local);
-        self.push_remote(Some(cpu), CpuId(target), thread);
+        self.push_remote(Some(cpu), CpuId::new(target), thread);
     }
 
     /// Ends the current thread: marks it terminated, wakes its joiner, switches away.
@@ -1090,7 +1099,7 @@ mod tests {
 
     fn thread(id: u64) -> Arc<ThreadInner> {
         Arc::new(ThreadInner {
-            id: ThreadId(id),
+            id: ThreadId::from_u64(id).expect("test ids start at 1"),
             state: AtomicU32::new(state::QUEUED),
             token: AtomicBool::new(false),
             home_cpu: AtomicUsize::new(0),
@@ -1119,7 +1128,8 @@ mod tests {
 
     /// Pops everything, returning thread ids in run order.
     fn drain(queue: &mut RunQueue) -> Vec<u64> {
-        let ids: Vec<u64> = core::iter::from_fn(|| queue.pop().map(|thread| thread.id.0)).collect();
+        let ids: Vec<u64> =
+            core::iter::from_fn(|| queue.pop().map(|thread| thread.id.get())).collect();
         assert_eq!(queue.len(), 0);
         ids
     }
@@ -1141,7 +1151,7 @@ mod tests {
             queue.insert(key(value, sequence), thread(sequence));
             assert_eq!(queue.len(), sequence as usize);
         }
-        assert_eq!(queue.peek().map(|thread| thread.id), Some(ThreadId(8)));
+        assert_eq!(queue.peek().map(|thread| thread.id), ThreadId::from_u64(8));
         assert_eq!(drain(&mut queue), [8, 5, 2, 4, 7, 1, 6, 3]);
         assert!(queue.peek().is_none());
     }
@@ -1163,7 +1173,7 @@ mod tests {
             if seed.is_multiple_of(5) {
                 reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let expected = reference.remove(0).1;
-                assert_eq!(queue.pop().map(|thread| thread.id.0), Some(expected));
+                assert_eq!(queue.pop().map(|thread| thread.id.get()), Some(expected));
             }
             assert_eq!(queue.len(), reference.len());
         }
@@ -1178,9 +1188,9 @@ mod tests {
         for sequence in 1..=6 {
             queue.insert(key(sequence as f64, sequence), thread(sequence));
         }
-        assert_eq!(queue.pop().map(|thread| thread.id.0), Some(1));
+        assert_eq!(queue.pop().map(|thread| thread.id.get()), Some(1));
         queue.insert(key(7.0, 7), thread(7));
-        assert_eq!(queue.peek().map(|thread| thread.id.0), Some(2));
+        assert_eq!(queue.peek().map(|thread| thread.id.get()), Some(2));
         assert_eq!(drain(&mut queue), [2, 3, 4, 5, 6, 7]);
     }
 
@@ -1193,7 +1203,7 @@ mod tests {
                 queue.insert(key(sequence as f64, sequence), thread(sequence));
             }
             let taken = queue.take_last_where(|thread| !thread.pinned);
-            assert_eq!(taken.map(|thread| thread.id.0), Some(5));
+            assert_eq!(taken.map(|thread| thread.id.get()), Some(5));
             assert_eq!(queue.len(), 5);
             assert_eq!(drain(&mut queue), [1, 2, 3, 4, 6]);
             assert!(queue.take_last_where(|_| true).is_none());
@@ -1207,7 +1217,7 @@ mod tests {
             queue.insert(key(sequence as f64, sequence), thread(sequence));
         }
         // Reverse the order: the tree must be rebuilt, not patched in place.
-        queue.rekey_all(|thread| -(thread.id.0 as f64));
+        queue.rekey_all(|thread| -(thread.id.get() as f64));
         assert_eq!(queue.len(), 5);
         assert_eq!(drain(&mut queue), [5, 4, 3, 2, 1]);
     }
@@ -1228,13 +1238,15 @@ mod tests {
         assert!(timers.pop_expired(9).is_none());
         let mut fired = Vec::new();
         while let Some((timer, thread)) = timers.pop_expired(25) {
-            assert_eq!(timer.generation, thread.id.0 * 100);
-            fired.push(thread.id.0);
+            assert_eq!(timer.generation, thread.id.get() * 100);
+            fired.push(thread.id.get());
         }
         assert_eq!(fired, [2, 4, 3]);
         assert_eq!(timers.next_deadline(), Some(30));
         assert_eq!(
-            timers.pop_expired(u64::MAX).map(|(_, thread)| thread.id.0),
+            timers
+                .pop_expired(u64::MAX)
+                .map(|(_, thread)| thread.id.get()),
             Some(1)
         );
         assert_eq!(timers.next_deadline(), None);

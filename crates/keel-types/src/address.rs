@@ -269,7 +269,10 @@ mod tests {
         assert_eq!(address.align_down(0x20_0000), VirtAddr::new(0x20_0000));
         assert_eq!(address.align_up(0x20_0000), Some(VirtAddr::new(0x40_0000)));
         assert_eq!(VirtAddr::new(u64::MAX - 2).align_up(4), None);
-        assert_eq!(VirtAddr::new(u64::MAX).align_up(1), Some(VirtAddr::new(u64::MAX)));
+        assert_eq!(
+            VirtAddr::new(u64::MAX).align_up(1),
+            Some(VirtAddr::new(u64::MAX))
+        );
     }
 
     #[test]
@@ -297,10 +300,13 @@ mod tests {
             Some(PhysAddr(0x1234_5000))
         );
         assert_eq!(PhysAddr::from(PageFrameNumber(2)), PhysAddr(0x2000));
-        assert_eq!(PageFrameNumber(PageFrameNumber::LIMIT).start_address(), None);
+        assert_eq!(
+            PageFrameNumber(PageFrameNumber::LIMIT).start_address(),
+            None
+        );
         assert_eq!(
             PageFrameNumber(PageFrameNumber::LIMIT - 1).start_address(),
-            Some(PhysAddr(u64::MAX & !(PAGE_SIZE - 1)))
+            Some(PhysAddr(!(PAGE_SIZE - 1)))
         );
         assert!(PageFrameNumber(8).is_aligned(3));
         assert!(!PageFrameNumber(8).is_aligned(4));
@@ -316,6 +322,9 @@ mod tests {
         assert_eq!(format!("{:08x}", PhysAddr(0xabc)), "00000abc");
         assert_eq!(format!("{}", PageFrameNumber(0x10)), "pfn 0x10");
         let value = 5u32;
-        assert_eq!(VirtAddr::from_ptr(&raw const value).as_u64(), (&raw const value).addr() as u64);
+        assert_eq!(
+            VirtAddr::from_ptr(&raw const value).as_u64(),
+            (&raw const value).addr() as u64
+        );
     }
 }

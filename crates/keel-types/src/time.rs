@@ -114,7 +114,12 @@ impl Sub<Instant> for Instant {
 impl fmt::Display for Instant {
     /// Seconds since the origin, with nanosecond precision (`12.000345678s`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
+        write!(
+            f,
+            "{}.{:09}s",
+            self.0 / 1_000_000_000,
+            self.0 % 1_000_000_000
+        )
     }
 }
 
@@ -139,7 +144,10 @@ mod tests {
     #[test]
     fn adding_overflows_checked_and_saturating() {
         let late = Instant::from_nanos(u64::MAX - 10);
-        assert_eq!(late.checked_add(Duration::from_nanos(10)), Some(Instant::MAX));
+        assert_eq!(
+            late.checked_add(Duration::from_nanos(10)),
+            Some(Instant::MAX)
+        );
         assert_eq!(late.checked_add(Duration::from_nanos(11)), None);
         assert_eq!(late.saturating_add(Duration::from_nanos(11)), Instant::MAX);
         // A duration that does not fit u64 nanoseconds at all.
@@ -176,7 +184,10 @@ mod tests {
     fn ordering_and_display() {
         assert!(Instant::ZERO < Instant::from_nanos(1));
         assert_eq!(Instant::default(), Instant::ZERO);
-        assert_eq!(format!("{}", Instant::from_nanos(12_000_345_678)), "12.000345678s");
+        assert_eq!(
+            format!("{}", Instant::from_nanos(12_000_345_678)),
+            "12.000345678s"
+        );
         assert_eq!(format!("{}", Instant::ZERO), "0.000000000s");
     }
 }

@@ -206,7 +206,7 @@ fn preempt_avx_threads() -> Result<(u64, alloc::vec::Vec<AvxReport>), Failure> {
     let give_up = time::monotonic_nanos() + 30_000_000_000;
     let mut handles = alloc::vec::Vec::new();
     for thread in 0..THREADS {
-        let options = SpawnOptions::new().pin(CpuId(0));
+        let options = SpawnOptions::new().pin(CpuId::new(0));
         let spawned = scheduler.spawn(options, move || {
             let mut pattern = [0u64; YMM_WORDS];
             for (index, word) in pattern.iter_mut().enumerate() {

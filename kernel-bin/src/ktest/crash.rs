@@ -166,11 +166,11 @@ fn crash_on_two_cpus_at_once(cpu1_panics: bool) {
             core::hint::spin_loop();
         }
     };
-    let faulting = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let faulting = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         meet();
         fault_on_cpu0();
     });
-    let panicking = scheduler.spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+    let panicking = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
         meet();
         if cpu1_panics {
             panic_on_cpu1();

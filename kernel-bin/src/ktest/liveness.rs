@@ -31,7 +31,7 @@ enum Waker {
 }
 
 fn pinned(cpu: usize) -> SpawnOptions {
-    SpawnOptions::new().pin(CpuId(cpu))
+    SpawnOptions::new().pin(CpuId::new(cpu))
 }
 
 /// Spins (interrupts enabled, no scheduler call) until `flag` is set or the guard

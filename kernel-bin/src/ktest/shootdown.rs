@@ -56,7 +56,7 @@ fn cross_cpu_remap(page: u64, new_frame: u64, reader_cpu: usize) -> Option<(u64,
     static STAGE: AtomicU64 = AtomicU64::new(0);
     STAGE.store(0, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId(reader_cpu)), move || {
+    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(reader_cpu)), move || {
         let first = read_page(page);
         STAGE.store(1, Ordering::Release);
         if !wait_for(&STAGE, 2) {
@@ -64,7 +64,7 @@ fn cross_cpu_remap(page: u64, new_frame: u64, reader_cpu: usize) -> Option<(u64,
         }
         Some((first, read_page(page), percpu::current_index()))
     });
-    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         if !wait_for(&STAGE, 1) {
             STAGE.store(3, Ordering::Release);
             return false;
@@ -218,7 +218,7 @@ fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
     let rounds_before = tlb::rounds();
     let mut handles = alloc::vec::Vec::new();
     for cpu in 0..cpus {
-        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId(cpu)), move || {
+        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(cpu)), move || {
             STARTED.fetch_add(1, Ordering::AcqRel);
             // Start together, so that initiators meet.
             let all = wait_for(&STARTED, cpus as u64);
@@ -295,7 +295,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     };
     static STOP: AtomicU64 = AtomicU64::new(0);
     STOP.store(0, Ordering::SeqCst);
-    let on_cpu0 = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let on_cpu0 = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         let handled_before = tlb::requests_handled();
         let mut local = measure(tlb::flush_local, SAMPLES);
         let mut idle = measure(tlb::shootdown, SAMPLES);
@@ -305,7 +305,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
         let spinners: alloc::vec::Vec<_> = (1..cpus)
             .filter_map(|cpu| {
                 scheduler
-                    .spawn(SpawnOptions::new().pin(CpuId(cpu)), || {
+                    .spawn(SpawnOptions::new().pin(CpuId::new(cpu)), || {
                         while STOP.load(Ordering::Acquire) == 0 {
                             core::hint::spin_loop();
                         }
@@ -373,7 +373,7 @@ fn guard_set_on_another_cpu() {
     };
     let page = frame.as_u64() * paging::PAGE_SIZE;
     fill_page(page, BEFORE);
-    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
         let first = read_page(page);
         STAGE.store(1, Ordering::Release);
         if wait_for(&STAGE, 2) {
@@ -387,7 +387,7 @@ fn guard_set_on_another_cpu() {
             kprintln!("ktest: the hand-shake with CPU 0 timed out");
         }
     });
-    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         if wait_for(&STAGE, 1) {
             let guarded = paging::set_guard_page(page, true);
             kprintln!("ktest: CPU 0 made {page:#x} a guard page: {guarded:?}");

@@ -109,7 +109,7 @@ fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult {
     let cpus = scheduler.cpu_count();
     for index in 0..16 {
         // Spread over every CPU, so the mutex is contended across CPUs.
-        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(index % cpus));
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(index % cpus));
         let spawned = scheduler.spawn(options, || {
             for round in 0..500u32 {
                 let mut counter = COUNTER.lock();
@@ -153,9 +153,9 @@ fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
         }
     };
     // On different CPUs when there are several.
-    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let last = keel_sched::CpuId::new(scheduler.cpu_count() - 1);
     let even = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         player(0),
     );
     let odd = scheduler.spawn(keel_sched::SpawnOptions::new().pin(last), player(1));
@@ -185,7 +185,7 @@ fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
     let mut handles = alloc::vec::Vec::new();
     for round in 0..4 {
         for cpu in 0..cpus {
-            let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(cpu));
+            let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(cpu));
             let spawned = scheduler.spawn(options, move || {
                 (cpu, round, keel_arch_x86_64::percpu::current_index())
             });
@@ -215,7 +215,7 @@ fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
     static BALL: AtomicU64 = AtomicU64::new(0);
     BALL.store(0, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let last = keel_sched::CpuId::new(scheduler.cpu_count() - 1);
     let me = scheduler.current();
     check!(me.is_some(), "test runner is not a Keel thread");
     let Some(me) = me else { return Ok(()) };
@@ -266,7 +266,7 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
     let last = scheduler.cpu_count() - 1;
     let give_up = time::monotonic_nanos() + 5_000_000_000;
     let owner = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(last)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(last)),
         move || {
             let scheduler = crate::threads::scheduler();
             ID.store(
@@ -345,13 +345,13 @@ fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let cpus = scheduler.cpu_count();
     let waker_cpu =
-        |index: usize| keel_sched::CpuId(if cpus > 1 { 1 + index % (cpus - 1) } else { 0 });
+        |index: usize| keel_sched::CpuId::new(if cpus > 1 { 1 + index % (cpus - 1) } else { 0 });
     // The target starts first and learns its wakers' handles through this slot.
     static WAKER_HANDLES: keel_sync::SpinLock<alloc::vec::Vec<keel_sched::Thread>> =
         keel_sync::SpinLock::new(alloc::vec::Vec::new());
     WAKER_HANDLES.lock().clear();
     let target = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         || {
             let scheduler = crate::threads::scheduler();
             let mut wakers = alloc::vec::Vec::new();
@@ -479,7 +479,7 @@ fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
     let mut handles = alloc::vec::Vec::new();
     for seed in 0..4u64 {
         // All on one CPU, so they preempt each other.
-        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0));
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0));
         let spawned = scheduler.spawn(options, move || work(black_box(seed)).to_bits());
         check!(spawned.is_ok(), "spawn failed");
         if let Ok(handle) = spawned {
@@ -515,7 +515,7 @@ fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
     for index in 0..THREADS {
         let options = keel_sched::SpawnOptions::new()
             .stack_size(16 * 1024)
-            .pin(keel_sched::CpuId(index % cpus));
+            .pin(keel_sched::CpuId::new(index % cpus));
         // Thread `index` increments counters `index % COUNTERS` and the next one, one
         // lock at a time: each counter is shared by two groups of threads, which sit
         // on different CPUs whenever there are several.
@@ -553,7 +553,7 @@ fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
     }
     // Spawned from a thread pinned to CPU 0, so unpinned threads start there.
     let spawner = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         move || {
             let scheduler = crate::threads::scheduler();
             let mut handles = alloc::vec::Vec::new();
