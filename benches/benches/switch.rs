@@ -473,7 +473,7 @@ fn pingpong_apart(c: &mut Criterion) {
 
 fn pingpong_crowd(c: &mut Criterion) {
     let config = SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     };
     let mut group = c.benchmark_group("switch/pingpong-crowd");
@@ -495,7 +495,7 @@ fn pingpong_crowd(c: &mut Criterion) {
 
 fn yields(c: &mut Criterion) {
     let config = SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     };
     let machine = Machine::<FairPolicy>::with_config(1, config);

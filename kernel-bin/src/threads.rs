@@ -17,7 +17,7 @@ use core::sync::atomic::Ordering;
 use keel_arch_x86_64::interrupts::{self, TrapFrame};
 use keel_arch_x86_64::{apic, paging, percpu, time};
 use keel_pagealloc::{PAGE_SIZE, PageRange};
-use keel_sched::{Arch, CpuId, Scheduler, SchedulerConfig, StackMemory};
+use keel_sched::{Arch, CpuId, Instant, Scheduler, SchedulerConfig, StackMemory};
 
 /// Event counters of the machine side of scheduling (for experiments such as
 /// `app=lockbench`; relaxed, approximate under concurrency only in their ordering).
@@ -128,13 +128,13 @@ unsafe impl Arch for KernelArch {
         x86_64::instructions::interrupts::enable();
     }
 
-    fn now_nanos(&self) -> u64 {
-        time::monotonic_nanos()
+    fn now(&self) -> Instant {
+        Instant::from_nanos(time::monotonic_nanos())
     }
 
-    fn arm_timer(&self, _cpu: CpuId, deadline_nanos: u64) {
+    fn arm_timer(&self, _cpu: CpuId, deadline: Instant) {
         let now = time::monotonic_nanos();
-        apic::arm_oneshot(deadline_nanos.saturating_sub(now).max(1_000));
+        apic::arm_oneshot(deadline.as_nanos().saturating_sub(now).max(1_000));
     }
 
     fn cancel_timer(&self, _cpu: CpuId) {
@@ -154,7 +154,7 @@ unsafe impl Arch for KernelArch {
         }
     }
 
-    fn idle_wait(&self, _cpu: CpuId, _deadline_nanos: Option<u64>) {
+    fn idle_wait(&self, _cpu: CpuId, _deadline: Option<Instant>) {
         let record = percpu::current();
         x86_64::instructions::interrupts::disable();
         // A wake-up that arrived since the scheduler set its sleeping flag left this
@@ -165,7 +165,7 @@ unsafe impl Arch for KernelArch {
         } else {
             COUNTERS.halts.fetch_add(1, Ordering::Relaxed);
             // The timer is not re-armed here: the scheduler armed it for its earliest
-            // deadline, and `deadline_nanos` may be stale (read before a timer
+            // deadline, and `deadline` may be stale (read before a timer
             // interrupt switched to a thread that slept with an earlier deadline);
             // re-arming for it made such sleepers oversleep.
             x86_64::instructions::interrupts::enable_and_hlt();
@@ -265,7 +265,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
             KernelArch { cpu_count },
             SchedulerConfig {
                 default_stack_size: DEFAULT_STACK_SIZE,
-                balance_interval_nanos: Some(10_000_000),
+                balance_interval: Some(core::time::Duration::from_millis(10)),
                 // OSv polls 10 000 times before halting. Here polling vCPUs steal host
                 // time from the vCPU that holds (or is handed) a lock, and `pause` is
                 // slow under TCG: 2000 polls made a contended lockbench run 30x

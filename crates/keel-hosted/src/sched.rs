@@ -98,7 +98,7 @@ pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
     };
     let timer = &arch.cpus[cpu.index()].timer_deadline;
     let deadline = timer.load(Ordering::Relaxed);
-    if deadline != u64::MAX && arch.now_nanos() >= deadline {
+    if deadline != u64::MAX && arch.now().as_nanos() >= deadline {
         timer.store(u64::MAX, Ordering::Relaxed);
         scheduler.timer_interrupt();
     }
@@ -205,27 +205,28 @@ struct HostedCpu {
 impl HostedArch {
     /// A machine with `cpu_count` CPUs (at least one).
     pub fn new(cpu_count: usize) -> Self {
-        Self::with_clock_offsets(&std::vec![0; cpu_count])
+        Self::with_clock_offsets(&std::vec![Duration::ZERO; cpu_count])
     }
 
-    /// A machine with one CPU per entry of `offsets_nanos`, whose clock reads
-    /// `offsets_nanos[cpu]` ahead when read on that CPU (and with no offset off the
-    /// CPUs). Each CPU's clock stays monotonic; a thread that migrates sees it jump.
-    pub fn with_clock_offsets(offsets_nanos: &[u64]) -> Self {
-        assert!(!offsets_nanos.is_empty(), "a machine needs a CPU");
+    /// A machine with one CPU per entry of `offsets`, whose clock reads
+    /// `offsets[cpu]` ahead when read on that CPU (and with no offset off the CPUs;
+    /// an offset past `u64::MAX` nanoseconds saturates). Each CPU's clock stays
+    /// monotonic; a thread that migrates sees it jump.
+    pub fn with_clock_offsets(offsets: &[Duration]) -> Self {
+        assert!(!offsets.is_empty(), "a machine needs a CPU");
         Self {
-            cpus: offsets_nanos
+            cpus: offsets
                 .iter()
-                .map(|&offset| HostedCpu {
+                .map(|offset| HostedCpu {
                     os_thread: OnceLock::new(),
                     timer_deadline: AtomicU64::new(u64::MAX),
                     wakeup_pending: AtomicBool::new(false),
                     preempted: AtomicBool::new(false),
-                    clock_offset_nanos: offset,
+                    clock_offset_nanos: u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX),
                 })
                 .collect(),
             clock: Clock::new(),
-            has_clock_offsets: offsets_nanos.iter().any(|&offset| offset != 0),
+            has_clock_offsets: offsets.iter().any(|offset| !offset.is_zero()),
         }
     }
 
@@ -284,22 +285,22 @@ unsafe impl Arch for HostedArch {
 
     fn enable_interrupts(&self) {}
 
-    fn now_nanos(&self) -> u64 {
+    fn now(&self) -> keel_sched::Instant {
         let now = self.clock.now_nanos();
         if !self.has_clock_offsets {
             // The usual case: no CPU lookup (a thread-local read) on every decision.
-            return now;
+            return keel_sched::Instant::from_nanos(now);
         }
         let offset = self
             .current_cpu()
             .map_or(0, |cpu| self.cpus[cpu.index()].clock_offset_nanos);
-        now.saturating_add(offset)
+        keel_sched::Instant::from_nanos(now.saturating_add(offset))
     }
 
-    fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64) {
+    fn arm_timer(&self, cpu: CpuId, deadline: keel_sched::Instant) {
         self.cpus[cpu.index()]
             .timer_deadline
-            .store(deadline_nanos, Ordering::Relaxed);
+            .store(deadline.as_nanos(), Ordering::Relaxed);
     }
 
     fn cancel_timer(&self, cpu: CpuId) {
@@ -322,15 +323,17 @@ unsafe impl Arch for HostedArch {
         }
     }
 
-    fn idle_wait(&self, cpu: CpuId, deadline_nanos: Option<u64>) {
+    fn idle_wait(&self, cpu: CpuId, deadline: Option<keel_sched::Instant>) {
         let armed = self.cpus[cpu.index()]
             .timer_deadline
             .load(Ordering::Relaxed);
-        let deadline = deadline_nanos.unwrap_or(u64::MAX).min(armed);
+        let deadline = deadline
+            .map_or(u64::MAX, keel_sched::Instant::as_nanos)
+            .min(armed);
         if deadline == u64::MAX {
             thread::park();
         } else {
-            let now = self.now_nanos();
+            let now = self.now().as_nanos();
             if deadline > now {
                 thread::park_timeout(Duration::from_nanos(deadline - now));
             }

@@ -188,7 +188,7 @@ fn waiter_spins_on_a_running_owner_and_stops_at_once_when_its_cpu_is_preempted()
     let machine = Machine::with_config(
         2,
         SchedulerConfig {
-            balance_interval_nanos: None,
+            balance_interval: None,
             ..SchedulerConfig::default()
         },
     );

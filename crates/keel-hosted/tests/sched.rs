@@ -36,7 +36,7 @@ where
 
 fn config() -> SchedulerConfig {
     SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     }
 }
@@ -163,9 +163,9 @@ fn sleepers_wake_in_deadline_order_and_not_early() {
             .map(|ms| {
                 let (s2, log) = (Arc::clone(&s), Arc::clone(&log));
                 s.spawn(SpawnOptions::new(), move || {
-                    let deadline = s2.now_nanos() + ms * 1_000_000;
+                    let deadline = s2.now() + Duration::from_millis(ms);
                     s2.sleep_until(deadline);
-                    assert!(s2.now_nanos() >= deadline, "woke before the deadline");
+                    assert!(s2.now() >= deadline, "woke before the deadline");
                     log.lock().unwrap().push(ms);
                 })
                 .unwrap()
@@ -185,7 +185,7 @@ fn sleep_keeps_the_park_token() {
     run_on(&machine, |s| {
         let me = s.current().unwrap();
         s.unpark(&me);
-        s.sleep(1_000_000);
+        s.sleep(Duration::from_millis(1));
         // The token set before the sleep is still there: park returns at once.
         s.park();
     });
@@ -251,8 +251,8 @@ fn fair_policy_preempts_a_cpu_hog_at_preemption_points() {
         let (s1, seen) = (Arc::clone(&s), Arc::clone(&second_ran));
         let hog = s
             .spawn(SpawnOptions::new(), move || {
-                let give_up = s1.now_nanos() + 5_000_000_000;
-                while !seen.load(Ordering::Acquire) && s1.now_nanos() < give_up {
+                let give_up = s1.now() + Duration::from_secs(5);
+                while !seen.load(Ordering::Acquire) && s1.now() < give_up {
                     s1.preempt_check();
                 }
                 seen.load(Ordering::Acquire)
@@ -301,7 +301,7 @@ fn counters_on_four_cpus_are_exact() {
     let machine = Machine::<FairPolicy>::with_config(
         4,
         SchedulerConfig {
-            balance_interval_nanos: Some(1_000_000),
+            balance_interval: Some(Duration::from_millis(1)),
             ..SchedulerConfig::default()
         },
     );
@@ -411,7 +411,7 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
     let machine = Machine::<FairPolicy>::with_config(
         4,
         SchedulerConfig {
-            balance_interval_nanos: Some(200_000),
+            balance_interval: Some(Duration::from_micros(200)),
             ..SchedulerConfig::default()
         },
     );
@@ -436,8 +436,8 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
             };
             handles.push(
                 s.spawn(options, move || {
-                    let give_up = s2.now_nanos() + 10_000_000_000;
-                    while !spread_enough.load(Ordering::Acquire) && s2.now_nanos() < give_up {
+                    let give_up = s2.now() + Duration::from_secs(10);
+                    while !spread_enough.load(Ordering::Acquire) && s2.now() < give_up {
                         let me = s2.current().unwrap();
                         if pinned {
                             pinned_seen.lock().unwrap().insert(me.cpu().index());

@@ -19,16 +19,18 @@ use crate::queue::{RunKey, RunQueue, TimerKey, TimerQueue};
 use crate::thread::{JoinHandle, Thread, ThreadInner, state};
 use crate::wakeup::{PushOutcome, WakeLink, WakeQueue};
 use crate::{CpuId, SpawnError, SpawnOptions, ThreadId};
+use core::time::Duration;
 use intrusive_collections::{LinkedListLink, RBTreeLink};
+use keel_types::Instant;
 
 /// Scheduler-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// Stack size of threads spawned without [`SpawnOptions::stack_size`].
     pub default_stack_size: usize,
-    /// How often (at most) each CPU runs the load balancer, in nanoseconds; `None`
-    /// disables balancing. Balancing runs only at scheduling decisions.
-    pub balance_interval_nanos: Option<u64>,
+    /// How often (at most) each CPU runs the load balancer; `None` disables
+    /// balancing. Balancing runs only at scheduling decisions.
+    pub balance_interval: Option<Duration>,
     /// How many times an idle CPU polls its wake-up queue before it sleeps (OSv polls
     /// 10 000 times before halting; hosted CPUs share host cores, so keep it small).
     pub idle_poll_iterations: u32,
@@ -38,7 +40,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             default_stack_size: 256 * 1024,
-            balance_interval_nanos: Some(10_000_000),
+            balance_interval: Some(Duration::from_millis(10)),
             idle_poll_iterations: 1_000,
         }
     }
@@ -53,6 +55,9 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
     arch: A,
     cpus: Box<[Cpu<P>]>,
     config: SchedulerConfig,
+    /// `config.balance_interval` in nanoseconds (saturated), converted once: the
+    /// scheduling decision compares it with raw clock readings.
+    balance_interval_nanos: Option<u64>,
     /// Source of thread ids (`Relaxed`: only uniqueness matters).
     next_thread_id: AtomicU64,
     /// Set once by `request_shutdown` (`Release`), read by idle CPUs (`Acquire`).
@@ -203,6 +208,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             arch,
             cpus,
             config,
+            balance_interval_nanos: config
+                .balance_interval
+                .map(|interval| u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
             next_thread_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
         }
@@ -223,9 +231,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         &self.config
     }
 
-    /// Monotonic time (the arch clock), in nanoseconds.
-    pub fn now_nanos(&self) -> u64 {
-        self.arch.now_nanos()
+    /// Monotonic time (the arch clock).
+    pub fn now(&self) -> Instant {
+        self.arch.now()
     }
 
     // ----- threads -------------------------------------------------------------
@@ -419,17 +427,19 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.wake(thread);
     }
 
-    /// Blocks the calling thread for at least `nanos` nanoseconds.
-    pub fn sleep(&self, nanos: u64) {
-        self.sleep_until(self.arch.now_nanos().saturating_add(nanos));
+    /// Blocks the calling thread for at least `duration` (a duration past the clock's
+    /// end sleeps until [`Instant::MAX`]).
+    pub fn sleep(&self, duration: Duration) {
+        self.sleep_until(self.arch.now().saturating_add(duration));
     }
 
-    /// Blocks the calling thread until the arch clock reads at least `deadline_nanos`.
+    /// Blocks the calling thread until the arch clock reads at least `deadline`.
     /// The wake-up is a timer on the thread's CPU; the park token is left untouched.
-    pub fn sleep_until(&self, deadline_nanos: u64) {
-        if self.arch.now_nanos() >= deadline_nanos {
+    pub fn sleep_until(&self, deadline: Instant) {
+        if self.arch.now() >= deadline {
             return;
         }
+        let deadline_nanos = deadline.as_nanos();
         self.with_current(|me| {
             let generation = me.sleep_generation.load(Ordering::Relaxed);
             {
@@ -496,7 +506,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         {
             let interrupts = self.arch.mask_interrupts();
             let mut local = self.local(&interrupts);
-            local.running_since = self.arch.now_nanos();
+            local.running_since = self.arch.now().as_nanos();
             local.last_balance = local.running_since;
         }
         loop {
@@ -521,11 +531,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 let interrupts = self.arch.mask_interrupts();
                 self.local(&interrupts).timers.next_deadline()
             };
-            if deadline.is_some_and(|deadline| deadline <= self.arch.now_nanos()) {
+            if deadline.is_some_and(|deadline| deadline <= self.arch.now().as_nanos()) {
                 continue;
             }
             if this.incoming.try_sleep() && !self.shutdown.load(Ordering::Acquire) {
-                self.arch.idle_wait(cpu, deadline);
+                self.arch.idle_wait(cpu, deadline.map(Instant::from_nanos));
             }
             // Clears the sleeping flag; what it took is enqueued by the next decision.
             self.absorb(this.incoming.drain().map(|inner| Thread { inner }));
@@ -688,7 +698,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 let due = local.running_since;
                 if local.armed_deadline.is_none_or(|armed| armed > due) {
                     local.armed_deadline = Some(due);
-                    self.arch.arm_timer(home, due);
+                    self.arch.arm_timer(home, Instant::from_nanos(due));
                 }
             }
             self.publish_load(home, &local);
@@ -778,7 +788,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     fn schedule(&self, mut local: LocalRef<'_, P>, entry: Entry) {
         let cpu = local.cpu;
         let this = &self.cpus[cpu.index()];
-        let now = self.arch.now_nanos();
+        let now = self.arch.now().as_nanos();
 
         // Before draining: a push the drain misses then finds the queue's `POLLING`
         // flag clear and interrupts us (see `wakeup`).
@@ -788,7 +798,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         }
         self.expire_timers(cpu, &mut local, now);
         Self::charge_current(&mut local, now);
-        if let Some(interval) = self.config.balance_interval_nanos
+        if let Some(interval) = self.balance_interval_nanos
             && self.cpus.len() > 1
             && now.saturating_sub(local.last_balance) >= interval
         {
@@ -980,7 +990,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if deadline != local.armed_deadline {
             local.armed_deadline = deadline;
             match deadline {
-                Some(deadline) => self.arch.arm_timer(cpu, deadline),
+                Some(deadline) => self.arch.arm_timer(cpu, Instant::from_nanos(deadline)),
                 None => self.arch.cancel_timer(cpu),
             }
         }

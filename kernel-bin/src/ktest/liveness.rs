@@ -11,6 +11,7 @@
 use super::{TestResult, has_two_cpus};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::{ArchInfo, percpu, time};
 use keel_sched::{CpuId, SpawnOptions, Thread};
 
@@ -54,7 +55,7 @@ fn wait_for(flag: &AtomicBool) -> bool {
         if time::monotonic_nanos() > give_up {
             return false;
         }
-        crate::threads::scheduler().sleep(1_000_000);
+        crate::threads::scheduler().sleep(Duration::from_millis(1));
     }
     true
 }
@@ -187,7 +188,7 @@ fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins(_: &ArchInfo) -> TestRe
         let (asleep, ran) = (asleep.clone(), ran.clone());
         scheduler.spawn(pinned(last), move || {
             asleep.store(true, Ordering::SeqCst);
-            crate::threads::scheduler().sleep(20_000_000);
+            crate::threads::scheduler().sleep(Duration::from_millis(20));
             ran.store(true, Ordering::SeqCst);
         })
     };

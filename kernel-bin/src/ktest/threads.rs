@@ -6,6 +6,7 @@
 use super::TestResult;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 
 fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
@@ -72,7 +73,7 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     for millis in [9u64, 3, 6, 1] {
         let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
             let deadline = time::monotonic_nanos() + millis * 1_000_000;
-            crate::threads::scheduler().sleep_until(deadline);
+            crate::threads::scheduler().sleep_until(keel_sched::Instant::from_nanos(deadline));
             let woke = time::monotonic_nanos();
             WOKEN.lock().push((deadline, woke));
             (deadline, woke)
@@ -270,7 +271,7 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
         move || {
             let scheduler = crate::threads::scheduler();
             ID.store(
-                scheduler.current_id().map_or(0, |id| id.0),
+                scheduler.current_id().map_or(0, |id| id.get()),
                 Ordering::SeqCst,
             );
             while !PARK_NOW.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
@@ -284,12 +285,11 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
     check!(owner.is_ok(), "spawn failed");
     let Ok(owner) = owner else { return Ok(()) };
     while ID.load(Ordering::SeqCst) == 0 && time::monotonic_nanos() < give_up {
-        scheduler.sleep(1_000_000);
+        scheduler.sleep(Duration::from_millis(1));
     }
-    let id = core::num::NonZeroU64::new(ID.load(Ordering::SeqCst));
+    let id = ThreadId::from_u64(ID.load(Ordering::SeqCst));
     check!(id.is_some(), "the owner thread never ran");
     let Some(id) = id else { return Ok(()) };
-    let id = ThreadId::new(id);
     let cpu_hint = last as u32;
     let running = crate::threads::KernelParker::owner_is_running(id, cpu_hint);
     let wrong_cpu = crate::threads::KernelParker::owner_is_running(id, 0);
@@ -301,7 +301,7 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
             parked_seen = true;
             break;
         }
-        scheduler.sleep(1_000_000);
+        scheduler.sleep(Duration::from_millis(1));
     }
     RESUMED.store(true, Ordering::SeqCst);
     scheduler.unpark(owner.thread());
@@ -596,7 +596,7 @@ ktest!(balancer_moves_threads_off_a_busy_cpu);
 fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
     let counters = &crate::threads::COUNTERS;
     let before = counters.timer_interrupts.load(Ordering::Relaxed);
-    crate::threads::scheduler().sleep(50_000_000);
+    crate::threads::scheduler().sleep(Duration::from_millis(50));
     let ticks = counters.timer_interrupts.load(Ordering::Relaxed) - before;
     check!(
         (1..=3).contains(&ticks),
