@@ -1,8 +1,9 @@
 //! Keel's memory-map arithmetic: what the kernel computes from the boot memory map
 //! before it has an allocator, as pure functions that are tested on the host.
 //!
-//! - [`PhysRange`] is a half-open range of `keel-types` [`PhysAddr`]esses; [`subtract`] cuts holes out
-//!   of a range and yields the pieces in ascending order, with no allocation.
+//! - [`PhysRange`] is a half-open range of physical addresses (`keel-types`'
+//!   [`PhysAddr`]); [`subtract`] cuts holes out of a range and yields the pieces in
+//!   ascending order, with no allocation.
 //! - [`plan`] turns the RAM regions of the memory map and the ranges the kernel
 //!   reserves (the first megabyte, the kernel image, the page-table region) into a
 //!   [`MemoryPlan`]: the span the page metadata must describe, where the metadata array
