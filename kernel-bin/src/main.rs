@@ -166,7 +166,7 @@ fn log_boot_details(info: &ArchInfo) {
 
 /// An address in hex, or `none`; formats without allocating (this runs before the heap
 /// exists).
-struct OptionalAddress(Option<u64>);
+struct OptionalAddress(Option<keel_pagealloc::PhysAddr>);
 
 impl core::fmt::Display for OptionalAddress {
     fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -189,7 +189,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
             log::warn!("more than {MAX_RAM_REGIONS} RAM regions; ignoring {region:?}");
             continue;
         }
-        ram[ram_count] = PhysRange::new(PhysAddr::new(region.start), PhysAddr::new(region.end()));
+        ram[ram_count] = PhysRange::new(region.start, region.end());
         ram_count += 1;
     }
     let ram = &ram[..ram_count];

@@ -350,7 +350,9 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
     let table_start = layout.end.next_multiple_of(PAGE);
     let table_end = table_start + TABLE_REGION_SIZE;
     let inside_ram = boot.memory_regions().iter().any(|region| {
-        region.kind == MemoryKind::Ram && region.start <= table_start && region.end() >= table_end
+        region.kind == MemoryKind::Ram
+            && region.start.as_u64() <= table_start
+            && region.end().as_u64() >= table_end
     });
     if !inside_ram || table_end > 1 << 32 {
         return Err(PagingError::NoTableRegion);
@@ -409,7 +411,12 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
     // The low megabyte (BIOS data, ACPI RSDP area) even where the map leaves gaps.
     builder.map_range(PAGE, 0x10_0000, read_write, image)?;
     for region in boot.memory_regions() {
-        builder.map_range(region.start, region.end(), region_flags(region.kind), image)?;
+        builder.map_range(
+            region.start.as_u64(),
+            region.end().as_u64(),
+            region_flags(region.kind),
+            image,
+        )?;
     }
     // Local APIC, I/O APIC, HPET: uncached MMIO.
     for mmio in [apic_base, 0xfec0_0000, 0xfed0_0000] {

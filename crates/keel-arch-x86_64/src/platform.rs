@@ -72,7 +72,7 @@ pub struct Platform {
     /// not started.
     pub cpus_online_capable: usize,
     /// Physical address of the first I/O APIC, if any.
-    pub io_apic: Option<u64>,
+    pub io_apic: Option<keel_types::PhysAddr>,
 }
 
 impl Platform {

@@ -115,7 +115,7 @@ fn ram_is_mapped_no_execute(info: &ArchInfo) -> TestResult {
         .iter()
         .filter(|r| r.kind.is_memory())
     {
-        for address in [region.start.max(4096), region.end() - 1] {
+        for address in [region.start.as_u64().max(4096), region.end().as_u64() - 1] {
             if address >= info.layout.start && address < info.layout.end {
                 continue;
             }
