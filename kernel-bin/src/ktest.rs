@@ -131,7 +131,7 @@ pub fn run(info: &'static ArchInfo) -> ! {
         registry::cases(),
         info,
         &filter,
-        keel_arch_x86_64::time::monotonic_nanos,
+        keel_arch_x86_64::time::now,
         &mut Console,
     );
     keel_arch_x86_64::cpu::exit(if summary.succeeded() {

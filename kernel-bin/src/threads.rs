@@ -14,6 +14,7 @@
 use crate::memory;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
+use core::time::Duration;
 use keel_arch_x86_64::interrupts::{self, TrapFrame};
 use keel_arch_x86_64::{apic, paging, percpu, time};
 use keel_pagealloc::{PAGE_SIZE, PageRange};
@@ -129,12 +130,12 @@ unsafe impl Arch for KernelArch {
     }
 
     fn now(&self) -> Instant {
-        Instant::from_nanos(time::monotonic_nanos())
+        time::now()
     }
 
     fn arm_timer(&self, _cpu: CpuId, deadline: Instant) {
-        let now = time::monotonic_nanos();
-        apic::arm_oneshot(deadline.as_nanos().saturating_sub(now).max(1_000));
+        let delay = deadline.saturating_duration_since(time::now());
+        apic::arm_oneshot(delay.max(Duration::from_micros(1)));
     }
 
     fn cancel_timer(&self, _cpu: CpuId) {
@@ -265,7 +266,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
             KernelArch { cpu_count },
             SchedulerConfig {
                 default_stack_size: DEFAULT_STACK_SIZE,
-                balance_interval: Some(core::time::Duration::from_millis(10)),
+                balance_interval: Some(Duration::from_millis(10)),
                 // OSv polls 10 000 times before halting. Here polling vCPUs steal host
                 // time from the vCPU that holds (or is handed) a lock, and `pause` is
                 // slow under TCG: 2000 polls made a contended lockbench run 30x

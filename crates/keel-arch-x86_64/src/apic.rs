@@ -147,7 +147,7 @@ fn calibrate_timer() -> u64 {
     const WINDOW_NANOS: u64 = 4_000_000;
     write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, u32::MAX);
-    time::busy_wait_nanos(WINDOW_NANOS);
+    time::busy_wait(core::time::Duration::from_nanos(WINDOW_NANOS));
     let remaining = read(REGISTER_TIMER_CURRENT);
     write(REGISTER_TIMER_INITIAL, 0);
     u64::from(u32::MAX - remaining) * 1_000_000_000 / WINDOW_NANOS
@@ -158,10 +158,13 @@ pub fn timer_hertz() -> u64 {
     TIMER_HERTZ.load(Ordering::Relaxed)
 }
 
-/// Arms the one-shot timer to fire [`TIMER_VECTOR`] after at least `nanos` nanoseconds
-/// (clamped to the counter's 32-bit range). Re-arming replaces the previous deadline.
-pub fn arm_oneshot(nanos: u64) {
-    let ticks = (u128::from(nanos) * u128::from(timer_hertz())).div_ceil(1_000_000_000);
+/// Arms the one-shot timer to fire [`TIMER_VECTOR`] after at least `delay` (clamped to
+/// the counter's 32-bit range). Re-arming replaces the previous deadline.
+pub fn arm_oneshot(delay: core::time::Duration) {
+    let ticks = delay
+        .as_nanos()
+        .saturating_mul(u128::from(timer_hertz()))
+        .div_ceil(1_000_000_000);
     let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
     write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, ticks);

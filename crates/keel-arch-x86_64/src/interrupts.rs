@@ -172,10 +172,8 @@ pub fn begin_crash() -> bool {
         }
     }
     if targets > 0 {
-        let end = crate::time::monotonic_nanos() + STOP_WAIT_NANOS;
-        while STOPPED_COUNT.load(Ordering::Acquire) < targets
-            && crate::time::monotonic_nanos() < end
-        {
+        let end = crate::time::now() + core::time::Duration::from_nanos(STOP_WAIT_NANOS);
+        while STOPPED_COUNT.load(Ordering::Acquire) < targets && crate::time::now() < end {
             core::hint::spin_loop();
         }
     }

@@ -408,8 +408,8 @@ fn install_early_fault_tables() {
 }
 
 fn wait_alive(micros: u64) -> bool {
-    let end = time::monotonic_nanos() + micros * 1000;
-    while time::monotonic_nanos() < end {
+    let end = time::now() + core::time::Duration::from_micros(micros);
+    while time::now() < end {
         if AP_ALIVE.load(Ordering::Acquire) {
             return true;
         }
@@ -461,7 +461,7 @@ pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartE
     }
     let page = (TRAMPOLINE_ADDRESS >> 12) as u8;
     apic::send_ipi(apic_id, IpiKind::Init);
-    time::busy_wait_nanos(init_delay_nanos());
+    time::busy_wait(core::time::Duration::from_nanos(init_delay_nanos()));
     for _ in 0..2 {
         apic::send_ipi(apic_id, IpiKind::Startup(page));
         if wait_alive(200) {

@@ -11,6 +11,7 @@ use super::paging::{GUARD_TEST_STACK, guard_page_of_current_thread};
 use super::registry;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::cpu::{self, ExitCode};
 use keel_arch_x86_64::{kprintln, paging, time};
 use keel_sched::{CpuId, SpawnOptions};
@@ -161,8 +162,8 @@ fn crash_on_two_cpus_at_once(cpu1_panics: bool) {
     let meet = || {
         ARRIVED.fetch_add(1, Ordering::AcqRel);
         // A liveness guard only: both threads arrive within microseconds.
-        let end = time::monotonic_nanos() + 20_000_000_000;
-        while ARRIVED.load(Ordering::Acquire) < 2 && time::monotonic_nanos() < end {
+        let end = time::now() + Duration::from_secs(20);
+        while ARRIVED.load(Ordering::Acquire) < 2 && time::now() < end {
             core::hint::spin_loop();
         }
     };

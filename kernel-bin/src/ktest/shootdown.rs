@@ -7,6 +7,7 @@
 
 use super::{Failure, TestResult, has_two_cpus};
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::tlb::{self, Flush};
 use keel_arch_x86_64::{ArchInfo, kprintln, paging, percpu, time};
 use keel_pagealloc::PageRange;
@@ -15,7 +16,7 @@ use x86_64::structures::paging::PageTableFlags;
 
 /// A liveness guard for the hand-shakes between the two threads (seconds, not a timed
 /// assertion: on time the hand-shake takes microseconds).
-const HANDSHAKE_LIMIT_NANOS: u64 = 20_000_000_000;
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Reads the first word of the page at `address` through the current translation.
 #[inline(never)]
@@ -37,9 +38,9 @@ fn fill_page(address: u64, value: u64) {
 
 /// Spins until `stage` holds `value`, or the liveness limit passes (then false).
 fn wait_for(stage: &AtomicU64, value: u64) -> bool {
-    let end = time::monotonic_nanos() + HANDSHAKE_LIMIT_NANOS;
+    let end = time::now() + HANDSHAKE_LIMIT;
     while stage.load(Ordering::Acquire) != value {
-        if time::monotonic_nanos() > end {
+        if time::now() > end {
             return false;
         }
         core::hint::spin_loop();

@@ -37,9 +37,9 @@ fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
     static SPINS: AtomicU64 = AtomicU64::new(0);
     SECOND_RAN.store(false, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let give_up = time::now() + Duration::from_secs(5);
     let first = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
-        while !SECOND_RAN.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+        while !SECOND_RAN.load(Ordering::SeqCst) && time::now() < give_up {
             SPINS.fetch_add(1, Ordering::Relaxed);
         }
         SECOND_RAN.load(Ordering::SeqCst)
@@ -64,17 +64,18 @@ ktest!(timer_preempts_busy_threads);
 
 fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
+    use keel_sched::Instant;
     /// (deadline, the order in which the sleeper got going again)
-    static WOKEN: Mutex<alloc::vec::Vec<(u64, u64)>, crate::threads::KernelParker> =
+    static WOKEN: Mutex<alloc::vec::Vec<(Instant, Instant)>, crate::threads::KernelParker> =
         Mutex::new(alloc::vec::Vec::new());
     WOKEN.lock().clear();
     let scheduler = crate::threads::scheduler();
     let mut handles = alloc::vec::Vec::new();
     for millis in [9u64, 3, 6, 1] {
         let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
-            let deadline = time::monotonic_nanos() + millis * 1_000_000;
-            crate::threads::scheduler().sleep_until(keel_sched::Instant::from_nanos(deadline));
-            let woke = time::monotonic_nanos();
+            let deadline = time::now() + Duration::from_millis(millis);
+            crate::threads::scheduler().sleep_until(deadline);
+            let woke = time::now();
             WOKEN.lock().push((deadline, woke));
             (deadline, woke)
         });
@@ -84,7 +85,9 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
         }
     }
     for handle in handles {
-        let (deadline, woke) = scheduler.join(handle).unwrap_or((1, 0));
+        let (deadline, woke) = scheduler
+            .join(handle)
+            .unwrap_or((Instant::from_nanos(1), Instant::ZERO));
         check!(woke >= deadline, "woke before the deadline", deadline, woke);
     }
     let woken = WOKEN.lock().clone();
@@ -93,8 +96,9 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     // (Several milliseconds before the idle wait stopped re-arming a stale deadline.)
     for (deadline, woke) in &woken {
         kprintln!(
-            "    deadline {deadline} ns: running again {} us later",
-            (woke - deadline) / 1000
+            "    deadline {} ns: running again {} us later",
+            deadline.as_nanos(),
+            (*woke - *deadline).as_micros()
         );
     }
     Ok(())
@@ -265,7 +269,7 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
     RESUMED.store(false, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
     let last = scheduler.cpu_count() - 1;
-    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let give_up = time::now() + Duration::from_secs(5);
     let owner = scheduler.spawn(
         keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(last)),
         move || {
@@ -274,17 +278,17 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
                 scheduler.current_id().map_or(0, |id| id.get()),
                 Ordering::SeqCst,
             );
-            while !PARK_NOW.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+            while !PARK_NOW.load(Ordering::SeqCst) && time::now() < give_up {
                 core::hint::spin_loop();
             }
-            while !RESUMED.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+            while !RESUMED.load(Ordering::SeqCst) && time::now() < give_up {
                 scheduler.park();
             }
         },
     );
     check!(owner.is_ok(), "spawn failed");
     let Ok(owner) = owner else { return Ok(()) };
-    while ID.load(Ordering::SeqCst) == 0 && time::monotonic_nanos() < give_up {
+    while ID.load(Ordering::SeqCst) == 0 && time::now() < give_up {
         scheduler.sleep(Duration::from_millis(1));
     }
     let id = ThreadId::from_u64(ID.load(Ordering::SeqCst));
@@ -296,7 +300,7 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
     let nonexistent_cpu = crate::threads::KernelParker::owner_is_running(id, u32::MAX);
     PARK_NOW.store(true, Ordering::SeqCst);
     let mut parked_seen = false;
-    while time::monotonic_nanos() < give_up {
+    while time::now() < give_up {
         if !crate::threads::KernelParker::owner_is_running(id, cpu_hint) {
             parked_seen = true;
             break;
@@ -559,9 +563,9 @@ fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
             let mut handles = alloc::vec::Vec::new();
             for _ in 0..8 {
                 if let Ok(handle) = scheduler.spawn(keel_sched::SpawnOptions::new(), || {
-                    let end = time::monotonic_nanos() + 60_000_000;
+                    let end = time::now() + Duration::from_millis(60);
                     let mut spins = 0u64;
-                    while time::monotonic_nanos() < end {
+                    while time::now() < end {
                         spins = black_box(spins + 1);
                     }
                     keel_arch_x86_64::percpu::current_index()
