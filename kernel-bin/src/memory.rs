@@ -197,14 +197,12 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let reserved = [
         // Firmware data (BIOS data area, EBDA, the AP trampoline page).
         PhysRange::new(PhysAddr::new(0), PhysAddr::new(0x10_0000)),
+        // The image is identity-mapped: its virtual addresses are physical ones.
         PhysRange::new(
-            PhysAddr::new(info.layout.start),
-            PhysAddr::new(info.layout.end),
+            PhysAddr::new(info.layout.start.as_u64()),
+            PhysAddr::new(info.layout.end.as_u64()),
         ),
-        PhysRange::new(
-            PhysAddr::new(tables),
-            PhysAddr::new(tables + keel_arch_x86_64::paging::TABLE_REGION_SIZE),
-        ),
+        PhysRange::new(tables, tables + keel_arch_x86_64::paging::TABLE_REGION_SIZE),
     ];
     let plan = keel_memmap::plan(
         ram,

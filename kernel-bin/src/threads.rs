@@ -19,6 +19,7 @@ use keel_arch_x86_64::interrupts::{self, TrapFrame};
 use keel_arch_x86_64::{apic, paging, percpu, time};
 use keel_pagealloc::{PAGE_SIZE, PageRange};
 use keel_sched::{Arch, CpuId, Instant, Scheduler, SchedulerConfig, StackMemory};
+use keel_types::VirtAddr;
 
 /// Event counters of the machine side of scheduling (for experiments such as
 /// `app=lockbench`; relaxed, approximate under concurrency only in their ordering).
@@ -83,7 +84,7 @@ impl Drop for KernelStack {
     fn drop(&mut self) {
         let guard = self.pages.start.as_u64() * PAGE_SIZE;
         // The guard page must be mapped again before the pages go back to the allocator.
-        if let Err(error) = paging::set_guard_page(guard, false) {
+        if let Err(error) = paging::set_guard_page(VirtAddr::new(guard), false) {
             log::error!("cannot unmap-guard stack page {guard:#x}: {error}; leaking the stack");
             return;
         }
@@ -184,7 +185,7 @@ unsafe impl Arch for KernelArch {
         let pages = (size as u64).div_ceil(PAGE_SIZE) + 1;
         let range = memory::alloc_pages(pages).ok()?;
         let guard = range.start.as_u64() * PAGE_SIZE;
-        if paging::set_guard_page(guard, true).is_err() {
+        if paging::set_guard_page(VirtAddr::new(guard), true).is_err() {
             let _ = memory::free_pages(range);
             return None;
         }

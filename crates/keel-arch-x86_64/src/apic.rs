@@ -60,15 +60,15 @@ pub struct ApicInfo {
     /// The APIC id of this CPU.
     pub id: u32,
     /// Physical base of the xAPIC MMIO page.
-    pub mmio_base: u64,
+    pub mmio_base: keel_types::PhysAddr,
     /// Timer ticks per second after the divider.
     pub timer_hertz: u64,
 }
 
 /// The physical address of the xAPIC page, for the page-table builder to map uncached.
-pub fn mmio_base_from_msr() -> u64 {
+pub fn mmio_base_from_msr() -> keel_types::PhysAddr {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
-    unsafe { Msr::new(IA32_APIC_BASE).read() & 0x000f_ffff_ffff_f000 }
+    keel_types::PhysAddr::new(unsafe { Msr::new(IA32_APIC_BASE).read() } & 0x000f_ffff_ffff_f000)
 }
 
 fn read(register: u32) -> u32 {
@@ -138,7 +138,7 @@ pub fn init() -> ApicInfo {
     ApicInfo {
         x2apic,
         id: current_id(),
-        mmio_base: base,
+        mmio_base: keel_types::PhysAddr::new(base),
         timer_hertz,
     }
 }

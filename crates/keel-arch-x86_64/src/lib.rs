@@ -173,7 +173,7 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
     percpu::init_this_cpu(0, apic.id);
     percpu::mark_online();
     phases.apic = time::read_tsc();
-    let platform = platform::discover(boot.rsdp.as_u64());
+    let platform = platform::discover(boot.rsdp);
     let info = ArchInfo {
         boot,
         tsc,

@@ -1,6 +1,7 @@
 //! Physical and virtual addresses, page frame numbers and the page size.
 
 use core::fmt;
+use core::ops::{Add, Sub};
 
 /// The size of one page frame in bytes (4 KiB, the x86-64 base page).
 pub const PAGE_SIZE: u64 = 4096;
@@ -118,6 +119,33 @@ macro_rules! address_methods {
             }
         }
 
+        impl Add<u64> for $name {
+            type Output = $name;
+
+            /// The address `bytes` further on; panics on overflow (in every build,
+            /// unlike `u64`'s `+`: an address past the top is always a bug). Use
+            /// [`checked_add`](Self::checked_add) where it may happen.
+            fn add(self, bytes: u64) -> $name {
+                self.checked_add(bytes).expect("address overflow")
+            }
+        }
+
+        impl Sub<u64> for $name {
+            type Output = $name;
+
+            /// The address `bytes` further back; panics below zero (see `Add`).
+            fn sub(self, bytes: u64) -> $name {
+                self.checked_sub(bytes).expect("address underflow")
+            }
+        }
+
+        impl fmt::Debug for $name {
+            /// `PhysAddr(0x1000)`: addresses read best in hex.
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(formatter, "{}({:#x})", stringify!($name), self.0)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(formatter, "{:#x}", self.0)
@@ -136,7 +164,7 @@ macro_rules! address_methods {
 ///
 /// Any `u64` is accepted; the type itself never dereferences one (reaching physical
 /// memory goes through the mapping its owner keeps).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PhysAddr(u64);
 
 address_methods!(PhysAddr);
@@ -154,7 +182,7 @@ impl PhysAddr {
 /// Any `u64` is accepted (canonical form is not checked: nothing that takes one here
 /// builds page-table indices from a non-canonical address without the paging code's
 /// own checks).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VirtAddr(u64);
 
 address_methods!(VirtAddr);
@@ -276,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn operators() {
+        assert_eq!(VirtAddr::new(0x1000) + 0x10, VirtAddr::new(0x1010));
+        assert_eq!(PhysAddr::new(0x1000) - 0x1000, PhysAddr::new(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "address overflow")]
+    fn add_operator_panics_on_overflow() {
+        let _ = VirtAddr::new(u64::MAX) + 1;
+    }
+
+    #[test]
+    #[should_panic(expected = "address underflow")]
+    fn sub_operator_panics_below_zero() {
+        let _ = PhysAddr::new(4) - 5;
+    }
+
+    #[test]
     #[should_panic(expected = "power of two")]
     fn alignment_must_be_a_power_of_two() {
         let _ = PhysAddr::new(0x1000).is_aligned(3);
@@ -321,6 +367,11 @@ mod tests {
         assert_eq!(format!("{:#x}", VirtAddr(0xabc)), "0xabc");
         assert_eq!(format!("{:08x}", PhysAddr(0xabc)), "00000abc");
         assert_eq!(format!("{}", PageFrameNumber(0x10)), "pfn 0x10");
+        assert_eq!(format!("{:?}", PhysAddr(0x1000)), "PhysAddr(0x1000)");
+        assert_eq!(
+            format!("{:?}", Some(VirtAddr(0x20))),
+            "Some(VirtAddr(0x20))"
+        );
         let value = 5u32;
         assert_eq!(
             VirtAddr::from_ptr(&raw const value).as_u64(),

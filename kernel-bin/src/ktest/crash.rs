@@ -121,7 +121,7 @@ fn fault_with_rbp_in_guard() {
     let inside_guard = guard_page_of_current_thread() + 0x800;
     // SAFETY: deliberately not safe: points rbp into the guard page and raises #UD,
     // which the kernel reports without returning.
-    unsafe { core::arch::asm!("mov rbp, {}", "ud2", in(reg) inside_guard) };
+    unsafe { core::arch::asm!("mov rbp, {}", "ud2", in(reg) inside_guard.as_u64()) };
 }
 
 /// Crash case `thread-guard-in-entry-stub`: a thread's stack pointer is 64 bytes above
@@ -144,7 +144,7 @@ fn interrupt_just_above_guard() {
     // SAFETY: deliberately not safe: moves rsp to the bottom of the thread's stack and
     // raises an interrupt, whose frame cannot fit above the guard page; the kernel
     // reports the page fault and never returns here.
-    unsafe { core::arch::asm!("mov rsp, {}", "int 0x9e", "ud2", in(reg) low) };
+    unsafe { core::arch::asm!("mov rsp, {}", "int 0x9e", "ud2", in(reg) low.as_u64()) };
 }
 
 /// Crash cases `two-cpus-crash-at-once` (`cpu1_panics`) and `two-cpus-fault-at-once`

@@ -12,6 +12,7 @@ use keel_arch_x86_64::tlb::{self, Flush};
 use keel_arch_x86_64::{ArchInfo, kprintln, paging, percpu, time};
 use keel_pagealloc::PageRange;
 use keel_sched::{CpuId, SpawnOptions};
+use keel_types::{PhysAddr, VirtAddr};
 use x86_64::structures::paging::PageTableFlags;
 
 /// A liveness guard for the hand-shakes between the two threads (seconds, not a timed
@@ -70,7 +71,7 @@ fn cross_cpu_remap(page: u64, new_frame: u64, reader_cpu: usize) -> Option<(u64,
             STAGE.store(3, Ordering::Release);
             return false;
         }
-        let remapped = paging::map_page_to(page, new_frame);
+        let remapped = paging::map_page_to(VirtAddr::new(page), PhysAddr::new(new_frame));
         STAGE.store(2, Ordering::Release);
         remapped.is_ok()
     });
@@ -104,7 +105,7 @@ fn remap_seen_on_every_other_cpu(page: u64, other: u64) -> TestResult {
         fill_page(page, BEFORE | tag);
         fill_page(other, AFTER | tag);
         let reads = cross_cpu_remap(page, other, reader_cpu);
-        let restored = paging::map_page_to(page, page);
+        let restored = paging::map_page_to(VirtAddr::new(page), PhysAddr::new(page));
         check!(restored.is_ok(), "mapping the page back failed", restored);
         check!(reads.is_some(), "the two-CPU hand-shake failed", reader_cpu);
         let Some((first, second)) = reads else {
@@ -168,7 +169,9 @@ fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
         runs.push(run);
         let start = run.start.as_u64() * paging::PAGE_SIZE;
         let block = start.next_multiple_of(HUGE);
-        if paging::flags_of(block).is_some_and(|flags| flags.contains(PageTableFlags::HUGE_PAGE)) {
+        if paging::flags_of(VirtAddr::new(block))
+            .is_some_and(|flags| flags.contains(PageTableFlags::HUGE_PAGE))
+        {
             huge_block = Some(block);
             break;
         }
@@ -183,7 +186,7 @@ fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
         }),
     };
     let split = huge_block.map(|block| {
-        paging::flags_of(block + 0x10_0000)
+        paging::flags_of(VirtAddr::new(block + 0x10_0000))
             .is_some_and(|flags| !flags.contains(PageTableFlags::HUGE_PAGE))
     });
     for run in runs {
@@ -390,7 +393,7 @@ fn guard_set_on_another_cpu() {
     });
     let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         if wait_for(&STAGE, 1) {
-            let guarded = paging::set_guard_page(page, true);
+            let guarded = paging::set_guard_page(VirtAddr::new(page), true);
             kprintln!("ktest: CPU 0 made {page:#x} a guard page: {guarded:?}");
             STAGE.store(2, Ordering::Release);
         }
