@@ -600,7 +600,7 @@ fn finish(flush: PendingFlush) {
         Flush::All
     } else {
         Flush::Pages {
-            start: flush.page,
+            start: keel_types::VirtAddr::new(flush.page),
             count: 1,
         }
     };

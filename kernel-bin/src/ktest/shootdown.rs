@@ -232,7 +232,7 @@ fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
                         Flush::All
                     } else {
                         Flush::Pages {
-                            start: address,
+                            start: VirtAddr::new(address),
                             count: 1 + round % 4,
                         }
                     });
@@ -285,7 +285,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     let Some(page) = page else { return Ok(()) };
     let address = page.as_u64() * paging::PAGE_SIZE;
     let flush = Flush::Pages {
-        start: address,
+        start: VirtAddr::new(address),
         count: 1,
     };
     let measure = move |round: fn(Flush), count: usize| {
