@@ -10,13 +10,17 @@
 //!   [`CpuId::index`].
 //! - [`PhysAddr`], [`VirtAddr`], [`PageFrameNumber`] and the page size
 //!   ([`PAGE_SIZE`], [`PAGE_SHIFT`]): byte addresses in the two address spaces and
-//!   4 KiB frame numbers, with checked arithmetic and alignment helpers. Neither
-//!   address type is dereferenceable by itself: turning one into a pointer is the
-//!   business of the crate that owns the mapping.
+//!   4 KiB frame numbers, with checked arithmetic (`checked_add`, `checked_sub`, and
+//!   `+`/`-` of a byte count that panic on overflow in every build) and alignment
+//!   helpers; `Debug` prints them in hex. Neither address type is dereferenceable by
+//!   itself, and neither converts into the other: turning one into a pointer, or a
+//!   virtual address into a physical one, is the business of the crate that owns the
+//!   mapping (Keel's kernel identity-maps RAM, and says so where it relies on it).
 //! - [`Instant`]: a point on the kernel's monotonic clock in nanoseconds since an
 //!   arbitrary origin (the arch clock's), with [`core::time::Duration`] for spans:
-//!   `Instant + Duration`, `Instant - Instant -> Duration`, and saturating and
-//!   checked forms.
+//!   `Instant + Duration` (panics past [`Instant::MAX`]; `checked_add` and
+//!   `saturating_add` do not), `Instant - Instant -> Duration` (saturating at zero, as
+//!   `std`'s).
 //!
 //! The crate is a leaf: no dependencies, no `unsafe`, no global state, nothing that
 //! touches hardware. Every future subsystem crate (virtio, VFS, ELF, libc) is meant to

@@ -1,7 +1,7 @@
 //! A point on the kernel's monotonic clock, in nanoseconds.
 
 use core::fmt;
-use core::ops::{Add, AddAssign, Sub};
+use core::ops::{Add, Sub};
 use core::time::Duration;
 
 /// A point on a monotonic clock: nanoseconds since the clock's arbitrary origin (the
@@ -60,15 +60,6 @@ impl Instant {
         }
     }
 
-    /// The time from `earlier` to `self`, or `None` if `earlier` is later.
-    #[must_use]
-    pub const fn checked_duration_since(self, earlier: Self) -> Option<Duration> {
-        match self.0.checked_sub(earlier.0) {
-            Some(nanos) => Some(Duration::from_nanos(nanos)),
-            None => None,
-        }
-    }
-
     /// The time from `earlier` to `self`, or zero if `earlier` is later.
     #[must_use]
     pub const fn saturating_duration_since(self, earlier: Self) -> Duration {
@@ -93,12 +84,6 @@ impl Add<Duration> for Instant {
     fn add(self, duration: Duration) -> Instant {
         self.checked_add(duration)
             .expect("overflow when adding a duration to an instant")
-    }
-}
-
-impl AddAssign<Duration> for Instant {
-    fn add_assign(&mut self, duration: Duration) {
-        *self = *self + duration;
     }
 }
 
@@ -132,9 +117,6 @@ mod tests {
     fn adding_durations() {
         let start = Instant::from_nanos(1_000);
         assert_eq!(start + Duration::from_micros(2), Instant::from_nanos(3_000));
-        let mut moving = start;
-        moving += Duration::from_nanos(5);
-        assert_eq!(moving.as_nanos(), 1_005);
         assert_eq!(
             start.checked_add(Duration::from_secs(1)),
             Some(Instant::from_nanos(1_000_001_000))
@@ -171,11 +153,11 @@ mod tests {
         let later = Instant::from_nanos(4_000_000_002);
         assert_eq!(later - earlier, Duration::new(3, 999_998_502));
         assert_eq!(earlier - later, Duration::ZERO);
-        assert_eq!(earlier.checked_duration_since(later), None);
         assert_eq!(
-            later.checked_duration_since(earlier),
-            Some(Duration::from_nanos(3_999_998_502))
+            later.saturating_duration_since(earlier),
+            Duration::from_nanos(3_999_998_502)
         );
+        assert_eq!(earlier.saturating_duration_since(later), Duration::ZERO);
         assert_eq!(later.saturating_duration_since(later), Duration::ZERO);
         assert_eq!(Instant::MAX - Instant::ZERO, Duration::from_nanos(u64::MAX));
     }
