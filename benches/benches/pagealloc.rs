@@ -53,9 +53,12 @@ fn prefill_plan() -> Vec<(u32, bool)> {
 }
 
 fn keel_allocator(metadata: &mut [PageMeta]) -> BuddyAllocator<'_> {
-    let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber(0));
+    let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     allocator
-        .add_free_range(PageRange::new(PageFrameNumber(BASE), PAGES as u64 - BASE))
+        .add_free_range(PageRange::new(
+            PageFrameNumber::new(BASE),
+            PAGES as u64 - BASE,
+        ))
         .expect("add memory");
     let plan = prefill_plan();
     let blocks: Vec<_> = plan
@@ -127,7 +130,7 @@ fn single_page_burst(criterion: &mut Criterion) {
     let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
     let mut global = keel_allocator(&mut metadata);
     let mut cache = PerCpuPageCache::<64>::new();
-    let mut pages = [PageFrameNumber(0); BURST];
+    let mut pages = [PageFrameNumber::new(0); BURST];
     group.bench_function("keel", |bencher| {
         bencher.iter(|| {
             for page in &mut pages {

@@ -85,8 +85,8 @@ fn keel_round_trips(machine: &Machine<FairPolicy>, iters: u64, apart: bool) -> D
     let scheduler = Arc::clone(machine.scheduler());
     let (main_options, partner_options) = if apart {
         (
-            SpawnOptions::new().pin(CpuId(0)),
-            SpawnOptions::new().pin(CpuId(1)),
+            SpawnOptions::new().pin(CpuId::new(0)),
+            SpawnOptions::new().pin(CpuId::new(1)),
         )
     } else {
         (SpawnOptions::new(), SpawnOptions::new())
@@ -473,7 +473,7 @@ fn pingpong_apart(c: &mut Criterion) {
 
 fn pingpong_crowd(c: &mut Criterion) {
     let config = SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     };
     let mut group = c.benchmark_group("switch/pingpong-crowd");
@@ -495,7 +495,7 @@ fn pingpong_crowd(c: &mut Criterion) {
 
 fn yields(c: &mut Criterion) {
     let config = SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     };
     let machine = Machine::<FairPolicy>::with_config(1, config);

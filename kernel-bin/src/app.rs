@@ -19,7 +19,7 @@ const TEXT: &str = "the mutex that never spins the scheduler that never ticks wh
 
 /// Runs the application and returns how the VM should exit.
 pub fn main(info: &ArchInfo) -> ExitCode {
-    let start = time::monotonic_nanos();
+    let start = time::now();
     kprintln!("hello from Keel: one application, one address space, no system calls");
 
     // A sieve of Eratosthenes over a heap-allocated table.
@@ -47,7 +47,7 @@ pub fn main(info: &ArchInfo) -> ExitCode {
     let workers = scheduler.cpu_count();
     let mut handles = Vec::new();
     for worker in 0..workers {
-        let options = SpawnOptions::new().pin(CpuId(worker));
+        let options = SpawnOptions::new().pin(CpuId::new(worker));
         let spawned = scheduler.spawn(options, move || {
             let mut local: BTreeMap<&str, usize> = BTreeMap::new();
             for word in TEXT.split_whitespace().skip(worker).step_by(workers) {
@@ -92,7 +92,7 @@ pub fn main(info: &ArchInfo) -> ExitCode {
         stats.live_allocations,
         stats.bytes_in_use,
         memory::free_page_count() * 4096 / (1024 * 1024),
-        (time::monotonic_nanos() - start) / 1000,
+        (time::now() - start).as_micros(),
         info.boot.command_line()
     );
     ExitCode::Success

@@ -131,7 +131,7 @@ pub fn run(info: &'static ArchInfo) -> ! {
         registry::cases(),
         info,
         &filter,
-        keel_arch_x86_64::time::monotonic_nanos,
+        keel_arch_x86_64::time::now,
         &mut Console,
     );
     keel_arch_x86_64::cpu::exit(if summary.succeeded() {
@@ -158,7 +158,7 @@ fn on_every_cpu<T: Send + 'static>(
     let scheduler = crate::threads::scheduler();
     let mut results = alloc::vec::Vec::new();
     for cpu in 0..scheduler.cpu_count() {
-        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId(cpu)), move || {
+        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(cpu)), move || {
             (percpu::current_index(), body())
         });
         check!(spawned.is_ok(), "spawn failed", cpu);

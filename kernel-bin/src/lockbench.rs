@@ -101,10 +101,10 @@ pub fn run(info: &ArchInfo) -> bool {
         let mut shared = SHARED.lock();
         shared.counter = 0;
     }
-    let start = time::monotonic_nanos();
+    let start = time::now();
     let mut handles = Vec::new();
     for index in 0..thread_count {
-        let options = SpawnOptions::new().pin(CpuId(index as usize % cpus));
+        let options = SpawnOptions::new().pin(CpuId::new(index as usize % cpus));
         match scheduler.spawn(options, move || {
             for round in 0..per_thread {
                 let mut guard = SHARED.lock();
@@ -121,7 +121,8 @@ pub fn run(info: &ArchInfo) -> bool {
     for handle in handles {
         scheduler.join(handle);
     }
-    let elapsed = time::monotonic_nanos() - start;
+    // Nanoseconds; a u64 holds 584 years of them.
+    let elapsed = u64::try_from((time::now() - start).as_nanos()).unwrap_or(u64::MAX);
     let counters = &threads::COUNTERS;
     let count = |counter: &core::sync::atomic::AtomicU64| {
         counter.load(core::sync::atomic::Ordering::Relaxed)

@@ -166,7 +166,7 @@ fn log_boot_details(info: &ArchInfo) {
 
 /// An address in hex, or `none`; formats without allocating (this runs before the heap
 /// exists).
-struct OptionalAddress(Option<u64>);
+struct OptionalAddress(Option<keel_pagealloc::PhysAddr>);
 
 impl core::fmt::Display for OptionalAddress {
     fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -350,7 +350,7 @@ fn print_banner(
 ) {
     let mut brand_buffer = [0u8; 48];
     let brand = cpu::brand(&mut brand_buffer);
-    let boot_micros = time::nanos_since_entry(main_tsc) / 1_000;
+    let boot_micros = time::instant_at_tsc(main_tsc).as_nanos() / 1_000;
     kprintln!("");
     kprintln!("Keel {} - a research unikernel", env!("CARGO_PKG_VERSION"));
     let cpus = match &info.platform {
@@ -396,7 +396,7 @@ fn print_banner(
         info.apic.timer_hertz / 1000
     );
     kprintln!("  cmdline: {:?}", info.boot.command_line());
-    let phase = |from: u64, to: u64| time::ticks_to_nanos(to.saturating_sub(from)) / 1000;
+    let phase = |from: u64, to: u64| time::ticks_to_duration(to.saturating_sub(from)).as_micros();
     let phases = &info.phases;
     kprintln!(
         "boot: early {} us, TSC calibration {} us, paging {} us, APIC {} us, memory and APs {} us",

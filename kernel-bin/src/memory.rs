@@ -23,7 +23,7 @@ use keel_heap::{KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
     BuddyAllocator, DEFAULT_CACHE_CAPACITY, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta,
-    PageRange, PageSource, PerCpuPageCache, metadata_bytes,
+    PageRange, PageSource, PerCpuPageCache, PhysAddr, metadata_bytes,
 };
 use keel_sync::SpinLock;
 
@@ -179,7 +179,7 @@ fn cpus_to_start(info: &ArchInfo) -> u64 {
 /// against [`boot_demand`] and places the page metadata; this writes the metadata array
 /// there and hands the plan's free ranges to the buddy allocator.
 pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
-    let mut ram = [PhysRange::new(0, 0); MAX_RAM_REGIONS];
+    let mut ram = [PhysRange::new(PhysAddr::new(0), PhysAddr::new(0)); MAX_RAM_REGIONS];
     let mut ram_count = 0;
     for region in info.boot.memory_regions() {
         if region.kind != MemoryKind::Ram {
@@ -196,8 +196,12 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let tables = info.paging.table_region_start;
     let reserved = [
         // Firmware data (BIOS data area, EBDA, the AP trampoline page).
-        PhysRange::new(0, 0x10_0000),
-        PhysRange::new(info.layout.start, info.layout.end),
+        PhysRange::new(PhysAddr::new(0), PhysAddr::new(0x10_0000)),
+        // The image is identity-mapped: its virtual addresses are physical ones.
+        PhysRange::new(
+            PhysAddr::new(info.layout.start.as_u64()),
+            PhysAddr::new(info.layout.end.as_u64()),
+        ),
         PhysRange::new(tables, tables + keel_arch_x86_64::paging::TABLE_REGION_SIZE),
     ];
     let plan = keel_memmap::plan(
@@ -208,7 +212,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     )
     .map_err(MemoryError::Plan)?;
     let slots = plan.span_pages as usize;
-    let metadata_pointer = plan.metadata.start as *mut PageMeta;
+    let metadata_pointer = plan.metadata.start.as_u64() as *mut PageMeta;
     // SAFETY: the plan put the metadata range inside one RAM region, outside low memory,
     // the kernel image and the page tables, and never hands it to the allocator; it is
     // identity-mapped read-write, page aligned (so aligned for PageMeta) and at least
@@ -224,10 +228,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     let mut failure = None;
     plan.for_each_free_range(ram, &reserved, &mut |piece| {
-        let range = PageRange::new(
-            PageFrameNumber::new(piece.start / PAGE_SIZE),
-            piece.len() / PAGE_SIZE,
-        );
+        let range = PageRange::new(piece.start.containing_frame(), piece.len() / PAGE_SIZE);
         if let Err(error) = allocator.add_free_range(range) {
             failure.get_or_insert(error);
         }

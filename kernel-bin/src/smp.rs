@@ -7,6 +7,7 @@ use keel_arch_x86_64::gdt::IST_COUNT;
 use keel_arch_x86_64::{ArchInfo, apic, cpu, gdt, interrupts, paging, percpu, smp, tlb};
 use keel_pagealloc::PAGE_SIZE;
 use keel_sched::CpuId;
+use keel_types::VirtAddr;
 use x86_64::registers::control::Cr3;
 
 /// Bytes of an AP's first stack (its idle loop runs on it).
@@ -20,25 +21,26 @@ static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 static NEXT_AP_IST_TOPS: [AtomicU64; IST_COUNT] = [const { AtomicU64::new(0) }; IST_COUNT];
 
 /// The guard pages of every AP's stacks (first stack and IST stacks), for tests.
-static AP_GUARD_PAGES: keel_sync::SpinLock<alloc::vec::Vec<u64>> =
+static AP_GUARD_PAGES: keel_sync::SpinLock<alloc::vec::Vec<VirtAddr>> =
     keel_sync::SpinLock::new(alloc::vec::Vec::new());
 
 /// The guard pages under the application processors' stacks and IST stacks.
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
-pub fn ap_guard_pages() -> alloc::vec::Vec<u64> {
+pub fn ap_guard_pages() -> alloc::vec::Vec<VirtAddr> {
     AP_GUARD_PAGES.lock().clone()
 }
 
 /// A stack with a guard page below it; returns its top. Never freed (CPUs do not stop).
 /// `above_4g`: only a range that starts at or above 4 GiB will do (a test option).
-fn guarded_stack(bytes: u64, above_4g: bool) -> Option<u64> {
+fn guarded_stack(bytes: u64, above_4g: bool) -> Option<VirtAddr> {
     let pages = bytes.div_ceil(PAGE_SIZE) + 1;
     let range = if above_4g {
         alloc_pages_above_4g(pages)?
     } else {
         memory::alloc_pages(pages).ok()?
     };
-    let bottom = range.start.as_u64() * PAGE_SIZE;
+    // Identity-mapped: the run's physical start is its virtual address.
+    let bottom = VirtAddr::new(range.start.as_u64() * PAGE_SIZE);
     paging::set_guard_page(bottom, true).ok()?;
     AP_GUARD_PAGES.lock().push(bottom);
     Some(bottom + pages * PAGE_SIZE)
@@ -107,7 +109,7 @@ pub fn start_application_processors(info: &ArchInfo) -> usize {
                 log::error!("no memory for the IST stacks of APIC id {apic_id}");
                 return online;
             };
-            top.store(ist_top, Ordering::Relaxed);
+            top.store(ist_top.as_u64(), Ordering::Relaxed);
         }
         let index = online;
         match smp::start_ap(apic_id, index, stack_top) {
@@ -132,7 +134,8 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
     let root = KERNEL_CR3.load(Ordering::Relaxed);
     let frame =
         x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(root));
-    let ist_tops = core::array::from_fn(|slot| NEXT_AP_IST_TOPS[slot].load(Ordering::Relaxed));
+    let ist_tops =
+        core::array::from_fn(|slot| VirtAddr::new(NEXT_AP_IST_TOPS[slot].load(Ordering::Relaxed)));
     // Before the IDT: the entry stubs save extended state with XSAVE when the boot CPU
     // chose it, which needs CR4.OSXSAVE on this CPU too.
     cpu::enable_extended_state();
@@ -160,6 +163,6 @@ pub fn keel_kernel_ap_main(index: usize) -> ! {
         tlb::service_pending();
         core::hint::spin_loop();
     };
-    scheduler.run_cpu(CpuId(index));
+    scheduler.run_cpu(CpuId::new(index));
     panic!("the idle loop of CPU {index} returned")
 }

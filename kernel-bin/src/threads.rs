@@ -12,13 +12,14 @@
 //! CPU 0's idle loop.
 
 use crate::memory;
-use core::num::NonZeroU64;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
+use core::time::Duration;
 use keel_arch_x86_64::interrupts::{self, TrapFrame};
 use keel_arch_x86_64::{apic, paging, percpu, time};
 use keel_pagealloc::{PAGE_SIZE, PageRange};
-use keel_sched::{Arch, CpuId, Scheduler, SchedulerConfig, StackMemory};
+use keel_sched::{Arch, CpuId, Instant, Scheduler, SchedulerConfig, StackMemory};
+use keel_types::VirtAddr;
 
 /// Event counters of the machine side of scheduling (for experiments such as
 /// `app=lockbench`; relaxed, approximate under concurrency only in their ordering).
@@ -83,7 +84,7 @@ impl Drop for KernelStack {
     fn drop(&mut self) {
         let guard = self.pages.start.as_u64() * PAGE_SIZE;
         // The guard page must be mapped again before the pages go back to the allocator.
-        if let Err(error) = paging::set_guard_page(guard, false) {
+        if let Err(error) = paging::set_guard_page(VirtAddr::new(guard), false) {
             log::error!("cannot unmap-guard stack page {guard:#x}: {error}; leaking the stack");
             return;
         }
@@ -112,7 +113,7 @@ unsafe impl Arch for KernelArch {
         record
             .scheduling
             .load(Ordering::Relaxed)
-            .then(|| CpuId(record.index.load(Ordering::Relaxed)))
+            .then(|| CpuId::new(record.index.load(Ordering::Relaxed)))
     }
 
     fn cpu_online(&self, _cpu: CpuId) {
@@ -129,13 +130,13 @@ unsafe impl Arch for KernelArch {
         x86_64::instructions::interrupts::enable();
     }
 
-    fn now_nanos(&self) -> u64 {
-        time::monotonic_nanos()
+    fn now(&self) -> Instant {
+        time::now()
     }
 
-    fn arm_timer(&self, _cpu: CpuId, deadline_nanos: u64) {
-        let now = time::monotonic_nanos();
-        apic::arm_oneshot(deadline_nanos.saturating_sub(now).max(1_000));
+    fn arm_timer(&self, _cpu: CpuId, deadline: Instant) {
+        let delay = deadline.saturating_duration_since(time::now());
+        apic::arm_oneshot(delay.max(Duration::from_micros(1)));
     }
 
     fn cancel_timer(&self, _cpu: CpuId) {
@@ -143,9 +144,9 @@ unsafe impl Arch for KernelArch {
     }
 
     fn send_wakeup(&self, cpu: CpuId) {
-        if let Some(record) = percpu::get(cpu.0) {
+        if let Some(record) = percpu::get(cpu.index()) {
             record.wakeup_pending.store(true, Ordering::SeqCst);
-            if cpu.0 != percpu::current_index() {
+            if cpu.index() != percpu::current_index() {
                 COUNTERS.wakeup_ipis.fetch_add(1, Ordering::Relaxed);
                 apic::send_ipi(
                     record.apic_id.load(Ordering::Relaxed),
@@ -155,7 +156,7 @@ unsafe impl Arch for KernelArch {
         }
     }
 
-    fn idle_wait(&self, _cpu: CpuId, _deadline_nanos: Option<u64>) {
+    fn idle_wait(&self, _cpu: CpuId, _deadline: Option<Instant>) {
         let record = percpu::current();
         x86_64::instructions::interrupts::disable();
         // A wake-up that arrived since the scheduler set its sleeping flag left this
@@ -166,7 +167,7 @@ unsafe impl Arch for KernelArch {
         } else {
             COUNTERS.halts.fetch_add(1, Ordering::Relaxed);
             // The timer is not re-armed here: the scheduler armed it for its earliest
-            // deadline, and `deadline_nanos` may be stale (read before a timer
+            // deadline, and `deadline` may be stale (read before a timer
             // interrupt switched to a thread that slept with an earlier deadline);
             // re-arming for it made such sleepers oversleep.
             x86_64::instructions::interrupts::enable_and_hlt();
@@ -177,18 +178,18 @@ unsafe impl Arch for KernelArch {
     }
 
     fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
-        keel_arch_x86_64::steal_time::is_preempted(cpu.0)
+        keel_arch_x86_64::steal_time::is_preempted(cpu.index())
     }
 
     fn set_running_thread(&self, _cpu: CpuId, thread: Option<keel_sched::ThreadId>) {
-        percpu::set_current_thread_id(thread.map_or(0, |id| id.0));
+        percpu::set_current_thread_id(thread.map_or(0, keel_sched::ThreadId::get));
     }
 
     fn allocate_stack(&self, size: usize) -> Option<KernelStack> {
         let pages = (size as u64).div_ceil(PAGE_SIZE) + 1;
         let range = memory::alloc_pages(pages).ok()?;
         let guard = range.start.as_u64() * PAGE_SIZE;
-        if paging::set_guard_page(guard, true).is_err() {
+        if paging::set_guard_page(VirtAddr::new(guard), true).is_err() {
             let _ = memory::free_pages(range);
             return None;
         }
@@ -270,7 +271,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
             KernelArch { cpu_count },
             SchedulerConfig {
                 default_stack_size: DEFAULT_STACK_SIZE,
-                balance_interval_nanos: Some(10_000_000),
+                balance_interval: Some(Duration::from_millis(10)),
                 // OSv polls 10 000 times before halting. Here polling vCPUs steal host
                 // time from the vCPU that holds (or is handed) a lock, and `pause` is
                 // slow under TCG: 2000 polls made a contended lockbench run 30x
@@ -285,7 +286,7 @@ pub fn start(cpu_count: usize, main: impl FnOnce() + Send + 'static) -> ! {
     if let Err(error) = scheduler.spawn(keel_sched::SpawnOptions::new(), main) {
         panic!("cannot spawn the main thread: {error:?}");
     }
-    scheduler.run_cpu(CpuId(0));
+    scheduler.run_cpu(CpuId::new(0));
     panic!("CPU 0's idle loop returned although the application is still running")
 }
 
@@ -307,12 +308,11 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
 
     /// The id the scheduler recorded in this CPU's per-CPU record at its last switch
     /// (`KernelArch::set_running_thread`), read in one instruction with no interrupt
-    /// mask: the mutex asks at every lock. The scheduler numbers threads from 1 and
-    /// records 0 for its idle loop, so its ids are the mutex's as they are.
-    fn current_id() -> keel_lfmutex::ThreadId {
-        let id = NonZeroU64::new(percpu::current_thread_id())
-            .expect("lock-free mutex used outside a Keel thread");
-        keel_lfmutex::ThreadId::new(id)
+    /// mask: the mutex asks at every lock. The mutex's `ThreadId` is the scheduler's
+    /// type, and the record holds 0 while the idle loop runs.
+    fn current_id() -> keel_sched::ThreadId {
+        keel_sched::ThreadId::from_u64(percpu::current_thread_id())
+            .expect("lock-free mutex used outside a Keel thread")
     }
 
     fn park() {
@@ -338,17 +338,17 @@ unsafe impl keel_lfmutex::Parker for KernelParker {
 
     /// The kernel's monotonic clock (the TSC, scaled).
     fn fairness_clock_nanos() -> Option<u64> {
-        Some(time::monotonic_nanos())
+        Some(time::now().as_nanos())
     }
 
     /// Whether the owner runs on the CPU it took the mutex on, and that vCPU is not
     /// preempted (KVM's steal-time flag; never set under TCG). An owner that has
     /// migrated since counts as not running: the spinner then sleeps, which is
     /// always safe.
-    fn owner_is_running(owner: keel_lfmutex::ThreadId, cpu_hint: u32) -> bool {
+    fn owner_is_running(owner: keel_sched::ThreadId, cpu_hint: u32) -> bool {
         let Ok(cpu) = usize::try_from(cpu_hint) else {
             return false;
         };
-        scheduler().is_running_on(keel_sched::ThreadId(owner.get()), CpuId(cpu))
+        scheduler().is_running_on(owner, CpuId::new(cpu))
     }
 }

@@ -60,15 +60,15 @@ pub struct ApicInfo {
     /// The APIC id of this CPU.
     pub id: u32,
     /// Physical base of the xAPIC MMIO page.
-    pub mmio_base: u64,
+    pub mmio_base: keel_types::PhysAddr,
     /// Timer ticks per second after the divider.
     pub timer_hertz: u64,
 }
 
 /// The physical address of the xAPIC page, for the page-table builder to map uncached.
-pub fn mmio_base_from_msr() -> u64 {
+pub fn mmio_base_from_msr() -> keel_types::PhysAddr {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
-    unsafe { Msr::new(IA32_APIC_BASE).read() & 0x000f_ffff_ffff_f000 }
+    keel_types::PhysAddr::new(unsafe { Msr::new(IA32_APIC_BASE).read() } & 0x000f_ffff_ffff_f000)
 }
 
 fn read(register: u32) -> u32 {
@@ -138,7 +138,7 @@ pub fn init() -> ApicInfo {
     ApicInfo {
         x2apic,
         id: current_id(),
-        mmio_base: base,
+        mmio_base: keel_types::PhysAddr::new(base),
         timer_hertz,
     }
 }
@@ -147,7 +147,7 @@ fn calibrate_timer() -> u64 {
     const WINDOW_NANOS: u64 = 4_000_000;
     write(REGISTER_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, u32::MAX);
-    time::busy_wait_nanos(WINDOW_NANOS);
+    time::busy_wait(core::time::Duration::from_nanos(WINDOW_NANOS));
     let remaining = read(REGISTER_TIMER_CURRENT);
     write(REGISTER_TIMER_INITIAL, 0);
     u64::from(u32::MAX - remaining) * 1_000_000_000 / WINDOW_NANOS
@@ -158,10 +158,13 @@ pub fn timer_hertz() -> u64 {
     TIMER_HERTZ.load(Ordering::Relaxed)
 }
 
-/// Arms the one-shot timer to fire [`TIMER_VECTOR`] after at least `nanos` nanoseconds
-/// (clamped to the counter's 32-bit range). Re-arming replaces the previous deadline.
-pub fn arm_oneshot(nanos: u64) {
-    let ticks = (u128::from(nanos) * u128::from(timer_hertz())).div_ceil(1_000_000_000);
+/// Arms the one-shot timer to fire [`TIMER_VECTOR`] after at least `delay` (clamped to
+/// the counter's 32-bit range). Re-arming replaces the previous deadline.
+pub fn arm_oneshot(delay: core::time::Duration) {
+    let ticks = delay
+        .as_nanos()
+        .saturating_mul(u128::from(timer_hertz()))
+        .div_ceil(1_000_000_000);
     let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
     write(REGISTER_LVT_TIMER, u32::from(TIMER_VECTOR));
     write(REGISTER_TIMER_INITIAL, ticks);

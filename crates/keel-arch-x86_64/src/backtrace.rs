@@ -53,7 +53,8 @@ fn stack_ranges() -> impl Iterator<Item = (u64, u64)> {
         (&raw const crate::boot::keel_boot_stack_guard) as u64 + 4096,
         (&raw const crate::boot::keel_boot_stack_top) as u64,
     );
-    core::iter::once(boot).chain(crate::gdt::ist_stack_ranges())
+    core::iter::once(boot)
+        .chain(crate::gdt::ist_stack_ranges().map(|(bottom, top)| (bottom.as_u64(), top.as_u64())))
 }
 
 /// Whether a frame record at `address` can be read without faulting: inside one of the
@@ -61,8 +62,8 @@ fn stack_ranges() -> impl Iterator<Item = (u64, u64)> {
 fn in_known_stack(address: u64) -> bool {
     stack_ranges().any(|(bottom, top)| address >= bottom && address + 16 <= top)
         || (address >= 4096
-            && crate::paging::flags_of(address).is_some()
-            && crate::paging::flags_of(address + 15).is_some())
+            && crate::paging::flags_of(keel_types::VirtAddr::new(address)).is_some()
+            && crate::paging::flags_of(keel_types::VirtAddr::new(address + 15)).is_some())
 }
 
 /// Writes one line for `address`: `  #n 0x... name+0xoff`.

@@ -8,6 +8,7 @@
 //! corrupting memory.
 
 use core::cell::UnsafeCell;
+use keel_types::VirtAddr as VirtAddress;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -66,18 +67,18 @@ impl<const SIZE: usize> GuardedStack<SIZE> {
     }
 
     /// Address of the guard page.
-    pub fn guard_address(&self) -> u64 {
-        self.guard.get() as u64
+    pub fn guard_address(&self) -> VirtAddress {
+        VirtAddress::from_ptr(self.guard.get())
     }
 
     /// One past the stack's highest byte (the initial stack pointer).
-    pub fn top(&self) -> u64 {
-        self.stack.get() as u64 + SIZE as u64
+    pub fn top(&self) -> VirtAddress {
+        VirtAddress::new(self.bottom().as_u64() + SIZE as u64)
     }
 
     /// The stack's lowest byte.
-    pub fn bottom(&self) -> u64 {
-        self.stack.get() as u64
+    pub fn bottom(&self) -> VirtAddress {
+        VirtAddress::from_ptr(self.stack.get())
     }
 }
 
@@ -106,21 +107,21 @@ static TABLES: Tables = Tables {
 };
 
 /// Guard pages under the IST stacks, for the page-table builder to leave unmapped.
-pub fn ist_guard_pages() -> impl Iterator<Item = u64> {
+pub fn ist_guard_pages() -> impl Iterator<Item = VirtAddress> {
     IST_STACKS.iter().map(GuardedStack::guard_address)
 }
 
 /// Address ranges of the IST stacks (for backtrace bounds checks).
-pub fn ist_stack_ranges() -> impl Iterator<Item = (u64, u64)> {
+pub fn ist_stack_ranges() -> impl Iterator<Item = (VirtAddress, VirtAddress)> {
     IST_STACKS.iter().map(|stack| (stack.bottom(), stack.top()))
 }
 
 /// A TSS whose IST entry for each [`IstSlot`] (TSS slot `slot + 1`) is `ist_tops[slot]`;
 /// no other stack (ring 0 runs on its own stacks, there is no ring 3).
-fn task_state_segment(ist_tops: [u64; IST_COUNT]) -> TaskStateSegment {
+fn task_state_segment(ist_tops: [VirtAddress; IST_COUNT]) -> TaskStateSegment {
     let mut tss = TaskStateSegment::new();
     for (slot, top) in ist_tops.iter().enumerate() {
-        tss.interrupt_stack_table[slot] = VirtAddr::new(*top);
+        tss.interrupt_stack_table[slot] = VirtAddr::new(top.as_u64());
     }
     tss
 }
@@ -170,7 +171,7 @@ unsafe fn fill_and_load(gdt: &'static mut GlobalDescriptorTable, tss: &'static T
 /// # Safety
 /// Call once per AP, on that AP, with interrupts disabled; every top must be the
 /// 16-byte aligned end of a stack of the AP's own.
-pub unsafe fn init_application_processor(ist_tops: [u64; IST_COUNT]) {
+pub unsafe fn init_application_processor(ist_tops: [VirtAddress; IST_COUNT]) {
     let tss = task_state_segment(ist_tops);
     let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
     let gdt: &'static mut GlobalDescriptorTable =
@@ -186,11 +187,17 @@ mod tests {
     #[test]
     fn guarded_stacks_sit_right_above_their_guard_page() {
         for stack in &IST_STACKS {
-            assert_eq!(stack.guard_address() % GUARD_SIZE as u64, 0);
-            assert_eq!(stack.bottom(), stack.guard_address() + GUARD_SIZE as u64);
-            assert_eq!(stack.top(), stack.bottom() + IST_STACK_SIZE as u64);
+            assert!(stack.guard_address().is_aligned(GUARD_SIZE as u64));
+            assert_eq!(
+                stack.bottom().checked_offset_from(stack.guard_address()),
+                Some(GUARD_SIZE as u64)
+            );
+            assert_eq!(
+                stack.top().checked_offset_from(stack.bottom()),
+                Some(IST_STACK_SIZE as u64)
+            );
             // The CPU pushes the interrupt frame at a 16-byte aligned top.
-            assert_eq!(stack.top() % 16, 0);
+            assert!(stack.top().is_aligned(16));
         }
         assert_eq!(ist_guard_pages().count(), IST_COUNT);
         let ranges: std::vec::Vec<_> = ist_stack_ranges().collect();
@@ -204,7 +211,7 @@ mod tests {
     #[test]
     fn task_state_puts_each_slot_in_its_ist_entry() {
         let tops = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
-        let tss = task_state_segment(tops);
+        let tss = task_state_segment(tops.map(VirtAddress::new));
         for slot in [
             IstSlot::Exceptions,
             IstSlot::DoubleFault,
@@ -226,7 +233,7 @@ mod tests {
     #[test]
     fn tss_descriptor_encodes_base_limit_and_type() {
         let tss: &'static TaskStateSegment = std::boxed::Box::leak(std::boxed::Box::new(
-            task_state_segment([0x8000; IST_COUNT]),
+            task_state_segment([VirtAddress::new(0x8000); IST_COUNT]),
         ));
         let Descriptor::SystemSegment(low, high) = Descriptor::tss_segment(tss) else {
             panic!("a TSS descriptor is a 16-byte system segment");

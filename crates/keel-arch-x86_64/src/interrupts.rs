@@ -172,10 +172,8 @@ pub fn begin_crash() -> bool {
         }
     }
     if targets > 0 {
-        let end = crate::time::monotonic_nanos() + STOP_WAIT_NANOS;
-        while STOPPED_COUNT.load(Ordering::Acquire) < targets
-            && crate::time::monotonic_nanos() < end
-        {
+        let end = crate::time::now() + core::time::Duration::from_nanos(STOP_WAIT_NANOS);
+        while STOPPED_COUNT.load(Ordering::Acquire) < targets && crate::time::now() < end {
             core::hint::spin_loop();
         }
     }
@@ -403,7 +401,7 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
             } else {
                 ""
             },
-            if code & 1 == 0 && is_stack_guard(address) {
+            if code & 1 == 0 && is_stack_guard(keel_types::VirtAddr::new(address)) {
                 " (guard page: stack overflow)"
             } else {
                 ""
@@ -455,9 +453,9 @@ fn fatal_exception(frame: &TrapFrame) -> ! {
 /// made a guard with [`crate::paging::set_guard_page`] (every thread stack's and every
 /// AP stack's and IST stack's guard). The fault address is what is compared, never the
 /// frame's rsp: a fault in the entry stub has the IST stack's rsp.
-pub fn is_stack_guard(address: u64) -> bool {
-    let page = address & !0xfff;
-    let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
+pub fn is_stack_guard(address: keel_types::VirtAddr) -> bool {
+    let page = address.align_down_to_page();
+    let boot_guard = keel_types::VirtAddr::from_ptr(&raw const crate::boot::keel_boot_stack_guard);
     page == boot_guard
         || crate::gdt::ist_guard_pages().any(|guard| guard == page)
         || crate::paging::is_guard_page(address)

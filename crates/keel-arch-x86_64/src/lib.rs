@@ -92,14 +92,15 @@ unsafe extern "Rust" {
 struct BootIdentityMap;
 
 impl PhysicalMemory for BootIdentityMap {
-    fn read(&self, address: u64, out: &mut [u8]) -> Result<(), BootInfoError> {
+    fn read(&self, physical: bootinfo::PhysAddr, out: &mut [u8]) -> Result<(), BootInfoError> {
+        let address = physical.as_u64();
         let end = address.checked_add(out.len() as u64);
         // A null pointer is refused; above 4 GiB is not mapped by the boot tables. (The
         // loader may put the start info and memory map in page 0, which the boot tables
         // map; the final tables do not.)
         if address == 0 || end.is_none_or(|end| end > 1 << 32) {
             return Err(BootInfoError::Unreadable {
-                address,
+                address: physical,
                 len: out.len(),
             });
         }
@@ -143,7 +144,10 @@ pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
         interrupts::init();
     }
     tlb::init();
-    let boot = match BootInfo::parse(&BootIdentityMap, u64::from(start_info)) {
+    let boot = match BootInfo::parse(
+        &BootIdentityMap,
+        bootinfo::PhysAddr::new(u64::from(start_info)),
+    ) {
         Ok(boot) => boot,
         Err(error) => boot_failure("bad PVH start info", &error),
     };

@@ -16,7 +16,7 @@ impl Log for SerialLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let micros = time::monotonic_nanos() / 1_000;
+        let micros = time::now().as_nanos() / 1_000;
         serial::with_console(|port| {
             let _ = writeln!(
                 port,

@@ -66,36 +66,38 @@ pub const TABLE_REGION_SIZE: u64 = 2 * 1024 * 1024;
 const PAGE: u64 = 4096;
 const HUGE: u64 = 2 * 1024 * 1024;
 
-/// The kernel image's sections, from the linker script.
+/// The kernel image's sections, from the linker script. Virtual addresses; the image
+/// is identity-mapped, so each is also the physical address of its byte.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelLayout {
     /// First byte of the image.
-    pub start: u64,
+    pub start: keel_types::VirtAddr,
     /// Text (code): `[text_start, text_end)`.
-    pub text_start: u64,
+    pub text_start: keel_types::VirtAddr,
     /// End of text.
-    pub text_end: u64,
+    pub text_end: keel_types::VirtAddr,
     /// Read-only data, including the symbol table.
-    pub rodata_start: u64,
+    pub rodata_start: keel_types::VirtAddr,
     /// End of read-only data.
-    pub rodata_end: u64,
+    pub rodata_end: keel_types::VirtAddr,
     /// Data and bss.
-    pub data_start: u64,
+    pub data_start: keel_types::VirtAddr,
     /// One past the image's last byte.
-    pub end: u64,
+    pub end: keel_types::VirtAddr,
 }
 
 impl KernelLayout {
     /// The running kernel's layout.
     pub fn current() -> Self {
+        use keel_types::VirtAddr as Address;
         Self {
-            start: (&raw const __kernel_start) as u64,
-            text_start: (&raw const __text_start) as u64,
-            text_end: (&raw const __text_end) as u64,
-            rodata_start: (&raw const __rodata_start) as u64,
-            rodata_end: (&raw const __rodata_end) as u64,
-            data_start: (&raw const __data_start) as u64,
-            end: (&raw const __kernel_end) as u64,
+            start: Address::from_ptr(&raw const __kernel_start),
+            text_start: Address::from_ptr(&raw const __text_start),
+            text_end: Address::from_ptr(&raw const __text_end),
+            rodata_start: Address::from_ptr(&raw const __rodata_start),
+            rodata_end: Address::from_ptr(&raw const __rodata_end),
+            data_start: Address::from_ptr(&raw const __data_start),
+            end: Address::from_ptr(&raw const __kernel_end),
         }
     }
 }
@@ -103,8 +105,9 @@ impl KernelLayout {
 /// What [`init`] built.
 #[derive(Debug, Clone, Copy)]
 pub struct PagingReport {
-    /// Physical range used for page-table frames: `[start, start + TABLE_REGION_SIZE)`.
-    pub table_region_start: u64,
+    /// Physical range used for page-table frames: `[start, start + TABLE_REGION_SIZE)`
+    /// (identity-mapped).
+    pub table_region_start: keel_types::PhysAddr,
     /// Frames of the region actually used.
     pub table_frames_used: u64,
     /// Bytes mapped with 2 MiB pages.
@@ -123,7 +126,7 @@ pub enum PagingError {
     /// The bump region ran out of frames.
     OutOfTableFrames,
     /// The address is not mapped (or mapped by a 1 GiB page, which Keel never creates).
-    NotMapped(u64),
+    NotMapped(keel_types::VirtAddr),
 }
 
 impl core::fmt::Display for PagingError {
@@ -283,11 +286,11 @@ fn next_mapping(address: u64, end: u64, avoid: (u64, u64), guards: &[u64]) -> Ma
 fn image_page_flags(layout: &KernelLayout, address: u64) -> PageTableFlags {
     let present = PageTableFlags::PRESENT;
     let no_execute = PageTableFlags::NO_EXECUTE;
-    if address < layout.text_end && address >= layout.text_start {
+    if address < layout.text_end.as_u64() && address >= layout.text_start.as_u64() {
         present
-    } else if address >= layout.rodata_start && address < layout.rodata_end {
+    } else if address >= layout.rodata_start.as_u64() && address < layout.rodata_end.as_u64() {
         present | no_execute
-    } else if address >= layout.data_start {
+    } else if address >= layout.data_start.as_u64() {
         present | PageTableFlags::WRITABLE | no_execute
     } else {
         // Between the image start and the text: headers, never executed.
@@ -345,12 +348,18 @@ fn is_guard_entry(level: usize, entry: u64) -> bool {
 /// # Safety
 /// Call once on the boot CPU, while the boot code's identity map of the first 4 GiB is
 /// active, with interrupts disabled.
-pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, PagingError> {
+pub unsafe fn init(
+    boot: &BootInfo,
+    apic_base: keel_types::PhysAddr,
+) -> Result<PagingReport, PagingError> {
     let layout = KernelLayout::current();
-    let table_start = layout.end.next_multiple_of(PAGE);
+    let (image_start, image_end) = (layout.start.as_u64(), layout.end.as_u64());
+    let table_start = image_end.next_multiple_of(PAGE);
     let table_end = table_start + TABLE_REGION_SIZE;
     let inside_ram = boot.memory_regions().iter().any(|region| {
-        region.kind == MemoryKind::Ram && region.start <= table_start && region.end() >= table_end
+        region.kind == MemoryKind::Ram
+            && region.start.as_u64() <= table_start
+            && region.end().as_u64() >= table_end
     });
     if !inside_ram || table_end > 1 << 32 {
         return Err(PagingError::NoTableRegion);
@@ -378,7 +387,7 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
         mapper,
         frames,
         report: PagingReport {
-            table_region_start: table_start,
+            table_region_start: keel_types::PhysAddr::new(table_start),
             table_frames_used: 0,
             huge_bytes: 0,
             small_bytes: 0,
@@ -388,7 +397,8 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
         guard_count: 0,
     };
     let boot_guard = (&raw const crate::boot::keel_boot_stack_guard) as u64;
-    for guard in core::iter::once(boot_guard).chain(crate::gdt::ist_guard_pages()) {
+    let ist_guards = crate::gdt::ist_guard_pages().map(keel_types::VirtAddr::as_u64);
+    for guard in core::iter::once(boot_guard).chain(ist_guards) {
         if builder.guard_count < builder.guards.len() {
             builder.guards[builder.guard_count] = guard;
             builder.guard_count += 1;
@@ -399,20 +409,25 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
         PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
 
     // The kernel image, section by section, with 4 KiB pages.
-    let mut address = layout.start;
-    while address < layout.end {
+    let mut address = image_start;
+    while address < image_end {
         builder.map_small(address, image_page_flags(&layout, address))?;
         address += PAGE;
     }
-    let image = (layout.start, layout.end.next_multiple_of(PAGE));
+    let image = (image_start, image_end.next_multiple_of(PAGE));
 
     // The low megabyte (BIOS data, ACPI RSDP area) even where the map leaves gaps.
     builder.map_range(PAGE, 0x10_0000, read_write, image)?;
     for region in boot.memory_regions() {
-        builder.map_range(region.start, region.end(), region_flags(region.kind), image)?;
+        builder.map_range(
+            region.start.as_u64(),
+            region.end().as_u64(),
+            region_flags(region.kind),
+            image,
+        )?;
     }
     // Local APIC, I/O APIC, HPET: uncached MMIO.
-    for mmio in [apic_base, 0xfec0_0000, 0xfed0_0000] {
+    for mmio in [apic_base.as_u64(), 0xfec0_0000, 0xfed0_0000] {
         builder.map_range(mmio, mmio + PAGE, read_write | UNCACHED, image)?;
     }
 
@@ -438,8 +453,8 @@ pub unsafe fn init(boot: &BootInfo, apic_base: u64) -> Result<PagingReport, Pagi
 /// The walk reads the tables directly: the x86_64 crate's `translate` answers `Mapped`
 /// for any non-zero last-level entry, present or not, so it called guard pages mapped,
 /// and the backtrace walker, trusting it, faulted on them.
-pub fn flags_of(address: u64) -> Option<PageTableFlags> {
-    let (_, entry) = final_entry(address)?;
+pub fn flags_of(address: keel_types::VirtAddr) -> Option<PageTableFlags> {
+    let (_, entry) = final_entry(address.as_u64())?;
     let flags = PageTableFlags::from_bits_truncate(entry);
     flags.contains(PageTableFlags::PRESENT).then_some(flags)
 }
@@ -448,8 +463,8 @@ pub fn flags_of(address: u64) -> Option<PageTableFlags> {
 /// entry in the active tables is not present but keeps its frame address (nothing else
 /// in Keel leaves a non-zero entry without PRESENT; unmapped memory has zero entries or
 /// no table). Lock-free, so the crash report may ask while any lock is held.
-pub fn is_guard_page(address: u64) -> bool {
-    final_entry(address).is_some_and(|(level, entry)| is_guard_entry(level, entry))
+pub fn is_guard_page(address: keel_types::VirtAddr) -> bool {
+    final_entry(address.as_u64()).is_some_and(|(level, entry)| is_guard_entry(level, entry))
 }
 
 /// The frame-address bits of a page-table entry.
@@ -519,7 +534,7 @@ unsafe fn table_at(address: PhysAddr) -> &'static mut PageTable {
 ///
 /// Call with no lock held that another CPU may spin on with interrupts masked (see
 /// [`crate::tlb`]).
-pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
+pub fn set_guard_page(address: keel_types::VirtAddr, guard: bool) -> Result<(), PagingError> {
     // Thread stacks are freed (and their guard page mapped again) possibly from the
     // scheduler running in an interrupt: never hold the lock with interrupts enabled.
     x86_64::instructions::interrupts::without_interrupts(|| {
@@ -544,7 +559,11 @@ pub fn set_guard_page(address: u64, guard: bool) -> Result<(), PagingError> {
 ///
 /// Call with no lock held that another CPU may spin on with interrupts masked (see
 /// [`crate::tlb`]).
-pub fn map_page_to(address: u64, frame: u64) -> Result<u64, PagingError> {
+pub fn map_page_to(
+    address: keel_types::VirtAddr,
+    frame: keel_types::PhysAddr,
+) -> Result<keel_types::PhysAddr, PagingError> {
+    let frame = frame.as_u64();
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut previous = None;
         let flush = change_last_level(address, |entry| {
@@ -558,7 +577,9 @@ pub fn map_page_to(address: u64, frame: u64) -> Result<u64, PagingError> {
             old != frame & !(PAGE - 1)
         })?;
         finish(flush);
-        previous.ok_or(PagingError::NotMapped(address))
+        previous
+            .map(keel_types::PhysAddr::new)
+            .ok_or(PagingError::NotMapped(address))
     })
 }
 
@@ -579,7 +600,7 @@ fn finish(flush: PendingFlush) {
         Flush::All
     } else {
         Flush::Pages {
-            start: flush.page,
+            start: keel_types::VirtAddr::new(flush.page),
             count: 1,
         }
     };
@@ -595,12 +616,12 @@ fn finish(flush: PendingFlush) {
 /// the mapping (took away presence or rights, or changed the frame). Holds the
 /// page-table lock only while the tables change; the caller flushes afterwards.
 fn change_last_level(
-    address: u64,
+    address: keel_types::VirtAddr,
     change: impl FnOnce(&mut x86_64::structures::paging::page_table::PageTableEntry) -> bool,
 ) -> Result<PendingFlush, PagingError> {
     use x86_64::structures::paging::PageTableIndex;
     let _lock = LIVE_TABLES.lock();
-    let virtual_address = VirtAddr::new(address);
+    let virtual_address = VirtAddr::new(address.as_u64());
     let indices: [PageTableIndex; 4] = [
         virtual_address.p4_index(),
         virtual_address.p3_index(),
@@ -658,7 +679,7 @@ fn change_last_level(
     let level1 = unsafe { table_at(entry2.addr()) };
     let reduced = change(&mut level1[indices[3]]);
     Ok(PendingFlush {
-        page: address,
+        page: address.as_u64(),
         reduced,
         split,
     })
@@ -754,14 +775,15 @@ mod tests {
     }
 
     fn layout() -> KernelLayout {
+        use keel_types::VirtAddr as Address;
         KernelLayout {
-            start: 0x10_0000,
-            text_start: 0x10_1000,
-            text_end: 0x13_0000,
-            rodata_start: 0x13_0000,
-            rodata_end: 0x15_0000,
-            data_start: 0x15_0000,
-            end: 0x3a_4000,
+            start: Address::new(0x10_0000),
+            text_start: Address::new(0x10_1000),
+            text_end: Address::new(0x13_0000),
+            rodata_start: Address::new(0x13_0000),
+            rodata_end: Address::new(0x15_0000),
+            data_start: Address::new(0x15_0000),
+            end: Address::new(0x3a_4000),
         }
     }
 
@@ -778,8 +800,8 @@ mod tests {
         assert_eq!(image_page_flags(&layout, 0x15_0000), p | w | nx, "data");
         assert_eq!(image_page_flags(&layout, 0x3a_3000), p | w | nx, "bss");
         // W^X: no page is both writable and executable.
-        let mut address = layout.start;
-        while address < layout.end {
+        let mut address = layout.start.as_u64();
+        while address < layout.end.as_u64() {
             let flags = image_page_flags(&layout, address);
             assert!(!flags.contains(w) || flags.contains(nx), "{address:#x}");
             address += PAGE;

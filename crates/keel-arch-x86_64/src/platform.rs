@@ -30,7 +30,7 @@ fn is_mapped(start: usize, size: usize) -> bool {
     let last = (start as u64).saturating_add(size.max(1) as u64 - 1) & !0xfff;
     (first..=last)
         .step_by(4096)
-        .all(|page| paging::flags_of(page).is_some())
+        .all(|page| paging::flags_of(keel_types::VirtAddr::new(page)).is_some())
 }
 
 impl AcpiHandler for IdentityMapped {
@@ -72,7 +72,7 @@ pub struct Platform {
     /// not started.
     pub cpus_online_capable: usize,
     /// Physical address of the first I/O APIC, if any.
-    pub io_apic: Option<u64>,
+    pub io_apic: Option<keel_types::PhysAddr>,
 }
 
 impl Platform {
@@ -103,7 +103,8 @@ impl From<acpi::AcpiError> for PlatformError {
 }
 
 /// Reads the MADT. `rsdp` is the start info's RSDP address (0: scan the BIOS area).
-pub fn discover(rsdp: u64) -> Result<Platform, PlatformError> {
+pub fn discover(rsdp: keel_types::PhysAddr) -> Result<Platform, PlatformError> {
+    let rsdp = rsdp.as_u64();
     // SAFETY: the identity map covers the low megabyte (scanned when rsdp is 0) and every
     // memory-map region, where firmware puts the tables; the handler guards the rest.
     let tables = unsafe {

@@ -408,8 +408,8 @@ fn install_early_fault_tables() {
 }
 
 fn wait_alive(micros: u64) -> bool {
-    let end = time::monotonic_nanos() + micros * 1000;
-    while time::monotonic_nanos() < end {
+    let end = time::now() + core::time::Duration::from_micros(micros);
+    while time::now() < end {
         if AP_ALIVE.load(Ordering::Acquire) {
             return true;
         }
@@ -449,19 +449,23 @@ fn init_delay_nanos() -> u64 {
 /// Starts the AP with local APIC id `apic_id` as CPU `index`, on a stack whose top is
 /// `stack_top`, and waits until it runs Rust code. The AP runs on this CPU's current page
 /// tables from its first stack access, so they must map the stack and the kernel.
-pub fn start_ap(apic_id: u32, index: usize, stack_top: u64) -> Result<(), StartError> {
+pub fn start_ap(
+    apic_id: u32,
+    index: usize,
+    stack_top: keel_types::VirtAddr,
+) -> Result<(), StartError> {
     AP_ALIVE.store(false, Ordering::Release);
     let (root, _) = x86_64::registers::control::Cr3::read();
     // SAFETY: no AP is starting concurrently (APs start one at a time and read these
     // only before signalling AP_ALIVE).
     unsafe {
-        (&raw mut keel_ap_stack_top).write_volatile(stack_top);
+        (&raw mut keel_ap_stack_top).write_volatile(stack_top.as_u64());
         (&raw mut keel_ap_cpu_index).write_volatile(index as u64);
         (&raw mut keel_ap_cr3).write_volatile(root.start_address().as_u64());
     }
     let page = (TRAMPOLINE_ADDRESS >> 12) as u8;
     apic::send_ipi(apic_id, IpiKind::Init);
-    time::busy_wait_nanos(init_delay_nanos());
+    time::busy_wait(core::time::Duration::from_nanos(init_delay_nanos()));
     for _ in 0..2 {
         apic::send_ipi(apic_id, IpiKind::Startup(page));
         if wait_alive(200) {

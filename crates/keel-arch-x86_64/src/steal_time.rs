@@ -88,14 +88,14 @@ pub fn is_preempted(index: usize) -> bool {
         && AREAS[index].preempted.load(Ordering::Relaxed) & KVM_VCPU_PREEMPTED != 0
 }
 
-/// The time KVM reports CPU `index` was runnable but not running, in nanoseconds
-/// (0 where nothing tells). Torn reads across KVM's updates are possible (its
-/// `version` protocol is not followed): a statistic, not a clock.
-pub fn stolen_nanos(index: usize) -> u64 {
+/// The time KVM reports CPU `index` was runnable but not running (zero where nothing
+/// tells). Torn reads across KVM's updates are possible (its `version` protocol is not
+/// followed): a statistic, not a clock.
+pub fn stolen_time(index: usize) -> core::time::Duration {
     if index < MAX_CPUS && ENABLED[index].load(Ordering::Acquire) {
-        AREAS[index].steal.load(Ordering::Relaxed)
+        core::time::Duration::from_nanos(AREAS[index].steal.load(Ordering::Relaxed))
     } else {
-        0
+        core::time::Duration::ZERO
     }
 }
 

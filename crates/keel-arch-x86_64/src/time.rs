@@ -1,4 +1,5 @@
-//! The TSC and the monotonic nanosecond clock.
+//! The TSC and the monotonic nanosecond clock ([`now`], a `keel-types` [`Instant`]:
+//! nanoseconds since the PVH entry; spans are [`Duration`]s).
 //!
 //! The TSC frequency is measured against the legacy PIT (channel 0, polled through the
 //! counter latch): three windows of [`PIT_WINDOW_MILLIS`] ms, median taken, accepted only when
@@ -10,6 +11,8 @@
 //! wait is bounded, so calibration cannot hang.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+use keel_types::Instant;
 use raw_cpuid::CpuId;
 use x86_64::instructions::port::Port;
 
@@ -186,30 +189,37 @@ pub fn tsc_hertz() -> u64 {
     TSC_HERTZ.load(Ordering::Relaxed)
 }
 
-/// Converts a TSC delta to nanoseconds (0 before calibration).
-pub fn ticks_to_nanos(ticks: u64) -> u64 {
+/// A TSC delta in nanoseconds (0 before calibration).
+fn ticks_to_nanos(ticks: u64) -> u64 {
     let fixed = NANOS_PER_TICK_FIXED.load(Ordering::Relaxed);
     ((u128::from(ticks) * u128::from(fixed)) >> 32) as u64
 }
 
-/// Converts nanoseconds to TSC ticks (0 before calibration).
-pub fn nanos_to_ticks(nanos: u64) -> u64 {
-    (u128::from(nanos) * u128::from(tsc_hertz()) / 1_000_000_000) as u64
+/// Converts a TSC delta to a duration (zero before calibration).
+pub fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_nanos(ticks_to_nanos(ticks))
 }
 
-/// Nanoseconds since the PVH entry; monotonic, 0 before calibration.
-pub fn monotonic_nanos() -> u64 {
-    ticks_to_nanos(read_tsc().saturating_sub(tsc_at_entry()))
+/// Converts a duration to TSC ticks (0 before calibration; saturating at `u64::MAX`).
+pub fn duration_to_ticks(duration: Duration) -> u64 {
+    let ticks = duration.as_nanos().saturating_mul(u128::from(tsc_hertz())) / 1_000_000_000;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
-/// Nanoseconds from the PVH entry to the TSC value `tsc`.
-pub fn nanos_since_entry(tsc: u64) -> u64 {
-    ticks_to_nanos(tsc.saturating_sub(tsc_at_entry()))
+/// The monotonic clock: nanoseconds since the PVH entry, [`Instant::ZERO`] before
+/// calibration. The scheduler's clock (`kernel-bin`'s `Arch::now`).
+pub fn now() -> Instant {
+    instant_at_tsc(read_tsc())
 }
 
-/// Spins for at least `nanos` nanoseconds (after calibration).
-pub fn busy_wait_nanos(nanos: u64) {
-    let end = read_tsc().saturating_add(nanos_to_ticks(nanos));
+/// The instant on [`now`]'s clock at which the TSC read `tsc`.
+pub fn instant_at_tsc(tsc: u64) -> Instant {
+    Instant::from_nanos(ticks_to_nanos(tsc.saturating_sub(tsc_at_entry())))
+}
+
+/// Spins for at least `duration` (after calibration).
+pub fn busy_wait(duration: Duration) {
+    let end = read_tsc().saturating_add(duration_to_ticks(duration));
     while read_tsc() < end {
         core::hint::spin_loop();
     }

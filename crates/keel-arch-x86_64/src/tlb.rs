@@ -40,7 +40,7 @@ pub enum Flush {
     /// `count` 4 KiB pages from the page containing `start`.
     Pages {
         /// An address in the first page.
-        start: u64,
+        start: keel_types::VirtAddr,
         /// Number of pages.
         count: u64,
     },
@@ -84,7 +84,7 @@ fn on_shootdown_ipi(_: &mut TrapFrame) {
 pub fn flush_local(flush: Flush) {
     match flush {
         Flush::Pages { start, count } if count <= MAX_INVLPG_PAGES => {
-            let first = start & !(PAGE - 1);
+            let first = start.align_down_to_page().as_u64();
             for page in 0..count {
                 x86_64::instructions::tlb::flush(VirtAddr::new_truncate(first + page * PAGE));
             }
@@ -109,7 +109,10 @@ pub fn service_pending() {
     flush_local(if count == COUNT_ALL {
         Flush::All
     } else {
-        Flush::Pages { start, count }
+        Flush::Pages {
+            start: keel_types::VirtAddr::new(start),
+            count,
+        }
     });
     HANDLED.fetch_add(1, Ordering::Relaxed);
     REMAINING.fetch_sub(1, Ordering::AcqRel);
@@ -136,7 +139,7 @@ pub fn shootdown(flush: Flush) {
         }
         let me = percpu::current_index();
         let (start, count) = match flush {
-            Flush::Pages { start, count } => (start, count),
+            Flush::Pages { start, count } => (start.as_u64(), count),
             Flush::All => (0, COUNT_ALL),
         };
         REQUEST_START.store(start, Ordering::Relaxed);

@@ -4,7 +4,9 @@
 //! parser reads it through [`PhysicalMemory`] (a fake on the host, identity-mapped
 //! memory in the guest), validates the magic, version and every count and length, and
 //! copies what it keeps into a fixed-size [`BootInfo`] (no heap exists yet). Bad input
-//! yields a [`BootInfoError`], never a panic. Layout: Xen's
+//! yields a [`BootInfoError`], never a panic. Physical addresses (the structure's own,
+//! memory regions, modules, the RSDP, the MADT's I/O APIC) are `keel-types`'
+//! [`PhysAddr`], re-exported here. Layout: Xen's
 //! `xen/include/public/arch-x86/hvm/start_info.h`.
 //!
 //! A crate of its own (rather than a module of `keel-arch-x86_64`) so that it has no
@@ -14,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 use core::fmt;
+
+pub use keel_types::PhysAddr;
 
 pub mod madt;
 
@@ -30,7 +34,7 @@ pub const MAX_MODULES: usize = 8;
 pub trait PhysicalMemory {
     /// Fills `out` with the bytes at physical `address`, or fails if they are not
     /// readable.
-    fn read(&self, address: u64, out: &mut [u8]) -> Result<(), BootInfoError>;
+    fn read(&self, address: PhysAddr, out: &mut [u8]) -> Result<(), BootInfoError>;
 }
 
 /// What is wrong with the start-info structure.
@@ -46,7 +50,7 @@ pub enum BootInfoError {
     /// A referenced address cannot be read.
     Unreadable {
         /// The physical address.
-        address: u64,
+        address: PhysAddr,
         /// Bytes that were to be read.
         len: usize,
     },
@@ -114,7 +118,7 @@ impl MemoryKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryRegion {
     /// Physical start address.
-    pub start: u64,
+    pub start: PhysAddr,
     /// Length in bytes.
     pub size: u64,
     /// What the region is.
@@ -123,8 +127,8 @@ pub struct MemoryRegion {
 
 impl MemoryRegion {
     /// One past the last byte (saturating).
-    pub fn end(&self) -> u64 {
-        self.start.saturating_add(self.size)
+    pub fn end(&self) -> PhysAddr {
+        PhysAddr::new(self.start.as_u64().saturating_add(self.size))
     }
 }
 
@@ -132,7 +136,7 @@ impl MemoryRegion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BootModule {
     /// Physical address.
-    pub start: u64,
+    pub start: PhysAddr,
     /// Size in bytes.
     pub size: u64,
 }
@@ -151,13 +155,13 @@ pub struct BootInfo {
     modules: [BootModule; MAX_MODULES],
     module_count: usize,
     /// Physical address of the ACPI RSDP, 0 when the loader gave none.
-    pub rsdp: u64,
+    pub rsdp: PhysAddr,
     /// The start-info version.
     pub version: u32,
 }
 
 const EMPTY_REGION: MemoryRegion = MemoryRegion {
-    start: 0,
+    start: PhysAddr::new(0),
     size: 0,
     kind: MemoryKind::Reserved,
 };
@@ -167,7 +171,7 @@ fn read_array<const N: usize>(
     address: u64,
 ) -> Result<[u8; N], BootInfoError> {
     let mut bytes = [0u8; N];
-    memory.read(address, &mut bytes)?;
+    memory.read(PhysAddr::new(address), &mut bytes)?;
     Ok(bytes)
 }
 
@@ -181,8 +185,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 impl BootInfo {
     /// Parses the structure at physical `address`.
-    pub fn parse(memory: &impl PhysicalMemory, address: u64) -> Result<Self, BootInfoError> {
-        let header: [u8; 56] = read_array(memory, address)?;
+    pub fn parse(memory: &impl PhysicalMemory, address: PhysAddr) -> Result<Self, BootInfoError> {
+        let header: [u8; 56] = read_array(memory, address.as_u64())?;
         let magic = u32_at(&header, 0);
         if magic != START_INFO_MAGIC {
             return Err(BootInfoError::BadMagic(magic));
@@ -207,13 +211,13 @@ impl BootInfo {
             command_line_truncated: false,
             modules: [BootModule::default(); MAX_MODULES],
             module_count: 0,
-            rsdp,
+            rsdp: PhysAddr::new(rsdp),
             version,
         };
         for index in 0..memmap_entries.min(MAX_MEMORY_REGIONS) {
             let entry: [u8; 24] = read_array(memory, memmap + index as u64 * 24)?;
             let region = MemoryRegion {
-                start: u64_at(&entry, 0),
+                start: PhysAddr::new(u64_at(&entry, 0)),
                 size: u64_at(&entry, 8),
                 kind: MemoryKind::from_raw(u32_at(&entry, 16)),
             };
@@ -232,7 +236,7 @@ impl BootInfo {
         for index in 0..module_count_raw.min(MAX_MODULES) {
             let entry: [u8; 32] = read_array(memory, modlist + index as u64 * 32)?;
             info.modules[index] = BootModule {
-                start: u64_at(&entry, 0),
+                start: PhysAddr::new(u64_at(&entry, 0)),
                 size: u64_at(&entry, 8),
             };
             info.module_count += 1;
@@ -250,7 +254,10 @@ impl BootInfo {
             }
             if info.command_line_len == MAX_COMMAND_LINE {
                 let mut next = [0u8; 1];
-                memory.read(command_line_address + MAX_COMMAND_LINE as u64, &mut next)?;
+                memory.read(
+                    PhysAddr::new(command_line_address + MAX_COMMAND_LINE as u64),
+                    &mut next,
+                )?;
                 info.command_line_truncated = next[0] != 0;
             }
             if core::str::from_utf8(&info.command_line[..info.command_line_len]).is_err() {
@@ -315,8 +322,8 @@ mod tests {
     struct FakeMemory(Vec<u8>);
 
     impl PhysicalMemory for FakeMemory {
-        fn read(&self, address: u64, out: &mut [u8]) -> Result<(), BootInfoError> {
-            let start = address as usize;
+        fn read(&self, address: PhysAddr, out: &mut [u8]) -> Result<(), BootInfoError> {
+            let start = address.as_u64() as usize;
             let bytes = self
                 .0
                 .get(start..start + out.len())
@@ -365,14 +372,14 @@ mod tests {
                 (0x100000, 0x7f00000, 1),
             ],
         );
-        let info = BootInfo::parse(&memory, 0x100).unwrap();
+        let info = BootInfo::parse(&memory, PhysAddr::new(0x100)).unwrap();
         assert_eq!(info.memory_regions().len(), 3);
         assert_eq!(info.usable_memory(), 0x9fc00 + 0x7f00000);
         assert_eq!(info.memory_regions()[1].kind, MemoryKind::Reserved);
         assert_eq!(info.command_line_value("log"), Some("info"));
         assert!(info.command_line_has("ktest"));
         assert!(!info.command_line_has("quiet"));
-        assert_eq!(info.rsdp, 0xf0000);
+        assert_eq!(info.rsdp, PhysAddr::new(0xf0000));
     }
 
     #[test]
@@ -380,28 +387,28 @@ mod tests {
         let mut memory = sample(b"\0", &[(0x100000, 0x100000, 1)]);
         memory.0[0x100] = 0;
         assert!(matches!(
-            BootInfo::parse(&memory, 0x100),
+            BootInfo::parse(&memory, PhysAddr::new(0x100)),
             Err(BootInfoError::BadMagic(_))
         ));
         let memory = sample(b"\0", &[(0x100000, 0x100000, 2)]);
         assert_eq!(
-            BootInfo::parse(&memory, 0x100).unwrap_err(),
+            BootInfo::parse(&memory, PhysAddr::new(0x100)).unwrap_err(),
             BootInfoError::NoUsableMemory
         );
         let memory = sample(b"\xff\xfe\0", &[(0x100000, 0x100000, 1)]);
         assert_eq!(
-            BootInfo::parse(&memory, 0x100).unwrap_err(),
+            BootInfo::parse(&memory, PhysAddr::new(0x100)).unwrap_err(),
             BootInfoError::CommandLineNotUtf8
         );
         // A memory map pointer past the end of memory.
         let mut memory = sample(b"\0", &[(0x100000, 0x100000, 1)]);
         put(&mut memory.0, 0x100 + 40, &0xffff_0000u64.to_le_bytes());
         assert!(matches!(
-            BootInfo::parse(&memory, 0x100),
+            BootInfo::parse(&memory, PhysAddr::new(0x100)),
             Err(BootInfoError::Unreadable { .. })
         ));
         // Start info itself unreadable.
-        assert!(BootInfo::parse(&memory, 0x10_0000).is_err());
+        assert!(BootInfo::parse(&memory, PhysAddr::new(0x10_0000)).is_err());
     }
 
     #[test]
@@ -410,12 +417,12 @@ mod tests {
         // are counted as dropped; no attempt to read 96 GiB of entries.
         let mut memory = sample(b"\0", &[(0x100000, 0x100000, 1)]);
         put(&mut memory.0, 0x100 + 48, &u32::MAX.to_le_bytes());
-        let info = BootInfo::parse(&memory, 0x100).unwrap();
+        let info = BootInfo::parse(&memory, PhysAddr::new(0x100)).unwrap();
         assert_eq!(info.regions_dropped, u32::MAX as usize - MAX_MEMORY_REGIONS);
         assert_eq!(info.memory_regions().len(), 1, "zeroed entries are skipped");
         let mut memory = sample(b"\0", &[(0x100000, 0x100000, 1)]);
         put(&mut memory.0, 0x100 + 48, &200u32.to_le_bytes());
-        let info = BootInfo::parse(&memory, 0x100).unwrap();
+        let info = BootInfo::parse(&memory, PhysAddr::new(0x100)).unwrap();
         assert_eq!(info.regions_dropped, 200 - MAX_MEMORY_REGIONS);
     }
 }

@@ -20,6 +20,8 @@
 
 use core::fmt;
 
+use crate::PhysAddr;
+
 /// CPUs whose ids are kept at most (the architecture crate's limit).
 pub const MAX_CPUS: usize = 64;
 
@@ -96,7 +98,7 @@ pub struct MadtCpus {
     /// Entries with neither flag: CPUs that are not there and cannot be plugged in.
     pub absent: usize,
     /// Physical address of the first I/O APIC entry, if any.
-    pub io_apic: Option<u64>,
+    pub io_apic: Option<PhysAddr>,
 }
 
 impl MadtCpus {
@@ -196,7 +198,7 @@ pub fn parse(bytes: &[u8]) -> Result<MadtCpus, MadtError> {
             TYPE_LOCAL_APIC => cpus.note(u32_at(entry, 4), u32::from(entry[3])),
             // Type 1: I/O APIC id (u8), reserved (u8), address (u32), GSI base (u32).
             TYPE_IO_APIC if cpus.io_apic.is_none() => {
-                cpus.io_apic = Some(u64::from(u32_at(entry, 4)));
+                cpus.io_apic = Some(PhysAddr::new(u64::from(u32_at(entry, 4))));
             }
             // Type 9: reserved (u16), x2APIC id (u32), flags (u32), ACPI uid (u32).
             TYPE_LOCAL_X2APIC => cpus.note(u32_at(entry, 8), u32_at(entry, 4)),
@@ -273,7 +275,7 @@ mod tests {
         assert_eq!(cpus.absent, 2);
         assert_eq!(cpus.online_capable, 0);
         assert_eq!(cpus.dropped, 0);
-        assert_eq!(cpus.io_apic, Some(0xfec0_0000));
+        assert_eq!(cpus.io_apic, Some(PhysAddr::new(0xfec0_0000)));
     }
 
     #[test]
@@ -292,7 +294,11 @@ mod tests {
         assert_eq!(cpus.apic_ids(), &[0, 2, 0x101]);
         assert_eq!(cpus.online_capable, 2);
         assert_eq!(cpus.absent, 1);
-        assert_eq!(cpus.io_apic, Some(0xfec0_0000), "the first I/O APIC");
+        assert_eq!(
+            cpus.io_apic,
+            Some(PhysAddr::new(0xfec0_0000)),
+            "the first I/O APIC"
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `keel-lfmutex`'s `Parker` on host threads.
 
 use core::cell::Cell;
-use core::num::NonZeroU64;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_lfmutex::{Parker, RunningTable, ThreadId};
@@ -50,11 +49,9 @@ unsafe impl Parker for StdParker {
             if id == 0 {
                 id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 cached.set(id);
-                RUNNING.mark_running(ThreadId::new(
-                    NonZeroU64::new(id).expect("thread ids start at 1"),
-                ));
+                RUNNING.mark_running(ThreadId::from_u64(id).expect("thread ids start at 1"));
             }
-            ThreadId::new(NonZeroU64::new(id).expect("thread ids start at 1"))
+            ThreadId::from_u64(id).expect("thread ids start at 1")
         })
     }
 

@@ -86,7 +86,7 @@ pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
     let Some(cpu) = arch.current_cpu() else {
         return;
     };
-    if arch.cpus[cpu.0]
+    if arch.cpus[cpu.index()]
         .wakeup_pending
         .swap(false, Ordering::SeqCst)
     {
@@ -96,9 +96,9 @@ pub fn interrupt_point<P: Policy>(scheduler: &Scheduler<HostedArch, P>) {
     let Some(cpu) = arch.current_cpu() else {
         return;
     };
-    let timer = &arch.cpus[cpu.0].timer_deadline;
+    let timer = &arch.cpus[cpu.index()].timer_deadline;
     let deadline = timer.load(Ordering::Relaxed);
-    if deadline != u64::MAX && arch.now_nanos() >= deadline {
+    if deadline != u64::MAX && arch.now().as_nanos() >= deadline {
         timer.store(u64::MAX, Ordering::Relaxed);
         scheduler.timer_interrupt();
     }
@@ -205,27 +205,28 @@ struct HostedCpu {
 impl HostedArch {
     /// A machine with `cpu_count` CPUs (at least one).
     pub fn new(cpu_count: usize) -> Self {
-        Self::with_clock_offsets(&std::vec![0; cpu_count])
+        Self::with_clock_offsets(&std::vec![Duration::ZERO; cpu_count])
     }
 
-    /// A machine with one CPU per entry of `offsets_nanos`, whose clock reads
-    /// `offsets_nanos[cpu]` ahead when read on that CPU (and with no offset off the
-    /// CPUs). Each CPU's clock stays monotonic; a thread that migrates sees it jump.
-    pub fn with_clock_offsets(offsets_nanos: &[u64]) -> Self {
-        assert!(!offsets_nanos.is_empty(), "a machine needs a CPU");
+    /// A machine with one CPU per entry of `offsets`, whose clock reads
+    /// `offsets[cpu]` ahead when read on that CPU (and with no offset off the CPUs;
+    /// an offset past `u64::MAX` nanoseconds saturates). Each CPU's clock stays
+    /// monotonic; a thread that migrates sees it jump.
+    pub fn with_clock_offsets(offsets: &[Duration]) -> Self {
+        assert!(!offsets.is_empty(), "a machine needs a CPU");
         Self {
-            cpus: offsets_nanos
+            cpus: offsets
                 .iter()
-                .map(|&offset| HostedCpu {
+                .map(|offset| HostedCpu {
                     os_thread: OnceLock::new(),
                     timer_deadline: AtomicU64::new(u64::MAX),
                     wakeup_pending: AtomicBool::new(false),
                     preempted: AtomicBool::new(false),
-                    clock_offset_nanos: offset,
+                    clock_offset_nanos: u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX),
                 })
                 .collect(),
             clock: Clock::new(),
-            has_clock_offsets: offsets_nanos.iter().any(|&offset| offset != 0),
+            has_clock_offsets: offsets.iter().any(|offset| !offset.is_zero()),
         }
     }
 
@@ -237,7 +238,7 @@ impl HostedArch {
     /// # Panics
     /// If `cpu` does not exist.
     pub fn set_cpu_preempted(&self, cpu: CpuId, preempted: bool) {
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .preempted
             .store(preempted, Ordering::Relaxed);
     }
@@ -264,43 +265,46 @@ unsafe impl Arch for HostedArch {
 
     fn current_cpu(&self) -> Option<CpuId> {
         let (identity, cpu) = read_current_cpu();
-        (identity == self.identity()).then_some(CpuId(cpu))
+        (identity == self.identity()).then_some(CpuId::new(cpu))
     }
 
     fn cpu_online(&self, cpu: CpuId) {
         assert!(
-            self.cpus[cpu.0].os_thread.set(thread::current()).is_ok(),
+            self.cpus[cpu.index()]
+                .os_thread
+                .set(thread::current())
+                .is_ok(),
             "CPU {} started twice",
-            cpu.0
+            cpu.index()
         );
         assert_eq!(read_current_cpu().0, 0, "this OS thread already runs a CPU");
-        CURRENT_CPU.with(|slot| slot.set((self.identity(), cpu.0)));
+        CURRENT_CPU.with(|slot| slot.set((self.identity(), cpu.index())));
     }
 
     fn mask_interrupts(&self) -> Self::InterruptGuard {}
 
     fn enable_interrupts(&self) {}
 
-    fn now_nanos(&self) -> u64 {
+    fn now(&self) -> keel_sched::Instant {
         let now = self.clock.now_nanos();
         if !self.has_clock_offsets {
             // The usual case: no CPU lookup (a thread-local read) on every decision.
-            return now;
+            return keel_sched::Instant::from_nanos(now);
         }
         let offset = self
             .current_cpu()
-            .map_or(0, |cpu| self.cpus[cpu.0].clock_offset_nanos);
-        now.saturating_add(offset)
+            .map_or(0, |cpu| self.cpus[cpu.index()].clock_offset_nanos);
+        keel_sched::Instant::from_nanos(now.saturating_add(offset))
     }
 
-    fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64) {
-        self.cpus[cpu.0]
+    fn arm_timer(&self, cpu: CpuId, deadline: keel_sched::Instant) {
+        self.cpus[cpu.index()]
             .timer_deadline
-            .store(deadline_nanos, Ordering::Relaxed);
+            .store(deadline.as_nanos(), Ordering::Relaxed);
     }
 
     fn cancel_timer(&self, cpu: CpuId) {
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .timer_deadline
             .store(u64::MAX, Ordering::Relaxed);
     }
@@ -309,37 +313,41 @@ unsafe impl Arch for HostedArch {
         // Like the kernel, a CPU sends itself no IPI: only another CPU's (or a host
         // thread's) wake-up raises the line.
         if self.current_cpu() != Some(cpu) {
-            self.cpus[cpu.0]
+            self.cpus[cpu.index()]
                 .wakeup_pending
                 .store(true, Ordering::SeqCst);
         }
         // Not online yet: it will look at its queue when it starts.
-        if let Some(os_thread) = self.cpus[cpu.0].os_thread.get() {
+        if let Some(os_thread) = self.cpus[cpu.index()].os_thread.get() {
             os_thread.unpark();
         }
     }
 
-    fn idle_wait(&self, cpu: CpuId, deadline_nanos: Option<u64>) {
-        let armed = self.cpus[cpu.0].timer_deadline.load(Ordering::Relaxed);
-        let deadline = deadline_nanos.unwrap_or(u64::MAX).min(armed);
+    fn idle_wait(&self, cpu: CpuId, deadline: Option<keel_sched::Instant>) {
+        let armed = self.cpus[cpu.index()]
+            .timer_deadline
+            .load(Ordering::Relaxed);
+        let deadline = deadline
+            .map_or(u64::MAX, keel_sched::Instant::as_nanos)
+            .min(armed);
         if deadline == u64::MAX {
             thread::park();
         } else {
-            let now = self.now_nanos();
+            let now = self.now().as_nanos();
             if deadline > now {
                 thread::park_timeout(Duration::from_nanos(deadline - now));
             }
         }
         // The wake-up that ended the wait was taken by it (the idle loop drains the
         // queue next), as the kernel's `hlt` takes the IPI.
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .wakeup_pending
             .store(false, Ordering::SeqCst);
     }
 
     fn is_cpu_preempted(&self, cpu: CpuId) -> bool {
         self.cpus
-            .get(cpu.0)
+            .get(cpu.index())
             .is_some_and(|shared| shared.preempted.load(Ordering::Relaxed))
     }
 
@@ -464,7 +472,7 @@ impl<P: Policy> Machine<P> {
                 let scheduler = Arc::clone(&scheduler);
                 thread::Builder::new()
                     .name(std::format!("keel-cpu{cpu}"))
-                    .spawn(move || scheduler.run_cpu(CpuId(cpu)))
+                    .spawn(move || scheduler.run_cpu(CpuId::new(cpu)))
                     .expect("could not start a CPU thread")
             })
             .collect();

@@ -23,13 +23,13 @@ const GUARD: Duration = Duration::from_secs(5);
 
 fn config() -> SchedulerConfig {
     SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     }
 }
 
 fn pinned(cpu: usize) -> SpawnOptions {
-    SpawnOptions::new().pin(CpuId(cpu))
+    SpawnOptions::new().pin(CpuId::new(cpu))
 }
 
 /// Spins, taking interrupts, until `flag` is set or [`GUARD`] passes; whether it was
@@ -51,7 +51,7 @@ fn wait_for<P: Policy>(scheduler: &Scheduler<HostedArch, P>, flag: &AtomicBool) 
     let start = Instant::now();
     while !flag.load(Ordering::SeqCst) {
         assert!(start.elapsed() < GUARD, "a helper thread never got going");
-        scheduler.sleep(1_000_000);
+        scheduler.sleep(Duration::from_millis(1));
     }
 }
 
@@ -236,7 +236,7 @@ fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins() {
         let (s2, ran2) = (Arc::clone(&scheduler), Arc::clone(&ran));
         let sleeper = scheduler
             .spawn(pinned(0), move || {
-                s2.sleep(20_000_000);
+                s2.sleep(Duration::from_millis(20));
                 ran2.store(true, Ordering::SeqCst);
             })
             .unwrap();
@@ -259,7 +259,7 @@ fn thread_moved_by_the_balancer_runs_while_its_new_cpu_spins() {
     let machine = Machine::<FairPolicy>::with_config(
         2,
         SchedulerConfig {
-            balance_interval_nanos: Some(0),
+            balance_interval: Some(Duration::ZERO),
             ..SchedulerConfig::default()
         },
     );
@@ -288,7 +288,7 @@ fn thread_moved_by_the_balancer_runs_while_its_new_cpu_spins() {
                     .spawn(SpawnOptions::new(), move || {
                         let start = Instant::now();
                         while !moved2.load(Ordering::SeqCst) && start.elapsed() < GUARD {
-                            if s2.arch().current_cpu() == Some(CpuId(1)) {
+                            if s2.arch().current_cpu() == Some(CpuId::new(1)) {
                                 moved2.store(true, Ordering::SeqCst);
                             }
                             s2.yield_now();
@@ -313,11 +313,11 @@ fn thread_moved_by_the_balancer_runs_while_its_new_cpu_spins() {
 /// deadline.
 #[test]
 fn sleeper_moved_to_a_cpu_whose_clock_lags_still_wakes() {
-    const HOUR: u64 = 3_600_000_000_000;
+    const HOUR: Duration = Duration::from_secs(3_600);
     let machine = Machine::<FairPolicy>::with_arch(
-        HostedArch::with_clock_offsets(&[HOUR, 0]),
+        HostedArch::with_clock_offsets(&[HOUR, Duration::ZERO]),
         SchedulerConfig {
-            balance_interval_nanos: Some(0),
+            balance_interval: Some(Duration::ZERO),
             ..SchedulerConfig::default()
         },
         |_| FairPolicy::default(),
@@ -340,8 +340,11 @@ fn sleeper_moved_to_a_cpu_whose_clock_lags_still_wakes() {
             .spawn(pinned(0), move || {
                 s3.spawn(SpawnOptions::new(), move || {
                     asleep2.store(true, Ordering::SeqCst);
-                    s2.sleep(20_000_000);
-                    let cpu = s2.arch().current_cpu().map_or(u64::MAX, |c| c.0 as u64);
+                    s2.sleep(Duration::from_millis(20));
+                    let cpu = s2
+                        .arch()
+                        .current_cpu()
+                        .map_or(u64::MAX, |c| c.index() as u64);
                     woke_on2.store(cpu, Ordering::SeqCst);
                 })
                 .unwrap()
@@ -366,11 +369,11 @@ fn sleeper_moved_to_a_cpu_whose_clock_lags_still_wakes() {
         wait_for(&scheduler, &asleep);
         // Give it time to block, then wake it spuriously: it is queued on CPU 0, whose
         // balancer moves it to CPU 1 (load 3 against 1), where it blocks again.
-        scheduler.sleep(2_000_000);
+        scheduler.sleep(Duration::from_millis(2));
         scheduler.unpark(sleeper.thread());
         let start = Instant::now();
         while woke_on.load(Ordering::SeqCst) == u64::MAX && start.elapsed() < GUARD {
-            scheduler.sleep(1_000_000);
+            scheduler.sleep(Duration::from_millis(1));
         }
         done.store(true, Ordering::SeqCst);
         for hog in hogs {

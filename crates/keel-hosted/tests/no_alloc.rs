@@ -75,14 +75,14 @@ type Sched<P> = Arc<Scheduler<HostedArch, P>>;
 /// A machine whose CPUs' OS threads are marked for counting.
 fn machine<P: Policy>(cpus: usize, make_policy: impl FnMut(CpuId) -> P) -> Machine<P> {
     let config = SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     };
     let machine = Machine::with_policy(cpus, config, make_policy);
     for cpu in 0..cpus {
         let handle = machine
             .scheduler()
-            .spawn(SpawnOptions::new().pin(CpuId(cpu)), || {
+            .spawn(SpawnOptions::new().pin(CpuId::new(cpu)), || {
                 IS_CPU.with(|flag| flag.set(true))
             })
             .unwrap();
@@ -103,7 +103,7 @@ fn run_on<P: Policy, R: Send + 'static>(
     let (sender, receiver) = mpsc::channel();
     machine
         .scheduler()
-        .spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+        .spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
             let _ = sender.send(body(scheduler));
         })
         .unwrap();
@@ -204,7 +204,7 @@ impl<P: Policy> Crowd<P> {
             );
             let handle = crowd
                 .s
-                .spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+                .spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
                     started.fetch_add(1, Ordering::SeqCst);
                     while !go.load(Ordering::SeqCst) {
                         s.park();
@@ -275,7 +275,7 @@ fn wake_ups_across_cpus_allocate_nothing() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let two = machine(2, |_| FairPolicy::default());
     let allocations = run_on(&two, |s| {
-        ping_pong(&s, SpawnOptions::new().pin(CpuId(1)), 2_000)
+        ping_pong(&s, SpawnOptions::new().pin(CpuId::new(1)), 2_000)
     });
     assert_eq!(allocations, 0, "allocations in cross-CPU wake-ups");
 }
@@ -285,17 +285,17 @@ fn timers_allocate_nothing() {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let sleeps = |s: &Sched<FairPolicy>| (0..5).for_each(|_| s.sleep(20_000));
+    let sleeps = |s: &Sched<FairPolicy>| (0..5).for_each(|_| s.sleep(Duration::from_micros(20)));
     let fair = machine(1, |_| FairPolicy::default());
     let allocations = run_on(&fair, move |s| {
         // Warm-up: one sleeper at a time.
         let one = Crowd::new(&s, 1, sleeps);
-        one.release(|s| s.sleep(10_000));
+        one.release(|s| s.sleep(Duration::from_micros(10)));
         one.finish();
         // Idle: 32 threads sleep at once (the timer queue holds 33 entries for the
         // first time) while the CPU waits for the next deadline in its idle loop.
         let crowd = Crowd::new(&s, 32, sleeps);
-        let idle = allocations_during(|| crowd.release(|s| s.sleep(10_000)));
+        let idle = allocations_during(|| crowd.release(|s| s.sleep(Duration::from_micros(10))));
         crowd.finish();
         // Busy: a spinner on the same CPU; the timers fire through the timer
         // interrupt (taken at the spinner's interrupt points), which preempts it.
@@ -310,7 +310,7 @@ fn timers_allocate_nothing() {
             })
             .unwrap();
         let crowd = Crowd::new(&s, 48, sleeps);
-        let busy = allocations_during(|| crowd.release(|s| s.sleep(10_000)));
+        let busy = allocations_during(|| crowd.release(|s| s.sleep(Duration::from_micros(10))));
         crowd.finish();
         done.store(true, Ordering::Relaxed);
         s.join(spinner);

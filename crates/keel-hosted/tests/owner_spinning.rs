@@ -42,8 +42,7 @@ unsafe impl Parker for MachineParker {
     }
 
     fn current_id() -> ThreadId {
-        let id = scheduler().current_id().expect("not a keel thread").0;
-        ThreadId::new(std::num::NonZeroU64::new(id).expect("ids start at 1"))
+        scheduler().current_id().expect("not a keel thread")
     }
 
     fn park() {
@@ -58,12 +57,11 @@ unsafe impl Parker for MachineParker {
         scheduler()
             .arch()
             .current_cpu()
-            .map_or(u32::MAX, |cpu| cpu.0 as u32)
+            .map_or(u32::MAX, |cpu| cpu.index() as u32)
     }
 
     fn owner_is_running(owner: ThreadId, cpu_hint: u32) -> bool {
-        let running =
-            scheduler().is_running_on(keel_sched::ThreadId(owner.get()), CpuId(cpu_hint as usize));
+        let running = scheduler().is_running_on(owner, CpuId::new(cpu_hint as usize));
         let counter = if running {
             &ANSWERED_RUNNING
         } else {
@@ -115,7 +113,7 @@ fn contend(
         );
         scheduler
             .clone()
-            .spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+            .spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
                 let mut guard = mutex.lock();
                 *guard += 1;
                 locked.store(true, Ordering::SeqCst);
@@ -136,7 +134,7 @@ fn contend(
     }
     scheduler
         .arch()
-        .set_cpu_preempted(CpuId(0), preempt_owner_cpu);
+        .set_cpu_preempted(CpuId::new(0), preempt_owner_cpu);
     ANSWERED_RUNNING.store(0, Ordering::SeqCst);
     ANSWERED_NOT_RUNNING.store(0, Ordering::SeqCst);
     let _waiter = {
@@ -148,9 +146,9 @@ fn contend(
         );
         scheduler
             .clone()
-            .spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+            .spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
                 waiter_id.store(
-                    scheduler.current_id().expect("a keel thread").0,
+                    scheduler.current_id().expect("a keel thread").get(),
                     Ordering::SeqCst,
                 );
                 *mutex.lock() += 1;
@@ -163,7 +161,9 @@ fn contend(
     let start = Instant::now();
     loop {
         let id = waiter_id.load(Ordering::SeqCst);
-        if id != 0 && !scheduler.is_running_on(keel_sched::ThreadId(id), CpuId(1)) {
+        if let Some(id) = ThreadId::from_u64(id)
+            && !scheduler.is_running_on(id, CpuId::new(1))
+        {
             break;
         }
         assert!(
@@ -179,7 +179,7 @@ fn contend(
     release.store(true, Ordering::SeqCst);
     wait_until(&owner_done, "the owner did not finish");
     wait_until(&waiter_done, "the waiter did not get the mutex");
-    scheduler.arch().set_cpu_preempted(CpuId(0), false);
+    scheduler.arch().set_cpu_preempted(CpuId::new(0), false);
     answers
 }
 
@@ -188,7 +188,7 @@ fn waiter_spins_on_a_running_owner_and_stops_at_once_when_its_cpu_is_preempted()
     let machine = Machine::with_config(
         2,
         SchedulerConfig {
-            balance_interval_nanos: None,
+            balance_interval: None,
             ..SchedulerConfig::default()
         },
     );

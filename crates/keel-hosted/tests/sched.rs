@@ -36,7 +36,7 @@ where
 
 fn config() -> SchedulerConfig {
     SchedulerConfig {
-        balance_interval_nanos: None,
+        balance_interval: None,
         ..SchedulerConfig::default()
     }
 }
@@ -163,9 +163,9 @@ fn sleepers_wake_in_deadline_order_and_not_early() {
             .map(|ms| {
                 let (s2, log) = (Arc::clone(&s), Arc::clone(&log));
                 s.spawn(SpawnOptions::new(), move || {
-                    let deadline = s2.now_nanos() + ms * 1_000_000;
+                    let deadline = s2.now() + Duration::from_millis(ms);
                     s2.sleep_until(deadline);
-                    assert!(s2.now_nanos() >= deadline, "woke before the deadline");
+                    assert!(s2.now() >= deadline, "woke before the deadline");
                     log.lock().unwrap().push(ms);
                 })
                 .unwrap()
@@ -185,7 +185,7 @@ fn sleep_keeps_the_park_token() {
     run_on(&machine, |s| {
         let me = s.current().unwrap();
         s.unpark(&me);
-        s.sleep(1_000_000);
+        s.sleep(Duration::from_millis(1));
         // The token set before the sleep is still there: park returns at once.
         s.park();
     });
@@ -209,9 +209,9 @@ fn spawn_errors_are_reported() {
     let machine = Machine::<FairPolicy>::with_config(2, config());
     let s = machine.scheduler();
     assert_eq!(
-        s.spawn(SpawnOptions::new().pin(CpuId(5)), || ())
+        s.spawn(SpawnOptions::new().pin(CpuId::new(5)), || ())
             .unwrap_err(),
-        SpawnError::NoSuchCpu(CpuId(5))
+        SpawnError::NoSuchCpu(CpuId::new(5))
     );
     assert_eq!(
         s.spawn(SpawnOptions::new().stack_size(100), || ())
@@ -251,8 +251,8 @@ fn fair_policy_preempts_a_cpu_hog_at_preemption_points() {
         let (s1, seen) = (Arc::clone(&s), Arc::clone(&second_ran));
         let hog = s
             .spawn(SpawnOptions::new(), move || {
-                let give_up = s1.now_nanos() + 5_000_000_000;
-                while !seen.load(Ordering::Acquire) && s1.now_nanos() < give_up {
+                let give_up = s1.now() + Duration::from_secs(5);
+                while !seen.load(Ordering::Acquire) && s1.now() < give_up {
                     s1.preempt_check();
                 }
                 seen.load(Ordering::Acquire)
@@ -301,7 +301,7 @@ fn counters_on_four_cpus_are_exact() {
     let machine = Machine::<FairPolicy>::with_config(
         4,
         SchedulerConfig {
-            balance_interval_nanos: Some(1_000_000),
+            balance_interval: Some(Duration::from_millis(1)),
             ..SchedulerConfig::default()
         },
     );
@@ -313,7 +313,7 @@ fn counters_on_four_cpus_are_exact() {
                 let (s2, atomic, locked) =
                     (Arc::clone(&s), Arc::clone(&atomic), Arc::clone(&locked));
                 let options = if i % 2 == 0 {
-                    SpawnOptions::new().pin(CpuId(i % 4))
+                    SpawnOptions::new().pin(CpuId::new(i % 4))
                 } else {
                     SpawnOptions::new()
                 };
@@ -346,7 +346,7 @@ fn cross_cpu_park_unpark_loses_no_wakeup() {
             let main = s.current().unwrap();
             let (s2, turn2) = (Arc::clone(&s), Arc::clone(&turn));
             let partner = s
-                .spawn(SpawnOptions::new().pin(CpuId(cpus - 1)), move || {
+                .spawn(SpawnOptions::new().pin(CpuId::new(cpus - 1)), move || {
                     for round in 0..ROUNDS {
                         while turn2.load(Ordering::Acquire) != 2 * round + 1 {
                             s2.park();
@@ -379,7 +379,7 @@ fn unpark_from_host_threads_wakes_parked_threads() {
     let (sender, receiver) = mpsc::channel();
     let (s2, counter2) = (Arc::clone(&s), Arc::clone(&counter));
     let waiter = s
-        .spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+        .spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
             let me = s2.current().unwrap();
             sender.send(me).unwrap();
             let mut seen = 0;
@@ -403,7 +403,7 @@ fn unpark_from_host_threads_wakes_parked_threads() {
         waited += 1;
         assert!(waited < 60_000, "lost wake-up");
     }
-    assert_eq!(waiter_thread.cpu(), CpuId(1));
+    assert_eq!(waiter_thread.cpu(), CpuId::new(1));
 }
 
 #[test]
@@ -411,7 +411,7 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
     let machine = Machine::<FairPolicy>::with_config(
         4,
         SchedulerConfig {
-            balance_interval_nanos: Some(200_000),
+            balance_interval: Some(Duration::from_micros(200)),
             ..SchedulerConfig::default()
         },
     );
@@ -430,20 +430,20 @@ fn pinned_threads_never_migrate_and_the_balancer_spreads_the_rest() {
             );
             let pinned = i < 4;
             let options = if pinned {
-                SpawnOptions::new().pin(CpuId(0))
+                SpawnOptions::new().pin(CpuId::new(0))
             } else {
                 SpawnOptions::new()
             };
             handles.push(
                 s.spawn(options, move || {
-                    let give_up = s2.now_nanos() + 10_000_000_000;
-                    while !spread_enough.load(Ordering::Acquire) && s2.now_nanos() < give_up {
+                    let give_up = s2.now() + Duration::from_secs(10);
+                    while !spread_enough.load(Ordering::Acquire) && s2.now() < give_up {
                         let me = s2.current().unwrap();
                         if pinned {
-                            pinned_seen.lock().unwrap().insert(me.cpu().0);
+                            pinned_seen.lock().unwrap().insert(me.cpu().index());
                         } else {
                             let mut seen = seen.lock().unwrap();
-                            seen.insert(me.cpu().0);
+                            seen.insert(me.cpu().index());
                             if seen.len() == 4 {
                                 spread_enough.store(true, Ordering::Release);
                             }

@@ -72,6 +72,7 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
+use keel_types::Instant;
 
 /// A failed check: what failed and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,13 +253,13 @@ fn write_line(out: &mut impl Write, arguments: fmt::Arguments<'_>) {
 
 /// Runs the selected cases in order over `context`, printing `test NAME ... ok (T us)`
 /// or `test NAME ... FAILED: message at file:line` for each, and closes with the
-/// summary line. `now_nanos` is the clock for the per-case times (passed in, so host
-/// tests control it).
+/// summary line. `now` is the clock for the per-case times (passed in, so host tests
+/// control it).
 pub fn run<C>(
     cases: &[&'static Case<C>],
     context: &C,
     filter: &Filter<'_>,
-    now_nanos: impl Fn() -> u64,
+    now: impl Fn() -> Instant,
     out: &mut impl Write,
 ) -> Summary {
     let cases = ordered(cases);
@@ -280,11 +281,11 @@ pub fn run<C>(
     }
     for case in cases.iter().filter(|case| filter.matches(case.name)) {
         summary.selected += 1;
-        let start = now_nanos();
+        let start = now();
         match (case.run)(context) {
             Ok(()) => {
                 summary.passed += 1;
-                let micros = now_nanos().saturating_sub(start) / 1000;
+                let micros = (now() - start).as_micros();
                 write_line(out, format_args!("test {} ... ok ({micros} us)", case.name));
             }
             Err(failure) => {
@@ -378,7 +379,7 @@ mod tests {
         let clock = Cell::new(0u64);
         let tick = || {
             clock.set(clock.get() + 3000);
-            clock.get()
+            Instant::from_nanos(clock.get())
         };
         let summary = run(&[&A, &B, &C], &0, &Filter::default(), tick, &mut out);
         assert_eq!(
@@ -399,10 +400,10 @@ mod tests {
     fn filter_and_its_alias_select_by_substring() {
         let mut out = String::new();
         let filter = Filter::new(Some("a"), None);
-        let summary = run(&[&A, &B, &C], &0, &filter, || 0, &mut out);
+        let summary = run(&[&A, &B, &C], &0, &filter, || Instant::ZERO, &mut out);
         assert_eq!(summary.selected, 3);
         let filter = Filter::new(None, Some("mm"));
-        let summary = run(&[&A, &B, &C], &0, &filter, || 0, &mut out);
+        let summary = run(&[&A, &B, &C], &0, &filter, || Instant::ZERO, &mut out);
         assert_eq!((summary.selected, summary.passed), (1, 1));
         assert!(out.contains("selected 1 of 3 registered"));
         let both = Filter::new(Some("a"), Some("l"));
@@ -413,7 +414,7 @@ mod tests {
     fn a_filter_that_selects_nothing_fails() {
         let mut out = String::new();
         let filter = Filter::new(Some("nothing"), None);
-        let summary = run(&[&A, &C], &0, &filter, || 0, &mut out);
+        let summary = run(&[&A, &C], &0, &filter, || Instant::ZERO, &mut out);
         assert!(!summary.succeeded());
         assert!(out.ends_with("0 passed, 0 failed\n"), "{out}");
     }
@@ -421,7 +422,13 @@ mod tests {
     #[test]
     fn duplicate_names_fail_the_run() {
         let mut out = String::new();
-        let summary = run(&[&C, &C_AGAIN], &0, &Filter::default(), || 0, &mut out);
+        let summary = run(
+            &[&C, &C_AGAIN],
+            &0,
+            &Filter::default(),
+            || Instant::ZERO,
+            &mut out,
+        );
         assert_eq!((summary.passed, summary.failed), (2, 1));
         assert!(out.contains("two cases are named \"gamma\""));
     }

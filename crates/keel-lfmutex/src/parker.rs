@@ -1,31 +1,14 @@
 //! The blocking interface: how a waiter sleeps and how it is woken.
 
 use core::fmt;
+#[cfg(loom)]
 use core::num::NonZeroU64;
 
-/// The identity of a thread, as the locks record their owner: a non-zero `u64`
-/// (0 encodes "no owner" in the mutex's `owner` field), unique among the threads that
-/// are alive at the same time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ThreadId(NonZeroU64);
-
-impl ThreadId {
-    /// Wraps a non-zero identity.
-    pub const fn new(id: NonZeroU64) -> Self {
-        Self(id)
-    }
-
-    /// The identity as a non-zero integer.
-    pub const fn get(self) -> u64 {
-        self.0.get()
-    }
-}
-
-impl fmt::Display for ThreadId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "thread {}", self.0)
-    }
-}
+/// The identity of a thread, as the locks record their owner: `keel-types`'s one
+/// thread id, the scheduler's own (0 encodes "no owner" in the mutex's `owner` field,
+/// which the id's non-zero value leaves free). Unique among the threads that are alive
+/// at the same time.
+pub use keel_types::ThreadId;
 
 /// "Block this thread / wake that thread": the only thing the locks need from a
 /// scheduler. Host threads (`keel_hosted::StdParker`), loom's model threads

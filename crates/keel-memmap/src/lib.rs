@@ -1,8 +1,9 @@
 //! Keel's memory-map arithmetic: what the kernel computes from the boot memory map
 //! before it has an allocator, as pure functions that are tested on the host.
 //!
-//! - [`PhysRange`] is a half-open physical address range; [`subtract`] cuts holes out
-//!   of a range and yields the pieces in ascending order, with no allocation.
+//! - [`PhysRange`] is a half-open range of physical addresses (`keel-types`'
+//!   [`PhysAddr`]); [`subtract`] cuts holes out of a range and yields the pieces in
+//!   ascending order, with no allocation.
 //! - [`plan`] turns the RAM regions of the memory map and the ranges the kernel
 //!   reserves (the first megabyte, the kernel image, the page-table region) into a
 //!   [`MemoryPlan`]: the span the page metadata must describe, where the metadata array
@@ -27,8 +28,10 @@ extern crate std;
 #[cfg(test)]
 mod tests;
 
-/// Size of a page, in bytes.
-pub const PAGE_SIZE: u64 = 4096;
+use keel_types::PhysAddr;
+
+/// Size of a page, in bytes (`keel-types`' page size).
+pub const PAGE_SIZE: u64 = keel_types::PAGE_SIZE;
 
 /// The highest page boundary: where rounding up saturates.
 const LAST_PAGE_START: u64 = !(PAGE_SIZE - 1);
@@ -38,36 +41,42 @@ const LAST_PAGE_START: u64 = !(PAGE_SIZE - 1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhysRange {
     /// First address in the range.
-    pub start: u64,
+    pub start: PhysAddr,
     /// One past the last address.
-    pub end: u64,
+    pub end: PhysAddr,
 }
 
 impl PhysRange {
     /// The range `[start, end)`.
-    pub const fn new(start: u64, end: u64) -> Self {
+    pub const fn new(start: PhysAddr, end: PhysAddr) -> Self {
         Self { start, end }
+    }
+
+    /// The range `[start, end)` from raw addresses (the arithmetic below works on
+    /// them).
+    const fn from_raw(start: u64, end: u64) -> Self {
+        Self::new(PhysAddr::new(start), PhysAddr::new(end))
     }
 
     /// Bytes in the range (0 when empty).
     pub const fn len(self) -> u64 {
-        self.end.saturating_sub(self.start)
+        self.end.as_u64().saturating_sub(self.start.as_u64())
     }
 
     /// Whether the range holds no address.
     pub const fn is_empty(self) -> bool {
-        self.end <= self.start
+        self.end.as_u64() <= self.start.as_u64()
     }
 
     /// The whole pages inside the range: the start rounded up and the end rounded down
     /// to [`PAGE_SIZE`]; empty if no whole page fits.
     pub const fn whole_pages(self) -> Self {
-        let start = match self.start.checked_next_multiple_of(PAGE_SIZE) {
+        let start = match self.start.align_up_to_page() {
             Some(start) => start,
             None => return Self::new(self.end, self.end),
         };
-        let end = self.end & !(PAGE_SIZE - 1);
-        if end <= start {
+        let end = self.end.align_down_to_page();
+        if end.as_u64() <= start.as_u64() {
             Self::new(start, start)
         } else {
             Self::new(start, end)
@@ -77,16 +86,19 @@ impl PhysRange {
     /// The range widened to whole pages: the start rounded down, the end rounded up
     /// (saturating at the last page boundary).
     pub const fn covering_pages(self) -> Self {
-        let end = match self.end.checked_next_multiple_of(PAGE_SIZE) {
+        let end = match self.end.align_up_to_page() {
             Some(end) => end,
-            None => LAST_PAGE_START,
+            None => PhysAddr::new(LAST_PAGE_START),
         };
-        Self::new(self.start & !(PAGE_SIZE - 1), end)
+        Self::new(self.start.align_down_to_page(), end)
     }
 
     /// Whether the two ranges share an address.
     pub const fn overlaps(self, other: Self) -> bool {
-        !self.is_empty() && !other.is_empty() && self.start < other.end && other.start < self.end
+        !self.is_empty()
+            && !other.is_empty()
+            && self.start.as_u64() < other.end.as_u64()
+            && other.start.as_u64() < self.end.as_u64()
     }
 }
 
@@ -295,7 +307,7 @@ pub fn plan(
         .iter()
         .map(|region| region.whole_pages())
         .filter(|pages| !pages.is_empty())
-        .map(|pages| pages.end)
+        .map(|pages| pages.end.as_u64())
         .max()
         .unwrap_or(0);
     let span_pages = highest / PAGE_SIZE;
@@ -321,7 +333,7 @@ pub fn plan(
     let start = metadata_at.ok_or(PlanError::NoRoomForMetadata(metadata_size))?;
     Ok(MemoryPlan {
         span_pages,
-        metadata: PhysRange::new(start, start + metadata_size),
+        metadata: PhysRange::from_raw(start.as_u64(), start.as_u64() + metadata_size),
         usable_bytes,
         needed_bytes,
     })

@@ -1,6 +1,7 @@
 //! Unit tests on hand-made maps and property tests against a byte-set model.
 
 use crate::*;
+use keel_types::PhysAddr;
 use proptest::prelude::*;
 use std::vec::Vec;
 
@@ -11,7 +12,7 @@ fn pieces(range: PhysRange, holes: &[PhysRange]) -> Vec<PhysRange> {
 }
 
 fn range(start: u64, end: u64) -> PhysRange {
-    PhysRange::new(start, end)
+    PhysRange::new(PhysAddr::new(start), PhysAddr::new(end))
 }
 
 const NO_DEMAND: BootDemand = BootDemand {
@@ -72,7 +73,7 @@ fn whole_and_covering_pages() {
     assert_eq!(range(4096, 8192).covering_pages(), range(4096, 8192));
     assert!(range(u64::MAX - 10, u64::MAX).whole_pages().is_empty());
     assert_eq!(
-        range(u64::MAX - 10, u64::MAX).covering_pages().end,
+        range(u64::MAX - 10, u64::MAX).covering_pages().end.as_u64(),
         !(PAGE_SIZE - 1)
     );
 }
@@ -160,14 +161,17 @@ fn plan_places_metadata_after_the_reservations() {
     assert_eq!(plan.span_pages, ((64 << 20) - 0x2_0000) / PAGE_SIZE);
     // The low region lies inside the reserved first megabyte; the first free page is
     // after the table region of the (page-rounded) image end.
-    assert_eq!(plan.metadata.start, 0x3a_5000 + 0x20_0000);
+    assert_eq!(plan.metadata.start.as_u64(), 0x3a_5000 + 0x20_0000);
     assert_eq!(
         plan.metadata.len(),
         (plan.span_pages * 16).next_multiple_of(PAGE_SIZE)
     );
     let mut free = Vec::new();
     plan.for_each_free_range(&ram, &reserved, &mut |piece| free.push(piece));
-    assert_eq!(free, [range(plan.metadata.end, (64 << 20) - 0x2_0000)]);
+    assert_eq!(
+        free,
+        [range(plan.metadata.end.as_u64(), (64 << 20) - 0x2_0000)]
+    );
     assert_eq!(plan.free_bytes(), free[0].len());
 }
 
@@ -211,11 +215,11 @@ fn small_range() -> impl Strategy<Value = PhysRange> {
 fn model_subtract(range: PhysRange, holes: &[PhysRange]) -> Vec<bool> {
     (0..UNIVERSE)
         .map(|address| {
-            address >= range.start
-                && address < range.end
+            address >= range.start.as_u64()
+                && address < range.end.as_u64()
                 && !holes
                     .iter()
-                    .any(|hole| address >= hole.start && address < hole.end)
+                    .any(|hole| address >= hole.start.as_u64() && address < hole.end.as_u64())
         })
         .collect()
 }
@@ -264,7 +268,7 @@ proptest! {
                 prop_assert!(piece.start > end);
             }
             previous_end = Some(piece.end);
-            for address in piece.start..piece.end {
+            for address in piece.start.as_u64()..piece.end.as_u64() {
                 covered[address as usize] = true;
             }
         }
@@ -280,13 +284,13 @@ proptest! {
         let mut usable = std::vec![false; page_count];
         for region in &ram {
             let pages = region.whole_pages();
-            for page in pages.start / PAGE_SIZE..pages.end / PAGE_SIZE {
+            for page in pages.start.as_u64() / PAGE_SIZE..pages.end.as_u64() / PAGE_SIZE {
                 usable[page as usize] = true;
             }
         }
         for hole in reserved.iter().filter(|hole| !hole.is_empty()) {
             let pages = hole.covering_pages();
-            for page in pages.start / PAGE_SIZE..(pages.end / PAGE_SIZE).min(page_count as u64) {
+            for page in pages.start.as_u64() / PAGE_SIZE..(pages.end.as_u64() / PAGE_SIZE).min(page_count as u64) {
                 usable[page as usize] = false;
             }
         }
@@ -305,11 +309,11 @@ proptest! {
                 prop_assert_eq!(plan.usable_bytes, usable_bytes);
                 prop_assert!(plan.usable_bytes >= plan.needed_bytes);
                 let metadata = plan.metadata;
-                prop_assert_eq!(metadata.start % PAGE_SIZE, 0);
+                prop_assert_eq!(metadata.start.as_u64() % PAGE_SIZE, 0);
                 prop_assert_eq!(metadata.len() % PAGE_SIZE, 0);
                 prop_assert!(metadata.len() >= metadata_bytes(plan.span_pages));
                 // The metadata lies on usable pages only.
-                for page in metadata.start / PAGE_SIZE..metadata.end / PAGE_SIZE {
+                for page in metadata.start.as_u64() / PAGE_SIZE..metadata.end.as_u64() / PAGE_SIZE {
                     prop_assert!(usable[page as usize]);
                 }
                 // The free ranges are exactly the usable pages minus the metadata.
@@ -317,14 +321,14 @@ proptest! {
                 let mut total = 0;
                 plan.for_each_free_range(&ram, &reserved, &mut |piece| {
                     total += piece.len();
-                    for page in piece.start / PAGE_SIZE..piece.end / PAGE_SIZE {
+                    for page in piece.start.as_u64() / PAGE_SIZE..piece.end.as_u64() / PAGE_SIZE {
                         free[page as usize] = true;
                     }
                 });
                 prop_assert_eq!(total, plan.free_bytes());
                 for page in 0..page_count {
-                    let in_metadata = (page as u64) >= metadata.start / PAGE_SIZE
-                        && (page as u64) < metadata.end / PAGE_SIZE;
+                    let in_metadata = (page as u64) >= metadata.start.as_u64() / PAGE_SIZE
+                        && (page as u64) < metadata.end.as_u64() / PAGE_SIZE;
                     prop_assert_eq!(free[page], usable[page] && !in_metadata);
                 }
             }

@@ -1,143 +1,12 @@
-//! Typed physical addresses, page frame numbers, page ranges and aligned blocks.
-
-use core::fmt;
+//! Page ranges and aligned blocks, over `keel-types`' physical addresses and page
+//! frame numbers.
 
 use crate::MAX_ORDER;
 
-/// The size of one page frame in bytes (4 KiB, the x86-64 base page).
-pub const PAGE_SIZE: u64 = 4096;
-
-/// `log2(PAGE_SIZE)`: how far a physical address is shifted to get its frame number.
-pub const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
-
-/// A physical memory address in bytes.
-///
-/// Any `u64` is accepted; the allocator itself never dereferences one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PhysAddr(pub u64);
-
-impl PhysAddr {
-    /// Wraps a raw physical address.
-    #[must_use]
-    pub const fn new(address: u64) -> Self {
-        Self(address)
-    }
-
-    /// The raw address.
-    #[must_use]
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// Whether the address is a multiple of [`PAGE_SIZE`] (the start of a page frame).
-    #[must_use]
-    pub const fn page_aligned(self) -> bool {
-        self.0.is_multiple_of(PAGE_SIZE)
-    }
-
-    /// The address rounded down to the start of its page frame.
-    #[must_use]
-    pub const fn align_down_to_page(self) -> Self {
-        Self(self.0 & !(PAGE_SIZE - 1))
-    }
-
-    /// The address rounded up to the next page boundary, or `None` on overflow.
-    #[must_use]
-    pub const fn align_up_to_page(self) -> Option<Self> {
-        match self.0.checked_add(PAGE_SIZE - 1) {
-            Some(sum) => Some(Self(sum & !(PAGE_SIZE - 1))),
-            None => None,
-        }
-    }
-
-    /// The page frame that contains this address.
-    #[must_use]
-    pub const fn containing_frame(self) -> PageFrameNumber {
-        PageFrameNumber(self.0 >> PAGE_SHIFT)
-    }
-
-    /// The byte offset of the address inside its page frame.
-    #[must_use]
-    pub const fn page_offset(self) -> u64 {
-        self.0 & (PAGE_SIZE - 1)
-    }
-}
-
-impl fmt::Display for PhysAddr {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{:#x}", self.0)
-    }
-}
-
-impl From<PageFrameNumber> for PhysAddr {
-    /// The start address of the frame. Frame numbers at or above
-    /// [`PageFrameNumber::LIMIT`] have no address; their high bits are lost (use
-    /// [`PageFrameNumber::start_address`] to check).
-    fn from(frame: PageFrameNumber) -> Self {
-        Self(frame.0 << PAGE_SHIFT)
-    }
-}
-
-/// The number of a physical page frame: its start address divided by [`PAGE_SIZE`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PageFrameNumber(pub u64);
-
-impl PageFrameNumber {
-    /// The first frame number whose start address does not fit in a `u64`.
-    pub const LIMIT: u64 = 1 << (64 - PAGE_SHIFT);
-
-    /// Wraps a raw frame number.
-    #[must_use]
-    pub const fn new(number: u64) -> Self {
-        Self(number)
-    }
-
-    /// The raw frame number.
-    #[must_use]
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// The frame's start address, or `None` if the frame number is at or above
-    /// [`Self::LIMIT`].
-    #[must_use]
-    pub const fn start_address(self) -> Option<PhysAddr> {
-        if self.0 < Self::LIMIT {
-            Some(PhysAddr(self.0 << PAGE_SHIFT))
-        } else {
-            None
-        }
-    }
-
-    /// Whether the frame number is a multiple of `2^order`, i.e. whether a block of
-    /// `2^order` pages may start here. Orders of 64 and above are never aligned.
-    #[must_use]
-    pub const fn is_aligned(self, order: u32) -> bool {
-        order < 64 && self.0 & ((1u64 << order) - 1) == 0
-    }
-
-    /// The frame `count` frames further on, or `None` on overflow.
-    #[must_use]
-    pub const fn checked_add(self, count: u64) -> Option<Self> {
-        match self.0.checked_add(count) {
-            Some(number) => Some(Self(number)),
-            None => None,
-        }
-    }
-}
-
-impl fmt::Display for PageFrameNumber {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "pfn {:#x}", self.0)
-    }
-}
-
-impl From<PhysAddr> for PageFrameNumber {
-    /// The frame containing the address (rounding down).
-    fn from(address: PhysAddr) -> Self {
-        address.containing_frame()
-    }
-}
+// The address types and page size are `keel-types`' (the vocabulary every crate
+// shares); re-exported from the crate root so `keel_pagealloc::PhysAddr` still names
+// them.
+pub use keel_types::{PAGE_SHIFT, PAGE_SIZE, PageFrameNumber, PhysAddr};
 
 /// A run of `count` consecutive page frames starting at `start`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -161,12 +30,12 @@ impl PageRange {
     #[must_use]
     pub const fn from_phys_range(start: PhysAddr, end: PhysAddr) -> Self {
         let first = match start.align_up_to_page() {
-            Some(aligned) => aligned.0 >> PAGE_SHIFT,
+            Some(aligned) => aligned.as_u64() >> PAGE_SHIFT,
             None => PageFrameNumber::LIMIT,
         };
-        let last = end.0 >> PAGE_SHIFT;
+        let last = end.as_u64() >> PAGE_SHIFT;
         Self {
-            start: PageFrameNumber(first),
+            start: PageFrameNumber::new(first),
             count: last.saturating_sub(first),
         }
     }
@@ -186,7 +55,7 @@ impl PageRange {
     /// Whether `frame` lies in the range.
     #[must_use]
     pub const fn contains(self, frame: PageFrameNumber) -> bool {
-        frame.0 >= self.start.0 && frame.0 - self.start.0 < self.count
+        frame.as_u64() >= self.start.as_u64() && frame.as_u64() - self.start.as_u64() < self.count
     }
 
     /// The range's decomposition into maximal naturally aligned blocks, lowest first,
@@ -196,8 +65,8 @@ impl PageRange {
     #[must_use]
     pub const fn aligned_blocks(self) -> AlignedBlocks {
         AlignedBlocks {
-            next: self.start.0,
-            end: self.start.0.saturating_add(self.count),
+            next: self.start.as_u64(),
+            end: self.start.as_u64().saturating_add(self.count),
         }
     }
 }
@@ -243,7 +112,7 @@ impl Iterator for AlignedBlocks {
         }
         let order = largest_order(self.next, self.end - self.next);
         let block = PageBlock {
-            start: PageFrameNumber(self.next),
+            start: PageFrameNumber::new(self.next),
             order,
         };
         self.next += 1 << order;
@@ -269,44 +138,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn address_conversions() {
-        let address = PhysAddr::new(0x1234_5678);
-        assert!(!address.page_aligned());
-        assert_eq!(address.align_down_to_page(), PhysAddr(0x1234_5000));
-        assert_eq!(address.align_up_to_page(), Some(PhysAddr(0x1234_6000)));
-        assert_eq!(address.page_offset(), 0x678);
-        assert_eq!(address.containing_frame(), PageFrameNumber(0x12345));
-        assert_eq!(PageFrameNumber::from(address), PageFrameNumber(0x12345));
-        assert_eq!(
-            PageFrameNumber(0x12345).start_address(),
-            Some(PhysAddr(0x1234_5000))
-        );
-        assert_eq!(PhysAddr::from(PageFrameNumber(2)), PhysAddr(0x2000));
-        assert!(PhysAddr(0x3000).page_aligned());
-        assert_eq!(PhysAddr(u64::MAX).align_up_to_page(), None);
-        assert_eq!(
-            PageFrameNumber(PageFrameNumber::LIMIT).start_address(),
-            None
-        );
-    }
-
-    #[test]
     fn range_from_phys_drops_partial_pages() {
-        let range = PageRange::from_phys_range(PhysAddr(0x1001), PhysAddr(0x5fff));
-        assert_eq!(range, PageRange::new(PageFrameNumber(2), 3));
-        let empty = PageRange::from_phys_range(PhysAddr(0x1001), PhysAddr(0x1fff));
+        let range = PageRange::from_phys_range(PhysAddr::new(0x1001), PhysAddr::new(0x5fff));
+        assert_eq!(range, PageRange::new(PageFrameNumber::new(2), 3));
+        let empty = PageRange::from_phys_range(PhysAddr::new(0x1001), PhysAddr::new(0x1fff));
         assert!(empty.is_empty());
     }
 
     #[test]
     fn aligned_blocks_are_maximal() {
-        let blocks: std::vec::Vec<_> = PageRange::new(PageFrameNumber(3), 14)
+        let blocks: std::vec::Vec<_> = PageRange::new(PageFrameNumber::new(3), 14)
             .aligned_blocks()
-            .map(|block| (block.start.0, block.order))
+            .map(|block| (block.start.as_u64(), block.order))
             .collect();
         // [3,4) [4,8) [8,16) [16,17)
         assert_eq!(blocks, [(3, 0), (4, 2), (8, 3), (16, 0)]);
-        let capped: std::vec::Vec<_> = PageRange::new(PageFrameNumber(0), 3 << MAX_ORDER)
+        let capped: std::vec::Vec<_> = PageRange::new(PageFrameNumber::new(0), 3 << MAX_ORDER)
             .aligned_blocks()
             .map(|block| block.order)
             .collect();

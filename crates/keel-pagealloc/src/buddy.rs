@@ -162,7 +162,7 @@ impl<'m> BuddyAllocator<'m> {
         metadata.fill(PageMeta::UNAVAILABLE);
         Ok(Self {
             metadata,
-            base: base.0,
+            base: base.as_u64(),
             free_heads: [NIL; ORDER_COUNT],
             nonempty_orders: 0,
             free_pages: 0,
@@ -187,7 +187,7 @@ impl<'m> BuddyAllocator<'m> {
     /// The frames this allocator covers (available or not).
     #[must_use]
     pub fn span(&self) -> PageRange {
-        PageRange::new(PageFrameNumber(self.base), self.metadata.len() as u64)
+        PageRange::new(PageFrameNumber::new(self.base), self.metadata.len() as u64)
     }
 
     /// Pages currently in free blocks.
@@ -252,8 +252,8 @@ impl<'m> BuddyAllocator<'m> {
         }
         slots.fill(PageMeta::TAIL);
         for block in range.aligned_blocks() {
-            let index = (block.start.0 - self.base) as u32;
-            self.release(index, block.start.0, block.order);
+            let index = (block.start.as_u64() - self.base) as u32;
+            self.release(index, block.start.as_u64(), block.order);
         }
         self.available_pages += range.count;
         Ok(())
@@ -284,7 +284,7 @@ impl<'m> BuddyAllocator<'m> {
         }
         self.metadata[index as usize] = PageMeta::allocated(order);
         self.free_pages -= 1 << order;
-        Ok(PageFrameNumber(self.base + u64::from(index)))
+        Ok(PageFrameNumber::new(self.base + u64::from(index)))
     }
 
     /// Frees the block of `2^order` frames starting at `frame`, which must have come
@@ -302,7 +302,7 @@ impl<'m> BuddyAllocator<'m> {
     /// allocator it is the new owner's block.
     pub fn free(&mut self, frame: PageFrameNumber, order: u32) -> Result<(), PageAllocError> {
         let index = self.check_allocated_block(frame, order)?;
-        self.release(index, frame.0, order);
+        self.release(index, frame.as_u64(), order);
         Ok(())
     }
 
@@ -328,13 +328,16 @@ impl<'m> BuddyAllocator<'m> {
         let range = PageRange::new(start, count);
         if count != 1 << order {
             for block in range.aligned_blocks() {
-                let index = block.start.0 - self.base;
+                let index = block.start.as_u64() - self.base;
                 self.metadata[index as usize] = PageMeta::allocated(block.order);
             }
-            let unused = PageRange::new(PageFrameNumber(start.0 + count), (1 << order) - count);
+            let unused = PageRange::new(
+                PageFrameNumber::new(start.as_u64() + count),
+                (1 << order) - count,
+            );
             for block in unused.aligned_blocks() {
-                let index = (block.start.0 - self.base) as u32;
-                self.release(index, block.start.0, block.order);
+                let index = (block.start.as_u64() - self.base) as u32;
+                self.release(index, block.start.as_u64(), block.order);
             }
         }
         Ok(range)
@@ -360,15 +363,15 @@ impl<'m> BuddyAllocator<'m> {
             self.check_allocated_block(block.start, block.order)?;
         }
         for block in range.aligned_blocks() {
-            let index = (block.start.0 - self.base) as u32;
-            self.release(index, block.start.0, block.order);
+            let index = (block.start.as_u64() - self.base) as u32;
+            self.release(index, block.start.as_u64(), block.order);
         }
         Ok(())
     }
 
     /// The metadata index of `frame`, if it is inside the span.
     fn index_of(&self, frame: PageFrameNumber) -> Option<u64> {
-        let index = frame.0.checked_sub(self.base)?;
+        let index = frame.as_u64().checked_sub(self.base)?;
         (index < self.metadata.len() as u64).then_some(index)
     }
 
@@ -398,7 +401,7 @@ impl<'m> BuddyAllocator<'m> {
             }),
             PageState::Free => Err(PageAllocError::DoubleFree),
             PageState::Unavailable => Err(PageAllocError::NotAllocated),
-            PageState::Tail => match self.containing_block_state(frame.0) {
+            PageState::Tail => match self.containing_block_state(frame.as_u64()) {
                 Some(PageState::Free) => Err(PageAllocError::DoubleFree),
                 _ => Err(PageAllocError::NotAllocated),
             },
@@ -411,7 +414,7 @@ impl<'m> BuddyAllocator<'m> {
     fn containing_block_state(&self, frame: u64) -> Option<PageState> {
         (1..=MAX_ORDER).find_map(|order| {
             let head = frame & !((1u64 << order) - 1);
-            let slot = self.metadata[self.index_of(PageFrameNumber(head))? as usize];
+            let slot = self.metadata[self.index_of(PageFrameNumber::new(head))? as usize];
             let is_head = matches!(slot.state, PageState::Free | PageState::Allocated);
             (is_head && u32::from(slot.order) >= order).then_some(slot.state)
         })
@@ -425,7 +428,7 @@ impl<'m> BuddyAllocator<'m> {
         self.free_pages += 1 << order;
         while order < MAX_ORDER {
             let buddy_frame = frame ^ (1 << order);
-            let Some(buddy_index) = self.index_of(PageFrameNumber(buddy_frame)) else {
+            let Some(buddy_index) = self.index_of(PageFrameNumber::new(buddy_frame)) else {
                 break;
             };
             let buddy_index = buddy_index as u32;
@@ -497,11 +500,11 @@ impl<'m> BuddyAllocator<'m> {
                 assert_eq!(u32::from(slot.order), order);
                 assert_eq!(slot.previous, previous);
                 let frame = self.base + u64::from(index);
-                assert!(PageFrameNumber(frame).is_aligned(order));
+                assert!(PageFrameNumber::new(frame).is_aligned(order));
                 assert!(u64::from(index) + (1 << order) <= self.metadata.len() as u64);
                 // Eager merging: no free buddy of the same order.
                 if order < MAX_ORDER
-                    && let Some(buddy) = self.index_of(PageFrameNumber(frame ^ (1 << order)))
+                    && let Some(buddy) = self.index_of(PageFrameNumber::new(frame ^ (1 << order)))
                 {
                     let buddy = self.metadata[buddy as usize];
                     assert!(!(buddy.state == PageState::Free && u32::from(buddy.order) == order));
@@ -563,7 +566,7 @@ impl Iterator for FreeBlocks<'_> {
         let index = self.index;
         self.index = self.allocator.metadata[index as usize].next;
         Some(PageBlock {
-            start: PageFrameNumber(self.allocator.base + u64::from(index)),
+            start: PageFrameNumber::new(self.allocator.base + u64::from(index)),
             order: self.order,
         })
     }

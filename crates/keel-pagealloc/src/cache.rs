@@ -88,7 +88,7 @@ impl<const N: usize> PerCpuPageCache<N> {
     pub const fn new() -> Self {
         let () = Self::CAPACITY_IS_VALID;
         Self {
-            pages: [PageFrameNumber(0); N],
+            pages: [PageFrameNumber::new(0); N],
             len: 0,
         }
     }

@@ -1,9 +1,9 @@
 //! `keel-pagealloc`: Keel's physical page allocator. It hands out naturally aligned
 //! blocks of `2^order` 4 KiB page frames ([`BuddyAllocator`]) and single pages through
 //! per-CPU caches ([`PerCpuPageCache`]) that reach the global allocator only in
-//! batches ([`PageSource`]). Addresses and frame numbers are typed ([`PhysAddr`],
-//! [`PageFrameNumber`], [`PageRange`], [`PageBlock`]) and every refusal is a
-//! [`PageAllocError`].
+//! batches ([`PageSource`]). Addresses and frame numbers are typed ([`PhysAddr`] and
+//! [`PageFrameNumber`], `keel-types`' shared types re-exported here, and this crate's
+//! [`PageRange`], [`PageBlock`]) and every refusal is a [`PageAllocError`].
 //!
 //! The crate is pure data structure: no hardware access, no global state, no heap, no
 //! `unsafe`. The kernel binary owns the instances: it carves a [`PageMeta`] array out
@@ -40,9 +40,9 @@
 //!
 //! // The kernel carves this out of raw memory; 1024 slots describe 4 MiB.
 //! let mut metadata = [PageMeta::UNAVAILABLE; 1024];
-//! let mut global = BuddyAllocator::new(&mut metadata, PageFrameNumber(0));
+//! let mut global = BuddyAllocator::new(&mut metadata, PageFrameNumber::new(0));
 //! // Usable memory from the firmware map: everything above the first 1 MiB.
-//! global.add_free_range(PageRange::new(PageFrameNumber(256), 768))?;
+//! global.add_free_range(PageRange::new(PageFrameNumber::new(256), 768))?;
 //!
 //! let block = global.alloc(8)?; // 256 pages, 1 MiB-aligned
 //! assert!(block.is_aligned(8));

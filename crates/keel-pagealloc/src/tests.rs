@@ -12,7 +12,7 @@ use crate::{
 };
 
 fn frame(number: u64) -> PageFrameNumber {
-    PageFrameNumber(number)
+    PageFrameNumber::new(number)
 }
 
 fn range(start: u64, count: u64) -> PageRange {
@@ -22,7 +22,7 @@ fn range(start: u64, count: u64) -> PageRange {
 fn sorted_free_blocks(allocator: &BuddyAllocator<'_>) -> Vec<(u64, u32)> {
     let mut blocks: Vec<_> = allocator
         .free_blocks()
-        .map(|block| (block.start.0, block.order))
+        .map(|block| (block.start.as_u64(), block.order))
         .collect();
     blocks.sort_unstable();
     blocks
@@ -222,11 +222,11 @@ fn wrong_order_is_detected() {
     );
     // A frame inside the allocated block is not a block start.
     assert_eq!(
-        allocator.free(frame(block.0 + 2), 1),
+        allocator.free(frame(block.as_u64() + 2), 1),
         Err(PageAllocError::NotAllocated)
     );
     assert_eq!(
-        allocator.free(frame(block.0 + 1), 0),
+        allocator.free(frame(block.as_u64() + 1), 0),
         Err(PageAllocError::NotAllocated)
     );
     assert_eq!(snapshot(&allocator), before);
@@ -241,11 +241,11 @@ fn misaligned_free_is_detected() {
     allocator.add_free_range(range(0, 16)).unwrap();
     let block = allocator.alloc(2).unwrap();
     assert_eq!(
-        allocator.free(frame(block.0 + 1), 2),
+        allocator.free(frame(block.as_u64() + 1), 2),
         Err(PageAllocError::Misaligned)
     );
     assert_eq!(
-        allocator.free(frame(block.0 + 2), 2),
+        allocator.free(frame(block.as_u64() + 2), 2),
         Err(PageAllocError::Misaligned)
     );
     assert_eq!(
@@ -327,7 +327,7 @@ fn overlapping_add_is_rejected_atomically() {
     // Overlapping allocated (not just free) pages is refused too.
     let block = allocator.alloc(3).unwrap();
     assert_eq!(
-        allocator.add_free_range(range(block.0, 1)),
+        allocator.add_free_range(range(block.as_u64(), 1)),
         Err(PageAllocError::Overlap)
     );
     allocator.free(block, 3).unwrap();
@@ -527,7 +527,7 @@ impl Live {
     fn pages(self) -> core::ops::Range<u64> {
         match self {
             Self::Block(start, order) => start..start + (1 << order),
-            Self::Run(run) => run.start.0..run.start.0 + run.count,
+            Self::Run(run) => run.start.as_u64()..run.start.as_u64() + run.count,
         }
     }
 }
@@ -556,7 +556,8 @@ fn check_against_model(
     let mut listed = BTreeSet::new();
     for block in allocator.free_blocks() {
         prop_assert!(block.start.is_aligned(block.order));
-        for page in block.range().start.0..block.range().start.0 + block.page_count() {
+        for page in block.range().start.as_u64()..block.range().start.as_u64() + block.page_count()
+        {
             prop_assert!(free.contains(&page), "free block page {} not free", page);
             prop_assert!(listed.insert(page), "page {} listed twice", page);
         }
@@ -587,7 +588,7 @@ fn run_buddy_sequence(layout: &Layout, operations: &[Operation]) -> Result<(), T
     let mut available = BTreeSet::new();
     for &free_range in &layout.ranges {
         allocator.add_free_range(free_range).unwrap();
-        available.extend(free_range.start.0..free_range.start.0 + free_range.count);
+        available.extend(free_range.start.as_u64()..free_range.start.as_u64() + free_range.count);
         // Adding the same range again is an overlap and changes nothing.
         prop_assert_eq!(
             allocator.add_free_range(free_range),
@@ -605,7 +606,7 @@ fn run_buddy_sequence(layout: &Layout, operations: &[Operation]) -> Result<(), T
             Operation::Alloc(order) => match allocator.alloc(order) {
                 Ok(start) => {
                     prop_assert!(start.is_aligned(order));
-                    let block = Live::Block(start.0, order);
+                    let block = Live::Block(start.as_u64(), order);
                     take_pages(&mut owned, &available, block.pages())?;
                     live.push(block);
                 }
@@ -670,7 +671,7 @@ fn run_buddy_sequence(layout: &Layout, operations: &[Operation]) -> Result<(), T
                     Some(&Live::Block(start, order)) => (start, order),
                     Some(&Live::Run(run)) => {
                         let first = run.aligned_blocks().next().unwrap();
-                        (first.start.0, first.order)
+                        (first.start.as_u64(), first.order)
                     }
                     None => (layout.base, 0),
                 };
@@ -734,7 +735,7 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
     let mut available = BTreeSet::new();
     for &free_range in &layout.ranges {
         allocator.add_free_range(free_range).unwrap();
-        available.extend(free_range.start.0..free_range.start.0 + free_range.count);
+        available.extend(free_range.start.as_u64()..free_range.start.as_u64() + free_range.count);
     }
     let initial_blocks = canonical_blocks(&available);
     let mut cache = PerCpuPageCache::<CAPACITY>::new();
@@ -745,7 +746,7 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
         match *operation {
             CacheOperation::Alloc => match cache.alloc(&mut allocator) {
                 Some(page) => {
-                    take_pages(&mut owned, &available, page.0..page.0 + 1)?;
+                    take_pages(&mut owned, &available, page.as_u64()..page.as_u64() + 1)?;
                     if last_freed == Some(page) {
                         last_freed = None;
                     }

@@ -2,7 +2,7 @@
 
 use core::ptr::NonNull;
 
-use crate::{CpuId, ThreadId};
+use crate::{CpuId, Instant, ThreadId};
 
 /// What the scheduler needs from the machine: CPU identity, interrupt masking, a
 /// monotonic clock, a one-shot timer, wake-up IPIs, an idle wait, thread stacks and
@@ -50,13 +50,14 @@ pub unsafe trait Arch: Send + Sync + 'static {
     /// begins with the masked state of the scheduler code that switched to it.
     fn enable_interrupts(&self);
 
-    /// Monotonic time in nanoseconds since an arbitrary origin.
-    fn now_nanos(&self) -> u64;
+    /// Monotonic time: nanoseconds since an arbitrary origin, as an [`Instant`].
+    fn now(&self) -> Instant;
 
-    /// Arms `cpu`'s one-shot timer for `deadline_nanos` (replacing any armed one);
-    /// a deadline already past fires as soon as possible. Called on `cpu`. In the kernel its interrupt handler must call
+    /// Arms `cpu`'s one-shot timer for `deadline` (replacing any armed one); a
+    /// deadline already past fires as soon as possible. Called on `cpu`. In the kernel
+    /// its interrupt handler must call
     /// [`Scheduler::timer_interrupt`](crate::Scheduler::timer_interrupt).
-    fn arm_timer(&self, cpu: CpuId, deadline_nanos: u64);
+    fn arm_timer(&self, cpu: CpuId, deadline: Instant);
 
     /// Disarms `cpu`'s one-shot timer. Called on `cpu`.
     fn cancel_timer(&self, cpu: CpuId);
@@ -67,9 +68,9 @@ pub unsafe trait Arch: Send + Sync + 'static {
     fn send_wakeup(&self, cpu: CpuId);
 
     /// Waits on `cpu` (called on it) until a wake-up, an interrupt, or
-    /// `deadline_nanos` (the armed timer; `None` when nothing is armed). Spurious
-    /// returns are allowed.
-    fn idle_wait(&self, cpu: CpuId, deadline_nanos: Option<u64>);
+    /// `deadline` (the armed timer; `None` when nothing is armed). Spurious returns
+    /// are allowed.
+    fn idle_wait(&self, cpu: CpuId, deadline: Option<Instant>);
 
     /// Allocates a stack of at least `size` bytes, with a guard page below it where
     /// the platform can provide one. `None` if memory is exhausted.

@@ -30,14 +30,23 @@
 //!   [`Scheduler::sleep`], [`Scheduler::join`], [`Scheduler::yield_now`],
 //!   [`Scheduler::exit`].
 //! - **Load balancing**: at scheduling decisions, at most every
-//!   [`SchedulerConfig::balance_interval_nanos`], a CPU with at least two more
+//!   [`SchedulerConfig::balance_interval`], a CPU with at least two more
 //!   runnable threads than the least loaded one pushes one unpinned queued thread
 //!   there (through the wake-up queue). Pinned threads never migrate.
 //!
 //! **The `Arch` contract** ([`Arch`], an `unsafe trait`): current CPU id, interrupt
-//! masking guard, monotonic `now_nanos`, arm/cancel a one-shot timer, `send_wakeup`
-//! (IPI), `idle_wait` (hlt), stack allocation with a guard page, `set_thread_pointer`
-//! (FS base). See the trait for what an implementation must guarantee.
+//! masking guard, a monotonic clock (`now`, an [`Instant`]), arm/cancel a one-shot
+//! timer at an `Instant`, `send_wakeup` (IPI), `idle_wait` (hlt), stack allocation
+//! with a guard page, `set_thread_pointer` (FS base). See the trait for what an
+//! implementation must guarantee.
+//!
+//! **Time at the boundaries** is typed: the clock and timer deadlines are
+//! [`Instant`]s, spans ([`Scheduler::sleep`], [`SchedulerConfig::balance_interval`])
+//! are [`core::time::Duration`]s. Inside, the scheduler keeps raw `u64` nanoseconds
+//! ([`Instant::as_nanos`]) where a `Duration` would cost divisions on the switch
+//! path; the [`Policy`] trait is part of that inside (its `now`, `slice_start`,
+//! charged runtimes and time slices are `u64` nanoseconds, and [`FairParams`] are
+//! `f64` nanoseconds for its exponentials).
 //!
 //! **Hosted vs kernel.** The same scheduler code runs in both. The `keel-hosted` crate's
 //! `HostedArch` maps CPUs to Linux threads (wake-up = unpark of
@@ -87,14 +96,17 @@ use core::fmt;
 /// The smallest stack [`Scheduler::spawn`] accepts, in bytes.
 pub const MIN_STACK_SIZE: usize = 4096;
 
-/// A CPU number, `0..cpu_count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CpuId(pub usize);
+/// A point on the arch clock (`keel-types`'s, re-exported); spans are
+/// [`core::time::Duration`]s.
+pub use keel_types::Instant;
+
+/// A CPU number, `0..cpu_count` (`keel-types`'s, re-exported).
+pub use keel_types::CpuId;
 
 /// A thread's unique id within its scheduler, numbered from 1 (so that 0 can mean
-/// "no thread", as in a mutex's owner word).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ThreadId(pub u64);
+/// "no thread", as in a mutex's owner word). `keel-types`'s one thread id,
+/// re-exported: the same type `keel-lfmutex` records its owner with.
+pub use keel_types::ThreadId;
 
 /// The factor by which a thread's runtime is charged (OSv's convention): 1 is the
 /// default, 2 makes the thread look as if it ran twice as long (it gets half the CPU
@@ -184,7 +196,7 @@ impl fmt::Display for SpawnError {
         match self {
             SpawnError::StackAllocation => f.write_str("could not allocate a thread stack"),
             SpawnError::StackTooSmall(size) => write!(f, "stack of {size} bytes is too small"),
-            SpawnError::NoSuchCpu(cpu) => write!(f, "no CPU {}", cpu.0),
+            SpawnError::NoSuchCpu(cpu) => write!(f, "no CPU {}", cpu.index()),
         }
     }
 }

@@ -19,16 +19,18 @@ use crate::queue::{RunKey, RunQueue, TimerKey, TimerQueue};
 use crate::thread::{JoinHandle, Thread, ThreadInner, state};
 use crate::wakeup::{PushOutcome, WakeLink, WakeQueue};
 use crate::{CpuId, SpawnError, SpawnOptions, ThreadId};
+use core::time::Duration;
 use intrusive_collections::{LinkedListLink, RBTreeLink};
+use keel_types::Instant;
 
 /// Scheduler-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// Stack size of threads spawned without [`SpawnOptions::stack_size`].
     pub default_stack_size: usize,
-    /// How often (at most) each CPU runs the load balancer, in nanoseconds; `None`
-    /// disables balancing. Balancing runs only at scheduling decisions.
-    pub balance_interval_nanos: Option<u64>,
+    /// How often (at most) each CPU runs the load balancer; `None` disables
+    /// balancing. Balancing runs only at scheduling decisions.
+    pub balance_interval: Option<Duration>,
     /// How many times an idle CPU polls its wake-up queue before it sleeps (OSv polls
     /// 10 000 times before halting; hosted CPUs share host cores, so keep it small).
     pub idle_poll_iterations: u32,
@@ -38,7 +40,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             default_stack_size: 256 * 1024,
-            balance_interval_nanos: Some(10_000_000),
+            balance_interval: Some(Duration::from_millis(10)),
             idle_poll_iterations: 1_000,
         }
     }
@@ -53,6 +55,9 @@ pub struct Scheduler<A: Arch, P: Policy = FairPolicy> {
     arch: A,
     cpus: Box<[Cpu<P>]>,
     config: SchedulerConfig,
+    /// `config.balance_interval` in nanoseconds (saturated), converted once: the
+    /// scheduling decision compares it with raw clock readings.
+    balance_interval_nanos: Option<u64>,
     /// Source of thread ids (`Relaxed`: only uniqueness matters).
     next_thread_id: AtomicU64,
     /// Set once by `request_shutdown` (`Release`), read by idle CPUs (`Acquire`).
@@ -183,7 +188,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 load: AtomicUsize::new(0),
                 running: AtomicU64::new(0),
                 local: UnsafeCell::new(CpuLocal {
-                    policy: make_policy(CpuId(index)),
+                    policy: make_policy(CpuId::new(index)),
                     run_queue: RunQueue::new(P::FIFO_ORDER),
                     current: None,
                     idle_context: 0,
@@ -203,6 +208,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             arch,
             cpus,
             config,
+            balance_interval_nanos: config
+                .balance_interval
+                .map(|interval| u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
             next_thread_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
         }
@@ -223,9 +231,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         &self.config
     }
 
-    /// Monotonic time (the arch clock), in nanoseconds.
-    pub fn now_nanos(&self) -> u64 {
-        self.arch.now_nanos()
+    /// Monotonic time (the arch clock).
+    pub fn now(&self) -> Instant {
+        self.arch.now()
     }
 
     // ----- threads -------------------------------------------------------------
@@ -243,9 +251,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         T: Send + 'static,
     {
         let cpu = match options.pin {
-            Some(cpu) if cpu.0 >= self.cpus.len() => return Err(SpawnError::NoSuchCpu(cpu)),
+            Some(cpu) if cpu.index() >= self.cpus.len() => return Err(SpawnError::NoSuchCpu(cpu)),
             Some(cpu) => cpu,
-            None => self.arch.current_cpu().unwrap_or(CpuId(0)),
+            None => self.arch.current_cpu().unwrap_or(CpuId::new(0)),
         };
         let size = options.stack_size.unwrap_or(self.config.default_stack_size);
         if size < crate::MIN_STACK_SIZE {
@@ -270,10 +278,12 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         });
         let thread = Thread {
             inner: Arc::new(ThreadInner {
-                id: ThreadId(self.next_thread_id.fetch_add(1, Ordering::Relaxed)),
+                // Numbered from 1; a u64 counter does not wrap to 0 in any real lifetime.
+                id: ThreadId::from_u64(self.next_thread_id.fetch_add(1, Ordering::Relaxed))
+                    .expect("thread ids start at 1 and do not wrap"),
                 state: AtomicU32::new(state::WAKING),
                 token: AtomicBool::new(false),
-                home_cpu: AtomicUsize::new(cpu.0),
+                home_cpu: AtomicUsize::new(cpu.index()),
                 pinned: options.pin.is_some(),
                 sleep_generation: AtomicU64::new(0),
                 sleep_fired: AtomicU64::new(0),
@@ -349,8 +359,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// time the caller acts on it.
     pub fn is_running_on(&self, id: ThreadId, cpu: CpuId) -> bool {
         self.cpus
-            .get(cpu.0)
-            .is_some_and(|shared| shared.running.load(Ordering::Relaxed) == id.0)
+            .get(cpu.index())
+            .is_some_and(|shared| shared.running.load(Ordering::Relaxed) == id.get())
             && !self.arch.is_cpu_preempted(cpu)
     }
 
@@ -417,17 +427,19 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         self.wake(thread);
     }
 
-    /// Blocks the calling thread for at least `nanos` nanoseconds.
-    pub fn sleep(&self, nanos: u64) {
-        self.sleep_until(self.arch.now_nanos().saturating_add(nanos));
+    /// Blocks the calling thread for at least `duration` (a duration past the clock's
+    /// end sleeps until [`Instant::MAX`]).
+    pub fn sleep(&self, duration: Duration) {
+        self.sleep_until(self.arch.now().saturating_add(duration));
     }
 
-    /// Blocks the calling thread until the arch clock reads at least `deadline_nanos`.
+    /// Blocks the calling thread until the arch clock reads at least `deadline`.
     /// The wake-up is a timer on the thread's CPU; the park token is left untouched.
-    pub fn sleep_until(&self, deadline_nanos: u64) {
-        if self.arch.now_nanos() >= deadline_nanos {
+    pub fn sleep_until(&self, deadline: Instant) {
+        if self.arch.now() >= deadline {
             return;
         }
+        let deadline_nanos = deadline.as_nanos();
         self.with_current(|me| {
             let generation = me.sleep_generation.load(Ordering::Relaxed);
             {
@@ -465,7 +477,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         for cpu in 0..self.cpus.len() {
-            self.arch.send_wakeup(CpuId(cpu));
+            self.arch.send_wakeup(CpuId::new(cpu));
         }
     }
 
@@ -490,11 +502,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             Some(cpu),
             "Arch::cpu_online broke current_cpu"
         );
-        let this = &self.cpus[cpu.0];
+        let this = &self.cpus[cpu.index()];
         {
             let interrupts = self.arch.mask_interrupts();
             let mut local = self.local(&interrupts);
-            local.running_since = self.arch.now_nanos();
+            local.running_since = self.arch.now().as_nanos();
             local.last_balance = local.running_since;
         }
         loop {
@@ -519,11 +531,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 let interrupts = self.arch.mask_interrupts();
                 self.local(&interrupts).timers.next_deadline()
             };
-            if deadline.is_some_and(|deadline| deadline <= self.arch.now_nanos()) {
+            if deadline.is_some_and(|deadline| deadline <= self.arch.now().as_nanos()) {
                 continue;
             }
             if this.incoming.try_sleep() && !self.shutdown.load(Ordering::Acquire) {
-                self.arch.idle_wait(cpu, deadline);
+                self.arch.idle_wait(cpu, deadline.map(Instant::from_nanos));
             }
             // Clears the sleeping flag; what it took is enqueued by the next decision.
             self.absorb(this.incoming.drain().map(|inner| Thread { inner }));
@@ -540,11 +552,11 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // Read under the mask: in the kernel a timer preemption between the read and
         // the use could let the balancer migrate this thread to another CPU.
         let cpu = self.arch.current_cpu()?;
-        let this = &self.cpus[cpu.0];
+        let this = &self.cpus[cpu.index()];
         assert!(
             !this.local_borrowed.replace(true),
             "CPU {} state borrowed twice",
-            cpu.0
+            cpu.index()
         );
         // SAFETY: relies on (1) the `Arch` contract (item 1): `current_cpu` says `cpu`
         // only on the one context that runs that CPU, so no other CPU or host thread
@@ -659,7 +671,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// Makes a `WAKING` thread runnable on its home CPU: directly when that is this
     /// CPU, else through the home CPU's wake-up queue (waking the CPU if asleep).
     fn deliver(&self, thread: &Thread) {
-        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        let home = CpuId::new(thread.inner.home_cpu.load(Ordering::Acquire));
         let interrupts = self.arch.mask_interrupts();
         let local = self.try_local(&interrupts);
         let here = local.as_ref().map(|local| local.cpu);
@@ -686,7 +698,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
                 let due = local.running_since;
                 if local.armed_deadline.is_none_or(|armed| armed > due) {
                     local.armed_deadline = Some(due);
-                    self.arch.arm_timer(home, due);
+                    self.arch.arm_timer(home, Instant::from_nanos(due));
                 }
             }
             self.publish_load(home, &local);
@@ -697,7 +709,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     /// `deliver` for callers that already hold this CPU's state.
     fn deliver_from(&self, cpu: CpuId, local: &mut CpuLocal<P>, thread: Thread) {
-        let home = CpuId(thread.inner.home_cpu.load(Ordering::Acquire));
+        let home = CpuId::new(thread.inner.home_cpu.load(Ordering::Acquire));
         if home == cpu {
             Self::make_runnable(local, thread);
         } else {
@@ -709,12 +721,16 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// `source` (the CPU we run on, with interrupts masked; `None` off the CPUs), and
     /// interrupts `home` unless it is polling that queue by itself.
     fn push_remote(&self, source: Option<CpuId>, home: CpuId, thread: Thread) {
-        let target = &self.cpus[home.0];
+        let target = &self.cpus[home.index()];
         // SAFETY: relies on (1) `thread` being in `WAKING`, moved there by our caller
         // (a waker's claim, a migration or a spawn), which alone pushes it, and (2) a
         // thread leaving `WAKING` only once its queue was drained: so it is in no
         // wake-up queue now (see `ThreadInner::wake_link`).
-        let outcome = unsafe { target.incoming.push(source.map(|cpu| cpu.0), thread.inner) };
+        let outcome = unsafe {
+            target
+                .incoming
+                .push(source.map(|cpu| cpu.index()), thread.inner)
+        };
         if outcome != PushOutcome::Queued {
             self.arch.send_wakeup(home);
         }
@@ -760,7 +776,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
 
     fn publish_load(&self, cpu: CpuId, local: &CpuLocal<P>) {
         let load = local.run_queue.len() + usize::from(local.current.is_some());
-        let slot = &self.cpus[cpu.0].load;
+        let slot = &self.cpus[cpu.index()].load;
         if slot.load(Ordering::Relaxed) != load {
             slot.store(load, Ordering::Relaxed);
         }
@@ -771,8 +787,8 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
     /// context continues it may be on another CPU (a queued thread may migrate).
     fn schedule(&self, mut local: LocalRef<'_, P>, entry: Entry) {
         let cpu = local.cpu;
-        let this = &self.cpus[cpu.0];
-        let now = self.arch.now_nanos();
+        let this = &self.cpus[cpu.index()];
+        let now = self.arch.now().as_nanos();
 
         // Before draining: a push the drain misses then finds the queue's `POLLING`
         // flag clear and interrupts us (see `wakeup`).
@@ -782,7 +798,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         }
         self.expire_timers(cpu, &mut local, now);
         Self::charge_current(&mut local, now);
-        if let Some(interval) = self.config.balance_interval_nanos
+        if let Some(interval) = self.balance_interval_nanos
             && self.cpus.len() > 1
             && now.saturating_sub(local.last_balance) >= interval
         {
@@ -880,9 +896,9 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         local.current = next;
         let cpu = local.cpu;
         let running = local.current.as_ref().map(|thread| thread.inner.id);
-        self.cpus[cpu.0]
+        self.cpus[cpu.index()]
             .running
-            .store(running.map_or(0, |id| id.0), Ordering::Relaxed);
+            .store(running.map_or(0, ThreadId::get), Ordering::Relaxed);
         self.arch.set_running_thread(cpu, running);
         local.running_since = now;
         let runs_thread = local.current.is_some();
@@ -972,7 +988,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         if deadline != local.armed_deadline {
             local.armed_deadline = deadline;
             match deadline {
-                Some(deadline) => self.arch.arm_timer(cpu, deadline),
+                Some(deadline) => self.arch.arm_timer(cpu, Instant::from_nanos(deadline)),
                 None => self.arch.cancel_timer(cpu),
             }
         }
@@ -988,7 +1004,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
             .cpus
             .iter()
             .enumerate()
-            .filter(|(index, _)| *index != cpu.0)
+            .filter(|(index, _)| *index != cpu.index())
             .map(|(index, other)| (index, other.load.load(Ordering::Relaxed)))
             .min_by_key(|(_, load)| *load)
         else {
@@ -1012,7 +1028,7 @@ impl<A: Arch, P: Policy> Scheduler<A, P> {
         // Count it at once so that other CPUs' balancers see it.
         self.cpus[target].load.fetch_add(1, Ordering::Relaxed);
         self.publish_load(cpu, local);
-        self.push_remote(Some(cpu), CpuId(target), thread);
+        self.push_remote(Some(cpu), CpuId::new(target), thread);
     }
 
     /// Ends the current thread: marks it terminated, wakes its joiner, switches away.
@@ -1091,7 +1107,7 @@ mod tests {
 
     fn thread(id: u64) -> Arc<ThreadInner> {
         Arc::new(ThreadInner {
-            id: ThreadId(id),
+            id: ThreadId::from_u64(id).expect("test ids start at 1"),
             state: AtomicU32::new(state::QUEUED),
             token: AtomicBool::new(false),
             home_cpu: AtomicUsize::new(0),
@@ -1120,7 +1136,8 @@ mod tests {
 
     /// Pops everything, returning thread ids in run order.
     fn drain(queue: &mut RunQueue) -> Vec<u64> {
-        let ids: Vec<u64> = core::iter::from_fn(|| queue.pop().map(|thread| thread.id.0)).collect();
+        let ids: Vec<u64> =
+            core::iter::from_fn(|| queue.pop().map(|thread| thread.id.get())).collect();
         assert_eq!(queue.len(), 0);
         ids
     }
@@ -1142,7 +1159,7 @@ mod tests {
             queue.insert(key(value, sequence), thread(sequence));
             assert_eq!(queue.len(), sequence as usize);
         }
-        assert_eq!(queue.peek().map(|thread| thread.id), Some(ThreadId(8)));
+        assert_eq!(queue.peek().map(|thread| thread.id), ThreadId::from_u64(8));
         assert_eq!(drain(&mut queue), [8, 5, 2, 4, 7, 1, 6, 3]);
         assert!(queue.peek().is_none());
     }
@@ -1164,7 +1181,7 @@ mod tests {
             if seed.is_multiple_of(5) {
                 reference.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let expected = reference.remove(0).1;
-                assert_eq!(queue.pop().map(|thread| thread.id.0), Some(expected));
+                assert_eq!(queue.pop().map(|thread| thread.id.get()), Some(expected));
             }
             assert_eq!(queue.len(), reference.len());
         }
@@ -1179,9 +1196,9 @@ mod tests {
         for sequence in 1..=6 {
             queue.insert(key(sequence as f64, sequence), thread(sequence));
         }
-        assert_eq!(queue.pop().map(|thread| thread.id.0), Some(1));
+        assert_eq!(queue.pop().map(|thread| thread.id.get()), Some(1));
         queue.insert(key(7.0, 7), thread(7));
-        assert_eq!(queue.peek().map(|thread| thread.id.0), Some(2));
+        assert_eq!(queue.peek().map(|thread| thread.id.get()), Some(2));
         assert_eq!(drain(&mut queue), [2, 3, 4, 5, 6, 7]);
     }
 
@@ -1194,7 +1211,7 @@ mod tests {
                 queue.insert(key(sequence as f64, sequence), thread(sequence));
             }
             let taken = queue.take_last_where(|thread| !thread.pinned);
-            assert_eq!(taken.map(|thread| thread.id.0), Some(5));
+            assert_eq!(taken.map(|thread| thread.id.get()), Some(5));
             assert_eq!(queue.len(), 5);
             assert_eq!(drain(&mut queue), [1, 2, 3, 4, 6]);
             assert!(queue.take_last_where(|_| true).is_none());
@@ -1208,7 +1225,7 @@ mod tests {
             queue.insert(key(sequence as f64, sequence), thread(sequence));
         }
         // Reverse the order: the tree must be rebuilt, not patched in place.
-        queue.rekey_all(|thread| -(thread.id.0 as f64));
+        queue.rekey_all(|thread| -(thread.id.get() as f64));
         assert_eq!(queue.len(), 5);
         assert_eq!(drain(&mut queue), [5, 4, 3, 2, 1]);
     }
@@ -1229,13 +1246,15 @@ mod tests {
         assert!(timers.pop_expired(9).is_none());
         let mut fired = Vec::new();
         while let Some((timer, thread)) = timers.pop_expired(25) {
-            assert_eq!(timer.generation, thread.id.0 * 100);
-            fired.push(thread.id.0);
+            assert_eq!(timer.generation, thread.id.get() * 100);
+            fired.push(thread.id.get());
         }
         assert_eq!(fired, [2, 4, 3]);
         assert_eq!(timers.next_deadline(), Some(30));
         assert_eq!(
-            timers.pop_expired(u64::MAX).map(|(_, thread)| thread.id.0),
+            timers
+                .pop_expired(u64::MAX)
+                .map(|(_, thread)| thread.id.get()),
             Some(1)
         );
         assert_eq!(timers.next_deadline(), None);

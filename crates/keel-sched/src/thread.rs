@@ -122,7 +122,7 @@ impl Thread {
 
     /// The CPU that currently owns the thread (it may change unless pinned).
     pub fn cpu(&self) -> CpuId {
-        CpuId(self.inner.home_cpu.load(Ordering::Relaxed))
+        CpuId::new(self.inner.home_cpu.load(Ordering::Relaxed))
     }
 
     /// Whether the thread has finished.

@@ -4,6 +4,7 @@
 
 use super::TestResult;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::interrupts::{self, TrapFrame};
 use keel_arch_x86_64::{ArchInfo, apic, kprintln, time};
 
@@ -16,9 +17,9 @@ fn on_timer(_: &mut TrapFrame) {
     TIMER_FIRED.store(true, Ordering::Release);
 }
 
-/// Waits with interrupts enabled until the timer fired or `limit_nanos` passed.
-fn wait_for_timer(limit_nanos: u64) -> bool {
-    let end = time::read_tsc() + time::nanos_to_ticks(limit_nanos);
+/// Waits with interrupts enabled until the timer fired or `limit` passed.
+fn wait_for_timer(limit: Duration) -> bool {
+    let end = time::read_tsc() + time::duration_to_ticks(limit);
     while time::read_tsc() < end {
         if TIMER_FIRED.load(Ordering::Acquire) {
             return true;
@@ -57,11 +58,12 @@ fn oneshot_deadlines() -> TestResult {
     for deadline_micros in [2_000u64, 5_000, 20_000] {
         TIMER_FIRED.store(false, Ordering::Relaxed);
         let start = time::read_tsc();
-        apic::arm_oneshot(deadline_micros * 1000);
-        let fired = wait_for_timer(2_000_000_000);
+        apic::arm_oneshot(Duration::from_micros(deadline_micros));
+        let fired = wait_for_timer(Duration::from_secs(2));
         check!(fired, "one-shot timer never fired", deadline_micros);
         let elapsed_micros =
-            time::ticks_to_nanos(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start) / 1000;
+            time::ticks_to_duration(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start).as_micros()
+                as u64;
         // The APIC and TSC are calibrated against each other; allow 5% calibration error.
         check!(
             elapsed_micros * 100 >= deadline_micros * 95,
@@ -81,10 +83,10 @@ ktest!(apic_timer_cancel_prevents_interrupt);
 
 fn cancelled_timer_stays_quiet() -> TestResult {
     TIMER_FIRED.store(false, Ordering::Relaxed);
-    apic::arm_oneshot(3_000_000);
+    apic::arm_oneshot(Duration::from_millis(3));
     apic::cancel_timer();
     x86_64::instructions::interrupts::enable();
-    time::busy_wait_nanos(10_000_000);
+    time::busy_wait(Duration::from_millis(10));
     x86_64::instructions::interrupts::disable();
     check!(
         !TIMER_FIRED.load(Ordering::Acquire),

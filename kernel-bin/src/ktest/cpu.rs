@@ -6,6 +6,7 @@
 use super::{Failure, TestResult, on_every_cpu};
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 use keel_sched::{CpuId, SpawnOptions};
 use raw_cpuid::CpuId as Cpuid;
@@ -203,10 +204,10 @@ fn preempt_avx_threads() -> Result<(u64, alloc::vec::Vec<AvxReport>), Failure> {
         .timer_interrupts
         .load(Ordering::Relaxed);
     let scheduler = crate::threads::scheduler();
-    let give_up = time::monotonic_nanos() + 30_000_000_000;
+    let give_up = time::now() + Duration::from_secs(30);
     let mut handles = alloc::vec::Vec::new();
     for thread in 0..THREADS {
-        let options = SpawnOptions::new().pin(CpuId(0));
+        let options = SpawnOptions::new().pin(CpuId::new(0));
         let spawned = scheduler.spawn(options, move || {
             let mut pattern = [0u64; YMM_WORDS];
             for (index, word) in pattern.iter_mut().enumerate() {
@@ -222,7 +223,7 @@ fn preempt_avx_threads() -> Result<(u64, alloc::vec::Vec<AvxReport>), Failure> {
             // Every thread keeps going until all have had their share, so none runs
             // alone (where it could not be interleaved with the others).
             let mut ready = false;
-            while READY.load(Ordering::SeqCst) < THREADS && time::monotonic_nanos() < give_up {
+            while READY.load(Ordering::SeqCst) < THREADS && time::now() < give_up {
                 if !ready
                     && report.rounds >= MIN_ROUNDS
                     && report.interleavings >= MIN_INTERLEAVINGS

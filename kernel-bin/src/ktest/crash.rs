@@ -11,6 +11,7 @@ use super::paging::{GUARD_TEST_STACK, guard_page_of_current_thread};
 use super::registry;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::cpu::{self, ExitCode};
 use keel_arch_x86_64::{kprintln, paging, time};
 use keel_sched::{CpuId, SpawnOptions};
@@ -120,7 +121,7 @@ fn fault_with_rbp_in_guard() {
     let inside_guard = guard_page_of_current_thread() + 0x800;
     // SAFETY: deliberately not safe: points rbp into the guard page and raises #UD,
     // which the kernel reports without returning.
-    unsafe { core::arch::asm!("mov rbp, {}", "ud2", in(reg) inside_guard) };
+    unsafe { core::arch::asm!("mov rbp, {}", "ud2", in(reg) inside_guard.as_u64()) };
 }
 
 /// Crash case `thread-guard-in-entry-stub`: a thread's stack pointer is 64 bytes above
@@ -143,7 +144,7 @@ fn interrupt_just_above_guard() {
     // SAFETY: deliberately not safe: moves rsp to the bottom of the thread's stack and
     // raises an interrupt, whose frame cannot fit above the guard page; the kernel
     // reports the page fault and never returns here.
-    unsafe { core::arch::asm!("mov rsp, {}", "int 0x9e", "ud2", in(reg) low) };
+    unsafe { core::arch::asm!("mov rsp, {}", "int 0x9e", "ud2", in(reg) low.as_u64()) };
 }
 
 /// Crash cases `two-cpus-crash-at-once` (`cpu1_panics`) and `two-cpus-fault-at-once`
@@ -161,16 +162,16 @@ fn crash_on_two_cpus_at_once(cpu1_panics: bool) {
     let meet = || {
         ARRIVED.fetch_add(1, Ordering::AcqRel);
         // A liveness guard only: both threads arrive within microseconds.
-        let end = time::monotonic_nanos() + 20_000_000_000;
-        while ARRIVED.load(Ordering::Acquire) < 2 && time::monotonic_nanos() < end {
+        let end = time::now() + Duration::from_secs(20);
+        while ARRIVED.load(Ordering::Acquire) < 2 && time::now() < end {
             core::hint::spin_loop();
         }
     };
-    let faulting = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let faulting = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         meet();
         fault_on_cpu0();
     });
-    let panicking = scheduler.spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+    let panicking = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
         meet();
         if cpu1_panics {
             panic_on_cpu1();

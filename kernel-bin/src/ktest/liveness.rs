@@ -3,7 +3,7 @@
 //! still spins, whoever made it runnable: another CPU's unpark or spawn, the spinner's
 //! own unpark or spawn, the balancer, or a sleep timer.
 //!
-//! The spinner gives up after [`GUARD_NANOS`]; that is a liveness bound that turns a
+//! The spinner gives up after [`GUARD`]; that is a liveness bound that turns a
 //! hang into a failure, never a speed assertion. The spinner runs on the last CPU; the
 //! test runner stays off it except on one CPU, where it only joins (a sleep of its
 //! would arm the timer that rescues the woken thread).
@@ -11,11 +11,12 @@
 use super::{TestResult, has_two_cpus};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::{ArchInfo, percpu, time};
 use keel_sched::{CpuId, SpawnOptions, Thread};
 
 /// How long a spinner waits for the woken thread before the case fails.
-const GUARD_NANOS: u64 = 5_000_000_000;
+const GUARD: Duration = Duration::from_secs(5);
 
 /// Who makes the target runnable on the spinner's CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +32,15 @@ enum Waker {
 }
 
 fn pinned(cpu: usize) -> SpawnOptions {
-    SpawnOptions::new().pin(CpuId(cpu))
+    SpawnOptions::new().pin(CpuId::new(cpu))
 }
 
 /// Spins (interrupts enabled, no scheduler call) until `flag` is set or the guard
 /// passes; whether it was set.
 fn spin_until(flag: &AtomicBool) -> bool {
-    let give_up = time::monotonic_nanos() + GUARD_NANOS;
+    let give_up = time::now() + GUARD;
     while !flag.load(Ordering::SeqCst) {
-        if time::monotonic_nanos() > give_up {
+        if time::now() > give_up {
             return false;
         }
         core::hint::spin_loop();
@@ -49,12 +50,12 @@ fn spin_until(flag: &AtomicBool) -> bool {
 
 /// Waits (sleeping 1 ms at a time) until `flag` is set; false after the guard.
 fn wait_for(flag: &AtomicBool) -> bool {
-    let give_up = time::monotonic_nanos() + GUARD_NANOS;
+    let give_up = time::now() + GUARD;
     while !flag.load(Ordering::SeqCst) {
-        if time::monotonic_nanos() > give_up {
+        if time::now() > give_up {
             return false;
         }
-        crate::threads::scheduler().sleep(1_000_000);
+        crate::threads::scheduler().sleep(Duration::from_millis(1));
     }
     true
 }
@@ -187,7 +188,7 @@ fn sleeper_runs_when_its_timer_fires_while_its_cpu_spins(_: &ArchInfo) -> TestRe
         let (asleep, ran) = (asleep.clone(), ran.clone());
         scheduler.spawn(pinned(last), move || {
             asleep.store(true, Ordering::SeqCst);
-            crate::threads::scheduler().sleep(20_000_000);
+            crate::threads::scheduler().sleep(Duration::from_millis(20));
             ran.store(true, Ordering::SeqCst);
         })
     };
@@ -239,8 +240,8 @@ fn moved_by_the_balancer_runs_while_its_new_cpu_spins(_: &ArchInfo) -> TestResul
             for _ in 0..3 {
                 let moved_ran = moved_ran.clone();
                 let spawned = scheduler.spawn(SpawnOptions::new(), move || {
-                    let give_up = time::monotonic_nanos() + GUARD_NANOS;
-                    while !moved_ran.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+                    let give_up = time::now() + GUARD;
+                    while !moved_ran.load(Ordering::SeqCst) && time::now() < give_up {
                         if percpu::current_index() != 0 {
                             moved_ran.store(true, Ordering::SeqCst);
                         }

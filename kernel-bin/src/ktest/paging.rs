@@ -9,10 +9,11 @@ use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
 use keel_arch_x86_64::{ArchInfo, gdt, interrupts, paging};
 use keel_sched::SpawnOptions;
+use keel_types::VirtAddr;
 use x86_64::structures::paging::PageTableFlags;
 
 fn kernel_text_is_read_execute(_: &ArchInfo) -> TestResult {
-    let address = kernel_text_is_read_execute as *const () as u64;
+    let address = VirtAddr::from_ptr(kernel_text_is_read_execute as *const ());
     let flags = paging::flags_of(address);
     check!(flags.is_some(), "kernel text unmapped", address);
     let flags = flags.unwrap_or(PageTableFlags::empty());
@@ -33,7 +34,7 @@ ktest!(kernel_text_is_read_execute);
 static RODATA_PROBE: u64 = 0x6b65_656c;
 
 fn kernel_rodata_is_read_only_no_execute(_: &ArchInfo) -> TestResult {
-    let address = &RODATA_PROBE as *const u64 as u64;
+    let address = VirtAddr::from_ptr(&RODATA_PROBE);
     let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
     check!(
         flags.contains(PageTableFlags::PRESENT),
@@ -59,7 +60,7 @@ static DATA_PROBE: AtomicBool = AtomicBool::new(false);
 
 fn kernel_data_is_no_execute(_: &ArchInfo) -> TestResult {
     DATA_PROBE.store(true, Ordering::Relaxed);
-    let address = &DATA_PROBE as *const AtomicBool as u64;
+    let address = VirtAddr::from_ptr(&DATA_PROBE);
     let flags = paging::flags_of(address).unwrap_or(PageTableFlags::empty());
     check!(
         flags.contains(PageTableFlags::WRITABLE),
@@ -73,7 +74,7 @@ fn kernel_data_is_no_execute(_: &ArchInfo) -> TestResult {
     );
     let stack_variable = 0u64;
     let flags =
-        paging::flags_of(&stack_variable as *const u64 as u64).unwrap_or(PageTableFlags::empty());
+        paging::flags_of(VirtAddr::from_ptr(&stack_variable)).unwrap_or(PageTableFlags::empty());
     check!(
         flags.contains(PageTableFlags::NO_EXECUTE),
         "stack is executable",
@@ -84,8 +85,11 @@ fn kernel_data_is_no_execute(_: &ArchInfo) -> TestResult {
 ktest!(kernel_data_is_no_execute);
 
 fn null_page_and_stack_guards_unmapped(_: &ArchInfo) -> TestResult {
-    check!(paging::flags_of(0).is_none(), "page 0 is mapped");
-    let boot_guard = (&raw const keel_arch_x86_64::boot::keel_boot_stack_guard) as u64;
+    check!(
+        paging::flags_of(VirtAddr::new(0)).is_none(),
+        "page 0 is mapped"
+    );
+    let boot_guard = VirtAddr::from_ptr(&raw const keel_arch_x86_64::boot::keel_boot_stack_guard);
     check!(
         paging::flags_of(boot_guard).is_none(),
         "boot stack guard mapped",
@@ -108,14 +112,17 @@ fn null_page_and_stack_guards_unmapped(_: &ArchInfo) -> TestResult {
 ktest!(null_page_and_stack_guards_unmapped);
 
 fn ram_is_mapped_no_execute(info: &ArchInfo) -> TestResult {
-    let table_start = info.paging.table_region_start;
+    // Identity-mapped: the table region's physical start is its virtual address.
+    let table_start = VirtAddr::new(info.paging.table_region_start.as_u64());
     for region in info
         .boot
         .memory_regions()
         .iter()
         .filter(|r| r.kind.is_memory())
     {
-        for address in [region.start.max(4096), region.end() - 1] {
+        // Identity-mapped RAM: physical addresses are virtual ones.
+        for address in [region.start.as_u64().max(4096), region.end().as_u64() - 1] {
+            let address = VirtAddr::new(address);
             if address >= info.layout.start && address < info.layout.end {
                 continue;
             }
@@ -142,11 +149,11 @@ ktest!(ram_is_mapped_no_execute);
 
 /// The stack pointer's page rounded up: the top of the running thread's stack (the
 /// thread's first frames are far smaller than a page).
-fn stack_top_of_current_thread() -> u64 {
+fn stack_top_of_current_thread() -> VirtAddr {
     let rsp: u64;
     // SAFETY: reads the stack pointer; no memory access.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
-    rsp.next_multiple_of(paging::PAGE_SIZE)
+    VirtAddr::new(rsp.next_multiple_of(paging::PAGE_SIZE))
 }
 
 /// Stack size of the thread whose guard page the tests look at.
@@ -154,7 +161,7 @@ pub const GUARD_TEST_STACK: u64 = 16 * 1024;
 
 /// The guard page of a thread spawned with [`GUARD_TEST_STACK`] bytes of stack, as seen
 /// from inside it (the kernel's stacks are page runs with the guard lowest).
-pub fn guard_page_of_current_thread() -> u64 {
+pub fn guard_page_of_current_thread() -> VirtAddr {
     stack_top_of_current_thread() - GUARD_TEST_STACK - paging::PAGE_SIZE
 }
 
@@ -164,7 +171,8 @@ fn flags_of_calls_guard_pages_unmapped(_: &ArchInfo) -> TestResult {
     let frame = crate::memory::alloc_page();
     check!(frame.is_some(), "page allocation failed");
     let Some(frame) = frame else { return Ok(()) };
-    let address = frame.as_u64() * paging::PAGE_SIZE;
+    // Identity-mapped: the frame's physical address is its virtual one.
+    let address = VirtAddr::new(frame.as_u64() * paging::PAGE_SIZE);
     check!(
         paging::flags_of(address).is_some(),
         "a fresh RAM page is unmapped",
@@ -218,7 +226,7 @@ ktest!(flags_of_calls_guard_pages_unmapped);
 /// stacks', and a thread stack's; not the null page, nor a mapped page.
 fn every_stack_guard_is_recognised(_: &ArchInfo) -> TestResult {
     use keel_arch_x86_64::{boot, gdt};
-    let boot_guard = (&raw const boot::keel_boot_stack_guard) as u64;
+    let boot_guard = VirtAddr::from_ptr(&raw const boot::keel_boot_stack_guard);
     check!(
         interrupts::is_stack_guard(boot_guard + 8),
         "the boot stack's guard is not recognised",
@@ -239,7 +247,7 @@ fn every_stack_guard_is_recognised(_: &ArchInfo) -> TestResult {
         ap_guards.len(),
         expected
     );
-    let unrecognised: alloc::vec::Vec<u64> = ap_guards
+    let unrecognised: alloc::vec::Vec<VirtAddr> = ap_guards
         .iter()
         .copied()
         .filter(|&guard| !interrupts::is_stack_guard(guard + 0x800))
@@ -265,7 +273,7 @@ fn every_stack_guard_is_recognised(_: &ArchInfo) -> TestResult {
     );
     let mapped = stack_top_of_current_thread() - paging::PAGE_SIZE;
     check!(
-        !interrupts::is_stack_guard(8) && !interrupts::is_stack_guard(mapped),
+        !interrupts::is_stack_guard(VirtAddr::new(8)) && !interrupts::is_stack_guard(mapped),
         "the null page or a mapped page is called a guard",
         mapped
     );

@@ -7,15 +7,17 @@
 
 use super::{Failure, TestResult, has_two_cpus};
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::tlb::{self, Flush};
 use keel_arch_x86_64::{ArchInfo, kprintln, paging, percpu, time};
 use keel_pagealloc::PageRange;
 use keel_sched::{CpuId, SpawnOptions};
+use keel_types::{PhysAddr, VirtAddr};
 use x86_64::structures::paging::PageTableFlags;
 
 /// A liveness guard for the hand-shakes between the two threads (seconds, not a timed
 /// assertion: on time the hand-shake takes microseconds).
-const HANDSHAKE_LIMIT_NANOS: u64 = 20_000_000_000;
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Reads the first word of the page at `address` through the current translation.
 #[inline(never)]
@@ -37,9 +39,9 @@ fn fill_page(address: u64, value: u64) {
 
 /// Spins until `stage` holds `value`, or the liveness limit passes (then false).
 fn wait_for(stage: &AtomicU64, value: u64) -> bool {
-    let end = time::monotonic_nanos() + HANDSHAKE_LIMIT_NANOS;
+    let end = time::now() + HANDSHAKE_LIMIT;
     while stage.load(Ordering::Acquire) != value {
-        if time::monotonic_nanos() > end {
+        if time::now() > end {
             return false;
         }
         core::hint::spin_loop();
@@ -56,7 +58,7 @@ fn cross_cpu_remap(page: u64, new_frame: u64, reader_cpu: usize) -> Option<(u64,
     static STAGE: AtomicU64 = AtomicU64::new(0);
     STAGE.store(0, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId(reader_cpu)), move || {
+    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(reader_cpu)), move || {
         let first = read_page(page);
         STAGE.store(1, Ordering::Release);
         if !wait_for(&STAGE, 2) {
@@ -64,12 +66,12 @@ fn cross_cpu_remap(page: u64, new_frame: u64, reader_cpu: usize) -> Option<(u64,
         }
         Some((first, read_page(page), percpu::current_index()))
     });
-    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         if !wait_for(&STAGE, 1) {
             STAGE.store(3, Ordering::Release);
             return false;
         }
-        let remapped = paging::map_page_to(page, new_frame);
+        let remapped = paging::map_page_to(VirtAddr::new(page), PhysAddr::new(new_frame));
         STAGE.store(2, Ordering::Release);
         remapped.is_ok()
     });
@@ -103,7 +105,7 @@ fn remap_seen_on_every_other_cpu(page: u64, other: u64) -> TestResult {
         fill_page(page, BEFORE | tag);
         fill_page(other, AFTER | tag);
         let reads = cross_cpu_remap(page, other, reader_cpu);
-        let restored = paging::map_page_to(page, page);
+        let restored = paging::map_page_to(VirtAddr::new(page), PhysAddr::new(page));
         check!(restored.is_ok(), "mapping the page back failed", restored);
         check!(reads.is_some(), "the two-CPU hand-shake failed", reader_cpu);
         let Some((first, second)) = reads else {
@@ -167,7 +169,9 @@ fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
         runs.push(run);
         let start = run.start.as_u64() * paging::PAGE_SIZE;
         let block = start.next_multiple_of(HUGE);
-        if paging::flags_of(block).is_some_and(|flags| flags.contains(PageTableFlags::HUGE_PAGE)) {
+        if paging::flags_of(VirtAddr::new(block))
+            .is_some_and(|flags| flags.contains(PageTableFlags::HUGE_PAGE))
+        {
             huge_block = Some(block);
             break;
         }
@@ -182,7 +186,7 @@ fn remap_inside_a_huge_page_is_seen_by_other_cpus(_: &ArchInfo) -> TestResult {
         }),
     };
     let split = huge_block.map(|block| {
-        paging::flags_of(block + 0x10_0000)
+        paging::flags_of(VirtAddr::new(block + 0x10_0000))
             .is_some_and(|flags| !flags.contains(PageTableFlags::HUGE_PAGE))
     });
     for run in runs {
@@ -218,7 +222,7 @@ fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
     let rounds_before = tlb::rounds();
     let mut handles = alloc::vec::Vec::new();
     for cpu in 0..cpus {
-        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId(cpu)), move || {
+        let spawned = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(cpu)), move || {
             STARTED.fetch_add(1, Ordering::AcqRel);
             // Start together, so that initiators meet.
             let all = wait_for(&STARTED, cpus as u64);
@@ -228,7 +232,7 @@ fn concurrent_shootdowns_from_every_cpu_complete(_: &ArchInfo) -> TestResult {
                         Flush::All
                     } else {
                         Flush::Pages {
-                            start: address,
+                            start: VirtAddr::new(address),
                             count: 1 + round % 4,
                         }
                     });
@@ -281,7 +285,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     let Some(page) = page else { return Ok(()) };
     let address = page.as_u64() * paging::PAGE_SIZE;
     let flush = Flush::Pages {
-        start: address,
+        start: VirtAddr::new(address),
         count: 1,
     };
     let measure = move |round: fn(Flush), count: usize| {
@@ -295,7 +299,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
     };
     static STOP: AtomicU64 = AtomicU64::new(0);
     STOP.store(0, Ordering::SeqCst);
-    let on_cpu0 = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let on_cpu0 = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         let handled_before = tlb::requests_handled();
         let mut local = measure(tlb::flush_local, SAMPLES);
         let mut idle = measure(tlb::shootdown, SAMPLES);
@@ -305,7 +309,7 @@ fn shootdown_round_cost(_: &ArchInfo) -> TestResult {
         let spinners: alloc::vec::Vec<_> = (1..cpus)
             .filter_map(|cpu| {
                 scheduler
-                    .spawn(SpawnOptions::new().pin(CpuId(cpu)), || {
+                    .spawn(SpawnOptions::new().pin(CpuId::new(cpu)), || {
                         while STOP.load(Ordering::Acquire) == 0 {
                             core::hint::spin_loop();
                         }
@@ -373,7 +377,7 @@ fn guard_set_on_another_cpu() {
     };
     let page = frame.as_u64() * paging::PAGE_SIZE;
     fill_page(page, BEFORE);
-    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId(1)), move || {
+    let reader = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(1)), move || {
         let first = read_page(page);
         STAGE.store(1, Ordering::Release);
         if wait_for(&STAGE, 2) {
@@ -387,9 +391,9 @@ fn guard_set_on_another_cpu() {
             kprintln!("ktest: the hand-shake with CPU 0 timed out");
         }
     });
-    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId(0)), move || {
+    let changer = scheduler.spawn(SpawnOptions::new().pin(CpuId::new(0)), move || {
         if wait_for(&STAGE, 1) {
-            let guarded = paging::set_guard_page(page, true);
+            let guarded = paging::set_guard_page(VirtAddr::new(page), true);
             kprintln!("ktest: CPU 0 made {page:#x} a guard page: {guarded:?}");
             STAGE.store(2, Ordering::Release);
         }

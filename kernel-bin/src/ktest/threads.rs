@@ -6,6 +6,7 @@
 use super::TestResult;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 
 fn threads_spawn_and_join(_: &ArchInfo) -> TestResult {
@@ -36,9 +37,9 @@ fn timer_preempts_busy_threads(_: &ArchInfo) -> TestResult {
     static SPINS: AtomicU64 = AtomicU64::new(0);
     SECOND_RAN.store(false, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let give_up = time::now() + Duration::from_secs(5);
     let first = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
-        while !SECOND_RAN.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+        while !SECOND_RAN.load(Ordering::SeqCst) && time::now() < give_up {
             SPINS.fetch_add(1, Ordering::Relaxed);
         }
         SECOND_RAN.load(Ordering::SeqCst)
@@ -63,17 +64,18 @@ ktest!(timer_preempts_busy_threads);
 
 fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Mutex;
+    use keel_sched::Instant;
     /// (deadline, the order in which the sleeper got going again)
-    static WOKEN: Mutex<alloc::vec::Vec<(u64, u64)>, crate::threads::KernelParker> =
+    static WOKEN: Mutex<alloc::vec::Vec<(Instant, Instant)>, crate::threads::KernelParker> =
         Mutex::new(alloc::vec::Vec::new());
     WOKEN.lock().clear();
     let scheduler = crate::threads::scheduler();
     let mut handles = alloc::vec::Vec::new();
     for millis in [9u64, 3, 6, 1] {
         let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
-            let deadline = time::monotonic_nanos() + millis * 1_000_000;
+            let deadline = time::now() + Duration::from_millis(millis);
             crate::threads::scheduler().sleep_until(deadline);
-            let woke = time::monotonic_nanos();
+            let woke = time::now();
             WOKEN.lock().push((deadline, woke));
             (deadline, woke)
         });
@@ -83,7 +85,9 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
         }
     }
     for handle in handles {
-        let (deadline, woke) = scheduler.join(handle).unwrap_or((1, 0));
+        let (deadline, woke) = scheduler
+            .join(handle)
+            .unwrap_or((Instant::from_nanos(1), Instant::ZERO));
         check!(woke >= deadline, "woke before the deadline", deadline, woke);
     }
     let woken = WOKEN.lock().clone();
@@ -92,8 +96,9 @@ fn sleepers_never_wake_early(_: &ArchInfo) -> TestResult {
     // (Several milliseconds before the idle wait stopped re-arming a stale deadline.)
     for (deadline, woke) in &woken {
         kprintln!(
-            "    deadline {deadline} ns: running again {} us later",
-            (woke - deadline) / 1000
+            "    deadline {} ns: running again {} us later",
+            deadline.as_nanos(),
+            (*woke - *deadline).as_micros()
         );
     }
     Ok(())
@@ -109,7 +114,7 @@ fn lfmutex_counts_exactly_on_keel_threads(_: &ArchInfo) -> TestResult {
     let cpus = scheduler.cpu_count();
     for index in 0..16 {
         // Spread over every CPU, so the mutex is contended across CPUs.
-        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(index % cpus));
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(index % cpus));
         let spawned = scheduler.spawn(options, || {
             for round in 0..500u32 {
                 let mut counter = COUNTER.lock();
@@ -153,9 +158,9 @@ fn condvar_ping_pong_on_keel_threads(_: &ArchInfo) -> TestResult {
         }
     };
     // On different CPUs when there are several.
-    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let last = keel_sched::CpuId::new(scheduler.cpu_count() - 1);
     let even = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         player(0),
     );
     let odd = scheduler.spawn(keel_sched::SpawnOptions::new().pin(last), player(1));
@@ -185,7 +190,7 @@ fn every_cpu_runs_its_pinned_threads(info: &ArchInfo) -> TestResult {
     let mut handles = alloc::vec::Vec::new();
     for round in 0..4 {
         for cpu in 0..cpus {
-            let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(cpu));
+            let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(cpu));
             let spawned = scheduler.spawn(options, move || {
                 (cpu, round, keel_arch_x86_64::percpu::current_index())
             });
@@ -215,7 +220,7 @@ fn cross_cpu_park_unpark_loses_no_wakeup(_: &ArchInfo) -> TestResult {
     static BALL: AtomicU64 = AtomicU64::new(0);
     BALL.store(0, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
-    let last = keel_sched::CpuId(scheduler.cpu_count() - 1);
+    let last = keel_sched::CpuId::new(scheduler.cpu_count() - 1);
     let me = scheduler.current();
     check!(me.is_some(), "test runner is not a Keel thread");
     let Some(me) = me else { return Ok(()) };
@@ -264,44 +269,43 @@ fn owner_is_running_follows_the_owner(_: &ArchInfo) -> TestResult {
     RESUMED.store(false, Ordering::SeqCst);
     let scheduler = crate::threads::scheduler();
     let last = scheduler.cpu_count() - 1;
-    let give_up = time::monotonic_nanos() + 5_000_000_000;
+    let give_up = time::now() + Duration::from_secs(5);
     let owner = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(last)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(last)),
         move || {
             let scheduler = crate::threads::scheduler();
             ID.store(
-                scheduler.current_id().map_or(0, |id| id.0),
+                scheduler.current_id().map_or(0, |id| id.get()),
                 Ordering::SeqCst,
             );
-            while !PARK_NOW.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+            while !PARK_NOW.load(Ordering::SeqCst) && time::now() < give_up {
                 core::hint::spin_loop();
             }
-            while !RESUMED.load(Ordering::SeqCst) && time::monotonic_nanos() < give_up {
+            while !RESUMED.load(Ordering::SeqCst) && time::now() < give_up {
                 scheduler.park();
             }
         },
     );
     check!(owner.is_ok(), "spawn failed");
     let Ok(owner) = owner else { return Ok(()) };
-    while ID.load(Ordering::SeqCst) == 0 && time::monotonic_nanos() < give_up {
-        scheduler.sleep(1_000_000);
+    while ID.load(Ordering::SeqCst) == 0 && time::now() < give_up {
+        scheduler.sleep(Duration::from_millis(1));
     }
-    let id = core::num::NonZeroU64::new(ID.load(Ordering::SeqCst));
+    let id = ThreadId::from_u64(ID.load(Ordering::SeqCst));
     check!(id.is_some(), "the owner thread never ran");
     let Some(id) = id else { return Ok(()) };
-    let id = ThreadId::new(id);
     let cpu_hint = last as u32;
     let running = crate::threads::KernelParker::owner_is_running(id, cpu_hint);
     let wrong_cpu = crate::threads::KernelParker::owner_is_running(id, 0);
     let nonexistent_cpu = crate::threads::KernelParker::owner_is_running(id, u32::MAX);
     PARK_NOW.store(true, Ordering::SeqCst);
     let mut parked_seen = false;
-    while time::monotonic_nanos() < give_up {
+    while time::now() < give_up {
         if !crate::threads::KernelParker::owner_is_running(id, cpu_hint) {
             parked_seen = true;
             break;
         }
-        scheduler.sleep(1_000_000);
+        scheduler.sleep(Duration::from_millis(1));
     }
     RESUMED.store(true, Ordering::SeqCst);
     scheduler.unpark(owner.thread());
@@ -338,22 +342,18 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Parker;
     let scheduler = crate::threads::scheduler();
     let threads = 2 * scheduler.cpu_count() + 1;
-    let until = time::monotonic_nanos() + 150_000_000;
+    let start = time::now();
     let mut handles = alloc::vec::Vec::new();
     for index in 0..threads {
         // Half the threads stop early, unevenly across CPUs, so the balancer has
         // reason to move the rest; short sleeps give it wake-ups to move.
-        let until = if index % 2 == 0 {
-            until
-        } else {
-            until - 100_000_000
-        };
+        let until = start + Duration::from_millis(if index % 2 == 0 { 150 } else { 50 });
         let spawned = scheduler.spawn(keel_sched::SpawnOptions::new(), move || {
             let scheduler = crate::threads::scheduler();
-            let own = scheduler.current_id().map_or(0, |id| id.0);
+            let own = scheduler.current_id().map_or(0, keel_sched::ThreadId::get);
             let (mut checks, mut wrong, mut cpu_changes) = (0u64, 0u64, 0u64);
             let mut last_cpu = keel_arch_x86_64::percpu::current_index();
-            while time::monotonic_nanos() < until {
+            while time::now() < until {
                 for _ in 0..64 {
                     if crate::threads::KernelParker::current_id().get() != own {
                         wrong += 1;
@@ -362,7 +362,7 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
                     black_box(checks);
                 }
                 if checks % (8 * 1024) == 0 {
-                    scheduler.sleep(200_000);
+                    scheduler.sleep(Duration::from_micros(200));
                 } else if checks % 1024 == 0 {
                     scheduler.yield_now();
                 }
@@ -419,13 +419,13 @@ fn many_cpus_wake_one_thread_without_loss(_: &ArchInfo) -> TestResult {
     let scheduler = crate::threads::scheduler();
     let cpus = scheduler.cpu_count();
     let waker_cpu =
-        |index: usize| keel_sched::CpuId(if cpus > 1 { 1 + index % (cpus - 1) } else { 0 });
+        |index: usize| keel_sched::CpuId::new(if cpus > 1 { 1 + index % (cpus - 1) } else { 0 });
     // The target starts first and learns its wakers' handles through this slot.
     static WAKER_HANDLES: keel_sync::SpinLock<alloc::vec::Vec<keel_sched::Thread>> =
         keel_sync::SpinLock::new(alloc::vec::Vec::new());
     WAKER_HANDLES.lock().clear();
     let target = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         || {
             let scheduler = crate::threads::scheduler();
             let mut wakers = alloc::vec::Vec::new();
@@ -553,7 +553,7 @@ fn float_state_survives_preemption(_: &ArchInfo) -> TestResult {
     let mut handles = alloc::vec::Vec::new();
     for seed in 0..4u64 {
         // All on one CPU, so they preempt each other.
-        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0));
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0));
         let spawned = scheduler.spawn(options, move || work(black_box(seed)).to_bits());
         check!(spawned.is_ok(), "spawn failed");
         if let Ok(handle) = spawned {
@@ -589,7 +589,7 @@ fn thousands_of_threads_count_exactly(_: &ArchInfo) -> TestResult {
     for index in 0..THREADS {
         let options = keel_sched::SpawnOptions::new()
             .stack_size(16 * 1024)
-            .pin(keel_sched::CpuId(index % cpus));
+            .pin(keel_sched::CpuId::new(index % cpus));
         // Thread `index` increments counters `index % COUNTERS` and the next one, one
         // lock at a time: each counter is shared by two groups of threads, which sit
         // on different CPUs whenever there are several.
@@ -627,15 +627,15 @@ fn balancer_moves_threads_off_a_busy_cpu(_: &ArchInfo) -> TestResult {
     }
     // Spawned from a thread pinned to CPU 0, so unpinned threads start there.
     let spawner = scheduler.spawn(
-        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId(0)),
+        keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(0)),
         move || {
             let scheduler = crate::threads::scheduler();
             let mut handles = alloc::vec::Vec::new();
             for _ in 0..8 {
                 if let Ok(handle) = scheduler.spawn(keel_sched::SpawnOptions::new(), || {
-                    let end = time::monotonic_nanos() + 60_000_000;
+                    let end = time::now() + Duration::from_millis(60);
                     let mut spins = 0u64;
-                    while time::monotonic_nanos() < end {
+                    while time::now() < end {
                         spins = black_box(spins + 1);
                     }
                     keel_arch_x86_64::percpu::current_index()
@@ -670,7 +670,7 @@ ktest!(balancer_moves_threads_off_a_busy_cpu);
 fn tickless_idle_takes_no_timer_ticks(_: &ArchInfo) -> TestResult {
     let counters = &crate::threads::COUNTERS;
     let before = counters.timer_interrupts.load(Ordering::Relaxed);
-    crate::threads::scheduler().sleep(50_000_000);
+    crate::threads::scheduler().sleep(Duration::from_millis(50));
     let ticks = counters.timer_interrupts.load(Ordering::Relaxed) - before;
     check!(
         (1..=3).contains(&ticks),
