@@ -340,6 +340,7 @@ ktest!(owner_is_running_follows_the_owner);
 /// thread that read another thread's id would take that thread's mutex as its own.
 fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
     use keel_lfmutex::Parker;
+    const MIN_CHECKS: u64 = 64 * 1024;
     let scheduler = crate::threads::scheduler();
     let threads = 2 * scheduler.cpu_count() + 1;
     let start = time::now();
@@ -353,7 +354,9 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
             let own = scheduler.current_id().map_or(0, keel_sched::ThreadId::get);
             let (mut checks, mut wrong, mut cpu_changes) = (0u64, 0u64, 0u64);
             let mut last_cpu = keel_arch_x86_64::percpu::current_index();
-            while time::now() < until {
+            // Until the deadline, and at least 64 Ki checks (64 yields, 8 sleeps) for
+            // a thread that starts late on a crowded machine.
+            while time::now() < until || checks < MIN_CHECKS {
                 for _ in 0..64 {
                     if crate::threads::KernelParker::current_id().get() != own {
                         wrong += 1;
@@ -379,7 +382,7 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
             handles.push(handle);
         }
     }
-    let mut moved = 0;
+    let (mut moved, mut total_checks) = (0, 0);
     for handle in handles {
         let result = scheduler.join(handle);
         check!(result.is_some(), "a checking thread did not return");
@@ -387,7 +390,6 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
             continue;
         };
         check!(own != 0, "a thread had no scheduler id");
-        check!(checks > 0, "a thread never checked", own);
         check!(
             wrong == 0,
             "the mutex's thread id named another thread",
@@ -396,8 +398,9 @@ fn mutex_thread_id_is_the_callers_across_switches(_: &ArchInfo) -> TestResult {
             checks
         );
         moved += cpu_changes;
+        total_checks += checks;
     }
-    kprintln!("ktest:   {threads} threads; {moved} moves between CPUs seen");
+    kprintln!("ktest:   {threads} threads, {total_checks} checks; {moved} moves between CPUs seen");
     Ok(())
 }
 ktest!(mutex_thread_id_is_the_callers_across_switches);
