@@ -6,7 +6,8 @@
 //! kernel image and the boot page-table region covers the page metadata plus what the
 //! kernel allocates while it boots ([`boot_demand`]), failing with "not enough memory:
 //! N KiB usable, M KiB needed" otherwise, and says where the metadata array goes. This
-//! module writes the array there, creates the buddy allocator over
+//! module writes the array there (followed by the caches' shared handed-out bits,
+//! which refuse a double-freed single page at once), creates the buddy allocator over
 //! `[0, highest RAM page)`, and hands it the plan's free ranges. Single pages go through a per-CPU cache; the heap gets its
 //! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
 //! allocator). Physical and virtual addresses are equal (identity map).
@@ -22,8 +23,8 @@ use keel_arch_x86_64::{ArchInfo, percpu};
 use keel_heap::{KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
-    BuddyAllocator, DEFAULT_CACHE_CAPACITY, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta,
-    PageRange, PageSource, PerCpuPageCache, metadata_bytes,
+    BuddyAllocator, DEFAULT_CACHE_CAPACITY, HandedOutPages, PAGE_SIZE, PageAllocError,
+    PageFrameNumber, PageMeta, PageRange, PageSource, PerCpuPageCache, metadata_bytes,
 };
 use keel_sync::SpinLock;
 
@@ -33,6 +34,25 @@ static PAGES: SpinLock<Option<BuddyAllocator<'static>>> = SpinLock::new(None);
 /// migrates between reading its CPU index and locking, which stays correct).
 static PAGE_CACHES: [SpinLock<PerCpuPageCache>; percpu::MAX_CPUS] =
     [const { SpinLock::new(PerCpuPageCache::new()) }; percpu::MAX_CPUS];
+
+/// Which single pages the caches handed out (one atomic bit per page, shared by every
+/// CPU's cache, lock-free): what refuses a double free at once. Set by [`init`].
+static HANDED_OUT: spin::Once<HandedOutPages<'static>> = spin::Once::new();
+
+/// Bytes the plan reserves after the metadata array for `span_pages` pages: the
+/// [`PageMeta`] slots, padding to 8 bytes, then the [`HandedOutPages`] words.
+fn metadata_and_bits_bytes(span_pages: u64) -> u64 {
+    bits_offset(span_pages) + HandedOutPages::bytes_for(span_pages)
+}
+
+/// Where the [`HandedOutPages`] words start, from the start of the metadata range.
+fn bits_offset(span_pages: u64) -> u64 {
+    metadata_bytes(span_pages).next_multiple_of(8)
+}
+
+fn handed_out() -> &'static HandedOutPages<'static> {
+    HANDED_OUT.get().expect("memory::init has not run")
+}
 
 fn this_cpu_cache() -> &'static SpinLock<PerCpuPageCache> {
     &PAGE_CACHES[percpu::current_index()]
@@ -203,7 +223,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let plan = keel_memmap::plan(
         ram,
         &reserved,
-        metadata_bytes,
+        metadata_and_bits_bytes,
         &boot_demand(cpus_to_start(info)),
     )
     .map_err(MemoryError::Plan)?;
@@ -221,6 +241,24 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         }
         core::slice::from_raw_parts_mut(metadata_pointer, slots)
     };
+    let words_pointer =
+        (plan.metadata.start + bits_offset(plan.span_pages)) as *mut core::sync::atomic::AtomicU64;
+    let word_count = HandedOutPages::words_for(plan.span_pages);
+    // SAFETY: the same plan range holds `metadata_and_bits_bytes(span_pages)` bytes, of
+    // which the words take the last `8 * word_count`, after the slots above (so the two
+    // slices are disjoint); the offset is a multiple of 8 from a page-aligned start, so
+    // aligned for AtomicU64. Every word is initialised (zero: nothing handed out) before
+    // the shared slice is formed; it lives for the rest of the kernel's life and is
+    // reached only through atomics.
+    let words: &'static [core::sync::atomic::AtomicU64] = unsafe {
+        for index in 0..word_count {
+            words_pointer
+                .add(index)
+                .write(core::sync::atomic::AtomicU64::new(0));
+        }
+        core::slice::from_raw_parts(words_pointer, word_count)
+    };
+    HANDED_OUT.call_once(|| HandedOutPages::new(words, PageFrameNumber::new(0)));
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     let mut failure = None;
     plan.for_each_free_range(ram, &reserved, &mut |piece| {
@@ -260,19 +298,29 @@ impl PageSource for LockedBuddy {
             allocator.free_page_batch(pages);
         }
     }
+
+    fn count_rejected_free(&mut self) {
+        if let Some(allocator) = PAGES.lock().as_mut() {
+            allocator.count_rejected_free();
+        }
+    }
 }
 
 /// Allocates one page through the CPU's cache.
 pub fn alloc_page() -> Option<PageFrameNumber> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache().lock().alloc(&mut LockedBuddy)
+        this_cpu_cache()
+            .lock()
+            .alloc(&mut LockedBuddy, handed_out())
     })
 }
 
 /// Frees one page through the CPU's cache.
 pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache().lock().free(frame, &mut LockedBuddy)
+        this_cpu_cache()
+            .lock()
+            .free(frame, &mut LockedBuddy, handed_out())
     })
 }
 
@@ -311,6 +359,17 @@ pub fn free_page_count() -> u64 {
         .as_ref()
         .map_or(0, |allocator| allocator.free_page_count())
         + cached
+}
+
+/// Frees the page allocator refused: double frees caught by the caches' handed-out
+/// bits, and bad pages a cache drain gave back. Nonzero means a bug somewhere.
+pub fn rejected_free_count() -> u64 {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        PAGES
+            .lock()
+            .as_ref()
+            .map_or(0, BuddyAllocator::rejected_free_count)
+    })
 }
 
 /// The heap's statistics.

@@ -6,13 +6,22 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
+use core::sync::atomic::AtomicU64;
+
 use crate::{
-    BuddyAllocator, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber, PageMeta, PageRange,
-    PageSource, PerCpuPageCache,
+    BuddyAllocator, HandedOutPages, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber,
+    PageMeta, PageRange, PageSource, PerCpuPageCache,
 };
 
 fn frame(number: u64) -> PageFrameNumber {
     PageFrameNumber(number)
+}
+
+/// Zeroed words for the [`HandedOutPages`] of a span of `pages` frames.
+fn handed_out_words(pages: u64) -> Vec<AtomicU64> {
+    (0..HandedOutPages::words_for(pages))
+        .map(|_| AtomicU64::new(0))
+        .collect()
 }
 
 fn range(start: u64, count: u64) -> PageRange {
@@ -388,13 +397,15 @@ fn cache_refills_and_drains_in_batches() {
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 64)).unwrap();
     let mut cache = PerCpuPageCache::<8>::new();
-    let page = cache.alloc(&mut allocator).unwrap();
+    let words = handed_out_words(64);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
     assert_eq!(cache.len(), 3);
     assert_eq!(allocator.free_page_count(), 60);
     let mut pages = vec![page];
-    pages.extend((0..9).map(|_| cache.alloc(&mut allocator).unwrap()));
+    pages.extend((0..9).map(|_| cache.alloc(&mut allocator, &handed_out).unwrap()));
     for &page in &pages {
-        cache.free(page, &mut allocator).unwrap();
+        cache.free(page, &mut allocator, &handed_out).unwrap();
     }
     assert!(cache.len() <= 8);
     cache.drain_all(&mut allocator);
@@ -410,26 +421,44 @@ fn cache_runs_dry_with_the_global_allocator() {
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 3)).unwrap();
     let mut cache = PerCpuPageCache::<4>::default();
-    let taken: Vec<_> = core::iter::from_fn(|| cache.alloc(&mut allocator)).collect();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let taken: Vec<_> = core::iter::from_fn(|| cache.alloc(&mut allocator, &handed_out)).collect();
     assert_eq!(taken.len(), 3);
-    assert_eq!(cache.alloc(&mut allocator), None);
+    assert_eq!(cache.alloc(&mut allocator, &handed_out), None);
 }
 
-#[cfg(debug_assertions)]
+/// In every build (the check used to be a debug-only scan of the cache).
 #[test]
-fn cache_detects_double_free_in_debug() {
+fn cache_refuses_a_double_free_while_the_page_is_cached() {
     let mut metadata = vec![PageMeta::UNAVAILABLE; 8];
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 8)).unwrap();
     let mut cache = PerCpuPageCache::<4>::new();
-    let page = cache.alloc(&mut allocator).unwrap();
-    cache.free(page, &mut allocator).unwrap();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
+    cache.free(page, &mut allocator, &handed_out).unwrap();
     let len = cache.len();
     assert_eq!(
-        cache.free(page, &mut allocator),
+        cache.free(page, &mut allocator, &handed_out),
         Err(PageAllocError::DoubleFree)
     );
     assert_eq!(cache.len(), len);
+    assert_eq!(allocator.rejected_free_count(), 1);
+    // Never handed out by a cache, and outside the bits' span.
+    assert_eq!(
+        cache.free(frame(3), &mut allocator, &handed_out),
+        Err(PageAllocError::DoubleFree)
+    );
+    assert_eq!(
+        cache.free(frame(1000), &mut allocator, &handed_out),
+        Err(PageAllocError::OutOfRange)
+    );
+    assert_eq!(allocator.rejected_free_count(), 3);
+    let first = cache.alloc(&mut allocator, &handed_out).unwrap();
+    let second = cache.alloc(&mut allocator, &handed_out).unwrap();
+    assert_ne!(first, second);
 }
 
 #[test]
@@ -738,12 +767,14 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
     }
     let initial_blocks = canonical_blocks(&available);
     let mut cache = PerCpuPageCache::<CAPACITY>::new();
+    let words = handed_out_words(layout.length);
+    let handed_out = HandedOutPages::new(&words, frame(layout.base));
     // Pages held by the user (not by the cache or the allocator).
     let mut owned = BTreeSet::new();
     let mut last_freed = None;
     for operation in operations {
         match *operation {
-            CacheOperation::Alloc => match cache.alloc(&mut allocator) {
+            CacheOperation::Alloc => match cache.alloc(&mut allocator, &handed_out) {
                 Some(page) => {
                     take_pages(&mut owned, &available, page.0..page.0 + 1)?;
                     if last_freed == Some(page) {
@@ -762,25 +793,24 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
                 }
                 let page = *owned.iter().nth(choice % owned.len()).unwrap();
                 owned.remove(&page);
-                cache.free(frame(page), &mut allocator).unwrap();
+                cache
+                    .free(frame(page), &mut allocator, &handed_out)
+                    .unwrap();
                 last_freed = Some(frame(page));
             }
             CacheOperation::DoubleFree => {
                 // The most recent free is on top of the cache unless a drain moved it
-                // to the allocator: either way the second free must be refused.
+                // to the allocator: either way the second free must be refused at
+                // once, and change nothing. The run goes on allocating afterwards
+                // (no drain), and `take_pages` fails if a page is handed out twice.
                 let Some(page) = last_freed else { continue };
                 let (length, rejected) = (cache.len(), allocator.rejected_free_count());
-                let result = cache.free(page, &mut allocator);
-                if cfg!(debug_assertions) && cache.len() == length {
-                    prop_assert_eq!(result, Err(PageAllocError::DoubleFree));
-                } else {
-                    // Release build, or the page had been drained: it sits in the
-                    // cache now, and the allocator will refuse it when drained.
-                    prop_assert!(result.is_ok());
-                    cache.drain_all(&mut allocator);
-                    prop_assert_eq!(allocator.rejected_free_count(), rejected + 1);
-                }
-                last_freed = None;
+                let free_pages = allocator.free_page_count();
+                let result = cache.free(page, &mut allocator, &handed_out);
+                prop_assert_eq!(result, Err(PageAllocError::DoubleFree));
+                prop_assert_eq!(cache.len(), length);
+                prop_assert_eq!(allocator.free_page_count(), free_pages);
+                prop_assert_eq!(allocator.rejected_free_count(), rejected + 1);
             }
             CacheOperation::DrainAll => cache.drain_all(&mut allocator),
         }
@@ -817,4 +847,29 @@ proptest! {
     ) {
         run_cache_sequence(&layout, &operations)?;
     }
+}
+
+/// Issue 13: a page freed twice, the second time after the cache had drained it to
+/// the allocator, must be refused at once, so that it is never handed out to two
+/// owners (the cache is LIFO: it would hand it out next).
+#[test]
+fn double_free_after_the_page_left_the_cache_hands_nothing_out_twice() {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; 8];
+    let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
+    allocator.add_free_range(range(0, 8)).unwrap();
+    let mut cache = PerCpuPageCache::<4>::new();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
+    cache.free(page, &mut allocator, &handed_out).unwrap();
+    cache.drain_all(&mut allocator);
+    let second_free = cache.free(page, &mut allocator, &handed_out);
+    let mut handed_out: Vec<_> =
+        core::iter::from_fn(|| cache.alloc(&mut allocator, &handed_out)).collect();
+    handed_out.sort_unstable();
+    let distinct = handed_out.windows(2).all(|pair| pair[0] != pair[1]);
+    assert!(distinct, "the same page handed out twice: {handed_out:?}");
+    assert_eq!(handed_out.len(), 8);
+    assert_eq!(second_free, Err(PageAllocError::DoubleFree));
+    assert_eq!(allocator.rejected_free_count(), 1);
 }
