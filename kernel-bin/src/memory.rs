@@ -12,7 +12,10 @@
 //! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
 //! allocator). Physical and virtual addresses are equal (identity map).
 //!
-//! Locks: the buddy allocator and each CPU's page cache sit behind `keel_sync::SpinLock`s.
+//! Locks: the buddy allocator and each CPU's page cache sit behind their own
+//! `keel_sync::SpinLock`s inside `keel_pagealloc::SharedPageAllocator`, which also
+//! drains every CPU's cache at out of memory, so cached pages coalesce and reach any CPU
+//! (the heap's trim-and-retry frees single pages into this CPU's cache).
 //! The scheduler runs from interrupts and may allocate or free, so the heap and the
 //! single-page paths run with interrupts masked on their CPU.
 
@@ -24,20 +27,13 @@ use keel_heap::{KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
     BuddyAllocator, DEFAULT_CACHE_CAPACITY, HandedOutPages, PAGE_SIZE, PageAllocError,
-    PageFrameNumber, PageMeta, PageRange, PageSource, PerCpuPageCache, metadata_bytes,
+    PageFrameNumber, PageMeta, PageRange, SharedPageAllocator, metadata_bytes,
 };
-use keel_sync::SpinLock;
 
-/// The global buddy allocator, `None` until [`init`].
-static PAGES: SpinLock<Option<BuddyAllocator<'static>>> = SpinLock::new(None);
-/// One single-page cache per CPU. Each has its own lock (uncontended unless a thread
-/// migrates between reading its CPU index and locking, which stays correct).
-static PAGE_CACHES: [SpinLock<PerCpuPageCache>; percpu::MAX_CPUS] =
-    [const { SpinLock::new(PerCpuPageCache::new()) }; percpu::MAX_CPUS];
-
-/// Which single pages the caches handed out (one atomic bit per page, shared by every
-/// CPU's cache, lock-free): what refuses a double free at once. Set by [`init`].
-static HANDED_OUT: spin::Once<HandedOutPages<'static>> = spin::Once::new();
+/// The buddy allocator and one single-page cache per CPU, each behind its own lock,
+/// with the caches' shared handed-out bits; set by [`init`]. At out of memory it
+/// drains every CPU's cache and retries (see `SharedPageAllocator::drain_all_caches`).
+static PAGES: spin::Once<SharedPageAllocator<'static, { percpu::MAX_CPUS }>> = spin::Once::new();
 
 /// Bytes the plan reserves after the metadata array for `span_pages` pages: the
 /// [`PageMeta`] slots, padding to 8 bytes, then the [`HandedOutPages`] words.
@@ -50,12 +46,9 @@ fn bits_offset(span_pages: u64) -> u64 {
     metadata_bytes(span_pages).next_multiple_of(8)
 }
 
-fn handed_out() -> &'static HandedOutPages<'static> {
-    HANDED_OUT.get().expect("memory::init has not run")
-}
-
-fn this_cpu_cache() -> &'static SpinLock<PerCpuPageCache> {
-    &PAGE_CACHES[percpu::current_index()]
+/// The page allocator; `None` before [`init`].
+fn pages() -> Option<&'static SharedPageAllocator<'static, { percpu::MAX_CPUS }>> {
+    PAGES.get()
 }
 
 /// The heap's page source: single pages through this CPU's page cache, longer runs
@@ -258,7 +251,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         }
         core::slice::from_raw_parts(words_pointer, word_count)
     };
-    HANDED_OUT.call_once(|| HandedOutPages::new(words, PageFrameNumber::new(0)));
+    let handed_out = HandedOutPages::new(words, PageFrameNumber::new(0));
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     let mut failure = None;
     plan.for_each_free_range(ram, &reserved, &mut |piece| {
@@ -277,59 +270,30 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         free_pages: allocator.free_page_count(),
         metadata_bytes: plan.metadata.len(),
     };
-    *PAGES.lock() = Some(allocator);
+    PAGES.call_once(|| SharedPageAllocator::new(allocator, handed_out));
     Ok(report)
-}
-
-/// The global allocator as the cache's refill/drain source: the global lock is taken
-/// only when the cache runs empty or full, never on the cache's fast path.
-struct LockedBuddy;
-
-impl PageSource for LockedBuddy {
-    fn alloc_page_batch(&mut self, out: &mut [PageFrameNumber]) -> usize {
-        PAGES
-            .lock()
-            .as_mut()
-            .map_or(0, |allocator| allocator.alloc_page_batch(out))
-    }
-
-    fn free_page_batch(&mut self, pages: &[PageFrameNumber]) {
-        if let Some(allocator) = PAGES.lock().as_mut() {
-            allocator.free_page_batch(pages);
-        }
-    }
-
-    fn count_rejected_free(&mut self) {
-        if let Some(allocator) = PAGES.lock().as_mut() {
-            allocator.count_rejected_free();
-        }
-    }
 }
 
 /// Allocates one page through the CPU's cache.
 pub fn alloc_page() -> Option<PageFrameNumber> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache()
-            .lock()
-            .alloc(&mut LockedBuddy, handed_out())
+        pages()?.alloc_page(percpu::current_index())
     })
 }
 
 /// Frees one page through the CPU's cache.
 pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache()
-            .lock()
-            .free(frame, &mut LockedBuddy, handed_out())
+        pages()
+            .ok_or(PageAllocError::NotAllocated)?
+            .free_page(percpu::current_index(), frame)
     })
 }
 
-/// Allocates `count` contiguous pages.
+/// Allocates `count` contiguous pages (draining every CPU's cache at out of memory).
 pub fn alloc_pages(count: u64) -> Result<PageRange, PageAllocError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        PAGES
-            .lock()
-            .as_mut()
+        pages()
             .ok_or(PageAllocError::OutOfMemory)?
             .alloc_pages(count)
     })
@@ -340,35 +304,22 @@ pub fn free_pages(range: PageRange) -> Result<(), PageAllocError> {
     // Thread stacks are freed when a thread's last reference goes, possibly inside
     // the scheduler running from an interrupt: mask interrupts around the lock.
     x86_64::instructions::interrupts::without_interrupts(|| {
-        PAGES
-            .lock()
-            .as_mut()
+        pages()
             .ok_or(PageAllocError::NotAllocated)?
             .free_pages(range)
     })
 }
 
-/// Free pages in the buddy allocator plus the cache.
+/// Free pages in the buddy allocator plus every cache.
 pub fn free_page_count() -> u64 {
-    let cached: u64 = PAGE_CACHES
-        .iter()
-        .map(|cache| cache.lock().len() as u64)
-        .sum();
-    PAGES
-        .lock()
-        .as_ref()
-        .map_or(0, |allocator| allocator.free_page_count())
-        + cached
+    pages().map_or(0, SharedPageAllocator::free_page_count)
 }
 
 /// Frees the page allocator refused: double frees caught by the caches' handed-out
 /// bits, and bad pages a cache drain gave back. Nonzero means a bug somewhere.
 pub fn rejected_free_count() -> u64 {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        PAGES
-            .lock()
-            .as_ref()
-            .map_or(0, BuddyAllocator::rejected_free_count)
+        pages().map_or(0, SharedPageAllocator::rejected_free_count)
     })
 }
 

@@ -7,11 +7,13 @@
 //! [`PageAllocError`].
 //!
 //! The crate is pure data structure: no hardware access, no global state, no heap, no
-//! `unsafe`. The kernel binary owns the instances: it carves a [`PageMeta`] array out
+//! `unsafe` (its only dependency is `keel-sync`, for the atomics and the locks). The kernel binary owns the instances: it carves a [`PageMeta`] array out
 //! of raw memory at boot, builds one [`BuddyAllocator`] over it, feeds it the usable
 //! ranges of the firmware memory map with [`BuddyAllocator::add_free_range`], puts it
 //! behind its lock, carves the [`HandedOutPages`] words beside the metadata and keeps
-//! one [`PerCpuPageCache`] per CPU. The kernel heap
+//! one [`PerCpuPageCache`] per CPU, all inside one [`SharedPageAllocator`] (each part
+//! behind its own `keel_sync::SpinLock`), which drains every cache at out of memory
+//! and retries, so no page is stranded in a cache. The kernel heap
 //! (`keel-heap`) gets its pages from this allocator through the kernel, never
 //! directly.
 //!
@@ -85,6 +87,7 @@ mod buddy;
 mod cache;
 mod error;
 mod handed_out;
+mod shared;
 
 #[cfg(test)]
 mod tests;
@@ -96,6 +99,7 @@ pub use buddy::{BuddyAllocator, FreeBlocks, PageMeta, metadata_bytes};
 pub use cache::{DEFAULT_CACHE_CAPACITY, PageSource, PerCpuPageCache};
 pub use error::PageAllocError;
 pub use handed_out::HandedOutPages;
+pub use shared::SharedPageAllocator;
 
 /// The largest block order: blocks hold at most `2^18` frames (1 GiB).
 pub const MAX_ORDER: u32 = 18;

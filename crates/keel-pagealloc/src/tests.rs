@@ -10,7 +10,7 @@ use core::sync::atomic::AtomicU64;
 
 use crate::{
     BuddyAllocator, HandedOutPages, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber,
-    PageMeta, PageRange, PageSource, PerCpuPageCache,
+    PageMeta, PageRange, PageSource, PerCpuPageCache, SharedPageAllocator,
 };
 
 fn frame(number: u64) -> PageFrameNumber {
@@ -872,4 +872,137 @@ fn double_free_after_the_page_left_the_cache_hands_nothing_out_twice() {
     assert_eq!(handed_out.len(), 8);
     assert_eq!(second_free, Err(PageAllocError::DoubleFree));
     assert_eq!(allocator.rejected_free_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// The shared composition: out of memory drains the caches (issue 13)
+// ---------------------------------------------------------------------------------
+
+/// The review's case: a 56-page machine whose pages all went through CPU 0's cache
+/// (as the heap's trim frees them) and are all free; a 2-page run must be found, from
+/// CPU 0 or CPU 1.
+#[test]
+fn out_of_memory_drains_the_caches_on_a_56_page_machine() {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; 56];
+    let words = handed_out_words(56);
+    let mut buddy = BuddyAllocator::new(&mut metadata, frame(0));
+    buddy.add_free_range(range(0, 56)).unwrap();
+    let shared = SharedPageAllocator::<2>::new(buddy, HandedOutPages::new(&words, frame(0)));
+    let pages: Vec<_> = core::iter::from_fn(|| shared.alloc_page(0)).collect();
+    assert_eq!(pages.len(), 56);
+    for &page in &pages {
+        shared.free_page(0, page).unwrap();
+    }
+    assert_eq!(shared.free_page_count(), 56);
+    let run = shared.alloc_pages(2);
+    assert!(run.is_ok(), "2 of 56 free pages: {run:?}");
+    // Pages cached on CPU 1 serve a single page on CPU 0 once CPU 0's cache and the
+    // buddy allocator are empty.
+    shared.free_pages(run.unwrap()).unwrap();
+    let pages: Vec<_> = core::iter::from_fn(|| shared.alloc_page(1)).collect();
+    assert_eq!(pages.len(), 56);
+    for &page in &pages {
+        shared.free_page(1, page).unwrap();
+    }
+    assert!(
+        shared.alloc_page(0).is_some(),
+        "56 pages free on CPU 1's cache"
+    );
+}
+
+#[derive(Clone, Debug)]
+enum SharedOperation {
+    AllocPage(usize),
+    FreePage(usize, usize),
+    AllocPages(u64),
+    FreeRun(usize),
+}
+
+fn shared_operation() -> impl Strategy<Value = SharedOperation> {
+    prop_oneof![
+        6 => (0usize..3).prop_map(SharedOperation::AllocPage),
+        6 => (0usize..3, any::<usize>()).prop_map(|(cpu, choice)| SharedOperation::FreePage(cpu, choice)),
+        2 => (1u64..20).prop_map(SharedOperation::AllocPages),
+        2 => any::<usize>().prop_map(SharedOperation::FreeRun),
+    ]
+}
+
+/// Whatever sits in which cache, an allocation fails only when the pages free in
+/// total (buddy and every cache) hold no aligned block of the size it needs.
+fn run_shared_sequence(
+    layout: &Layout,
+    operations: &[SharedOperation],
+) -> Result<(), TestCaseError> {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; layout.length as usize];
+    let words = handed_out_words(layout.length);
+    let mut buddy = BuddyAllocator::new(&mut metadata, frame(layout.base));
+    let mut available = BTreeSet::new();
+    for &free_range in &layout.ranges {
+        buddy.add_free_range(free_range).unwrap();
+        available.extend(free_range.start.0..free_range.start.0 + free_range.count);
+    }
+    let shared =
+        SharedPageAllocator::<3, 8>::new(buddy, HandedOutPages::new(&words, frame(layout.base)));
+    let mut owned = BTreeSet::new();
+    let mut single_pages: Vec<u64> = Vec::new();
+    let mut runs: Vec<PageRange> = Vec::new();
+    for operation in operations {
+        match *operation {
+            SharedOperation::AllocPage(cpu) => match shared.alloc_page(cpu) {
+                Some(page) => {
+                    take_pages(&mut owned, &available, page.0..page.0 + 1)?;
+                    single_pages.push(page.0);
+                }
+                None => prop_assert_eq!(owned.len(), available.len(), "spurious OOM"),
+            },
+            SharedOperation::FreePage(cpu, choice) => {
+                if single_pages.is_empty() {
+                    continue;
+                }
+                let page = single_pages.swap_remove(choice % single_pages.len());
+                shared.free_page(cpu, frame(page)).unwrap();
+                owned.remove(&page);
+            }
+            SharedOperation::AllocPages(count) => match shared.alloc_pages(count) {
+                Ok(run) => {
+                    take_pages(&mut owned, &available, run.start.0..run.start.0 + count)?;
+                    runs.push(run);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error, PageAllocError::OutOfMemory);
+                    let order = u64::BITS - (count - 1).leading_zeros();
+                    let free = free_set(&available, &owned);
+                    prop_assert!(!model_has_block(&free, order), "spurious OOM");
+                }
+            },
+            SharedOperation::FreeRun(choice) => {
+                if runs.is_empty() {
+                    continue;
+                }
+                let run = runs.swap_remove(choice % runs.len());
+                shared.free_pages(run).unwrap();
+                for page in run.start.0..run.start.0 + run.count {
+                    owned.remove(&page);
+                }
+            }
+        }
+        prop_assert_eq!(
+            shared.free_page_count() + owned.len() as u64,
+            available.len() as u64
+        );
+    }
+    prop_assert_eq!(shared.rejected_free_count(), 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn shared_allocator_fails_only_when_memory_is_really_short(
+        layout in layout(),
+        operations in prop::collection::vec(shared_operation(), 0..300),
+    ) {
+        run_shared_sequence(&layout, &operations)?;
+    }
 }
