@@ -13,11 +13,12 @@
 //! allocator). Physical and virtual addresses are equal (identity map).
 //!
 //! Locks: the buddy allocator and each CPU's page cache sit behind their own
-//! `keel_sync::SpinLock`s inside `keel_pagealloc::SharedPageAllocator`, which also
+//! `keel_sync::IrqSpinLock`s (masked by [`KernelInterrupts`], like the heap's) inside `keel_pagealloc::SharedPageAllocator`, which also
 //! drains every CPU's cache at out of memory, so cached pages coalesce and reach any CPU
 //! (the heap's trim-and-retry frees single pages into this CPU's cache).
-//! The scheduler runs from interrupts and may allocate or free, so the heap and the
-//! single-page paths run with interrupts masked on their CPU.
+//! The scheduler runs from interrupts and may allocate or free, so every one of these
+//! locks masks interrupts on its CPU for as long as it is held: by its type, not by
+//! each caller remembering to.
 
 use crate::{smp, threads};
 use core::ptr::NonNull;
@@ -29,11 +30,13 @@ use keel_pagealloc::{
     BuddyAllocator, DEFAULT_CACHE_CAPACITY, HandedOutPages, PAGE_SIZE, PageAllocError,
     PageFrameNumber, PageMeta, PageRange, SharedPageAllocator, metadata_bytes,
 };
+use keel_sync::InterruptMask;
 
 /// The buddy allocator and one single-page cache per CPU, each behind its own lock,
 /// with the caches' shared handed-out bits; set by [`init`]. At out of memory it
 /// drains every CPU's cache and retries (see `SharedPageAllocator::drain_all_caches`).
-static PAGES: spin::Once<SharedPageAllocator<'static, { percpu::MAX_CPUS }>> = spin::Once::new();
+static PAGES: spin::Once<SharedPageAllocator<'static, KernelInterrupts, { percpu::MAX_CPUS }>> =
+    spin::Once::new();
 
 /// Bytes the plan reserves after the metadata array for `span_pages` pages: the
 /// [`PageMeta`] slots, padding to 8 bytes, then the [`HandedOutPages`] words.
@@ -47,7 +50,8 @@ fn bits_offset(span_pages: u64) -> u64 {
 }
 
 /// The page allocator; `None` before [`init`].
-fn pages() -> Option<&'static SharedPageAllocator<'static, { percpu::MAX_CPUS }>> {
+fn pages() -> Option<&'static SharedPageAllocator<'static, KernelInterrupts, { percpu::MAX_CPUS }>>
+{
     PAGES.get()
 }
 
@@ -83,50 +87,37 @@ unsafe impl HeapPageSource for BuddyPageSource {
     }
 }
 
-/// The kernel heap with interrupts masked while it runs: the scheduler runs from the
-/// timer and wake-up interrupts and may allocate or free (a run-queue `Vec` growing,
-/// the last reference to an exited thread dropped), so an interrupt taken while this
-/// CPU holds the heap's spinlock would otherwise spin on it forever.
-struct InterruptSafeHeap(KernelHeap<BuddyPageSource>);
+/// This CPU's interrupt flag as the mask of the kernel's [`IrqSpinLock`](keel_sync::IrqSpinLock)s:
+/// the page allocator, its per-CPU caches and the heap. The scheduler runs from the
+/// timer and wake-up interrupts and may allocate or free (a run queue growing, the last
+/// reference to an exited thread dropped, its stack freed), so any of those locks held
+/// with interrupts on could be wanted again by the interrupted CPU, which would then
+/// spin on it forever. With this mask in the locks' type, no path can hold them with
+/// interrupts on.
+#[derive(Debug)]
+pub struct KernelInterrupts;
 
-// SAFETY: every method forwards to `KernelHeap`'s `GlobalAlloc` implementation with
-// the same arguments, so its guarantees carry over; masking interrupts changes only
-// when the code runs.
-unsafe impl core::alloc::GlobalAlloc for InterruptSafeHeap {
-    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.alloc(layout) })
+impl InterruptMask for KernelInterrupts {
+    #[inline]
+    fn mask() -> bool {
+        let enabled = x86_64::instructions::interrupts::are_enabled();
+        if enabled {
+            x86_64::instructions::interrupts::disable();
+        }
+        enabled
     }
 
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: core::alloc::Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.dealloc(pointer, layout)
-        })
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.alloc_zeroed(layout)
-        })
-    }
-
-    unsafe fn realloc(
-        &self,
-        pointer: *mut u8,
-        layout: core::alloc::Layout,
-        new_size: usize,
-    ) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.realloc(pointer, layout, new_size)
-        })
+    #[inline]
+    fn restore(was_enabled: bool) {
+        if was_enabled {
+            x86_64::instructions::interrupts::enable();
+        }
     }
 }
 
 #[global_allocator]
-static HEAP: InterruptSafeHeap = InterruptSafeHeap(KernelHeap::new(BuddyPageSource));
+static HEAP: KernelHeap<BuddyPageSource, KernelInterrupts> =
+    KernelHeap::with_interrupt_mask(BuddyPageSource);
 
 /// What [`init`] set up.
 #[derive(Debug, Clone, Copy)]
@@ -274,14 +265,16 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     Ok(report)
 }
 
-/// Allocates one page through the CPU's cache.
+/// Allocates one page through the CPU's cache. (The locks mask interrupts by
+/// themselves; masking here too keeps the CPU index read true until the cache is
+/// locked, so the thread uses its own CPU's cache.)
 pub fn alloc_page() -> Option<PageFrameNumber> {
     x86_64::instructions::interrupts::without_interrupts(|| {
         pages()?.alloc_page(percpu::current_index())
     })
 }
 
-/// Frees one page through the CPU's cache.
+/// Frees one page through the CPU's cache (interrupts masked as in [`alloc_page`]).
 pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
         pages()
@@ -292,22 +285,18 @@ pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
 
 /// Allocates `count` contiguous pages (draining every CPU's cache at out of memory).
 pub fn alloc_pages(count: u64) -> Result<PageRange, PageAllocError> {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        pages()
-            .ok_or(PageAllocError::OutOfMemory)?
-            .alloc_pages(count)
-    })
+    pages()
+        .ok_or(PageAllocError::OutOfMemory)?
+        .alloc_pages(count)
 }
 
 /// Frees a run from [`alloc_pages`].
 pub fn free_pages(range: PageRange) -> Result<(), PageAllocError> {
     // Thread stacks are freed when a thread's last reference goes, possibly inside
-    // the scheduler running from an interrupt: mask interrupts around the lock.
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        pages()
-            .ok_or(PageAllocError::NotAllocated)?
-            .free_pages(range)
-    })
+    // the scheduler running from an interrupt: the allocator's locks mask interrupts.
+    pages()
+        .ok_or(PageAllocError::NotAllocated)?
+        .free_pages(range)
 }
 
 /// Free pages in the buddy allocator plus every cache.
@@ -318,12 +307,10 @@ pub fn free_page_count() -> u64 {
 /// Frees the page allocator refused: double frees caught by the caches' handed-out
 /// bits, and bad pages a cache drain gave back. Nonzero means a bug somewhere.
 pub fn rejected_free_count() -> u64 {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        pages().map_or(0, SharedPageAllocator::rejected_free_count)
-    })
+    pages().map_or(0, SharedPageAllocator::rejected_free_count)
 }
 
 /// The heap's statistics.
 pub fn heap_stats() -> keel_heap::HeapStats {
-    HEAP.0.stats()
+    HEAP.stats()
 }

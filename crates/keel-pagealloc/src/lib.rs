@@ -12,7 +12,7 @@
 //! ranges of the firmware memory map with [`BuddyAllocator::add_free_range`], puts it
 //! behind its lock, carves the [`HandedOutPages`] words beside the metadata and keeps
 //! one [`PerCpuPageCache`] per CPU, all inside one [`SharedPageAllocator`] (each part
-//! behind its own `keel_sync::SpinLock`), which drains every cache at out of memory
+//! behind its own `keel_sync::IrqSpinLock`, whose guard masks interrupts), which drains every cache at out of memory
 //! and retries, so no page is stranded in a cache. The kernel heap
 //! (`keel-heap`) gets its pages from this allocator through the kernel, never
 //! directly.

@@ -1,7 +1,7 @@
 //! The composition the kernel uses: one global buddy allocator and one single-page
 //! cache per CPU, each behind its own lock, with the caches' shared handed-out bits.
 
-use keel_sync::SpinLock;
+use keel_sync::{InterruptMask, IrqSpinLock};
 
 use crate::address::{PageFrameNumber, PageRange};
 use crate::buddy::BuddyAllocator;
@@ -12,22 +12,33 @@ use crate::handed_out::HandedOutPages;
 /// A [`BuddyAllocator`] shared by `CPUS` CPUs, each with its own [`PerCpuPageCache`]
 /// of `N` pages, every part behind its own lock: what the kernel keeps in a static.
 ///
+/// The locks are [`IrqSpinLock`]s with the interrupt mask `M`: every method masks
+/// interrupts on this CPU while it holds any of them, so a page freed from an
+/// interrupt or the switch path (a thread's stack) can never find its own CPU holding
+/// the lock. The kernel passes its interrupt mask, host tests
+/// [`NoInterruptMask`](keel_sync::NoInterruptMask).
+///
 /// Single pages go through the calling CPU's cache (whose lock is uncontended except
 /// while another CPU drains it); runs go to the buddy allocator. Lock order: a cache,
 /// then the buddy allocator (a cache refills and drains through it); the buddy lock
 /// is never held while a cache lock is taken.
 #[derive(Debug)]
-pub struct SharedPageAllocator<'m, const CPUS: usize, const N: usize = DEFAULT_CACHE_CAPACITY> {
-    buddy: SpinLock<BuddyAllocator<'m>>,
-    caches: [SpinLock<PerCpuPageCache<N>>; CPUS],
+pub struct SharedPageAllocator<
+    'm,
+    M: InterruptMask,
+    const CPUS: usize,
+    const N: usize = DEFAULT_CACHE_CAPACITY,
+> {
+    buddy: IrqSpinLock<BuddyAllocator<'m>, M>,
+    caches: [IrqSpinLock<PerCpuPageCache<N>, M>; CPUS],
     handed_out: HandedOutPages<'m>,
 }
 
 /// The locked buddy allocator as a cache's refill and drain source: its lock is taken
 /// once per batch, never on the cache's fast path.
-struct LockedBuddy<'a, 'm>(&'a SpinLock<BuddyAllocator<'m>>);
+struct LockedBuddy<'a, 'm, M: InterruptMask>(&'a IrqSpinLock<BuddyAllocator<'m>, M>);
 
-impl PageSource for LockedBuddy<'_, '_> {
+impl<M: InterruptMask> PageSource for LockedBuddy<'_, '_, M> {
     fn alloc_page_batch(&mut self, out: &mut [PageFrameNumber]) -> usize {
         self.0.lock().alloc_page_batch(out)
     }
@@ -41,19 +52,19 @@ impl PageSource for LockedBuddy<'_, '_> {
     }
 }
 
-impl<'m, const CPUS: usize, const N: usize> SharedPageAllocator<'m, CPUS, N> {
+impl<'m, M: InterruptMask, const CPUS: usize, const N: usize> SharedPageAllocator<'m, M, CPUS, N> {
     /// Shares `buddy` between `CPUS` empty caches that record the pages they hand out
     /// in `handed_out`.
     #[must_use]
     pub fn new(buddy: BuddyAllocator<'m>, handed_out: HandedOutPages<'m>) -> Self {
         Self {
-            buddy: SpinLock::new(buddy),
-            caches: [const { SpinLock::new(PerCpuPageCache::new()) }; CPUS],
+            buddy: IrqSpinLock::new(buddy),
+            caches: [const { IrqSpinLock::new(PerCpuPageCache::new()) }; CPUS],
             handed_out,
         }
     }
 
-    fn cache(&self, cpu: usize) -> &SpinLock<PerCpuPageCache<N>> {
+    fn cache(&self, cpu: usize) -> &IrqSpinLock<PerCpuPageCache<N>, M> {
         &self.caches[cpu % CPUS]
     }
 

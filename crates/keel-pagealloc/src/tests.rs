@@ -8,6 +8,8 @@ use proptest::prelude::*;
 
 use core::sync::atomic::AtomicU64;
 
+use keel_sync::NoInterruptMask;
+
 use crate::{
     BuddyAllocator, HandedOutPages, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber,
     PageMeta, PageRange, PageSource, PerCpuPageCache, SharedPageAllocator,
@@ -887,7 +889,10 @@ fn out_of_memory_drains_the_caches_on_a_56_page_machine() {
     let words = handed_out_words(56);
     let mut buddy = BuddyAllocator::new(&mut metadata, frame(0));
     buddy.add_free_range(range(0, 56)).unwrap();
-    let shared = SharedPageAllocator::<2>::new(buddy, HandedOutPages::new(&words, frame(0)));
+    let shared = SharedPageAllocator::<NoInterruptMask, 2>::new(
+        buddy,
+        HandedOutPages::new(&words, frame(0)),
+    );
     let pages: Vec<_> = core::iter::from_fn(|| shared.alloc_page(0)).collect();
     assert_eq!(pages.len(), 56);
     for &page in &pages {
@@ -941,8 +946,10 @@ fn run_shared_sequence(
         buddy.add_free_range(free_range).unwrap();
         available.extend(free_range.start.0..free_range.start.0 + free_range.count);
     }
-    let shared =
-        SharedPageAllocator::<3, 8>::new(buddy, HandedOutPages::new(&words, frame(layout.base)));
+    let shared = SharedPageAllocator::<NoInterruptMask, 3, 8>::new(
+        buddy,
+        HandedOutPages::new(&words, frame(layout.base)),
+    );
     let mut owned = BTreeSet::new();
     let mut single_pages: Vec<u64> = Vec::new();
     let mut runs: Vec<PageRange> = Vec::new();

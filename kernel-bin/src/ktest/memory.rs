@@ -206,3 +206,45 @@ fn heap_large_and_aligned_allocations(_: &ArchInfo) -> TestResult {
     Ok(())
 }
 ktest!(heap_large_and_aligned_allocations);
+
+/// The kernel's `IrqSpinLock`s (page allocator, page caches, heap) mask interrupts for
+/// the guard's whole life and restore the previous state after, nested or not; and
+/// the memory statistics, which take those locks, leave the interrupt state as it was.
+fn irq_spin_lock_masks_interrupts(_: &ArchInfo) -> TestResult {
+    use x86_64::instructions::interrupts;
+    static LOCK: keel_sync::IrqSpinLock<u32, memory::KernelInterrupts> =
+        keel_sync::IrqSpinLock::new(0);
+    static INNER: keel_sync::IrqSpinLock<u32, memory::KernelInterrupts> =
+        keel_sync::IrqSpinLock::new(0);
+    let before = interrupts::are_enabled();
+    {
+        let mut guard = LOCK.lock();
+        check!(!interrupts::are_enabled(), "lock held with interrupts on");
+        *guard += 1;
+        drop(INNER.lock());
+        check!(
+            !interrupts::are_enabled(),
+            "inner guard re-enabled interrupts"
+        );
+    }
+    check!(
+        interrupts::are_enabled() == before,
+        "interrupts not restored",
+        before
+    );
+    let free = memory::free_page_count();
+    let stats = memory::heap_stats();
+    check!(
+        interrupts::are_enabled() == before,
+        "memory statistics changed the interrupt state",
+        free,
+        stats.pages_held
+    );
+    interrupts::without_interrupts(|| drop(LOCK.lock()));
+    check!(
+        interrupts::are_enabled(),
+        "state not restored after nesting"
+    );
+    Ok(())
+}
+ktest!(irq_spin_lock_masks_interrupts);
