@@ -23,7 +23,9 @@ use std::time::Duration;
 use buddy_system_allocator::FrameAllocator;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use keel_pagealloc::{BuddyAllocator, PageFrameNumber, PageMeta, PageRange, PerCpuPageCache};
+use keel_pagealloc::{
+    BuddyAllocator, HandedOutPages, PageFrameNumber, PageMeta, PageRange, PerCpuPageCache,
+};
 
 /// 1 GiB of 4 KiB pages.
 const PAGES: usize = 262_144;
@@ -96,6 +98,13 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
         .sample_size(50);
 }
 
+/// Zeroed words for the cache's [`HandedOutPages`] over the `PAGES` frames.
+fn handed_out_words() -> Vec<core::sync::atomic::AtomicU64> {
+    (0..HandedOutPages::words_for(PAGES as u64))
+        .map(|_| core::sync::atomic::AtomicU64::new(0))
+        .collect()
+}
+
 fn single_page(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("pagealloc/single-page");
     configure(&mut group);
@@ -103,10 +112,14 @@ fn single_page(criterion: &mut Criterion) {
     let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
     let mut global = keel_allocator(&mut metadata);
     let mut cache = PerCpuPageCache::<64>::new();
+    let words = handed_out_words();
+    let handed_out = HandedOutPages::new(&words, PageFrameNumber::new(0));
     group.bench_function("keel", |bencher| {
         bencher.iter(|| {
-            let page = cache.alloc(&mut global).expect("page");
-            cache.free(black_box(page), &mut global).expect("free page");
+            let page = cache.alloc(&mut global, &handed_out).expect("page");
+            cache
+                .free(black_box(page), &mut global, &handed_out)
+                .expect("free page");
         });
     });
     cache.drain_all(&mut global);
@@ -130,14 +143,18 @@ fn single_page_burst(criterion: &mut Criterion) {
     let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
     let mut global = keel_allocator(&mut metadata);
     let mut cache = PerCpuPageCache::<64>::new();
+    let words = handed_out_words();
+    let handed_out = HandedOutPages::new(&words, PageFrameNumber::new(0));
     let mut pages = [PageFrameNumber::new(0); BURST];
     group.bench_function("keel", |bencher| {
         bencher.iter(|| {
             for page in &mut pages {
-                *page = cache.alloc(&mut global).expect("page");
+                *page = cache.alloc(&mut global, &handed_out).expect("page");
             }
             for &page in black_box(&pages) {
-                cache.free(page, &mut global).expect("free page");
+                cache
+                    .free(page, &mut global, &handed_out)
+                    .expect("free page");
             }
         });
     });

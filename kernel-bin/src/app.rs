@@ -87,11 +87,12 @@ pub fn main(info: &ArchInfo) -> ExitCode {
     let stats = memory::heap_stats();
     kprintln!(
         "app: heap holds {} pages for {} live allocations ({} bytes), {} MiB of pages \
-         free; done in {} us; command line {:?}",
+         free, {} page frees refused; done in {} us; command line {:?}",
         stats.pages_held,
         stats.live_allocations,
         stats.bytes_in_use,
         memory::free_page_count() * 4096 / (1024 * 1024),
+        memory::rejected_free_count(),
         (time::now() - start).as_micros(),
         info.boot.command_line()
     );

@@ -6,14 +6,19 @@
 //! kernel image and the boot page-table region covers the page metadata plus what the
 //! kernel allocates while it boots ([`boot_demand`]), failing with "not enough memory:
 //! N KiB usable, M KiB needed" otherwise, and says where the metadata array goes. This
-//! module writes the array there, creates the buddy allocator over
+//! module writes the array there (followed by the caches' shared handed-out bits,
+//! which refuse a double-freed single page at once), creates the buddy allocator over
 //! `[0, highest RAM page)`, and hands it the plan's free ranges. Single pages go through a per-CPU cache; the heap gets its
 //! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
 //! allocator). Physical and virtual addresses are equal (identity map).
 //!
-//! Locks: the buddy allocator and each CPU's page cache sit behind `keel_sync::SpinLock`s.
-//! The scheduler runs from interrupts and may allocate or free, so the heap and the
-//! single-page paths run with interrupts masked on their CPU.
+//! Locks: the buddy allocator and each CPU's page cache sit behind their own
+//! `keel_sync::IrqSpinLock`s (masked by [`KernelInterrupts`], like the heap's) inside `keel_pagealloc::SharedPageAllocator`, which also
+//! drains every CPU's cache at out of memory, so cached pages coalesce and reach any CPU
+//! (the heap's trim-and-retry frees single pages into this CPU's cache).
+//! The scheduler runs from interrupts and may allocate or free, so every one of these
+//! locks masks interrupts on its CPU for as long as it is held: by its type, not by
+//! each caller remembering to.
 
 use crate::{smp, threads};
 use core::ptr::NonNull;
@@ -22,20 +27,32 @@ use keel_arch_x86_64::{ArchInfo, percpu};
 use keel_heap::{KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
-    BuddyAllocator, DEFAULT_CACHE_CAPACITY, PAGE_SIZE, PageAllocError, PageFrameNumber, PageMeta,
-    PageRange, PageSource, PerCpuPageCache, PhysAddr, metadata_bytes,
+    BuddyAllocator, DEFAULT_CACHE_CAPACITY, HandedOutPages, PAGE_SIZE, PageAllocError,
+    PageFrameNumber, PageMeta, PageRange, PhysAddr, SharedPageAllocator, metadata_bytes,
 };
-use keel_sync::SpinLock;
+use keel_sync::InterruptMask;
 
-/// The global buddy allocator, `None` until [`init`].
-static PAGES: SpinLock<Option<BuddyAllocator<'static>>> = SpinLock::new(None);
-/// One single-page cache per CPU. Each has its own lock (uncontended unless a thread
-/// migrates between reading its CPU index and locking, which stays correct).
-static PAGE_CACHES: [SpinLock<PerCpuPageCache>; percpu::MAX_CPUS] =
-    [const { SpinLock::new(PerCpuPageCache::new()) }; percpu::MAX_CPUS];
+/// The buddy allocator and one single-page cache per CPU, each behind its own lock,
+/// with the caches' shared handed-out bits; set by [`init`]. At out of memory it
+/// drains every CPU's cache and retries (see `SharedPageAllocator::drain_all_caches`).
+static PAGES: spin::Once<SharedPageAllocator<'static, KernelInterrupts, { percpu::MAX_CPUS }>> =
+    spin::Once::new();
 
-fn this_cpu_cache() -> &'static SpinLock<PerCpuPageCache> {
-    &PAGE_CACHES[percpu::current_index()]
+/// Bytes the plan reserves after the metadata array for `span_pages` pages: the
+/// [`PageMeta`] slots, padding to 8 bytes, then the [`HandedOutPages`] words.
+fn metadata_and_bits_bytes(span_pages: u64) -> u64 {
+    bits_offset(span_pages) + HandedOutPages::bytes_for(span_pages)
+}
+
+/// Where the [`HandedOutPages`] words start, from the start of the metadata range.
+fn bits_offset(span_pages: u64) -> u64 {
+    metadata_bytes(span_pages).next_multiple_of(8)
+}
+
+/// The page allocator; `None` before [`init`].
+fn pages() -> Option<&'static SharedPageAllocator<'static, KernelInterrupts, { percpu::MAX_CPUS }>>
+{
+    PAGES.get()
 }
 
 /// The heap's page source: single pages through this CPU's page cache, longer runs
@@ -70,50 +87,37 @@ unsafe impl HeapPageSource for BuddyPageSource {
     }
 }
 
-/// The kernel heap with interrupts masked while it runs: the scheduler runs from the
-/// timer and wake-up interrupts and may allocate or free (a run-queue `Vec` growing,
-/// the last reference to an exited thread dropped), so an interrupt taken while this
-/// CPU holds the heap's spinlock would otherwise spin on it forever.
-struct InterruptSafeHeap(KernelHeap<BuddyPageSource>);
+/// This CPU's interrupt flag as the mask of the kernel's [`IrqSpinLock`](keel_sync::IrqSpinLock)s:
+/// the page allocator, its per-CPU caches and the heap. The scheduler runs from the
+/// timer and wake-up interrupts and may allocate or free (a run queue growing, the last
+/// reference to an exited thread dropped, its stack freed), so any of those locks held
+/// with interrupts on could be wanted again by the interrupted CPU, which would then
+/// spin on it forever. With this mask in the locks' type, no path can hold them with
+/// interrupts on.
+#[derive(Debug)]
+pub struct KernelInterrupts;
 
-// SAFETY: every method forwards to `KernelHeap`'s `GlobalAlloc` implementation with
-// the same arguments, so its guarantees carry over; masking interrupts changes only
-// when the code runs.
-unsafe impl core::alloc::GlobalAlloc for InterruptSafeHeap {
-    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.alloc(layout) })
+impl InterruptMask for KernelInterrupts {
+    #[inline]
+    fn mask() -> bool {
+        let enabled = x86_64::instructions::interrupts::are_enabled();
+        if enabled {
+            x86_64::instructions::interrupts::disable();
+        }
+        enabled
     }
 
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: core::alloc::Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.dealloc(pointer, layout)
-        })
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.alloc_zeroed(layout)
-        })
-    }
-
-    unsafe fn realloc(
-        &self,
-        pointer: *mut u8,
-        layout: core::alloc::Layout,
-        new_size: usize,
-    ) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        x86_64::instructions::interrupts::without_interrupts(|| unsafe {
-            self.0.realloc(pointer, layout, new_size)
-        })
+    #[inline]
+    fn restore(was_enabled: bool) {
+        if was_enabled {
+            x86_64::instructions::interrupts::enable();
+        }
     }
 }
 
 #[global_allocator]
-static HEAP: InterruptSafeHeap = InterruptSafeHeap(KernelHeap::new(BuddyPageSource));
+static HEAP: KernelHeap<BuddyPageSource, KernelInterrupts> =
+    KernelHeap::with_interrupt_mask(BuddyPageSource);
 
 /// What [`init`] set up.
 #[derive(Debug, Clone, Copy)]
@@ -207,7 +211,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let plan = keel_memmap::plan(
         ram,
         &reserved,
-        metadata_bytes,
+        metadata_and_bits_bytes,
         &boot_demand(cpus_to_start(info)),
     )
     .map_err(MemoryError::Plan)?;
@@ -225,6 +229,25 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         }
         core::slice::from_raw_parts_mut(metadata_pointer, slots)
     };
+    // Identity-mapped: the physical address is the pointer.
+    let words_pointer = (plan.metadata.start.as_u64() + bits_offset(plan.span_pages))
+        as *mut core::sync::atomic::AtomicU64;
+    let word_count = HandedOutPages::words_for(plan.span_pages);
+    // SAFETY: the same plan range holds `metadata_and_bits_bytes(span_pages)` bytes, of
+    // which the words take the last `8 * word_count`, after the slots above (so the two
+    // slices are disjoint); the offset is a multiple of 8 from a page-aligned start, so
+    // aligned for AtomicU64. Every word is initialised (zero: nothing handed out) before
+    // the shared slice is formed; it lives for the rest of the kernel's life and is
+    // reached only through atomics.
+    let words: &'static [core::sync::atomic::AtomicU64] = unsafe {
+        for index in 0..word_count {
+            words_pointer
+                .add(index)
+                .write(core::sync::atomic::AtomicU64::new(0));
+        }
+        core::slice::from_raw_parts(words_pointer, word_count)
+    };
+    let handed_out = HandedOutPages::new(words, PageFrameNumber::new(0));
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     let mut failure = None;
     plan.for_each_free_range(ram, &reserved, &mut |piece| {
@@ -240,81 +263,56 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
         free_pages: allocator.free_page_count(),
         metadata_bytes: plan.metadata.len(),
     };
-    *PAGES.lock() = Some(allocator);
+    PAGES.call_once(|| SharedPageAllocator::new(allocator, handed_out));
     Ok(report)
 }
 
-/// The global allocator as the cache's refill/drain source: the global lock is taken
-/// only when the cache runs empty or full, never on the cache's fast path.
-struct LockedBuddy;
-
-impl PageSource for LockedBuddy {
-    fn alloc_page_batch(&mut self, out: &mut [PageFrameNumber]) -> usize {
-        PAGES
-            .lock()
-            .as_mut()
-            .map_or(0, |allocator| allocator.alloc_page_batch(out))
-    }
-
-    fn free_page_batch(&mut self, pages: &[PageFrameNumber]) {
-        if let Some(allocator) = PAGES.lock().as_mut() {
-            allocator.free_page_batch(pages);
-        }
-    }
-}
-
-/// Allocates one page through the CPU's cache.
+/// Allocates one page through the CPU's cache. (The locks mask interrupts by
+/// themselves; masking here too keeps the CPU index read true until the cache is
+/// locked, so the thread uses its own CPU's cache.)
 pub fn alloc_page() -> Option<PageFrameNumber> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache().lock().alloc(&mut LockedBuddy)
+        pages()?.alloc_page(percpu::current_index())
     })
 }
 
-/// Frees one page through the CPU's cache.
+/// Frees one page through the CPU's cache (interrupts masked as in [`alloc_page`]).
 pub fn free_page(frame: PageFrameNumber) -> Result<(), PageAllocError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        this_cpu_cache().lock().free(frame, &mut LockedBuddy)
+        pages()
+            .ok_or(PageAllocError::NotAllocated)?
+            .free_page(percpu::current_index(), frame)
     })
 }
 
-/// Allocates `count` contiguous pages.
+/// Allocates `count` contiguous pages (draining every CPU's cache at out of memory).
 pub fn alloc_pages(count: u64) -> Result<PageRange, PageAllocError> {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        PAGES
-            .lock()
-            .as_mut()
-            .ok_or(PageAllocError::OutOfMemory)?
-            .alloc_pages(count)
-    })
+    pages()
+        .ok_or(PageAllocError::OutOfMemory)?
+        .alloc_pages(count)
 }
 
 /// Frees a run from [`alloc_pages`].
 pub fn free_pages(range: PageRange) -> Result<(), PageAllocError> {
     // Thread stacks are freed when a thread's last reference goes, possibly inside
-    // the scheduler running from an interrupt: mask interrupts around the lock.
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        PAGES
-            .lock()
-            .as_mut()
-            .ok_or(PageAllocError::NotAllocated)?
-            .free_pages(range)
-    })
+    // the scheduler running from an interrupt: the allocator's locks mask interrupts.
+    pages()
+        .ok_or(PageAllocError::NotAllocated)?
+        .free_pages(range)
 }
 
-/// Free pages in the buddy allocator plus the cache.
+/// Free pages in the buddy allocator plus every cache.
 pub fn free_page_count() -> u64 {
-    let cached: u64 = PAGE_CACHES
-        .iter()
-        .map(|cache| cache.lock().len() as u64)
-        .sum();
-    PAGES
-        .lock()
-        .as_ref()
-        .map_or(0, |allocator| allocator.free_page_count())
-        + cached
+    pages().map_or(0, SharedPageAllocator::free_page_count)
+}
+
+/// Frees the page allocator refused: double frees caught by the caches' handed-out
+/// bits, and bad pages a cache drain gave back. Nonzero means a bug somewhere.
+pub fn rejected_free_count() -> u64 {
+    pages().map_or(0, SharedPageAllocator::rejected_free_count)
 }
 
 /// The heap's statistics.
 pub fn heap_stats() -> keel_heap::HeapStats {
-    HEAP.0.stats()
+    HEAP.stats()
 }

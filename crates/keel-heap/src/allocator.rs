@@ -6,7 +6,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
-use keel_sync::SpinLock;
+use keel_sync::{InterruptMask, IrqSpinLock, NoInterruptMask};
 
 use crate::class::Placement;
 use crate::pool::HeapState;
@@ -88,27 +88,45 @@ struct OverAlignedRecord {
 /// }
 /// ```
 #[derive(Debug)]
-pub struct KernelHeap<S: PageSource> {
+pub struct KernelHeap<S: PageSource, M: InterruptMask = NoInterruptMask> {
     source: S,
-    state: SpinLock<HeapState>,
+    /// Behind an [`IrqSpinLock`]: the kernel's scheduler allocates and frees from
+    /// interrupts and the switch path, so the heap's lock must never be held with
+    /// interrupts on (the kernel passes its mask as `M`).
+    state: IrqSpinLock<HeapState, M>,
 }
 
 impl<S: PageSource> KernelHeap<S> {
-    /// An empty heap over `source`; it takes no pages until the first allocation.
+    /// An empty heap over `source` whose lock masks no interrupts (host code, benches);
+    /// it takes no pages until the first allocation.
     #[cfg(not(loom))]
     pub const fn new(source: S) -> Self {
-        Self {
-            source,
-            state: SpinLock::new(HeapState::new()),
-        }
+        Self::with_interrupt_mask(source)
     }
 
     /// An empty heap over `source` (not `const` under loom).
     #[cfg(loom)]
     pub fn new(source: S) -> Self {
+        Self::with_interrupt_mask(source)
+    }
+}
+
+impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
+    /// An empty heap over `source` whose lock masks interrupts with `M` while held.
+    #[cfg(not(loom))]
+    pub const fn with_interrupt_mask(source: S) -> Self {
         Self {
             source,
-            state: SpinLock::new(HeapState::new()),
+            state: IrqSpinLock::new(HeapState::new()),
+        }
+    }
+
+    /// An empty heap over `source`, masking with `M` (not `const` under loom).
+    #[cfg(loom)]
+    pub fn with_interrupt_mask(source: S) -> Self {
+        Self {
+            source,
+            state: IrqSpinLock::new(HeapState::new()),
         }
     }
 
@@ -271,7 +289,7 @@ impl<S: PageSource> KernelHeap<S> {
     }
 }
 
-impl<S: PageSource> Drop for KernelHeap<S> {
+impl<S: PageSource, M: InterruptMask> Drop for KernelHeap<S, M> {
     /// Returns cached and empty pages; pages of blocks still allocated are leaked.
     fn drop(&mut self) {
         self.state.get_mut().trim(&self.source);
@@ -283,7 +301,7 @@ impl<S: PageSource> Drop for KernelHeap<S> {
 // last class; page blocks are page-aligned or aligned by construction), disjoint
 // from every other live block (pool slots and pages are handed out once until
 // freed), and null on failure; `dealloc`/`realloc` forward the caller's contract.
-unsafe impl<S: PageSource> GlobalAlloc for KernelHeap<S> {
+unsafe impl<S: PageSource, M: InterruptMask> GlobalAlloc for KernelHeap<S, M> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocate(layout)
             .map_or(ptr::null_mut(), NonNull::as_ptr)

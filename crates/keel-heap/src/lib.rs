@@ -3,7 +3,8 @@
 //! [`KernelHeap`] implements [`GlobalAlloc`] over a [`PageSource`], the trait through
 //! which it gets whole 4 KiB pages (the kernel implements it over `keel-pagealloc`,
 //! identity mapped; host tests and benches over `std::alloc`). Its state sits behind a
-//! [`keel_sync::SpinLock`]; [`KernelHeap::stats`] reports a [`HeapStats`].
+//! [`keel_sync::IrqSpinLock`] whose guard masks interrupts with the kernel's
+//! [`keel_sync::InterruptMask`] (the second type parameter; no-op by default); [`KernelHeap::stats`] reports a [`HeapStats`].
 //!
 //! # Design (after OSv's `malloc`)
 //! - **Small objects** (size and alignment up to 1024, or size up to 2016 with

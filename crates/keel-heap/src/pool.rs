@@ -1,7 +1,7 @@
 //! The heap's state: per-class pools of pages, the single-page cache, statistics.
 //!
 //! All raw-pointer work of the heap lives here. [`HeapState`] is only ever reached
-//! through the heap's `SpinLock`, so every method runs with exclusive access.
+//! through the heap's `IrqSpinLock`, so every method runs with exclusive access.
 
 use core::ptr::{self, NonNull};
 

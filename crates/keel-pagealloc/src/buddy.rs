@@ -119,7 +119,7 @@ pub struct BuddyAllocator<'m> {
     /// Pages made available by `add_free_range`.
     available_pages: u64,
     /// Frees refused inside [`PageSource::free_page_batch`](crate::PageSource), which
-    /// cannot return an error.
+    /// cannot return an error, and frees refused by a cache over this allocator.
     pub(crate) rejected_frees: u64,
 }
 
@@ -203,8 +203,11 @@ impl<'m> BuddyAllocator<'m> {
     }
 
     /// How many frees [`PageSource::free_page_batch`](crate::PageSource) refused
-    /// (double frees, foreign pages…). The trait method cannot return an error, so it
-    /// counts them here; the kernel should treat a nonzero count as a bug report.
+    /// (double frees, foreign pages…), plus the double frees that a
+    /// [`PerCpuPageCache`](crate::PerCpuPageCache) over this allocator refused and
+    /// reported with [`PageSource::count_rejected_free`](crate::PageSource). The batch
+    /// method cannot return an error, so it counts them here; the kernel should treat
+    /// a nonzero count as a bug report.
     #[must_use]
     pub fn rejected_free_count(&self) -> u64 {
         self.rejected_frees

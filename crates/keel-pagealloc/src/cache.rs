@@ -3,6 +3,7 @@
 use crate::address::PageFrameNumber;
 use crate::buddy::BuddyAllocator;
 use crate::error::PageAllocError;
+use crate::handed_out::HandedOutPages;
 
 /// A source of single (order-0) pages that works in batches: what a
 /// [`PerCpuPageCache`] refills from and drains to. The kernel implements it for its
@@ -15,6 +16,10 @@ pub trait PageSource {
 
     /// Frees single pages obtained from [`alloc_page_batch`](Self::alloc_page_batch).
     fn free_page_batch(&mut self, pages: &[PageFrameNumber]);
+
+    /// Counts one free that a cache refused (a double free), so that it shows in
+    /// [`BuddyAllocator::rejected_free_count`] beside the source's own refusals.
+    fn count_rejected_free(&mut self);
 }
 
 impl PageSource for BuddyAllocator<'_> {
@@ -39,6 +44,10 @@ impl PageSource for BuddyAllocator<'_> {
             }
         }
     }
+
+    fn count_rejected_free(&mut self) {
+        self.rejected_frees += 1;
+    }
 }
 
 /// The default capacity of a [`PerCpuPageCache`]: 64 pages (256 KiB), refilled and
@@ -57,13 +66,15 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 64;
 ///
 /// # Double frees
 ///
-/// The cache holds no metadata, so it cannot check a freed page the way
-/// [`BuddyAllocator::free`] does. In debug builds `free` scans the cached pages
-/// (O(N)) and refuses a page that is already there with
-/// [`PageAllocError::DoubleFree`]; release builds skip the scan. Any other bad page
-/// (double freed after it left the cache, or never allocated) is refused later by the
-/// global allocator when the cache drains it, and counted in
-/// [`BuddyAllocator::rejected_free_count`].
+/// The cache holds no metadata of its own; it records which pages it handed out in
+/// the [`HandedOutPages`] bits that every CPU's cache shares. `alloc` sets the page's
+/// bit, `free` clears it and refuses, in O(1) and in every build, a page whose bit is
+/// already clear: freed twice (whether the first free left it in this cache, in
+/// another CPU's cache or, after a drain, in the global allocator) or never handed out
+/// by a cache. The refusal returns [`PageAllocError::DoubleFree`] and is counted with
+/// [`PageSource::count_rejected_free`] (so it shows in
+/// [`BuddyAllocator::rejected_free_count`]). So a refused page is never cached, and
+/// never handed out to two owners.
 #[derive(Debug)]
 pub struct PerCpuPageCache<const N: usize = DEFAULT_CACHE_CAPACITY> {
     /// `pages[..len]` is the stack, oldest first.
@@ -111,9 +122,13 @@ impl<const N: usize> PerCpuPageCache<N> {
         N
     }
 
-    /// Takes a single page, refilling a batch from `global` if the cache is empty.
-    /// `None` when both are out of pages.
-    pub fn alloc(&mut self, global: &mut impl PageSource) -> Option<PageFrameNumber> {
+    /// Takes a single page, refilling a batch from `global` if the cache is empty, and
+    /// records it in `handed_out`. `None` when both are out of pages.
+    pub fn alloc(
+        &mut self,
+        global: &mut impl PageSource,
+        handed_out: &HandedOutPages<'_>,
+    ) -> Option<PageFrameNumber> {
         if self.len == 0 {
             self.len = global.alloc_page_batch(&mut self.pages[..Self::BATCH]);
             if self.len == 0 {
@@ -121,7 +136,9 @@ impl<const N: usize> PerCpuPageCache<N> {
             }
         }
         self.len -= 1;
-        Some(self.pages[self.len])
+        let page = self.pages[self.len];
+        handed_out.mark_handed_out(page);
+        Some(page)
     }
 
     /// Gives a single page back, first draining the oldest batch to `global` if the
@@ -129,18 +146,19 @@ impl<const N: usize> PerCpuPageCache<N> {
     ///
     /// # Errors
     ///
-    /// In debug builds only, [`PageAllocError::DoubleFree`] if the page is already in
-    /// the cache (see the type's documentation); nothing changes then.
+    /// [`PageAllocError::DoubleFree`] if `handed_out` says the page is not out with a
+    /// user (see the type's documentation), [`PageAllocError::OutOfRange`] if it is
+    /// outside their span; the refusal is counted in `global` and nothing else
+    /// changes.
     pub fn free(
         &mut self,
         page: PageFrameNumber,
         global: &mut impl PageSource,
+        handed_out: &HandedOutPages<'_>,
     ) -> Result<(), PageAllocError> {
-        // Only debug builds pay for the O(N) scan; release builds rely on the global
-        // allocator's checks when the page is drained.
-        #[cfg(debug_assertions)]
-        if self.pages[..self.len].contains(&page) {
-            return Err(PageAllocError::DoubleFree);
+        if let Err(error) = handed_out.take_back(page) {
+            global.count_rejected_free();
+            return Err(error);
         }
         if self.len == N {
             global.free_page_batch(&self.pages[..Self::BATCH]);

@@ -1,15 +1,20 @@
 //! `keel-pagealloc`: Keel's physical page allocator. It hands out naturally aligned
 //! blocks of `2^order` 4 KiB page frames ([`BuddyAllocator`]) and single pages through
 //! per-CPU caches ([`PerCpuPageCache`]) that reach the global allocator only in
-//! batches ([`PageSource`]). Addresses and frame numbers are typed ([`PhysAddr`] and
-//! [`PageFrameNumber`], `keel-types`' shared types re-exported here, and this crate's
-//! [`PageRange`], [`PageBlock`]) and every refusal is a [`PageAllocError`].
+//! batches ([`PageSource`]); the caches share one atomic bit per frame
+//! ([`HandedOutPages`]) that refuses a double free of a single page at once.
+//! Addresses and frame numbers are typed ([`PhysAddr`] and [`PageFrameNumber`],
+//! `keel-types`' shared types re-exported here, and this crate's [`PageRange`],
+//! [`PageBlock`]) and every refusal is a [`PageAllocError`].
 //!
 //! The crate is pure data structure: no hardware access, no global state, no heap, no
-//! `unsafe`. The kernel binary owns the instances: it carves a [`PageMeta`] array out
+//! `unsafe` (it depends on `keel-sync`, for the atomics and the locks, and `keel-types`). The kernel binary owns the instances: it carves a [`PageMeta`] array out
 //! of raw memory at boot, builds one [`BuddyAllocator`] over it, feeds it the usable
 //! ranges of the firmware memory map with [`BuddyAllocator::add_free_range`], puts it
-//! behind its lock and keeps one [`PerCpuPageCache`] per CPU. The kernel heap
+//! behind its lock, carves the [`HandedOutPages`] words beside the metadata and keeps
+//! one [`PerCpuPageCache`] per CPU, all inside one [`SharedPageAllocator`] (each part
+//! behind its own `keel_sync::IrqSpinLock`, whose guard masks interrupts), which drains every cache at out of memory
+//! and retries, so no page is stranded in a cache. The kernel heap
 //! (`keel-heap`) gets its pages from this allocator through the kernel, never
 //! directly.
 //!
@@ -36,11 +41,17 @@
 //! # Example
 //!
 //! ```
-//! use keel_pagealloc::{BuddyAllocator, PageFrameNumber, PageMeta, PageRange, PerCpuPageCache};
+//! use core::sync::atomic::AtomicU64;
+//! use keel_pagealloc::{
+//!     BuddyAllocator, HandedOutPages, PageAllocError, PageFrameNumber, PageMeta, PageRange,
+//!     PerCpuPageCache,
+//! };
 //!
-//! // The kernel carves this out of raw memory; 1024 slots describe 4 MiB.
+//! // The kernel carves these out of raw memory; 1024 slots describe 4 MiB.
 //! let mut metadata = [PageMeta::UNAVAILABLE; 1024];
 //! let mut global = BuddyAllocator::new(&mut metadata, PageFrameNumber::new(0));
+//! let words = [const { AtomicU64::new(0) }; HandedOutPages::words_for(1024)];
+//! let handed_out = HandedOutPages::new(&words, PageFrameNumber::new(0));
 //! // Usable memory from the firmware map: everything above the first 1 MiB.
 //! global.add_free_range(PageRange::new(PageFrameNumber::new(256), 768))?;
 //!
@@ -48,8 +59,11 @@
 //! assert!(block.is_aligned(8));
 //!
 //! let mut cache = PerCpuPageCache::<64>::new(); // one per CPU
-//! let page = cache.alloc(&mut global).expect("out of memory");
-//! cache.free(page, &mut global)?;
+//! let page = cache.alloc(&mut global, &handed_out).expect("out of memory");
+//! cache.free(page, &mut global, &handed_out)?;
+//! // A second free is refused at once, and counted.
+//! assert_eq!(cache.free(page, &mut global, &handed_out), Err(PageAllocError::DoubleFree));
+//! assert_eq!(global.rejected_free_count(), 1);
 //! cache.drain_all(&mut global);
 //!
 //! global.free(block, 8)?;
@@ -73,6 +87,8 @@ mod address;
 mod buddy;
 mod cache;
 mod error;
+mod handed_out;
+mod shared;
 
 #[cfg(test)]
 mod tests;
@@ -83,6 +99,8 @@ pub use address::{
 pub use buddy::{BuddyAllocator, FreeBlocks, PageMeta, metadata_bytes};
 pub use cache::{DEFAULT_CACHE_CAPACITY, PageSource, PerCpuPageCache};
 pub use error::PageAllocError;
+pub use handed_out::HandedOutPages;
+pub use shared::SharedPageAllocator;
 
 /// The largest block order: blocks hold at most `2^18` frames (1 GiB).
 pub const MAX_ORDER: u32 = 18;

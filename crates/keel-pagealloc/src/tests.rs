@@ -6,13 +6,24 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
+use core::sync::atomic::AtomicU64;
+
+use keel_sync::NoInterruptMask;
+
 use crate::{
-    BuddyAllocator, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber, PageMeta, PageRange,
-    PageSource, PerCpuPageCache,
+    BuddyAllocator, HandedOutPages, MAX_ORDER, PageAllocError, PageBlock, PageFrameNumber,
+    PageMeta, PageRange, PageSource, PerCpuPageCache, SharedPageAllocator,
 };
 
 fn frame(number: u64) -> PageFrameNumber {
     PageFrameNumber::new(number)
+}
+
+/// Zeroed words for the [`HandedOutPages`] of a span of `pages` frames.
+fn handed_out_words(pages: u64) -> Vec<AtomicU64> {
+    (0..HandedOutPages::words_for(pages))
+        .map(|_| AtomicU64::new(0))
+        .collect()
 }
 
 fn range(start: u64, count: u64) -> PageRange {
@@ -388,13 +399,15 @@ fn cache_refills_and_drains_in_batches() {
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 64)).unwrap();
     let mut cache = PerCpuPageCache::<8>::new();
-    let page = cache.alloc(&mut allocator).unwrap();
+    let words = handed_out_words(64);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
     assert_eq!(cache.len(), 3);
     assert_eq!(allocator.free_page_count(), 60);
     let mut pages = vec![page];
-    pages.extend((0..9).map(|_| cache.alloc(&mut allocator).unwrap()));
+    pages.extend((0..9).map(|_| cache.alloc(&mut allocator, &handed_out).unwrap()));
     for &page in &pages {
-        cache.free(page, &mut allocator).unwrap();
+        cache.free(page, &mut allocator, &handed_out).unwrap();
     }
     assert!(cache.len() <= 8);
     cache.drain_all(&mut allocator);
@@ -410,26 +423,44 @@ fn cache_runs_dry_with_the_global_allocator() {
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 3)).unwrap();
     let mut cache = PerCpuPageCache::<4>::default();
-    let taken: Vec<_> = core::iter::from_fn(|| cache.alloc(&mut allocator)).collect();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let taken: Vec<_> = core::iter::from_fn(|| cache.alloc(&mut allocator, &handed_out)).collect();
     assert_eq!(taken.len(), 3);
-    assert_eq!(cache.alloc(&mut allocator), None);
+    assert_eq!(cache.alloc(&mut allocator, &handed_out), None);
 }
 
-#[cfg(debug_assertions)]
+/// In every build (the check used to be a debug-only scan of the cache).
 #[test]
-fn cache_detects_double_free_in_debug() {
+fn cache_refuses_a_double_free_while_the_page_is_cached() {
     let mut metadata = vec![PageMeta::UNAVAILABLE; 8];
     let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
     allocator.add_free_range(range(0, 8)).unwrap();
     let mut cache = PerCpuPageCache::<4>::new();
-    let page = cache.alloc(&mut allocator).unwrap();
-    cache.free(page, &mut allocator).unwrap();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
+    cache.free(page, &mut allocator, &handed_out).unwrap();
     let len = cache.len();
     assert_eq!(
-        cache.free(page, &mut allocator),
+        cache.free(page, &mut allocator, &handed_out),
         Err(PageAllocError::DoubleFree)
     );
     assert_eq!(cache.len(), len);
+    assert_eq!(allocator.rejected_free_count(), 1);
+    // Never handed out by a cache, and outside the bits' span.
+    assert_eq!(
+        cache.free(frame(3), &mut allocator, &handed_out),
+        Err(PageAllocError::DoubleFree)
+    );
+    assert_eq!(
+        cache.free(frame(1000), &mut allocator, &handed_out),
+        Err(PageAllocError::OutOfRange)
+    );
+    assert_eq!(allocator.rejected_free_count(), 3);
+    let first = cache.alloc(&mut allocator, &handed_out).unwrap();
+    let second = cache.alloc(&mut allocator, &handed_out).unwrap();
+    assert_ne!(first, second);
 }
 
 #[test]
@@ -739,12 +770,14 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
     }
     let initial_blocks = canonical_blocks(&available);
     let mut cache = PerCpuPageCache::<CAPACITY>::new();
+    let words = handed_out_words(layout.length);
+    let handed_out = HandedOutPages::new(&words, frame(layout.base));
     // Pages held by the user (not by the cache or the allocator).
     let mut owned = BTreeSet::new();
     let mut last_freed = None;
     for operation in operations {
         match *operation {
-            CacheOperation::Alloc => match cache.alloc(&mut allocator) {
+            CacheOperation::Alloc => match cache.alloc(&mut allocator, &handed_out) {
                 Some(page) => {
                     take_pages(&mut owned, &available, page.as_u64()..page.as_u64() + 1)?;
                     if last_freed == Some(page) {
@@ -763,25 +796,24 @@ fn run_cache_sequence(layout: &Layout, operations: &[CacheOperation]) -> Result<
                 }
                 let page = *owned.iter().nth(choice % owned.len()).unwrap();
                 owned.remove(&page);
-                cache.free(frame(page), &mut allocator).unwrap();
+                cache
+                    .free(frame(page), &mut allocator, &handed_out)
+                    .unwrap();
                 last_freed = Some(frame(page));
             }
             CacheOperation::DoubleFree => {
                 // The most recent free is on top of the cache unless a drain moved it
-                // to the allocator: either way the second free must be refused.
+                // to the allocator: either way the second free must be refused at
+                // once, and change nothing. The run goes on allocating afterwards
+                // (no drain), and `take_pages` fails if a page is handed out twice.
                 let Some(page) = last_freed else { continue };
                 let (length, rejected) = (cache.len(), allocator.rejected_free_count());
-                let result = cache.free(page, &mut allocator);
-                if cfg!(debug_assertions) && cache.len() == length {
-                    prop_assert_eq!(result, Err(PageAllocError::DoubleFree));
-                } else {
-                    // Release build, or the page had been drained: it sits in the
-                    // cache now, and the allocator will refuse it when drained.
-                    prop_assert!(result.is_ok());
-                    cache.drain_all(&mut allocator);
-                    prop_assert_eq!(allocator.rejected_free_count(), rejected + 1);
-                }
-                last_freed = None;
+                let free_pages = allocator.free_page_count();
+                let result = cache.free(page, &mut allocator, &handed_out);
+                prop_assert_eq!(result, Err(PageAllocError::DoubleFree));
+                prop_assert_eq!(cache.len(), length);
+                prop_assert_eq!(allocator.free_page_count(), free_pages);
+                prop_assert_eq!(allocator.rejected_free_count(), rejected + 1);
             }
             CacheOperation::DrainAll => cache.drain_all(&mut allocator),
         }
@@ -817,5 +849,172 @@ proptest! {
         operations in prop::collection::vec(cache_operation(), 0..300),
     ) {
         run_cache_sequence(&layout, &operations)?;
+    }
+}
+
+/// Issue 13: a page freed twice, the second time after the cache had drained it to
+/// the allocator, must be refused at once, so that it is never handed out to two
+/// owners (the cache is LIFO: it would hand it out next).
+#[test]
+fn double_free_after_the_page_left_the_cache_hands_nothing_out_twice() {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; 8];
+    let mut allocator = BuddyAllocator::new(&mut metadata, frame(0));
+    allocator.add_free_range(range(0, 8)).unwrap();
+    let mut cache = PerCpuPageCache::<4>::new();
+    let words = handed_out_words(8);
+    let handed_out = HandedOutPages::new(&words, frame(0));
+    let page = cache.alloc(&mut allocator, &handed_out).unwrap();
+    cache.free(page, &mut allocator, &handed_out).unwrap();
+    cache.drain_all(&mut allocator);
+    let second_free = cache.free(page, &mut allocator, &handed_out);
+    let mut handed_out: Vec<_> =
+        core::iter::from_fn(|| cache.alloc(&mut allocator, &handed_out)).collect();
+    handed_out.sort_unstable();
+    let distinct = handed_out.windows(2).all(|pair| pair[0] != pair[1]);
+    assert!(distinct, "the same page handed out twice: {handed_out:?}");
+    assert_eq!(handed_out.len(), 8);
+    assert_eq!(second_free, Err(PageAllocError::DoubleFree));
+    assert_eq!(allocator.rejected_free_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// The shared composition: out of memory drains the caches (issue 13)
+// ---------------------------------------------------------------------------------
+
+/// The review's case: a 56-page machine whose pages all went through CPU 0's cache
+/// (as the heap's trim frees them) and are all free; a 2-page run must be found, from
+/// CPU 0 or CPU 1.
+#[test]
+fn out_of_memory_drains_the_caches_on_a_56_page_machine() {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; 56];
+    let words = handed_out_words(56);
+    let mut buddy = BuddyAllocator::new(&mut metadata, frame(0));
+    buddy.add_free_range(range(0, 56)).unwrap();
+    let shared = SharedPageAllocator::<NoInterruptMask, 2>::new(
+        buddy,
+        HandedOutPages::new(&words, frame(0)),
+    );
+    let pages: Vec<_> = core::iter::from_fn(|| shared.alloc_page(0)).collect();
+    assert_eq!(pages.len(), 56);
+    for &page in &pages {
+        shared.free_page(0, page).unwrap();
+    }
+    assert_eq!(shared.free_page_count(), 56);
+    let run = shared.alloc_pages(2);
+    assert!(run.is_ok(), "2 of 56 free pages: {run:?}");
+    // Pages cached on CPU 1 serve a single page on CPU 0 once CPU 0's cache and the
+    // buddy allocator are empty.
+    shared.free_pages(run.unwrap()).unwrap();
+    let pages: Vec<_> = core::iter::from_fn(|| shared.alloc_page(1)).collect();
+    assert_eq!(pages.len(), 56);
+    for &page in &pages {
+        shared.free_page(1, page).unwrap();
+    }
+    assert!(
+        shared.alloc_page(0).is_some(),
+        "56 pages free on CPU 1's cache"
+    );
+}
+
+#[derive(Clone, Debug)]
+enum SharedOperation {
+    AllocPage(usize),
+    FreePage(usize, usize),
+    AllocPages(u64),
+    FreeRun(usize),
+}
+
+fn shared_operation() -> impl Strategy<Value = SharedOperation> {
+    prop_oneof![
+        6 => (0usize..3).prop_map(SharedOperation::AllocPage),
+        6 => (0usize..3, any::<usize>()).prop_map(|(cpu, choice)| SharedOperation::FreePage(cpu, choice)),
+        2 => (1u64..20).prop_map(SharedOperation::AllocPages),
+        2 => any::<usize>().prop_map(SharedOperation::FreeRun),
+    ]
+}
+
+/// Whatever sits in which cache, an allocation fails only when the pages free in
+/// total (buddy and every cache) hold no aligned block of the size it needs.
+fn run_shared_sequence(
+    layout: &Layout,
+    operations: &[SharedOperation],
+) -> Result<(), TestCaseError> {
+    let mut metadata = vec![PageMeta::UNAVAILABLE; layout.length as usize];
+    let words = handed_out_words(layout.length);
+    let mut buddy = BuddyAllocator::new(&mut metadata, frame(layout.base));
+    let mut available = BTreeSet::new();
+    for &free_range in &layout.ranges {
+        buddy.add_free_range(free_range).unwrap();
+        available.extend(free_range.start.as_u64()..free_range.start.as_u64() + free_range.count);
+    }
+    let shared = SharedPageAllocator::<NoInterruptMask, 3, 8>::new(
+        buddy,
+        HandedOutPages::new(&words, frame(layout.base)),
+    );
+    let mut owned = BTreeSet::new();
+    let mut single_pages: Vec<u64> = Vec::new();
+    let mut runs: Vec<PageRange> = Vec::new();
+    for operation in operations {
+        match *operation {
+            SharedOperation::AllocPage(cpu) => match shared.alloc_page(cpu) {
+                Some(page) => {
+                    take_pages(&mut owned, &available, page.as_u64()..page.as_u64() + 1)?;
+                    single_pages.push(page.as_u64());
+                }
+                None => prop_assert_eq!(owned.len(), available.len(), "spurious OOM"),
+            },
+            SharedOperation::FreePage(cpu, choice) => {
+                if single_pages.is_empty() {
+                    continue;
+                }
+                let page = single_pages.swap_remove(choice % single_pages.len());
+                shared.free_page(cpu, frame(page)).unwrap();
+                owned.remove(&page);
+            }
+            SharedOperation::AllocPages(count) => match shared.alloc_pages(count) {
+                Ok(run) => {
+                    take_pages(
+                        &mut owned,
+                        &available,
+                        run.start.as_u64()..run.start.as_u64() + count,
+                    )?;
+                    runs.push(run);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error, PageAllocError::OutOfMemory);
+                    let order = u64::BITS - (count - 1).leading_zeros();
+                    let free = free_set(&available, &owned);
+                    prop_assert!(!model_has_block(&free, order), "spurious OOM");
+                }
+            },
+            SharedOperation::FreeRun(choice) => {
+                if runs.is_empty() {
+                    continue;
+                }
+                let run = runs.swap_remove(choice % runs.len());
+                shared.free_pages(run).unwrap();
+                for page in run.start.as_u64()..run.start.as_u64() + run.count {
+                    owned.remove(&page);
+                }
+            }
+        }
+        prop_assert_eq!(
+            shared.free_page_count() + owned.len() as u64,
+            available.len() as u64
+        );
+    }
+    prop_assert_eq!(shared.rejected_free_count(), 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn shared_allocator_fails_only_when_memory_is_really_short(
+        layout in layout(),
+        operations in prop::collection::vec(shared_operation(), 0..300),
+    ) {
+        run_shared_sequence(&layout, &operations)?;
     }
 }

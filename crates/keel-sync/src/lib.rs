@@ -10,6 +10,12 @@
 //!   short critical sections that never block: the global page allocator, the kernel
 //!   heap (`keel-heap`), the serial port. Waiters spin, so it must not be held across
 //!   anything that can sleep; blocking locks live in the lock-free mutex crate.
+//! - [`IrqSpinLock`] (guard [`IrqSpinLockGuard`]) is that spinlock with its
+//!   interrupt policy as a type parameter ([`InterruptMask`], after Asterinas's
+//!   `SpinLock<T, G>`): the guard masks interrupts on this CPU for its whole life, so a
+//!   lock that an interrupt or the switch path can take (page allocator, page caches,
+//!   heap) can never be held with interrupts on. The kernel supplies the mask; hosted
+//!   code uses [`NoInterruptMask`]. Safe code: it only composes the spinlock.
 //!
 //! Why hand-written rather than `spin::Mutex`: the lock must be built on the shim so
 //! that loom can check it (and everything built on it), it must be FIFO (a ticket lock
@@ -24,9 +30,11 @@
 #[cfg(test)]
 extern crate std;
 
+mod irq;
 #[allow(unsafe_code)]
 pub mod shim;
 #[allow(unsafe_code)]
 mod spinlock;
 
+pub use irq::{InterruptMask, IrqSpinLock, IrqSpinLockGuard, NoInterruptMask};
 pub use spinlock::{SpinLock, SpinLockGuard};

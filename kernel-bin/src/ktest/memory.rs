@@ -1,6 +1,6 @@
 //! In-guest cases of the kernel's memory (`kernel-bin/src/memory.rs` over
 //! `keel-pagealloc` and `keel-heap`): pages are distinct, writable and counted, double
-//! frees are refused, contiguous runs, heap collections without leaks, and large and
+//! frees are refused (single pages too, and counted), contiguous runs, heap collections without leaks, and large and
 //! aligned heap allocations.
 
 use super::{Failure, TestResult};
@@ -88,6 +88,43 @@ fn page_double_free_is_refused(_: &ArchInfo) -> TestResult {
 }
 ktest!(page_double_free_is_refused);
 
+/// A single page freed twice through the per-CPU cache, the second time after a
+/// drain could have moved it to the buddy allocator, is refused at once and counted
+/// in `rejected_free_count`; the next allocations never hand it out twice.
+fn single_page_double_free_is_refused_and_counted(_: &ArchInfo) -> TestResult {
+    let rejected_before = memory::rejected_free_count();
+    let page = memory::alloc_page();
+    check!(page.is_some(), "page allocation failed");
+    let Some(page) = page else { return Ok(()) };
+    check!(memory::free_page(page).is_ok(), "first free failed");
+    let second = memory::free_page(page);
+    check!(second.is_err(), "double free accepted", second);
+    let rejected_after = memory::rejected_free_count();
+    check!(
+        rejected_after == rejected_before + 1,
+        "refusal not counted",
+        rejected_before,
+        rejected_after
+    );
+    let first = memory::alloc_page();
+    let next = memory::alloc_page();
+    check!(
+        first.is_some() && first != next,
+        "a page handed out twice",
+        first,
+        next
+    );
+    for page in [first, next].into_iter().flatten() {
+        check!(
+            memory::free_page(page).is_ok(),
+            "freeing a page failed",
+            page
+        );
+    }
+    Ok(())
+}
+ktest!(single_page_double_free_is_refused_and_counted);
+
 fn contiguous_page_runs(_: &ArchInfo) -> TestResult {
     for count in [1u64, 3, 16, 512, 4096] {
         let range = memory::alloc_pages(count);
@@ -169,3 +206,45 @@ fn heap_large_and_aligned_allocations(_: &ArchInfo) -> TestResult {
     Ok(())
 }
 ktest!(heap_large_and_aligned_allocations);
+
+/// The kernel's `IrqSpinLock`s (page allocator, page caches, heap) mask interrupts for
+/// the guard's whole life and restore the previous state after, nested or not; and
+/// the memory statistics, which take those locks, leave the interrupt state as it was.
+fn irq_spin_lock_masks_interrupts(_: &ArchInfo) -> TestResult {
+    use x86_64::instructions::interrupts;
+    static LOCK: keel_sync::IrqSpinLock<u32, memory::KernelInterrupts> =
+        keel_sync::IrqSpinLock::new(0);
+    static INNER: keel_sync::IrqSpinLock<u32, memory::KernelInterrupts> =
+        keel_sync::IrqSpinLock::new(0);
+    let before = interrupts::are_enabled();
+    {
+        let mut guard = LOCK.lock();
+        check!(!interrupts::are_enabled(), "lock held with interrupts on");
+        *guard += 1;
+        drop(INNER.lock());
+        check!(
+            !interrupts::are_enabled(),
+            "inner guard re-enabled interrupts"
+        );
+    }
+    check!(
+        interrupts::are_enabled() == before,
+        "interrupts not restored",
+        before
+    );
+    let free = memory::free_page_count();
+    let stats = memory::heap_stats();
+    check!(
+        interrupts::are_enabled() == before,
+        "memory statistics changed the interrupt state",
+        free,
+        stats.pages_held
+    );
+    interrupts::without_interrupts(|| drop(LOCK.lock()));
+    check!(
+        interrupts::are_enabled(),
+        "state not restored after nesting"
+    );
+    Ok(())
+}
+ktest!(irq_spin_lock_masks_interrupts);
