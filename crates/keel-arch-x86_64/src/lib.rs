@@ -20,6 +20,9 @@
 //! test executable, is left out under `cfg(test)`. The hardware paths themselves run in
 //! the in-guest test kernel and the crash tests (`cargo xtask test`).
 #![no_std]
+// The fence: `unsafe` only in the hardware modules and the boot items below, each
+// allowed by name.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 #[cfg(test)]
@@ -27,19 +30,32 @@ extern crate std;
 
 pub use keel_bootinfo as bootinfo;
 
+#[allow(unsafe_code)]
 pub mod apic;
+#[allow(unsafe_code)]
 pub mod backtrace;
+#[allow(unsafe_code)]
 pub mod boot;
+#[allow(unsafe_code)]
 pub mod cpu;
+#[allow(unsafe_code)]
 pub mod gdt;
+#[allow(unsafe_code)]
 pub mod interrupts;
 pub mod logger;
+#[allow(unsafe_code)]
 pub mod paging;
+#[allow(unsafe_code)]
 pub mod percpu;
+#[allow(unsafe_code)]
 pub mod platform;
+#[allow(unsafe_code)]
 pub mod serial;
+#[allow(unsafe_code)]
 pub mod smp;
+#[allow(unsafe_code)]
 pub mod steal_time;
+#[allow(unsafe_code)]
 pub mod time;
 pub mod tlb;
 
@@ -83,6 +99,7 @@ pub struct BootPhases {
     pub apic: u64,
 }
 
+#[allow(unsafe_code)]
 unsafe extern "Rust" {
     /// The kernel binary's main function.
     fn keel_kernel_main(info: &'static ArchInfo) -> !;
@@ -91,6 +108,8 @@ unsafe extern "Rust" {
 /// Identity-mapped memory below 4 GiB, as set up by the boot code.
 struct BootIdentityMap;
 
+// Reads physical memory through the boot identity map: one `unsafe` copy.
+#[allow(unsafe_code)]
 impl PhysicalMemory for BootIdentityMap {
     fn read(&self, physical: bootinfo::PhysAddr, out: &mut [u8]) -> Result<(), BootInfoError> {
         let address = physical.as_u64();
@@ -124,6 +143,7 @@ struct ArchInfoCell(core::cell::UnsafeCell<core::mem::MaybeUninit<ArchInfo>>);
 
 // SAFETY: written once by `boot_entry_64` on the boot CPU before any reader exists;
 // read-only afterwards.
+#[allow(unsafe_code)]
 unsafe impl Sync for ArchInfoCell {}
 
 static ARCH_INFO: ArchInfoCell =
@@ -133,6 +153,7 @@ static ARCH_INFO: ArchInfoCell =
 ///
 /// # Safety
 /// Only the boot code calls this, once, with the start-info address from `ebx`.
+#[allow(unsafe_code)]
 pub unsafe extern "C" fn boot_entry_64(start_info: u32) -> ! {
     percpu::init_this_cpu(0, 0);
     serial::init();
