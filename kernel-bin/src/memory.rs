@@ -10,7 +10,7 @@
 //! which refuse a double-freed single page at once), creates the buddy allocator over
 //! `[0, highest RAM page)`, and hands it the plan's free ranges. Single pages go through a per-CPU cache; the heap gets its
 //! pages through [`BuddyPageSource`] (single pages from the cache, runs from the buddy
-//! allocator). Physical and virtual addresses are equal (identity map).
+//! allocator), and keeps a per-CPU object cache for each CPU ([`KernelCpuCaches`]). Physical and virtual addresses are equal (identity map).
 //!
 //! Locks: the buddy allocator and each CPU's page cache sit behind their own
 //! `keel_sync::IrqSpinLock`s (masked by [`KernelInterrupts`], like the heap's) inside `keel_pagealloc::SharedPageAllocator`, which also
@@ -24,7 +24,7 @@ use crate::{smp, threads};
 use core::ptr::NonNull;
 use keel_arch_x86_64::bootinfo::MemoryKind;
 use keel_arch_x86_64::{ArchInfo, percpu};
-use keel_heap::{KernelHeap, PageSource as HeapPageSource};
+use keel_heap::{CurrentCpu, KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
 use keel_pagealloc::{
     BuddyAllocator, DEFAULT_CACHE_CAPACITY, HandedOutPages, PAGE_SIZE, PageAllocError,
@@ -115,8 +115,33 @@ impl InterruptMask for KernelInterrupts {
     }
 }
 
+/// The heap's per-CPU object caches: the cache of the CPU the caller runs on, with
+/// interrupts masked from `enter` to `leave` (so the thread is neither preempted nor
+/// moved, and no handler on this CPU enters the heap meanwhile).
+#[derive(Debug)]
+pub struct KernelCpuCaches;
+
+// SAFETY: `enter` masks interrupts before it reads this CPU's index and `leave`
+// restores them after the heap is done with the cache: in between, nothing else runs
+// on this CPU (no preemption, no interrupt handler; NMI handlers do not allocate), and
+// every other CPU has an index of its own, so the index is held by this context alone.
+unsafe impl CurrentCpu for KernelCpuCaches {
+    type Saved = bool;
+
+    #[inline]
+    fn enter() -> (Option<usize>, bool) {
+        let was_enabled = KernelInterrupts::mask();
+        (Some(percpu::current_index()), was_enabled)
+    }
+
+    #[inline]
+    fn leave(was_enabled: bool) {
+        KernelInterrupts::restore(was_enabled);
+    }
+}
+
 #[global_allocator]
-static HEAP: KernelHeap<BuddyPageSource, KernelInterrupts> =
+static HEAP: KernelHeap<BuddyPageSource, KernelInterrupts, KernelCpuCaches, { percpu::MAX_CPUS }> =
     KernelHeap::with_interrupt_mask(BuddyPageSource);
 
 /// What [`init`] set up.

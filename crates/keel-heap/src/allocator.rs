@@ -4,11 +4,13 @@
 //! `unsafe` (the root denies it).
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
 use keel_sync::{InterruptMask, IrqSpinLock, NoInterruptMask};
 
-use crate::class::Placement;
+use crate::class::{CLASS_COUNT, Placement};
+use crate::cpu_cache::{CpuCache, CurrentCpu, NoCpuCaches, batch_size, bin_capacity, depot_limit};
 use crate::pool::HeapState;
 use crate::{GEOMETRY, HeapStats, PAGE_SIZE};
 
@@ -57,7 +59,12 @@ struct OverAlignedRecord {
     total: usize,
 }
 
-/// The kernel heap: size-class pools plus whole pages, over a [`PageSource`].
+/// The kernel heap: size-class pools plus whole pages, over a [`PageSource`], with
+/// optional per-CPU object caches.
+///
+/// Type parameters: `M` masks interrupts around the heap's lock (the kernel's mask, or
+/// none on a host); `C` finds the calling CPU's cache and `CPUS` is how many caches
+/// there are (none by default: every call takes the lock). See the crate docs.
 ///
 /// ```
 /// # use core::alloc::{GlobalAlloc, Layout};
@@ -88,12 +95,20 @@ struct OverAlignedRecord {
 /// }
 /// ```
 #[derive(Debug)]
-pub struct KernelHeap<S: PageSource, M: InterruptMask = NoInterruptMask> {
+pub struct KernelHeap<
+    S: PageSource,
+    M: InterruptMask = NoInterruptMask,
+    C: CurrentCpu = NoCpuCaches,
+    const CPUS: usize = 0,
+> {
     source: S,
     /// Behind an [`IrqSpinLock`]: the kernel's scheduler allocates and frees from
     /// interrupts and the switch path, so the heap's lock must never be held with
     /// interrupts on (the kernel passes its mask as `M`).
     state: IrqSpinLock<HeapState, M>,
+    /// One object cache per CPU, used only by the context `C` says owns it.
+    caches: [CpuCache; CPUS],
+    cpu: PhantomData<fn() -> C>,
 }
 
 impl<S: PageSource> KernelHeap<S> {
@@ -111,13 +126,16 @@ impl<S: PageSource> KernelHeap<S> {
     }
 }
 
-impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
-    /// An empty heap over `source` whose lock masks interrupts with `M` while held.
+impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> KernelHeap<S, M, C, CPUS> {
+    /// An empty heap over `source` whose lock masks interrupts with `M` while held,
+    /// with `CPUS` object caches found through `C` (the type says which).
     #[cfg(not(loom))]
     pub const fn with_interrupt_mask(source: S) -> Self {
         Self {
             source,
             state: IrqSpinLock::new(HeapState::new()),
+            caches: [const { CpuCache::new() }; CPUS],
+            cpu: PhantomData,
         }
     }
 
@@ -127,7 +145,19 @@ impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
         Self {
             source,
             state: IrqSpinLock::new(HeapState::new()),
+            caches: [const { CpuCache::new() }; CPUS],
+            cpu: PhantomData,
         }
+    }
+
+    /// Runs `fast` with the calling context's cache, if it has one, else returns
+    /// `None` without calling it.
+    #[inline]
+    fn with_own_cache<R>(&self, fast: impl FnOnce(&CpuCache) -> R) -> Option<R> {
+        let (index, saved) = C::enter();
+        let result = index.and_then(|index| self.caches.get(index)).map(fast);
+        C::leave(saved);
+        result
     }
 
     /// The page source.
@@ -135,20 +165,130 @@ impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
         &self.source
     }
 
-    /// A snapshot of the heap's accounting.
+    /// A snapshot of the heap's accounting. With per-CPU caches it is assembled from
+    /// counters other CPUs keep writing, so under concurrent use it is approximate.
     pub fn stats(&self) -> HeapStats {
-        self.state.lock().stats()
+        let mut stats = self.state.lock().stats();
+        for cache in &self.caches {
+            let (bytes, allocations) = cache.usage();
+            stats.bytes_in_use = stats.bytes_in_use.wrapping_add(bytes);
+            stats.live_allocations = stats.live_allocations.wrapping_add(allocations);
+            stats.cpu_cached_objects += cache.cached_objects();
+        }
+        stats
     }
 
-    /// Returns every cached page and every empty pool page to the source.
+    /// Returns the calling CPU's cached objects to their pools, then every cached page
+    /// and every empty pool page to the source. Other CPUs' caches are left alone (at
+    /// most about 8 KiB per class and CPU, see the crate docs).
     pub fn trim(&self) {
+        self.with_own_cache(|cache| {
+            let mut state = self.state.lock();
+            for class in 0..CLASS_COUNT {
+                // SAFETY: the calling context owns `cache` (`with_own_cache`).
+                unsafe { self.flush(cache, &mut state, class, usize::MAX) };
+            }
+        });
         self.state.lock().trim(&self.source);
+    }
+
+    /// Moves up to `limit` objects of `class` from `cache` back to their pools.
+    ///
+    /// # Safety
+    /// The calling context owns `cache`.
+    unsafe fn flush(&self, cache: &CpuCache, state: &mut HeapState, class: usize, limit: usize) {
+        for _ in 0..limit {
+            // SAFETY: the caller owns `cache`.
+            let Some(object) = (unsafe { cache.pop(class) }) else {
+                break;
+            };
+            // SAFETY: an object in a bin of `class` is a free object of that pool
+            // (bins hold only objects `pool_alloc` handed out and a user freed).
+            unsafe { state.pool_free(object, class, &self.source) };
+        }
+    }
+
+    /// Moves a magazine (half a bin) from `cache`'s bin of `class` to the depot, or to
+    /// the pools if the depot holds its limit of that class.
+    ///
+    /// # Safety
+    /// The calling context owns `cache`, whose bin of `class` holds at least
+    /// `batch_size(class)` objects.
+    #[cold]
+    unsafe fn flush_magazine(&self, cache: &CpuCache, class: usize) {
+        // SAFETY: relies on the caller (ownership, and enough objects in the bin).
+        let magazine = unsafe { cache.take_magazine(class, batch_size(class)) };
+        let mut state = self.state.lock();
+        if state.depot.count(class) < depot_limit(class) {
+            // SAFETY: the magazine's objects are free objects of `class`, now only the
+            // depot's.
+            unsafe { state.depot.push(class, magazine) };
+        } else {
+            // SAFETY: as above, returned to their pool.
+            unsafe { state.free_magazine(class, magazine, &self.source) };
+        }
+    }
+
+    /// Refills `cache`'s bin of `class` with a magazine from the depot, or else half a
+    /// bin from the pools, and returns one object of it for the caller; at out of memory, trims (with this CPU's bins
+    /// flushed) and tries once more for the caller's object alone.
+    ///
+    /// # Safety
+    /// The calling context owns `cache`, whose bin of `class` is empty.
+    #[cold]
+    unsafe fn refill(&self, cache: &CpuCache, class: usize) -> Option<NonNull<u8>> {
+        let mut state = self.state.lock();
+        if let Some(magazine) = state.depot.pop(class) {
+            drop(state);
+            // SAFETY: the caller owns `cache`, whose bin is empty; a depot magazine of
+            // `class` holds `batch_size(class)` free objects of that class.
+            return unsafe {
+                cache.put_magazine(class, magazine, batch_size(class));
+                cache.pop(class)
+            };
+        }
+        let Some(object) = state.pool_alloc(class, &self.source) else {
+            for class in 0..CLASS_COUNT {
+                // SAFETY: the caller owns `cache`.
+                unsafe { self.flush(cache, &mut state, class, usize::MAX) };
+            }
+            state.trim(&self.source);
+            return state.pool_alloc(class, &self.source);
+        };
+        for _ in 0..batch_size(class) {
+            let Some(extra) = state.pool_alloc(class, &self.source) else {
+                break;
+            };
+            // SAFETY: the caller owns `cache`; `extra` is a fresh object of `class`
+            // that no one uses.
+            unsafe { cache.push(class, extra) };
+        }
+        Some(object)
     }
 
     /// Allocates a block for `layout` (size 0 is served as 1 byte); `None` when the
     /// page source is exhausted.
+    #[inline]
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
         let placement = Placement::of(layout)?;
+        if let Placement::Pool { class } = placement
+            && let Some(result) = self.with_own_cache(|cache| {
+                // SAFETY: `with_own_cache` gives the calling context sole use of
+                // `cache`; the refill runs only on an empty bin.
+                let object =
+                    unsafe { cache.pop(class) }.or_else(|| unsafe { self.refill(cache, class) })?;
+                cache.count_use(layout.size(), true);
+                Some(object)
+            })
+        {
+            return result;
+        }
+        self.allocate_locked(layout, placement)
+    }
+
+    /// The locked path of [`Self::allocate`]: large blocks, and pool objects for a
+    /// context with no cache.
+    fn allocate_locked(&self, layout: Layout, placement: Placement) -> Option<NonNull<u8>> {
         let mut state = self.state.lock();
         let block = match placement {
             Placement::Pool { class } => state.pool_alloc(class, &self.source)?,
@@ -189,10 +329,17 @@ impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
         Some(block)
     }
 
-    /// `count` pages from the source; if it has none, returns the heap's cached and
-    /// empty pages to it (they may be what it lacks) and asks once more.
+    /// `count` pages from the source; if it has none, returns this CPU's cached objects
+    /// to their pools and the heap's cached and empty pages to the source (they may be
+    /// what it lacks) and asks once more.
     fn alloc_pages_or_trim(&self, state: &mut HeapState, count: usize) -> Option<NonNull<u8>> {
         self.source.alloc_pages(count).or_else(|| {
+            self.with_own_cache(|cache| {
+                for class in 0..CLASS_COUNT {
+                    // SAFETY: the calling context owns `cache` (`with_own_cache`).
+                    unsafe { self.flush(cache, state, class, usize::MAX) };
+                }
+            });
             state.trim(&self.source);
             self.source.alloc_pages(count)
         })
@@ -204,11 +351,28 @@ impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
     /// `block` was returned by [`Self::allocate`] (or `GlobalAlloc::alloc`/`realloc`)
     /// of this heap with this same `layout` (for `realloc`, the new size), and is not
     /// used or freed again.
+    #[inline]
     pub unsafe fn deallocate(&self, block: NonNull<u8>, layout: Layout) {
         // The placement existed when the block was allocated, so it exists now.
         let Some(placement) = Placement::of(layout) else {
             return;
         };
+        if let Placement::Pool { class } = placement
+            && self
+                .with_own_cache(|cache| {
+                    // SAFETY: the calling context owns `cache` (`with_own_cache`), and
+                    // the caller's contract makes `block` an unused object of `class`.
+                    let count = unsafe { cache.push(class, block) };
+                    cache.count_use(layout.size(), false);
+                    if count > bin_capacity(class) {
+                        // SAFETY: as above; the bin holds more than a batch.
+                        unsafe { self.flush_magazine(cache, class) };
+                    }
+                })
+                .is_some()
+        {
+            return;
+        }
         let mut state = self.state.lock();
         match placement {
             // SAFETY: relies on the caller: `block` is a live object of this pool.
@@ -289,10 +453,23 @@ impl<S: PageSource, M: InterruptMask> KernelHeap<S, M> {
     }
 }
 
-impl<S: PageSource, M: InterruptMask> Drop for KernelHeap<S, M> {
-    /// Returns cached and empty pages; pages of blocks still allocated are leaked.
+impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> Drop
+    for KernelHeap<S, M, C, CPUS>
+{
+    /// Returns every CPU's cached objects, then cached and empty pages; pages of
+    /// blocks still allocated are leaked.
     fn drop(&mut self) {
-        self.state.get_mut().trim(&self.source);
+        let state = self.state.get_mut();
+        for cache in &self.caches {
+            for class in 0..CLASS_COUNT {
+                // SAFETY: `&mut self`: no context uses any cache any more.
+                while let Some(object) = unsafe { cache.pop(class) } {
+                    // SAFETY: a binned object is a free object of its class's pool.
+                    unsafe { state.pool_free(object, class, &self.source) };
+                }
+            }
+        }
+        state.trim(&self.source);
     }
 }
 
@@ -301,7 +478,9 @@ impl<S: PageSource, M: InterruptMask> Drop for KernelHeap<S, M> {
 // last class; page blocks are page-aligned or aligned by construction), disjoint
 // from every other live block (pool slots and pages are handed out once until
 // freed), and null on failure; `dealloc`/`realloc` forward the caller's contract.
-unsafe impl<S: PageSource, M: InterruptMask> GlobalAlloc for KernelHeap<S, M> {
+unsafe impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> GlobalAlloc
+    for KernelHeap<S, M, C, CPUS>
+{
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocate(layout)
             .map_or(ptr::null_mut(), NonNull::as_ptr)

@@ -6,6 +6,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::class::{CLASS_COUNT, GEOMETRY, HEADER_SIZE};
+use crate::cpu_cache::{Depot, Magazine};
 use crate::{HeapStats, PAGE_SIZE, PageSource};
 
 /// Most single pages kept in [`HeapState`]'s page cache before returning them.
@@ -69,6 +70,9 @@ struct Pool {
 ///    returning and refetching a page on every alloc/free pair).
 #[derive(Debug)]
 pub(crate) struct HeapState {
+    /// Full magazines flushed by per-CPU caches (their objects are free objects of
+    /// the pools, still counted as handed out by them).
+    pub(crate) depot: Depot,
     pools: [Pool; CLASS_COUNT],
     page_cache: *mut CachedPage,
     stats: HeapStats,
@@ -83,6 +87,7 @@ impl HeapState {
     /// An empty state: no pages held.
     pub(crate) const fn new() -> Self {
         Self {
+            depot: Depot::new(),
             pools: [Pool {
                 partial: ptr::null_mut(),
                 pages: 0,
@@ -95,30 +100,53 @@ impl HeapState {
                 pool_pages: 0,
                 cached_pages: 0,
                 large_pages: 0,
+                cpu_cached_objects: 0,
+                depot_objects: 0,
             },
         }
     }
 
     /// Current statistics.
     pub(crate) fn stats(&self) -> HeapStats {
-        self.stats
+        HeapStats {
+            depot_objects: self.depot.objects(),
+            ..self.stats
+        }
     }
 
-    /// Records an allocation of `bytes` requested bytes handed out.
+    /// Returns every object of `magazine` to its page in pool `class`.
+    ///
+    /// # Safety
+    /// `magazine` holds free objects of pool `class` that nothing else uses.
+    pub(crate) unsafe fn free_magazine<S: PageSource>(
+        &mut self,
+        class: usize,
+        magazine: Magazine,
+        source: &S,
+    ) {
+        // SAFETY: relies on the caller: each object is a free object of `class`;
+        // `for_each` reads its link before `pool_free` overwrites it.
+        unsafe { magazine.for_each(|object| self.pool_free(object, class, source)) };
+    }
+
+    /// Records an allocation of `bytes` requested bytes handed out. The use counters
+    /// wrap: with per-CPU caches, a block allocated through a cache may be freed
+    /// through this locked path (or resized here), and only the sum over the state
+    /// and every cache is the real count.
     pub(crate) fn count_alloc(&mut self, bytes: usize) {
-        self.stats.bytes_in_use += bytes;
-        self.stats.live_allocations += 1;
+        self.stats.bytes_in_use = self.stats.bytes_in_use.wrapping_add(bytes);
+        self.stats.live_allocations = self.stats.live_allocations.wrapping_add(1);
     }
 
     /// Records an allocation of `bytes` taken back.
     pub(crate) fn count_free(&mut self, bytes: usize) {
-        self.stats.bytes_in_use -= bytes;
-        self.stats.live_allocations -= 1;
+        self.stats.bytes_in_use = self.stats.bytes_in_use.wrapping_sub(bytes);
+        self.stats.live_allocations = self.stats.live_allocations.wrapping_sub(1);
     }
 
     /// Records a block resized in place from `old` to `new` bytes.
     pub(crate) fn count_resize(&mut self, old: usize, new: usize) {
-        self.stats.bytes_in_use = self.stats.bytes_in_use - old + new;
+        self.stats.bytes_in_use = self.stats.bytes_in_use.wrapping_sub(old).wrapping_add(new);
     }
 
     /// One page, from the cache or else from `source`.
@@ -161,8 +189,15 @@ impl HeapState {
         }
     }
 
-    /// Returns every cached page and every empty pool page to `source`.
+    /// Returns the depot's magazines to their pools, then every cached page and every
+    /// empty pool page to `source`.
     pub(crate) fn trim<S: PageSource>(&mut self, source: &S) {
+        for class in 0..CLASS_COUNT {
+            while let Some(magazine) = self.depot.pop(class) {
+                // SAFETY: depot magazines hold free objects of their class's pool.
+                unsafe { self.free_magazine(class, magazine, source) };
+            }
+        }
         for class in 0..CLASS_COUNT {
             let mut page = self.pools[class].partial;
             while !page.is_null() {

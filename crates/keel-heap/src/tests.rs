@@ -8,25 +8,33 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::{HeapStats, KernelHeap, MAX_POOL_SIZE, PAGE_SIZE, PageSource, SIZE_CLASSES};
+use keel_sync::NoInterruptMask;
+
+use crate::{
+    CurrentCpu, HeapStats, KernelHeap, MAX_POOL_SIZE, PAGE_SIZE, PageSource, SIZE_CLASSES,
+};
+
+crate::thread_caches!(pub(crate) ThreadCaches);
+
+mod cached;
 
 /// Pages from `std::alloc`, every outstanding run tracked (start -> count), with an
 /// optional limit on the pages outstanding at once (to test exhaustion).
 #[derive(Debug, Default)]
-struct TrackingSource {
+pub(crate) struct TrackingSource {
     outstanding: Mutex<HashMap<usize, usize>>,
     limit: Option<usize>,
 }
 
 impl TrackingSource {
-    fn limited(limit: usize) -> Self {
+    pub(crate) fn limited(limit: usize) -> Self {
         Self {
             limit: Some(limit),
             ..Self::default()
         }
     }
 
-    fn outstanding_pages(&self) -> usize {
+    pub(crate) fn outstanding_pages(&self) -> usize {
         self.outstanding.lock().unwrap().values().sum()
     }
 }
@@ -64,12 +72,12 @@ unsafe impl PageSource for TrackingSource {
     }
 }
 
-fn layout(size: usize, align: usize) -> Layout {
+pub(crate) fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
 }
 
 /// Fills `size` bytes at `block` with a pattern derived from `seed`.
-fn fill(block: *mut u8, size: usize, seed: u8) {
+pub(crate) fn fill(block: *mut u8, size: usize, seed: u8) {
     for index in 0..size {
         // SAFETY: the tests call this on live blocks of at least `size` bytes.
         unsafe { block.add(index).write(seed.wrapping_add(index as u8)) };
@@ -77,7 +85,7 @@ fn fill(block: *mut u8, size: usize, seed: u8) {
 }
 
 /// Checks the pattern written by `fill`.
-fn check(block: *const u8, size: usize, seed: u8) {
+pub(crate) fn check(block: *const u8, size: usize, seed: u8) {
     for index in 0..size {
         // SAFETY: as in `fill`.
         let byte = unsafe { block.add(index).read() };
@@ -413,6 +421,73 @@ fn assert_disjoint(live: &[Live]) {
     }
 }
 
+/// Runs `steps` on `heap` (over `source`), checking after every step that the live
+/// blocks are disjoint, aligned and intact and that the statistics add up; at the end
+/// frees everything and checks that every page went back.
+fn random_workload<C: CurrentCpu, const CPUS: usize>(
+    steps: Vec<Step>,
+    heap: &KernelHeap<&TrackingSource, NoInterruptMask, C, CPUS>,
+    source: &TrackingSource,
+) -> Result<(), TestCaseError> {
+    let mut live: Vec<Live> = Vec::new();
+    for (index, step) in steps.into_iter().enumerate() {
+        let seed = index as u8;
+        match step {
+            Step::Alloc { size, align_shift } => {
+                let request = layout(size, 1 << align_shift);
+                let block = heap.allocate(request).unwrap();
+                prop_assert_eq!(block.as_ptr().addr() % request.align(), 0);
+                fill(block.as_ptr(), size, seed);
+                live.push(Live {
+                    block,
+                    request,
+                    seed,
+                });
+            }
+            Step::Free { pick } if !live.is_empty() => {
+                let entry = live.swap_remove(pick % live.len());
+                check(entry.block.as_ptr(), entry.request.size(), entry.seed);
+                // SAFETY: live block allocated with `entry.request`.
+                unsafe { heap.deallocate(entry.block, entry.request) };
+            }
+            Step::Realloc { pick, new_size } if !live.is_empty() => {
+                let slot = pick % live.len();
+                let entry = &mut live[slot];
+                // SAFETY: live block allocated with `entry.request`.
+                let block =
+                    unsafe { heap.reallocate(entry.block, entry.request, new_size) }.unwrap();
+                prop_assert_eq!(block.as_ptr().addr() % entry.request.align(), 0);
+                check(
+                    block.as_ptr(),
+                    entry.request.size().min(new_size),
+                    entry.seed,
+                );
+                entry.block = block;
+                entry.request = layout(new_size, entry.request.align());
+                fill(block.as_ptr(), new_size, entry.seed);
+            }
+            Step::Free { .. } | Step::Realloc { .. } => {}
+        }
+        assert_disjoint(&live);
+        let stats = heap.stats();
+        prop_assert_eq!(stats.live_allocations, live.len());
+        prop_assert_eq!(
+            stats.bytes_in_use,
+            live.iter().map(|entry| entry.request.size()).sum::<usize>()
+        );
+        prop_assert_eq!(stats.pages_held, source.outstanding_pages());
+    }
+    for entry in live {
+        check(entry.block.as_ptr(), entry.request.size(), entry.seed);
+        // SAFETY: live block allocated with `entry.request`.
+        unsafe { heap.deallocate(entry.block, entry.request) };
+    }
+    heap.trim();
+    prop_assert_eq!(source.outstanding_pages(), 0);
+    prop_assert_eq!(heap.stats(), HeapStats::default());
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -421,51 +496,16 @@ proptest! {
         steps in proptest::collection::vec(step(), 1..300)
     ) {
         let source = TrackingSource::default();
-        let heap = KernelHeap::new(&source);
-        let mut live: Vec<Live> = Vec::new();
-        for (index, step) in steps.into_iter().enumerate() {
-            let seed = index as u8;
-            match step {
-                Step::Alloc { size, align_shift } => {
-                    let request = layout(size, 1 << align_shift);
-                    let block = heap.allocate(request).unwrap();
-                    prop_assert_eq!(block.as_ptr().addr() % request.align(), 0);
-                    fill(block.as_ptr(), size, seed);
-                    live.push(Live { block, request, seed });
-                }
-                Step::Free { pick } if !live.is_empty() => {
-                    let entry = live.swap_remove(pick % live.len());
-                    check(entry.block.as_ptr(), entry.request.size(), entry.seed);
-                    // SAFETY: live block allocated with `entry.request`.
-                    unsafe { heap.deallocate(entry.block, entry.request) };
-                }
-                Step::Realloc { pick, new_size } if !live.is_empty() => {
-                    let slot = pick % live.len();
-                    let entry = &mut live[slot];
-                    // SAFETY: live block allocated with `entry.request`.
-                    let block = unsafe { heap.reallocate(entry.block, entry.request, new_size) }
-                        .unwrap();
-                    prop_assert_eq!(block.as_ptr().addr() % entry.request.align(), 0);
-                    check(block.as_ptr(), entry.request.size().min(new_size), entry.seed);
-                    entry.block = block;
-                    entry.request = layout(new_size, entry.request.align());
-                    fill(block.as_ptr(), new_size, entry.seed);
-                }
-                Step::Free { .. } | Step::Realloc { .. } => {}
-            }
-            assert_disjoint(&live);
-            let stats = heap.stats();
-            prop_assert_eq!(stats.live_allocations, live.len());
-            prop_assert_eq!(stats.bytes_in_use, live.iter().map(|entry| entry.request.size()).sum::<usize>());
-            prop_assert_eq!(stats.pages_held, source.outstanding_pages());
-        }
-        for entry in live {
-            check(entry.block.as_ptr(), entry.request.size(), entry.seed);
-            // SAFETY: live block allocated with `entry.request`.
-            unsafe { heap.deallocate(entry.block, entry.request) };
-        }
-        heap.trim();
-        prop_assert_eq!(source.outstanding_pages(), 0);
-        prop_assert_eq!(heap.stats(), HeapStats::default());
+        random_workload(steps, &KernelHeap::new(&source), &source)?;
+    }
+
+    #[test]
+    fn random_workloads_through_cpu_caches(
+        steps in proptest::collection::vec(step(), 1..300)
+    ) {
+        let source = TrackingSource::default();
+        let heap: KernelHeap<_, NoInterruptMask, ThreadCaches, 64> =
+            KernelHeap::with_interrupt_mask(&source);
+        random_workload(steps, &heap, &source)?;
     }
 }
