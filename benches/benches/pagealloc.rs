@@ -11,7 +11,21 @@
 //!   ours the burst exactly fits the 64-page cache, so after the first iteration it
 //!   neither refills nor drains: it measures 128 cache operations (papers/0002).
 //! - `pagealloc/run-2^k`, k in {0, 4, 9}: allocate and free one block of `2^k` pages
-//!   straight from the buddy allocators (`alloc(k)` / `alloc(1 << k)`).
+//!   straight from the buddy allocators (`alloc(k)` / `alloc(1 << k)`). `run-2^0` is
+//!   the like-for-like single page: buddy against buddy, no cache on either side.
+//!
+//! Like for like (what the headline `single-page` ratio is not):
+//! - `pagealloc/single-page-both-cached`: both buddy allocators behind the same
+//!   `PerCpuPageCache<64>` (the peer through a `PageSource` adapter): what is left is
+//!   the cache, the same on both sides.
+//! - `pagealloc/single-page-locked`: both bare buddy allocators behind the same
+//!   `keel_sync::SpinLock`, one page allocated and freed per iteration.
+//! - `pagealloc/single-page-burst-256`: 256 single pages allocated, then freed: four
+//!   times the cache, so ours refills and drains through its buddy allocator in
+//!   batches; the peer is bare, as in `single-page-burst-64`.
+//! - `pagealloc/split-merge-18-levels`: the worst case of a buddy allocator: the only
+//!   free memory is one block of `2^18` pages (1 GiB), so every single-page
+//!   allocation splits 18 levels and every free merges 18 levels back.
 //!
 //! Run with `cargo bench -p keel-benches --bench pagealloc`.
 
@@ -24,8 +38,10 @@ use buddy_system_allocator::FrameAllocator;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use keel_pagealloc::{
-    BuddyAllocator, HandedOutPages, PageFrameNumber, PageMeta, PageRange, PerCpuPageCache,
+    BuddyAllocator, HandedOutPages, PageFrameNumber, PageMeta, PageRange, PageSource,
+    PerCpuPageCache,
 };
+use keel_sync::SpinLock;
 
 /// 1 GiB of 4 KiB pages.
 const PAGES: usize = 262_144;
@@ -200,5 +216,150 @@ fn runs(criterion: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, single_page, single_page_burst, runs);
+/// The peer as the source of a [`PerCpuPageCache`]: single pages, one by one.
+struct PeerPages<'a>(&'a mut PeerAllocator);
+
+impl PageSource for PeerPages<'_> {
+    fn alloc_page_batch(&mut self, out: &mut [PageFrameNumber]) -> usize {
+        for (allocated, slot) in out.iter_mut().enumerate() {
+            match self.0.alloc(1) {
+                Some(frame) => *slot = PageFrameNumber::new(frame as u64),
+                None => return allocated,
+            }
+        }
+        out.len()
+    }
+
+    fn free_page_batch(&mut self, pages: &[PageFrameNumber]) {
+        for page in pages {
+            self.0.dealloc(page.as_u64() as usize, 1);
+        }
+    }
+
+    fn count_rejected_free(&mut self) {}
+}
+
+fn single_page_like_for_like(criterion: &mut Criterion) {
+    let words = handed_out_words();
+    let handed_out = HandedOutPages::new(&words, PageFrameNumber::new(0));
+    {
+        let mut group = criterion.benchmark_group("pagealloc/single-page-both-cached");
+        configure(&mut group);
+        let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+        let mut global = keel_allocator(&mut metadata);
+        let mut cache = PerCpuPageCache::<64>::new();
+        group.bench_function("keel", |bencher| {
+            bencher.iter(|| {
+                let page = cache.alloc(&mut global, &handed_out).expect("page");
+                cache
+                    .free(black_box(page), &mut global, &handed_out)
+                    .expect("free page");
+            });
+        });
+        cache.drain_all(&mut global);
+        let mut peer = peer_allocator();
+        let mut peer_cache = PerCpuPageCache::<64>::new();
+        group.bench_function("buddy_system_allocator", |bencher| {
+            bencher.iter(|| {
+                let mut source = PeerPages(&mut peer);
+                let page = peer_cache.alloc(&mut source, &handed_out).expect("page");
+                peer_cache
+                    .free(black_box(page), &mut source, &handed_out)
+                    .expect("free page");
+            });
+        });
+        peer_cache.drain_all(&mut PeerPages(&mut peer));
+        group.finish();
+    }
+    {
+        let mut group = criterion.benchmark_group("pagealloc/single-page-locked");
+        configure(&mut group);
+        let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+        let ours = SpinLock::new(keel_allocator(&mut metadata));
+        group.bench_function("keel", |bencher| {
+            bencher.iter(|| {
+                let page = ours.lock().alloc(0).expect("page");
+                ours.lock().free(black_box(page), 0).expect("free page");
+            });
+        });
+        let peer = SpinLock::new(peer_allocator());
+        group.bench_function("buddy_system_allocator", |bencher| {
+            bencher.iter(|| {
+                let page = peer.lock().alloc(1).expect("page");
+                peer.lock().dealloc(black_box(page), 1);
+            });
+        });
+        group.finish();
+    }
+    {
+        const BURST: usize = 256;
+        let mut group = criterion.benchmark_group("pagealloc/single-page-burst-256");
+        configure(&mut group);
+        let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
+        let mut global = keel_allocator(&mut metadata);
+        let mut cache = PerCpuPageCache::<64>::new();
+        let mut pages = [PageFrameNumber::new(0); BURST];
+        group.bench_function("keel", |bencher| {
+            bencher.iter(|| {
+                for page in &mut pages {
+                    *page = cache.alloc(&mut global, &handed_out).expect("page");
+                }
+                for &page in black_box(&pages) {
+                    cache
+                        .free(page, &mut global, &handed_out)
+                        .expect("free page");
+                }
+            });
+        });
+        cache.drain_all(&mut global);
+        let mut peer = peer_allocator();
+        let mut frames = [0usize; BURST];
+        group.bench_function("buddy_system_allocator", |bencher| {
+            bencher.iter(|| {
+                for frame in &mut frames {
+                    *frame = peer.alloc(1).expect("page");
+                }
+                for &frame in black_box(&frames) {
+                    peer.dealloc(frame, 1);
+                }
+            });
+        });
+        group.finish();
+    }
+}
+
+fn split_merge_18_levels(criterion: &mut Criterion) {
+    /// One block of 2^18 frames at frame 2^18 (aligned to its size).
+    const BLOCK: u64 = 1 << 18;
+    let mut group = criterion.benchmark_group("pagealloc/split-merge-18-levels");
+    configure(&mut group);
+    let mut metadata = vec![PageMeta::UNAVAILABLE; 2 * BLOCK as usize];
+    let mut ours = BuddyAllocator::new(&mut metadata, PageFrameNumber::new(0));
+    ours.add_free_range(PageRange::new(PageFrameNumber::new(BLOCK), BLOCK))
+        .expect("add memory");
+    group.bench_function("keel", |bencher| {
+        bencher.iter(|| {
+            let page = ours.alloc(black_box(0)).expect("page");
+            ours.free(black_box(page), 0).expect("free page");
+        });
+    });
+    let mut peer = PeerAllocator::new();
+    peer.add_frame(BLOCK as usize, 2 * BLOCK as usize);
+    group.bench_function("buddy_system_allocator", |bencher| {
+        bencher.iter(|| {
+            let page = peer.alloc(black_box(1)).expect("page");
+            peer.dealloc(black_box(page), 1);
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    single_page,
+    single_page_burst,
+    runs,
+    single_page_like_for_like,
+    split_merge_18_levels
+);
 criterion_main!(benches);

@@ -288,6 +288,7 @@ impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> KernelHe
 
     /// The locked path of [`Self::allocate`]: large blocks, and pool objects for a
     /// context with no cache.
+    #[inline(never)]
     fn allocate_locked(&self, layout: Layout, placement: Placement) -> Option<NonNull<u8>> {
         let mut state = self.state.lock();
         let block = match placement {
@@ -373,6 +374,17 @@ impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> KernelHe
         {
             return;
         }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_locked(block, layout, placement) }
+    }
+
+    /// The locked path of [`Self::deallocate`]: large blocks, and pool objects for a
+    /// context with no cache.
+    ///
+    /// # Safety
+    /// As for [`Self::deallocate`]; `placement` is that of `layout`.
+    #[inline(never)]
+    unsafe fn deallocate_locked(&self, block: NonNull<u8>, layout: Layout, placement: Placement) {
         let mut state = self.state.lock();
         match placement {
             // SAFETY: relies on the caller: `block` is a live object of this pool.
@@ -481,11 +493,13 @@ impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> Drop
 unsafe impl<S: PageSource, M: InterruptMask, C: CurrentCpu, const CPUS: usize> GlobalAlloc
     for KernelHeap<S, M, C, CPUS>
 {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.allocate(layout)
             .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if let Some(block) = NonNull::new(ptr) {
             // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` was allocated by this

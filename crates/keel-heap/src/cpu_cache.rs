@@ -130,19 +130,56 @@ macro_rules! thread_caches {
         const _: () = {
             static POOL: $crate::CacheIndexPool = $crate::CacheIndexPool::new();
 
-            /// A thread's claim on an index of `POOL`, released on drop.
-            struct Claim(Option<usize>);
+            /// `INDEX` before the thread's first heap call.
+            const UNCLAIMED: usize = usize::MAX;
+            /// `INDEX` once the thread has no cache (none free, or it is exiting).
+            const NONE: usize = usize::MAX - 1;
+
+            /// A thread's claim on an index of `POOL`: registered at its first heap
+            /// call, so that its drop at thread exit gives the index back.
+            struct Claim(usize);
 
             impl Drop for Claim {
                 fn drop(&mut self) {
-                    if let Some(index) = self.0 {
-                        POOL.release(index);
-                    }
+                    // The thread stops using the index before anyone can claim it.
+                    let _ = INDEX.try_with(|index| index.set(NONE));
+                    POOL.release(self.0);
                 }
             }
 
             ::std::thread_local! {
-                static CLAIM: Claim = Claim(POOL.claim());
+                // No destructor and a constant initial value, so reading it is one
+                // thread-local load: the fast path.
+                static INDEX: ::core::cell::Cell<usize> =
+                    const { ::core::cell::Cell::new(UNCLAIMED) };
+                static CLAIM: ::core::cell::Cell<Option<Claim>> =
+                    const { ::core::cell::Cell::new(None) };
+            }
+
+            /// Claims an index for this thread (first heap call), or records that it
+            /// has none.
+            #[cold]
+            fn claim() -> Option<usize> {
+                let claimed = POOL.claim();
+                let registered = claimed.is_some_and(|index| {
+                    CLAIM.try_with(|claim| claim.set(Some(Claim(index)))).is_ok()
+                });
+                match claimed {
+                    Some(index) if registered => {
+                        INDEX.set(index);
+                        Some(index)
+                    }
+                    Some(index) => {
+                        // Thread-local storage is going away: give the index back.
+                        POOL.release(index);
+                        INDEX.set(NONE);
+                        None
+                    }
+                    None => {
+                        INDEX.set(NONE);
+                        None
+                    }
+                }
             }
 
             // SAFETY: an index is held by one live thread at a time (claimed and
@@ -154,7 +191,12 @@ macro_rules! thread_caches {
 
                 #[inline]
                 fn enter() -> (Option<usize>, ()) {
-                    (CLAIM.try_with(|claim| claim.0).ok().flatten(), ())
+                    let index = match INDEX.get() {
+                        UNCLAIMED => claim(),
+                        NONE => None,
+                        index => Some(index),
+                    };
+                    (index, ())
                 }
 
                 #[inline]
@@ -170,21 +212,34 @@ struct BinObject {
 }
 
 /// Most objects a bin of `class` holds: about 8 KiB of objects, between 4 and 128.
+#[inline]
 pub(crate) const fn bin_capacity(class: usize) -> usize {
-    let by_bytes = 8192 / GEOMETRY[class].size;
-    if by_bytes < 4 {
-        4
-    } else if by_bytes > 128 {
-        128
-    } else {
-        by_bytes
-    }
+    BIN_CAPACITIES[class]
 }
 
 /// Objects moved per refill or flush: half a bin.
+#[inline]
 pub(crate) const fn batch_size(class: usize) -> usize {
-    bin_capacity(class) / 2
+    BIN_CAPACITIES[class] / 2
 }
+
+/// [`bin_capacity`] of every class, computed once (a division per free would show).
+const BIN_CAPACITIES: [usize; CLASS_COUNT] = {
+    let mut table = [0; CLASS_COUNT];
+    let mut class = 0;
+    while class < CLASS_COUNT {
+        let by_bytes = 8192 / GEOMETRY[class].size;
+        table[class] = if by_bytes < 4 {
+            4
+        } else if by_bytes > 128 {
+            128
+        } else {
+            by_bytes
+        };
+        class += 1;
+    }
+    table
+};
 
 /// One CPU's cache, on a cache line of its own.
 #[repr(align(64))]
