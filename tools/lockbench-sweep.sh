@@ -10,7 +10,9 @@
 # timeout) or "FAIL" (any other failure).
 #
 # Usage: tools/lockbench-sweep.sh [REPS]   (default 3)
-# Environment: VARIANTS (default "default lock-spin"; also "lfmutex-strict"),
+# Environment: TARGET (lockbench.target: lock, the default, heap or pages; with heap
+#              the variants to compare are "default heap-locked"),
+#              VARIANTS (default "default lock-spin"; also "lfmutex-strict"),
 #              CONFIGS (default "1:0 4:0 16:0 4:30 4:200 16:200"; 1-thread runs
 #              use --smp 1), ACQUISITIONS (20000), TIMEOUT (60 s).
 set -uo pipefail
@@ -20,6 +22,7 @@ variants=${VARIANTS:-"default lock-spin"}
 configs=${CONFIGS:-"1:0 4:0 16:0 4:30 4:200 16:200"}
 acquisitions=${ACQUISITIONS:-20000}
 timeout=${TIMEOUT:-60}
+target=${TARGET:-lock}
 for rep in $(seq 1 "$reps"); do
     for variant in $variants; do
         features=()
@@ -31,7 +34,8 @@ for rep in $(seq 1 "$reps"); do
             [ "$threads" = 1 ] && smp=1
             output=$(cargo xtask run --release --smp "$smp" --timeout "$timeout" "${features[@]}" -- \
                 app=lockbench lockbench.threads="$threads" \
-                lockbench.acquisitions="$acquisitions" lockbench.work="$work" </dev/null 2>&1)
+                lockbench.acquisitions="$acquisitions" lockbench.work="$work" \
+                lockbench.target="$target" </dev/null 2>&1)
             result=$(printf '%s\n' "$output" | sed -n 's/.*throughput_per_ms=\([0-9]*\).*/\1/p' | tail -n 1)
             if [ -z "$result" ]; then
                 if printf '%s\n' "$output" | grep -qi "time limit"; then

@@ -119,6 +119,10 @@ impl InterruptMask for KernelInterrupts {
 /// interrupts masked from `enter` to `leave` (so the thread is neither preempted nor
 /// moved, and no handler on this CPU enters the heap meanwhile).
 #[derive(Debug)]
+#[cfg_attr(
+    feature = "heap-locked",
+    expect(dead_code, reason = "the experiment's heap has no caches")
+)]
 pub struct KernelCpuCaches;
 
 // SAFETY: `enter` masks interrupts before it reads this CPU's index and `leave`
@@ -140,9 +144,15 @@ unsafe impl CurrentCpu for KernelCpuCaches {
     }
 }
 
+/// The kernel heap's type: with per-CPU object caches, or without them under the
+/// `heap-locked` experiment feature.
+#[cfg(not(feature = "heap-locked"))]
+type Heap = KernelHeap<BuddyPageSource, KernelInterrupts, KernelCpuCaches, { percpu::MAX_CPUS }>;
+#[cfg(feature = "heap-locked")]
+type Heap = KernelHeap<BuddyPageSource, KernelInterrupts>;
+
 #[global_allocator]
-static HEAP: KernelHeap<BuddyPageSource, KernelInterrupts, KernelCpuCaches, { percpu::MAX_CPUS }> =
-    KernelHeap::with_interrupt_mask(BuddyPageSource);
+static HEAP: Heap = KernelHeap::with_interrupt_mask(BuddyPageSource);
 
 /// What [`init`] set up.
 #[derive(Debug, Clone, Copy)]
