@@ -98,7 +98,15 @@ impl<'m> HandedOutPages<'m> {
     /// [`PageAllocError::OutOfRange`] if it is outside the span. Nothing changes then.
     pub fn take_back(&self, page: PageFrameNumber) -> Result<(), PageAllocError> {
         let (word, bit) = self.locate(page).ok_or(PageAllocError::OutOfRange)?;
-        if word.fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+        #[cfg(not(feature = "broken-handed-out"))]
+        let before = word.fetch_and(!bit, Ordering::Relaxed);
+        #[cfg(feature = "broken-handed-out")]
+        let before = {
+            let before = word.load(Ordering::Relaxed);
+            word.store(before & !bit, Ordering::Relaxed);
+            before
+        };
+        if before & bit == 0 {
             return Err(PageAllocError::DoubleFree);
         }
         Ok(())

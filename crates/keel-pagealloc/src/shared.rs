@@ -59,7 +59,7 @@ impl<'m, M: InterruptMask, const CPUS: usize, const N: usize> SharedPageAllocato
     pub fn new(buddy: BuddyAllocator<'m>, handed_out: HandedOutPages<'m>) -> Self {
         Self {
             buddy: IrqSpinLock::new(buddy),
-            caches: [const { IrqSpinLock::new(PerCpuPageCache::new()) }; CPUS],
+            caches: core::array::from_fn(|_| IrqSpinLock::new(PerCpuPageCache::new())),
             handed_out,
         }
     }

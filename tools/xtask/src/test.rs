@@ -188,11 +188,11 @@ fn loom_stage() -> Result<Stage, String> {
     // breaks: the other files' models run unchanged in the first build already.
     let builds: [(Option<&str>, &[&str]); 5] = [
         (None, &[]),
-        // The spinlock's and the wake-up queue's broken variants touch disjoint
-        // code, so one build checks both.
+        // The spinlock's, the wake-up queue's and the page allocator's handed-out
+        // bits' broken variants touch disjoint code, so one build checks all three.
         (
-            Some("broken-spinlock,broken-wakeup,broken-busy-wakeup"),
-            &["spinlock", "wakeup"],
+            Some("broken-spinlock,broken-wakeup,broken-busy-wakeup,broken-handed-out"),
+            &["spinlock", "wakeup", "handed_out"],
         ),
         // The mutex and the scheduler's block/wake handshake: disjoint code again.
         (
