@@ -1,0 +1,254 @@
+//! Host implementations (feature `host`, and this crate's tests): [`HostMemory`] over
+//! `mmap`/`mprotect`/`munmap`, [`HostLibraries`] resolving against the host's glibc
+//! through `dlopen`/`dlsym`/`dlvsym`, and [`FileSystem`] reading libraries with
+//! `std::fs`. They let real Debian libraries run inside an ordinary test process.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use std::ffi::CString;
+
+use keel_types::VirtAddr;
+
+use crate::linker::LibrarySource;
+use crate::memory::{Memory, MemoryError, PAGE_SIZE, PageRange, Protection, align_up};
+use crate::symbols::{SymbolDefinition, SymbolProvider, SymbolRequest};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn host_protection(protection: Protection) -> libc::c_int {
+    match protection {
+        Protection::Inaccessible => libc::PROT_NONE,
+        Protection::Read => libc::PROT_READ,
+        Protection::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        Protection::ReadExecute => libc::PROT_READ | libc::PROT_EXEC,
+    }
+}
+
+/// [`Memory`] over anonymous private mappings of the current process.
+#[derive(Debug, Default)]
+pub struct HostMemory {
+    reservations: Vec<PageRange>,
+}
+
+impl HostMemory {
+    /// A memory with no reservations.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The reservations not yet released.
+    pub fn reservations(&self) -> &[PageRange] {
+        &self.reservations
+    }
+
+    fn inside_a_reservation(&self, range: &PageRange) -> bool {
+        range.start.page_aligned()
+            && range.length.is_multiple_of(PAGE_SIZE)
+            && self
+                .reservations
+                .iter()
+                .any(|reservation| reservation.contains_range(range))
+    }
+}
+
+// SAFETY: reservations are fresh `mmap(PROT_NONE)` ranges nothing else uses until
+// `release` unmaps them; `map` replaces pages inside a reservation with fresh
+// anonymous (zeroed) pages of the asked protection (`MAP_FIXED` only inside our own
+// reservation, checked); `protect` is `mprotect`, which keeps contents; `Protection`
+// has no writable-and-executable value, so no page is ever both.
+unsafe impl Memory for HostMemory {
+    fn reserve(&mut self, length: usize, alignment: usize) -> Result<PageRange, MemoryError> {
+        let alignment = alignment.max(PAGE_SIZE);
+        if length == 0 || !length.is_multiple_of(PAGE_SIZE) || !alignment.is_power_of_two() {
+            return Err(MemoryError::InvalidRange);
+        }
+        let padded = length
+            .checked_add(alignment)
+            .ok_or(MemoryError::OutOfAddressSpace { length })?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel chooses;
+        // it touches no existing memory.
+        let start = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                padded,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if start == libc::MAP_FAILED {
+            return Err(MemoryError::OutOfAddressSpace { length });
+        }
+        let start = start as u64;
+        let aligned =
+            align_up(start, alignment as u64).ok_or(MemoryError::OutOfAddressSpace { length })?;
+        let head = (aligned - start) as usize;
+        let tail = padded - head - length;
+        if head > 0 {
+            // SAFETY: the head is part of the mapping just made and nothing uses it.
+            unsafe { libc::munmap(start as *mut libc::c_void, head) };
+        }
+        if tail > 0 {
+            // SAFETY: likewise for the tail past the aligned range.
+            unsafe { libc::munmap((aligned + length as u64) as *mut libc::c_void, tail) };
+        }
+        let range = PageRange {
+            start: VirtAddr::new(aligned),
+            length,
+        };
+        self.reservations.push(range);
+        Ok(range)
+    }
+
+    fn map(&mut self, range: PageRange, protection: Protection) -> Result<(), MemoryError> {
+        if !self.inside_a_reservation(&range) {
+            return Err(MemoryError::InvalidRange);
+        }
+        // SAFETY: `MAP_FIXED` replaces pages inside one of our own reservations
+        // (checked above), which only the linker uses.
+        let mapped = unsafe {
+            libc::mmap(
+                range.start.as_u64() as *mut libc::c_void,
+                range.length,
+                host_protection(protection),
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(MemoryError::Failed { code: errno() });
+        }
+        Ok(())
+    }
+
+    fn protect(&mut self, range: PageRange, protection: Protection) -> Result<(), MemoryError> {
+        if !self.inside_a_reservation(&range) {
+            return Err(MemoryError::InvalidRange);
+        }
+        // SAFETY: changes the protection of pages inside our own reservation only.
+        let result = unsafe {
+            libc::mprotect(
+                range.start.as_u64() as *mut libc::c_void,
+                range.length,
+                host_protection(protection),
+            )
+        };
+        if result != 0 {
+            return Err(MemoryError::Failed { code: errno() });
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, reservation: PageRange) {
+        if let Some(position) = self
+            .reservations
+            .iter()
+            .position(|held| *held == reservation)
+        {
+            self.reservations.swap_remove(position);
+            // SAFETY: the range is one of our reservations, which the caller gives up.
+            unsafe {
+                libc::munmap(
+                    reservation.start.as_u64() as *mut libc::c_void,
+                    reservation.length,
+                )
+            };
+        }
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        while let Some(reservation) = self.reservations.pop() {
+            // SAFETY: a reservation of ours that nobody can use once we are dropped
+            // (the linker that used it is gone: it owned us).
+            unsafe {
+                libc::munmap(
+                    reservation.start.as_u64() as *mut libc::c_void,
+                    reservation.length,
+                )
+            };
+        }
+    }
+}
+
+/// A [`SymbolProvider`] over the host's own shared libraries (by default glibc's
+/// `libc.so.6` and `libm.so.6`), looked up with `dlvsym` for versioned references and
+/// `dlsym` otherwise. The host's dynamic linker has already resolved ifuncs.
+#[derive(Debug)]
+pub struct HostLibraries {
+    handles: Vec<*mut libc::c_void>,
+}
+
+/// Why [`HostLibraries::open`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLibraryMissing {
+    /// The library `dlopen` did not find.
+    pub name: String,
+}
+
+impl HostLibraries {
+    /// The host's `libc.so.6` and `libm.so.6`.
+    pub fn glibc() -> Result<Self, HostLibraryMissing> {
+        Self::open(&["libc.so.6", "libm.so.6"])
+    }
+
+    /// The host libraries `names`, searched in this order.
+    pub fn open(names: &[&str]) -> Result<Self, HostLibraryMissing> {
+        let mut handles = Vec::new();
+        for name in names {
+            let missing = || HostLibraryMissing {
+                name: String::from(*name),
+            };
+            let c_name = CString::new(*name).map_err(|_| missing())?;
+            // SAFETY: `c_name` is NUL-terminated; these are the host's system
+            // libraries, already loaded in (or safe to add to) the process.
+            let handle =
+                unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            if handle.is_null() {
+                return Err(missing());
+            }
+            handles.push(handle);
+        }
+        Ok(HostLibraries { handles })
+    }
+}
+
+// SAFETY: addresses come from the host's dynamic linker for its loaded libraries,
+// which stay loaded (the handles are never closed): data is readable and functions are
+// C ABI entries, as the contract asks.
+unsafe impl SymbolProvider for HostLibraries {
+    fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
+        let name = CString::new(request.name).ok()?;
+        let version = request.version.map(CString::new).transpose().ok()?;
+        for &handle in &self.handles {
+            let address = match &version {
+                // SAFETY: a live handle and NUL-terminated strings.
+                Some(version) => unsafe { libc::dlvsym(handle, name.as_ptr(), version.as_ptr()) },
+                // SAFETY: as above.
+                None => unsafe { libc::dlsym(handle, name.as_ptr()) },
+            };
+            if !address.is_null() {
+                return Some(SymbolDefinition {
+                    address: VirtAddr::new(address as u64),
+                    size: None,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// A [`LibrarySource`] over the host's filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileSystem;
+
+impl LibrarySource for FileSystem {
+    fn read(&mut self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+}

@@ -1,0 +1,836 @@
+//! The linker: loads an object and its `DT_NEEDED` dependencies, maps them through
+//! [`Memory`], resolves every symbol reference through the provider chain, applies the
+//! relocations, seals `PT_GNU_RELRO`, and runs initializers in dependency order
+//! (finalizers in reverse).
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use keel_types::VirtAddr;
+
+use crate::image::{Image, run_finalizer, run_initializer, run_resolver};
+use crate::memory::{Memory, PAGE_SIZE, PageRange, Protection, align_down, align_up};
+use crate::object::{ObjectFile, ObjectKind, StackRequirement, SymbolBinding, SymbolKind};
+use crate::relocation::RelocationKind;
+use crate::symbols::{SymbolProvider, SymbolRequest};
+use crate::{LinkError, MissingSymbol, ObjectError};
+
+/// The names the kernel provides itself: a `DT_NEEDED` of one of them resolves to the
+/// exported-symbols provider instead of loading a file (OSv's rule).
+pub const KERNEL_PROVIDED_LIBRARIES: [&str; 6] = [
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "ld-linux-x86-64.so.2",
+];
+
+/// The default library directories searched after `DT_RUNPATH`/`DT_RPATH`.
+pub const DEFAULT_LIBRARY_DIRECTORIES: [&str; 4] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib",
+    "/usr/lib",
+];
+
+/// Where object files come from, by path (the VFS in the guest, the filesystem on the
+/// host). The linker builds the candidate paths; the source only reads them.
+pub trait LibrarySource {
+    /// The whole file at `path`, or `None` if there is none.
+    fn read(&mut self, path: &str) -> Option<Vec<u8>>;
+}
+
+/// Settings of a [`Linker`].
+#[derive(Debug, Clone)]
+pub struct LinkerOptions {
+    /// Searched, in order, after the requesting object's `DT_RUNPATH` (or `DT_RPATH`).
+    pub default_directories: Vec<String>,
+    /// `DT_NEEDED` names satisfied by the exported-symbols provider.
+    pub provided_libraries: Vec<String>,
+}
+
+impl Default for LinkerOptions {
+    fn default() -> Self {
+        LinkerOptions {
+            default_directories: DEFAULT_LIBRARY_DIRECTORIES
+                .iter()
+                .map(|path| path.to_string())
+                .collect(),
+            provided_libraries: KERNEL_PROVIDED_LIBRARIES
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// A loaded object's handle (its index in load order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectId(usize);
+
+impl ObjectId {
+    /// The position in load order (0 is the first object loaded).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// What a `DT_NEEDED` entry resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// A name the kernel provides (`libc.so.6`, ...): the exported-symbols provider.
+    Provided,
+    /// A loaded object.
+    Object(ObjectId),
+}
+
+/// A loaded object.
+#[derive(Debug)]
+struct LoadedObject {
+    /// The name it was asked for by (`DT_NEEDED` or the caller's path).
+    name: String,
+    /// The path it was read from.
+    path: String,
+    file: ObjectFile,
+    reservation: PageRange,
+    /// What to add to a link-time address: `reservation.start - image_start`.
+    base: u64,
+    dependencies: Vec<Dependency>,
+    initialized: bool,
+}
+
+impl LoadedObject {
+    fn image(&self) -> Image<'_> {
+        // SAFETY: the linker maps every segment before it creates an image (objects are
+        // pushed only after `map_object` succeeded), keeps the writable segments
+        // writable (RELRO pages are never written after sealing: relocations are all
+        // applied before), and owns the reservation until `Drop` releases it.
+        unsafe { Image::new(self.base, &self.file.segments) }
+    }
+
+    /// This object's definition satisfying `name`/`version`, as its symbol index.
+    fn find_definition(&self, name: &str, version: Option<&str>) -> Option<usize> {
+        let symbols = &self.file.symbols;
+        self.file
+            .hash_table
+            .lookup(name.as_bytes(), |index| {
+                let index = index as usize;
+                symbols.get(index).is_some_and(|symbol| {
+                    symbol.defined
+                        && symbol.binding != SymbolBinding::Local
+                        && !matches!(symbol.kind, SymbolKind::Other)
+                        && symbol.name == name
+                        && self.file.versions.definition_matches(index, version)
+                })
+            })
+            .map(|index| index as usize)
+    }
+
+    fn symbol_address(&self, index: usize) -> u64 {
+        let symbol = &self.file.symbols[index];
+        if symbol.absolute {
+            symbol.value
+        } else {
+            self.base.wrapping_add(symbol.value)
+        }
+    }
+}
+
+/// What a symbol reference resolved to.
+#[derive(Debug, Clone, Copy)]
+enum Resolution {
+    /// An address (0 for an undefined weak symbol).
+    Address { address: u64, size: Option<u64> },
+    /// An ifunc in a loaded object: its resolver, run when relocating.
+    IndirectFunction { resolver: u64 },
+}
+
+/// The linker over a memory, an exported-symbols provider and a library source.
+///
+/// Dropping it releases every object's memory without running finalizers
+/// ([`Linker::finalize`] runs them).
+#[derive(Debug)]
+pub struct Linker<M: Memory, E: SymbolProvider, L: LibrarySource> {
+    memory: M,
+    exports: E,
+    libraries: L,
+    options: LinkerOptions,
+    objects: Vec<LoadedObject>,
+    /// Objects in the order their initializers ran (finalizers run in reverse).
+    initialization_order: Vec<ObjectId>,
+}
+
+/// What [`Linker::object_info`] reports about a loaded object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The name it was loaded by.
+    pub name: String,
+    /// The path it was read from.
+    pub path: String,
+    /// Shared object or PIE.
+    pub kind: ObjectKind,
+    /// Where its lowest page is.
+    pub base: VirtAddr,
+    /// Its `PT_GNU_STACK` (an executable stack is refused at load).
+    pub stack: StackRequirement,
+    /// What each `DT_NEEDED` resolved to, in order.
+    pub dependencies: Vec<Dependency>,
+}
+
+impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
+    /// A linker with nothing loaded.
+    pub fn new(memory: M, exports: E, libraries: L, options: LinkerOptions) -> Self {
+        Linker {
+            memory,
+            exports,
+            libraries,
+            options,
+            objects: Vec::new(),
+            initialization_order: Vec::new(),
+        }
+    }
+
+    /// Loads `name` (a path, or a name searched in the default directories) with its
+    /// dependencies, links it and runs the new objects' initializers, like
+    /// `dlopen(name, RTLD_NOW | RTLD_GLOBAL)`. On error nothing new stays mapped.
+    ///
+    /// # Safety
+    /// The objects are trusted code for this address space: their ifunc resolvers and
+    /// initializers run here, with whatever the exports provide.
+    pub unsafe fn load(&mut self, name: &str) -> Result<ObjectId, LinkError> {
+        if let Some(id) = self.find_loaded(name) {
+            return Ok(id);
+        }
+        let path_candidates = self.candidates(name, None);
+        let (path, bytes) = self.read_first(&path_candidates, name, "")?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.load_bytes_at(name, &path, &bytes) }
+    }
+
+    /// Like [`Linker::load`] for an object already in memory as `bytes`, known as
+    /// `name`; its dependencies are searched as usual.
+    ///
+    /// # Safety
+    /// As for [`Linker::load`].
+    pub unsafe fn load_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<ObjectId, LinkError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.load_bytes_at(name, name, bytes) }
+    }
+
+    unsafe fn load_bytes_at(
+        &mut self,
+        name: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<ObjectId, LinkError> {
+        let first_new = self.objects.len();
+        let result = self.load_graph(name, path, bytes).and_then(|root| {
+            self.link_new(first_new)?;
+            Ok(root)
+        });
+        match result {
+            Ok(root) => {
+                // SAFETY: forwarded from the caller; every new object is linked.
+                unsafe { self.initialize(root) }?;
+                Ok(root)
+            }
+            Err(error) => {
+                self.unload_from(first_new);
+                Err(error)
+            }
+        }
+    }
+
+    /// Releases the objects from `first` on (a failed load).
+    fn unload_from(&mut self, first: usize) {
+        while self.objects.len() > first {
+            if let Some(object) = self.objects.pop() {
+                self.memory.release(object.reservation);
+            }
+        }
+    }
+
+    fn find_loaded(&self, name: &str) -> Option<ObjectId> {
+        self.objects
+            .iter()
+            .position(|object| {
+                object.name == name
+                    || object.path == name
+                    || object.file.soname.as_deref() == Some(name)
+            })
+            .map(ObjectId)
+    }
+
+    /// The paths to try for `name`, needed by `requester` (if any).
+    fn candidates(&self, name: &str, requester: Option<&LoadedObject>) -> Vec<String> {
+        if name.contains('/') {
+            return vec![name.to_string()];
+        }
+        let mut directories: Vec<String> = Vec::new();
+        if let Some(requester) = requester {
+            let origin = requester
+                .path
+                .rsplit_once('/')
+                .map(|(directory, _)| directory)
+                .unwrap_or(".");
+            let own = if requester.file.runpath.is_empty() {
+                &requester.file.rpath
+            } else {
+                &requester.file.runpath
+            };
+            for directory in own {
+                directories.push(
+                    directory
+                        .replace("${ORIGIN}", origin)
+                        .replace("$ORIGIN", origin),
+                );
+            }
+        }
+        directories.extend(self.options.default_directories.iter().cloned());
+        directories
+            .iter()
+            .map(|directory| alloc::format!("{}/{}", directory.trim_end_matches('/'), name))
+            .collect()
+    }
+
+    fn read_first(
+        &mut self,
+        candidates: &[String],
+        name: &str,
+        needed_by: &str,
+    ) -> Result<(String, Vec<u8>), LinkError> {
+        for candidate in candidates {
+            if let Some(bytes) = self.libraries.read(candidate) {
+                return Ok((candidate.clone(), bytes));
+            }
+        }
+        Err(LinkError::LibraryNotFound {
+            name: name.to_string(),
+            needed_by: needed_by.to_string(),
+        })
+    }
+
+    /// Parses and maps `bytes` and, breadth first, every dependency not yet loaded.
+    fn load_graph(&mut self, name: &str, path: &str, bytes: &[u8]) -> Result<ObjectId, LinkError> {
+        let root = self.map_new(name, path, bytes)?;
+        let mut next = root.0;
+        while next < self.objects.len() {
+            let needed = self.objects[next].file.needed.clone();
+            let mut dependencies = Vec::with_capacity(needed.len());
+            for dependency_name in &needed {
+                if self
+                    .options
+                    .provided_libraries
+                    .iter()
+                    .any(|provided| provided == dependency_name)
+                {
+                    dependencies.push(Dependency::Provided);
+                    continue;
+                }
+                if let Some(id) = self.find_loaded(dependency_name) {
+                    dependencies.push(Dependency::Object(id));
+                    continue;
+                }
+                let requester_name = self.objects[next].name.clone();
+                let candidates = self.candidates(dependency_name, Some(&self.objects[next]));
+                let (dependency_path, dependency_bytes) =
+                    self.read_first(&candidates, dependency_name, &requester_name)?;
+                let id = self.map_new(dependency_name, &dependency_path, &dependency_bytes)?;
+                dependencies.push(Dependency::Object(id));
+            }
+            self.objects[next].dependencies = dependencies;
+            next += 1;
+        }
+        Ok(root)
+    }
+
+    /// Parses `bytes`, reserves its span, maps and fills its segments.
+    fn map_new(&mut self, name: &str, path: &str, bytes: &[u8]) -> Result<ObjectId, LinkError> {
+        let object_error = |error| LinkError::Object {
+            name: name.to_string(),
+            error,
+        };
+        let file = ObjectFile::parse(bytes).map_err(object_error)?;
+        if file.has_thread_local_storage {
+            return Err(object_error(ObjectError::ThreadLocalStorageUnsupported));
+        }
+        let memory_error = |error| LinkError::Memory {
+            name: name.to_string(),
+            error,
+        };
+        let reservation = self
+            .memory
+            .reserve(file.image_span as usize, file.alignment as usize)
+            .map_err(memory_error)?;
+        let base = reservation.start.as_u64().wrapping_sub(file.image_start);
+        let mapped = Self::map_segments(&mut self.memory, &file, base, bytes, &reservation);
+        if let Err(error) = mapped {
+            self.memory.release(reservation);
+            return Err(LinkError::Object {
+                name: name.to_string(),
+                error,
+            });
+        }
+        self.objects.push(LoadedObject {
+            name: name.to_string(),
+            path: path.to_string(),
+            file,
+            reservation,
+            base,
+            dependencies: Vec::new(),
+            initialized: false,
+        });
+        Ok(ObjectId(self.objects.len() - 1))
+    }
+
+    fn map_segments(
+        memory: &mut M,
+        file: &ObjectFile,
+        base: u64,
+        bytes: &[u8],
+        reservation: &PageRange,
+    ) -> Result<(), ObjectError> {
+        for (index, segment) in file.segments.iter().enumerate() {
+            let start = align_down(segment.virtual_address, PAGE_SIZE as u64);
+            let end = align_up(
+                segment.virtual_address + segment.memory_size,
+                PAGE_SIZE as u64,
+            )
+            .ok_or(ObjectError::SegmentAddressOverflow { index })?;
+            let range = PageRange {
+                start: VirtAddr::new(base.wrapping_add(start)),
+                length: (end - start) as usize,
+            };
+            if range.length == 0 {
+                continue;
+            }
+            if !reservation.contains_range(&range) {
+                return Err(ObjectError::SegmentAddressOverflow { index });
+            }
+            memory
+                .map(range, Protection::ReadWrite)
+                .map_err(ObjectError::Memory)?;
+            let file_bytes = bytes
+                .get(
+                    segment.file_offset as usize
+                        ..(segment.file_offset + segment.file_size) as usize,
+                )
+                .ok_or(ObjectError::SegmentOutsideFile { index })?;
+            // `Image` checks writes against a segment's final protection; for the copy
+            // the segment counts as writable, which it is right now.
+            let mut writable = *segment;
+            writable.protection = Protection::ReadWrite;
+            // SAFETY: this segment was just mapped writable inside the object's
+            // reservation, which the linker owns; the image is used only for this copy.
+            let image_for_copy = unsafe { Image::new(base, core::slice::from_ref(&writable)) };
+            image_for_copy.copy_file_bytes(&writable, file_bytes)?;
+            if segment.protection != Protection::ReadWrite {
+                memory
+                    .protect(range, segment.protection)
+                    .map_err(ObjectError::Memory)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every reference of the objects from `first_new` on, then relocates
+    /// them (dependencies first, so that `COPY` sources are relocated), then seals
+    /// their RELRO.
+    fn link_new(&mut self, first_new: usize) -> Result<(), LinkError> {
+        let mut missing: Vec<MissingSymbol> = Vec::new();
+        let mut resolutions: Vec<Vec<Option<Resolution>>> = Vec::new();
+        for index in first_new..self.objects.len() {
+            let object = &self.objects[index];
+            let mut table: Vec<Option<Resolution>> = vec![None; object.file.symbols.len()];
+            let mut needs_lookup = vec![false; object.file.symbols.len()];
+            let mut copy_targets = vec![false; object.file.symbols.len()];
+            for relocation in &object.file.relocations {
+                if relocation.kind.uses_symbol() && relocation.symbol_index != 0 {
+                    needs_lookup[relocation.symbol_index as usize] = true;
+                    if relocation.kind == RelocationKind::Copy {
+                        copy_targets[relocation.symbol_index as usize] = true;
+                    }
+                }
+            }
+            for symbol_index in 0..table.len() {
+                if !needs_lookup[symbol_index] {
+                    continue;
+                }
+                match self.resolve_reference(index, symbol_index, copy_targets[symbol_index]) {
+                    Some(resolution) => table[symbol_index] = Some(resolution),
+                    None => {
+                        let symbol = &object.file.symbols[symbol_index];
+                        let entry = MissingSymbol {
+                            name: symbol.name.clone(),
+                            version: object
+                                .file
+                                .versions
+                                .required_version(symbol_index)
+                                .map(|v| v.name.clone()),
+                            needed_by: object.name.clone(),
+                        };
+                        if !missing.contains(&entry) {
+                            missing.push(entry);
+                        }
+                    }
+                }
+            }
+            resolutions.push(table);
+        }
+        if !missing.is_empty() {
+            return Err(LinkError::MissingSymbols(missing));
+        }
+        for index in (first_new..self.objects.len()).rev() {
+            let table = &resolutions[index - first_new];
+            self.relocate(index, table)
+                .map_err(|error| LinkError::Object {
+                    name: self.objects[index].name.clone(),
+                    error,
+                })?;
+        }
+        for index in first_new..self.objects.len() {
+            let object = &self.objects[index];
+            if let Some((start, length)) = object.file.relro {
+                let range = PageRange {
+                    start: VirtAddr::new(object.base.wrapping_add(start)),
+                    length: length as usize,
+                };
+                self.memory
+                    .protect(range, Protection::Read)
+                    .map_err(|error| LinkError::Memory {
+                        name: object.name.clone(),
+                        error,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the definition a reference of object `requester` to its symbol
+    /// `symbol_index` binds to: a local symbol is its own; otherwise the exports, then
+    /// the loaded objects in load order (skipping the requester for `COPY`). An
+    /// undefined weak reference that finds nothing is 0.
+    fn resolve_reference(
+        &self,
+        requester: usize,
+        symbol_index: usize,
+        is_copy: bool,
+    ) -> Option<Resolution> {
+        let object = &self.objects[requester];
+        let symbol = object.file.symbols.get(symbol_index)?;
+        if symbol.binding == SymbolBinding::Local {
+            return Some(Resolution::Address {
+                address: object.symbol_address(symbol_index),
+                size: Some(symbol.size),
+            });
+        }
+        let version = if symbol.defined {
+            object.file.versions.defined_version(symbol_index)
+        } else {
+            object
+                .file
+                .versions
+                .required_version(symbol_index)
+                .map(|requirement| requirement.name.as_str())
+        };
+        let request = SymbolRequest {
+            name: &symbol.name,
+            version,
+        };
+        if let Some(definition) = self.exports.resolve(&request) {
+            return Some(Resolution::Address {
+                address: definition.address.as_u64(),
+                size: definition.size,
+            });
+        }
+        for (index, candidate) in self.objects.iter().enumerate() {
+            if is_copy && index == requester {
+                continue;
+            }
+            if let Some(found) = candidate.find_definition(&symbol.name, version) {
+                let definition = &candidate.file.symbols[found];
+                let address = candidate.symbol_address(found);
+                return Some(if definition.kind == SymbolKind::IndirectFunction {
+                    Resolution::IndirectFunction { resolver: address }
+                } else {
+                    Resolution::Address {
+                        address,
+                        size: Some(definition.size),
+                    }
+                });
+            }
+        }
+        (symbol.binding == SymbolBinding::Weak).then_some(Resolution::Address {
+            address: 0,
+            size: None,
+        })
+    }
+
+    /// The source object of a `COPY` from `address`, checked readable for `length`.
+    fn copy_source_is_loaded_and_readable(&self, address: u64, length: u64) -> Option<bool> {
+        for object in &self.objects {
+            if object.reservation.start.as_u64() <= address && address < object.reservation.end() {
+                return Some(object.image().contains_absolute(address, length));
+            }
+        }
+        None
+    }
+
+    fn relocate(&self, index: usize, table: &[Option<Resolution>]) -> Result<(), ObjectError> {
+        let object = &self.objects[index];
+        let image = object.image();
+        let base = object.base;
+        for &offset in &object.file.packed_relative {
+            let value = image.read_u64(offset)?;
+            image.write_u64(offset, value.wrapping_add(base))?;
+        }
+        let symbol_value = |symbol_index: u32| -> Result<u64, ObjectError> {
+            match table.get(symbol_index as usize).copied().flatten() {
+                Some(Resolution::Address { address, .. }) => Ok(address),
+                Some(Resolution::IndirectFunction { resolver }) => {
+                    // SAFETY: the resolver is the value of an STT_GNU_IFUNC definition in
+                    // a loaded, mapped object; `load`'s caller trusts the objects' code.
+                    Ok(unsafe { run_resolver(resolver) })
+                }
+                None if symbol_index == 0 => Ok(0),
+                None => Err(ObjectError::SymbolIndexOutOfRange {
+                    index: u64::from(symbol_index),
+                }),
+            }
+        };
+        let mut indirect = Vec::new();
+        for relocation in &object.file.relocations {
+            let offset = relocation.offset;
+            let addend = relocation.addend as u64;
+            match relocation.kind {
+                RelocationKind::None => {}
+                RelocationKind::Relative => image.write_u64(offset, base.wrapping_add(addend))?,
+                RelocationKind::Absolute64
+                | RelocationKind::GlobalData
+                | RelocationKind::JumpSlot => {
+                    let value = symbol_value(relocation.symbol_index)?;
+                    image.write_u64(offset, value.wrapping_add(addend))?;
+                }
+                RelocationKind::Pc32 => {
+                    let value = symbol_value(relocation.symbol_index)?;
+                    let place = base.wrapping_add(offset);
+                    let relative = value.wrapping_add(addend).wrapping_sub(place) as i64;
+                    let narrow = i32::try_from(relative)
+                        .map_err(|_| ObjectError::RelocationOverflow { offset })?;
+                    image.write_u32(offset, narrow as u32)?;
+                }
+                RelocationKind::Copy => {
+                    let symbol = object
+                        .file
+                        .symbols
+                        .get(relocation.symbol_index as usize)
+                        .ok_or(ObjectError::SymbolIndexOutOfRange {
+                            index: u64::from(relocation.symbol_index),
+                        })?;
+                    let Some(Resolution::Address { address, size }) = table
+                        .get(relocation.symbol_index as usize)
+                        .copied()
+                        .flatten()
+                    else {
+                        return Err(ObjectError::CopyFromFunction { offset });
+                    };
+                    let length = size.map_or(symbol.size, |size| size.min(symbol.size));
+                    if address == 0 {
+                        return Err(ObjectError::CopyFromFunction { offset });
+                    }
+                    match self.copy_source_is_loaded_and_readable(address, length) {
+                        Some(false) => {
+                            return Err(ObjectError::CopySourceOutsideSegments { offset });
+                        }
+                        // SAFETY: a loaded object's source was checked readable just
+                        // above, inside another object (COPY skips the requester); an
+                        // exported source is readable by `SymbolProvider`'s contract.
+                        _ => unsafe { image.copy_in(offset, address, length) }?,
+                    }
+                }
+                RelocationKind::IndirectRelative => indirect.push(*relocation),
+                RelocationKind::TlsModuleId64
+                | RelocationKind::TlsBlockOffset64
+                | RelocationKind::TlsThreadPointerOffset64 => {
+                    return Err(ObjectError::ThreadLocalStorageUnsupported);
+                }
+            }
+        }
+        // IRELATIVE last: a resolver may read data the other relocations set up.
+        for relocation in indirect {
+            let resolver = base.wrapping_add(relocation.addend as u64);
+            if !image.is_code(resolver) {
+                return Err(ObjectError::ResolverOutsideCode {
+                    offset: relocation.offset,
+                });
+            }
+            // SAFETY: the resolver lies in this object's executable segment (checked
+            // just above), its other relocations are applied; `load`'s caller trusts it.
+            let value = unsafe { run_resolver(resolver) };
+            image.write_u64(relocation.offset, value)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the initializers of `root` and of its not yet initialized dependencies,
+    /// dependencies first (post-order over `DT_NEEDED`; a cycle is broken where it is
+    /// re-entered). A PIE root runs its `DT_PREINIT_ARRAY` before everything.
+    unsafe fn initialize(&mut self, root: ObjectId) -> Result<(), LinkError> {
+        let mut order = Vec::new();
+        let mut visited = vec![false; self.objects.len()];
+        self.post_order(root.0, &mut visited, &mut order);
+        let root_object = &self.objects[root.0];
+        if root_object.file.kind == ObjectKind::PositionIndependentExecutable
+            && !root_object.initialized
+        {
+            let preinit = root_object.file.preinit_array;
+            // SAFETY: forwarded from `load`'s caller; the object is linked.
+            unsafe { self.run_array(root.0, preinit.address, preinit.count, false) }?;
+        }
+        for index in order {
+            if self.objects[index].initialized {
+                continue;
+            }
+            self.objects[index].initialized = true;
+            self.initialization_order.push(ObjectId(index));
+            let file = &self.objects[index].file;
+            let (init, array) = (file.init, file.init_array);
+            if let Some(init) = init {
+                let address = self.objects[index].base.wrapping_add(init);
+                // SAFETY: DT_INIT was checked at parse time to lie in an executable
+                // segment; the object and its dependencies are linked.
+                unsafe { run_initializer(address) };
+            }
+            // SAFETY: as above.
+            unsafe { self.run_array(index, array.address, array.count, false) }?;
+        }
+        Ok(())
+    }
+
+    fn post_order(&self, index: usize, visited: &mut [bool], order: &mut Vec<usize>) {
+        if visited[index] {
+            return;
+        }
+        visited[index] = true;
+        for dependency in &self.objects[index].dependencies {
+            if let Dependency::Object(id) = dependency {
+                self.post_order(id.0, visited, order);
+            }
+        }
+        order.push(index);
+    }
+
+    /// Runs the `count` function pointers at `address` of object `index` (in reverse
+    /// for finalizers). Each pointer is read from the relocated image and must point
+    /// into the object's code; 0 and -1 entries are skipped, as glibc does.
+    unsafe fn run_array(
+        &self,
+        index: usize,
+        address: u64,
+        count: usize,
+        reverse: bool,
+    ) -> Result<(), LinkError> {
+        let object = &self.objects[index];
+        let image = object.image();
+        let error = |error| LinkError::Object {
+            name: object.name.clone(),
+            error,
+        };
+        let mut entries = Vec::with_capacity(count);
+        for entry in 0..count as u64 {
+            let function = image.read_u64(address + entry * 8).map_err(error)?;
+            if function == 0 || function == u64::MAX {
+                continue;
+            }
+            if !image.is_code(function) {
+                return Err(error(ObjectError::BadFunctionArray));
+            }
+            entries.push(function);
+        }
+        if reverse {
+            entries.reverse();
+        }
+        for function in entries {
+            if reverse {
+                // SAFETY: the pointer is in the object's code (checked above); the
+                // caller runs finalizers only for initialized objects.
+                unsafe { run_finalizer(function) };
+            } else {
+                // SAFETY: as above, for an initializer of a linked object.
+                unsafe { run_initializer(function) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the finalizers of every initialized object, in the reverse of the order
+    /// their initializers ran: `DT_FINI_ARRAY` (last entry first), then `DT_FINI`.
+    ///
+    /// # Safety
+    /// As for [`Linker::load`]; the objects' functions are not in use any more.
+    pub unsafe fn finalize(&mut self) -> Result<(), LinkError> {
+        while let Some(id) = self.initialization_order.pop() {
+            let object = &self.objects[id.0];
+            let array = object.file.fini_array;
+            // SAFETY: forwarded from the caller; the object was initialized.
+            unsafe { self.run_array(id.0, array.address, array.count, true) }?;
+            let object = &self.objects[id.0];
+            if let Some(fini) = object.file.fini {
+                // SAFETY: DT_FINI lies in the object's code (checked at parse time).
+                unsafe { run_finalizer(object.base.wrapping_add(fini)) };
+            }
+            self.objects[id.0].initialized = false;
+        }
+        Ok(())
+    }
+
+    /// The address of `name` (optionally `name@version`) defined by object `id`.
+    /// An ifunc's address is its resolver's.
+    pub fn symbol(&self, id: ObjectId, name: &str, version: Option<&str>) -> Option<VirtAddr> {
+        let object = self.objects.get(id.0)?;
+        object
+            .find_definition(name, version)
+            .map(|index| VirtAddr::new(object.symbol_address(index)))
+    }
+
+    /// The address of `name` in the first loaded object (in load order) defining it.
+    pub fn lookup(&self, name: &str, version: Option<&str>) -> Option<VirtAddr> {
+        (0..self.objects.len()).find_map(|index| self.symbol(ObjectId(index), name, version))
+    }
+
+    /// What the linker knows of a loaded object.
+    pub fn object_info(&self, id: ObjectId) -> Option<ObjectInfo> {
+        let object = self.objects.get(id.0)?;
+        Some(ObjectInfo {
+            name: object.name.clone(),
+            path: object.path.clone(),
+            kind: object.file.kind,
+            base: object.reservation.start,
+            stack: object.file.stack,
+            dependencies: object.dependencies.clone(),
+        })
+    }
+
+    /// The loaded objects, in load order.
+    pub fn objects(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        (0..self.objects.len()).map(ObjectId)
+    }
+
+    /// The order initializers ran in (and finalizers will run in reverse).
+    pub fn initialization_order(&self) -> &[ObjectId] {
+        &self.initialization_order
+    }
+
+    /// The memory implementation (for tests that inspect mappings).
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+}
+
+impl<M: Memory, E: SymbolProvider, L: LibrarySource> Drop for Linker<M, E, L> {
+    fn drop(&mut self) {
+        self.unload_from(0);
+    }
+}

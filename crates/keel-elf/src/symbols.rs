@@ -1,0 +1,121 @@
+//! Symbols through a trait: [`SymbolProvider`] is one link of the linker's lookup
+//! chain (the kernel's exports first, then the loaded objects in load order), and
+//! [`ExportedSymbols`] is a table-backed provider for the exports.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+
+use keel_types::VirtAddr;
+
+/// What a reference asks for: a name and, for a versioned reference, the version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SymbolRequest<'a> {
+    /// The symbol's name, e.g. `memcpy`.
+    pub name: &'a str,
+    /// The version, e.g. `GLIBC_2.14`; `None` for an unversioned reference.
+    pub version: Option<&'a str>,
+}
+
+/// Where a symbol is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SymbolDefinition {
+    /// Its address (for an ifunc: the chosen implementation, already resolved).
+    pub address: VirtAddr,
+    /// Its size in bytes, when known (a `COPY` relocation copies the requester's
+    /// size; a known smaller source size bounds it).
+    pub size: Option<u64>,
+}
+
+/// One link of the symbol lookup chain.
+///
+/// # Safety
+/// The linker reads and jumps through what a provider returns. An implementation
+/// guarantees that a returned address of a data symbol is readable for its size (at
+/// least for the `size` it reports, or for the size the requesting object declares when
+/// it reports none) for as long as the linked objects are in use, and that a returned
+/// function address is the entry of code callable with the C ABI the requester expects.
+pub unsafe trait SymbolProvider {
+    /// The definition satisfying `request`, if this provider has one.
+    fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition>;
+}
+
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: SymbolProvider + ?Sized> SymbolProvider for &T {
+    fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
+        (**self).resolve(request)
+    }
+}
+
+/// A provider with no symbols (objects then resolve only against each other).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSymbols;
+
+// SAFETY: it never returns an address.
+unsafe impl SymbolProvider for NoSymbols {
+    fn resolve(&self, _request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
+        None
+    }
+}
+
+/// The kernel's exported symbols: a table from `(name, version)` to a definition.
+///
+/// An unversioned export satisfies every version of its name (as an object without
+/// `DT_VERSYM` does); a versioned export satisfies only its version, and unversioned
+/// references when it was inserted as the default.
+#[derive(Debug, Clone, Default)]
+pub struct ExportedSymbols {
+    table: BTreeMap<(String, Option<String>), SymbolDefinition>,
+}
+
+impl ExportedSymbols {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exports `definition` as `name` (unversioned: it satisfies every version).
+    ///
+    /// # Safety
+    /// `definition` meets [`SymbolProvider`]'s contract.
+    pub unsafe fn insert(&mut self, name: &str, definition: SymbolDefinition) {
+        self.table.insert((name.to_string(), None), definition);
+    }
+
+    /// Exports `definition` as `name@version` only.
+    ///
+    /// # Safety
+    /// `definition` meets [`SymbolProvider`]'s contract.
+    pub unsafe fn insert_versioned(
+        &mut self,
+        name: &str,
+        version: &str,
+        definition: SymbolDefinition,
+    ) {
+        self.table
+            .insert((name.to_string(), Some(version.to_string())), definition);
+    }
+
+    /// The number of exports.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+// SAFETY: every definition was inserted through the unsafe `insert*`, whose callers
+// promised the contract.
+unsafe impl SymbolProvider for ExportedSymbols {
+    fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
+        let name = request.name.to_string();
+        if let Some(version) = request.version
+            && let Some(definition) = self.table.get(&(name.clone(), Some(version.to_string())))
+        {
+            return Some(*definition);
+        }
+        self.table.get(&(name, None)).copied()
+    }
+}

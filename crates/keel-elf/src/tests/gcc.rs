@@ -1,0 +1,1 @@
+//! Objects gcc builds at test time.

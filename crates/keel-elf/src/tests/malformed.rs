@@ -1,0 +1,1 @@
+//! Bad input: errors, never panics, never writes outside the mapping.
