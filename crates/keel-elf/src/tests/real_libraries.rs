@@ -118,3 +118,119 @@ fn libz_compress_uncompress_round_trip_with_crc32() {
     // SAFETY: nothing of libz is in use any more.
     unsafe { linker.finalize() }.expect("finalizers run");
 }
+
+const LIBSQLITE3: &str = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";
+
+type Sqlite3Open = unsafe extern "C" fn(*const libc::c_char, *mut *mut libc::c_void) -> libc::c_int;
+type Sqlite3Exec = unsafe extern "C" fn(
+    *mut libc::c_void,
+    *const libc::c_char,
+    *const libc::c_void,
+    *mut libc::c_void,
+    *mut *mut libc::c_char,
+) -> libc::c_int;
+type Sqlite3Prepare = unsafe extern "C" fn(
+    *mut libc::c_void,
+    *const libc::c_char,
+    libc::c_int,
+    *mut *mut libc::c_void,
+    *mut *const libc::c_char,
+) -> libc::c_int;
+type Sqlite3BindInt64 = unsafe extern "C" fn(*mut libc::c_void, libc::c_int, i64) -> libc::c_int;
+type Sqlite3Statement = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+type Sqlite3ColumnInt64 = unsafe extern "C" fn(*mut libc::c_void, libc::c_int) -> i64;
+
+const SQLITE_OK: libc::c_int = 0;
+const SQLITE_ROW: libc::c_int = 100;
+const SQLITE_DONE: libc::c_int = 101;
+
+#[test]
+fn libsqlite3_in_memory_table_with_ten_thousand_rows_and_an_aggregate() {
+    let mut linker = host_linker();
+    // SAFETY: Debian's libsqlite3 is trusted code for this process.
+    let id = unsafe { linker.load(LIBSQLITE3) }.expect("libsqlite3 loads");
+    assert_eq!(
+        linker.object_info(id).expect("info").dependencies,
+        vec![crate::Dependency::Provided, crate::Dependency::Provided]
+    );
+    let rows = 10_000i64;
+    // SAFETY: sqlite3's documented C signatures; every string is NUL-terminated and
+    // every statement is finalized before the database is closed.
+    unsafe {
+        let open: Sqlite3Open = function(&linker, id, "sqlite3_open");
+        let exec: Sqlite3Exec = function(&linker, id, "sqlite3_exec");
+        let prepare: Sqlite3Prepare = function(&linker, id, "sqlite3_prepare_v2");
+        let bind_int64: Sqlite3BindInt64 = function(&linker, id, "sqlite3_bind_int64");
+        let step: Sqlite3Statement = function(&linker, id, "sqlite3_step");
+        let reset: Sqlite3Statement = function(&linker, id, "sqlite3_reset");
+        let finalize: Sqlite3Statement = function(&linker, id, "sqlite3_finalize");
+        let column_int64: Sqlite3ColumnInt64 = function(&linker, id, "sqlite3_column_int64");
+        let close: Sqlite3Statement = function(&linker, id, "sqlite3_close");
+
+        let mut database = core::ptr::null_mut();
+        assert_eq!(open(c":memory:".as_ptr(), &mut database), SQLITE_OK);
+        let run = |sql: &CStr| {
+            let status = exec(
+                database,
+                sql.as_ptr(),
+                core::ptr::null(),
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+            );
+            assert_eq!(status, SQLITE_OK, "{sql:?}");
+        };
+        run(c"CREATE TABLE samples (id INTEGER PRIMARY KEY, value INTEGER NOT NULL, label TEXT)");
+        run(c"BEGIN");
+        let mut insert = core::ptr::null_mut();
+        let sql = c"INSERT INTO samples (id, value, label) VALUES (?1, ?2, printf('row %d', ?1))";
+        assert_eq!(
+            prepare(
+                database,
+                sql.as_ptr(),
+                -1,
+                &mut insert,
+                core::ptr::null_mut()
+            ),
+            SQLITE_OK
+        );
+        for row in 0..rows {
+            assert_eq!(bind_int64(insert, 1, row), SQLITE_OK);
+            assert_eq!(bind_int64(insert, 2, (row * 7919) % 1000), SQLITE_OK);
+            assert_eq!(step(insert), SQLITE_DONE);
+            assert_eq!(reset(insert), SQLITE_OK);
+        }
+        assert_eq!(finalize(insert), SQLITE_OK);
+        run(c"COMMIT");
+
+        let mut query = core::ptr::null_mut();
+        let sql = c"SELECT count(*), sum(value), max(value), count(DISTINCT label), \
+                    CAST(round(avg(sqrt(value)) * 1000) AS INTEGER) FROM samples";
+        assert_eq!(
+            prepare(
+                database,
+                sql.as_ptr(),
+                -1,
+                &mut query,
+                core::ptr::null_mut()
+            ),
+            SQLITE_OK
+        );
+        assert_eq!(step(query), SQLITE_ROW);
+        let values: Vec<i64> = (0..rows).map(|row| (row * 7919) % 1000).collect();
+        assert_eq!(column_int64(query, 0), rows);
+        assert_eq!(column_int64(query, 1), values.iter().sum::<i64>());
+        assert_eq!(column_int64(query, 2), *values.iter().max().expect("rows"));
+        assert_eq!(column_int64(query, 3), rows);
+        let mean_root = values
+            .iter()
+            .map(|&value| (value as f64).sqrt())
+            .sum::<f64>()
+            / rows as f64;
+        assert_eq!(column_int64(query, 4), (mean_root * 1000.0).round() as i64);
+        assert_eq!(step(query), SQLITE_DONE);
+        assert_eq!(finalize(query), SQLITE_OK);
+        assert_eq!(close(database), SQLITE_OK);
+    }
+    // SAFETY: the database is closed; nothing of sqlite is in use.
+    unsafe { linker.finalize() }.expect("finalizers run");
+}
