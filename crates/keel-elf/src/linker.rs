@@ -335,9 +335,23 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                 }
                 let requester_name = self.objects[next].name.clone();
                 let candidates = self.candidates(dependency_name, Some(&self.objects[next]));
-                let (dependency_path, dependency_bytes) =
-                    self.read_first(&candidates, dependency_name, &requester_name)?;
-                let id = self.map_new(dependency_name, &dependency_path, &dependency_bytes)?;
+                let mut found = None;
+                for candidate in &candidates {
+                    // Shared by path too: an object without DT_SONAME is known by its file.
+                    if let Some(id) = self.find_loaded(candidate) {
+                        found = Some(id);
+                        break;
+                    }
+                    if let Some(dependency_bytes) = self.libraries.read(candidate) {
+                        found =
+                            Some(self.map_new(dependency_name, candidate, &dependency_bytes)?);
+                        break;
+                    }
+                }
+                let id = found.ok_or_else(|| LinkError::LibraryNotFound {
+                    name: dependency_name.clone(),
+                    needed_by: requester_name.clone(),
+                })?;
                 dependencies.push(Dependency::Object(id));
             }
             self.objects[next].dependencies = dependencies;
