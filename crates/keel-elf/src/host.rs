@@ -219,8 +219,9 @@ impl HostLibraries {
 }
 
 // SAFETY: addresses come from the host's dynamic linker for its loaded libraries,
-// which stay loaded (the handles are never closed): data is readable and functions are
-// C ABI entries, as the contract asks.
+// which stay loaded (the handles are never closed): data is readable for the size the
+// host's symbol table gives (reported; `dladdr1` knows every `dlsym` result), and
+// functions are C ABI entries, as the contract asks.
 unsafe impl SymbolProvider for HostLibraries {
     fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
         let name = CString::new(request.name).ok()?;
@@ -235,12 +236,35 @@ unsafe impl SymbolProvider for HostLibraries {
             if !address.is_null() {
                 return Some(SymbolDefinition {
                     address: VirtAddr::new(address as u64),
-                    size: None,
+                    size: symbol_size(address),
                 });
             }
         }
         None
     }
+}
+
+/// `RTLD_DL_SYMENT`: `dladdr1` returns the `Elf64_Sym` of the address.
+const RTLD_DL_SYMENT: libc::c_int = 1;
+
+/// The `st_size` the host's dynamic linker has for the symbol at `address`.
+fn symbol_size(address: *mut libc::c_void) -> Option<u64> {
+    let mut info = libc::Dl_info {
+        dli_fname: core::ptr::null(),
+        dli_fbase: core::ptr::null_mut(),
+        dli_sname: core::ptr::null(),
+        dli_saddr: core::ptr::null_mut(),
+    };
+    let mut symbol: *mut libc::c_void = core::ptr::null_mut();
+    // SAFETY: `info` and `symbol` are valid out-pointers; with RTLD_DL_SYMENT,
+    // glibc stores a pointer to the symbol's `Elf64_Sym` in `symbol`.
+    let found = unsafe { libc::dladdr1(address, &mut info, &mut symbol, RTLD_DL_SYMENT) };
+    if found == 0 || symbol.is_null() {
+        return None;
+    }
+    // SAFETY: glibc returned a pointer to an `Elf64_Sym` in a loaded object's symbol
+    // table, which stays mapped while the object is loaded.
+    Some(unsafe { (*(symbol as *const libc::Elf64_Sym)).st_size })
 }
 
 /// A [`LibrarySource`] over the host's filesystem.

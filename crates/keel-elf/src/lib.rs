@@ -297,6 +297,8 @@ pub enum ObjectError {
     },
     /// An init/fini array or function outside the object's segments or code.
     BadFunctionArray,
+    /// Linking needs to run an ifunc resolver, and [`LinkerOptions::run_code`] is off.
+    CodeExecutionRefused,
     /// The memory implementation failed.
     Memory(MemoryError),
 }

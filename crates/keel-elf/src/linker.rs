@@ -49,6 +49,12 @@ pub struct LinkerOptions {
     pub default_directories: Vec<String>,
     /// `DT_NEEDED` names satisfied by the exported-symbols provider.
     pub provided_libraries: Vec<String>,
+    /// Whether the linker may run the objects' code: ifunc resolvers while relocating,
+    /// initializers after. With `false`, an ifunc reference or `IRELATIVE` is an error
+    /// ([`ObjectError::CodeExecutionRefused`]) and no initializer runs (nor, then, a
+    /// finalizer): objects are mapped and relocated only, for inspection and for
+    /// feeding untrusted bytes in tests.
+    pub run_code: bool,
 }
 
 impl Default for LinkerOptions {
@@ -62,6 +68,7 @@ impl Default for LinkerOptions {
                 .iter()
                 .map(|name| name.to_string())
                 .collect(),
+            run_code: true,
         }
     }
 }
@@ -232,8 +239,10 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         });
         match result {
             Ok(root) => {
-                // SAFETY: forwarded from the caller; every new object is linked.
-                unsafe { self.initialize(root) }?;
+                if self.options.run_code {
+                    // SAFETY: forwarded from the caller; every new object is linked.
+                    unsafe { self.initialize(root) }?;
+                }
                 Ok(root)
             }
             Err(error) => {
@@ -603,6 +612,9 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         let symbol_value = |symbol_index: u32| -> Result<u64, ObjectError> {
             match table.get(symbol_index as usize).copied().flatten() {
                 Some(Resolution::Address { address, .. }) => Ok(address),
+                Some(Resolution::IndirectFunction { .. }) if !self.options.run_code => {
+                    Err(ObjectError::CodeExecutionRefused)
+                }
                 Some(Resolution::IndirectFunction { resolver }) => {
                     // SAFETY: the resolver is the value of an STT_GNU_IFUNC definition in
                     // a loaded, mapped object; `load`'s caller trusts the objects' code.
@@ -679,6 +691,9 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                 return Err(ObjectError::ResolverOutsideCode {
                     offset: relocation.offset,
                 });
+            }
+            if !self.options.run_code {
+                return Err(ObjectError::CodeExecutionRefused);
             }
             // SAFETY: the resolver lies in this object's executable segment (checked
             // just above), its other relocations are applied; `load`'s caller trusts it.
