@@ -530,3 +530,64 @@ fn refusals_of_exec_executable_stack_and_tls() {
     );
     assert!(linker.memory().reservations().is_empty());
 }
+
+/// Every defined, exported symbol of `file` is found through its hash table, at its
+/// own index, and made-up names are not.
+fn every_export_is_found(file: &crate::ObjectFile) -> usize {
+    let mut found = 0;
+    for (index, symbol) in file.symbols.iter().enumerate() {
+        if !symbol.defined
+            || symbol.binding == crate::SymbolBinding::Local
+            || symbol.name.is_empty()
+        {
+            continue;
+        }
+        let hit = file.hash_table.lookup(symbol.name.as_bytes(), |candidate| {
+            file.symbols[candidate as usize].name == symbol.name
+        });
+        assert_eq!(hit, Some(index as u32), "{}", symbol.name);
+        found += 1;
+    }
+    for absent in ["", "not_a_symbol", "sqlite3_open_v3", "f_100000"] {
+        let hit = file.hash_table.lookup(absent.as_bytes(), |candidate| {
+            file.symbols[candidate as usize].name == absent
+        });
+        assert_eq!(hit, None, "{absent}");
+    }
+    found
+}
+
+#[test]
+fn gnu_and_sysv_hash_tables_find_every_export() {
+    let directory = object_directory("hashes");
+    let source: String = (0..300)
+        .map(|index| format!("int f_{index}(void) {{ return {index}; }}\n"))
+        .collect();
+    let gnu = shared_library(&directory, "gnu", &source, &["-Wl,--hash-style=gnu"]);
+    let sysv = shared_library(&directory, "sysv", &source, &["-Wl,--hash-style=sysv"]);
+    let gnu_bytes = fs::read(&gnu).expect("read");
+    let sysv_bytes = fs::read(&sysv).expect("read");
+    let gnu_file = crate::ObjectFile::parse(&gnu_bytes).expect("parses");
+    let sysv_file = crate::ObjectFile::parse(&sysv_bytes).expect("parses");
+    assert!(matches!(
+        gnu_file.hash_table,
+        crate::SymbolHashTable::Gnu(_)
+    ));
+    assert!(matches!(
+        sysv_file.hash_table,
+        crate::SymbolHashTable::Sysv(_)
+    ));
+    assert!(every_export_is_found(&gnu_file) >= 300);
+    assert!(every_export_is_found(&sysv_file) >= 300);
+    assert_eq!(gnu_file.symbols.len(), sysv_file.symbols.len());
+
+    let sqlite = fs::read("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0").expect("libsqlite3");
+    assert!(every_export_is_found(&crate::ObjectFile::parse(&sqlite).expect("parses")) > 200);
+
+    let mut linker = host_linker();
+    // SAFETY: a test object built just above.
+    let id = unsafe { linker.load(&sysv) }.expect("a SysV-only object loads");
+    // SAFETY: `int (void)`.
+    let value = unsafe { function::<unsafe extern "C" fn() -> i32>(&linker, id, "f_299")() };
+    assert_eq!(value, 299);
+}

@@ -333,3 +333,74 @@ proptest! {
         let _ = load_untrusted(&bytes);
     }
 }
+
+#[test]
+fn image_writes_stay_inside_their_segment() {
+    use crate::image::Image;
+    use crate::{LoadSegment, Memory, PAGE_SIZE, PageRange, Protection};
+
+    let mut memory = HostMemory::new();
+    let reservation = memory.reserve(3 * PAGE_SIZE, PAGE_SIZE).expect("reserve");
+    let base = reservation.start.as_u64();
+    let page = PageRange {
+        start: keel_types::VirtAddr::new(base + PAGE_SIZE as u64),
+        length: PAGE_SIZE,
+    };
+    memory.map(page, Protection::ReadWrite).expect("map");
+    let segments = [
+        LoadSegment {
+            virtual_address: 0x1000,
+            memory_size: 0x800,
+            file_offset: 0,
+            file_size: 0,
+            protection: Protection::ReadWrite,
+        },
+        // Mapped, but read-only in the final image: never written by a relocation.
+        LoadSegment {
+            virtual_address: 0x1800,
+            memory_size: 0x800,
+            file_offset: 0,
+            file_size: 0,
+            protection: Protection::Read,
+        },
+    ];
+    // SAFETY: both segments lie in the page mapped read-write just above, which this
+    // test owns.
+    let image = unsafe { Image::new(base, &segments) };
+    assert_eq!(image.write_u64(0x17f8, u64::MAX), Ok(()));
+    assert_eq!(image.write_u32(0x1000, u32::MAX), Ok(()));
+    for offset in [
+        0x17f9,
+        0x17fc,
+        0x1800,
+        0xff8,
+        0xfff,
+        0,
+        0x3000,
+        u64::MAX - 3,
+        u64::MAX,
+    ] {
+        assert_eq!(
+            image.write_u64(offset, u64::MAX),
+            Err(ObjectError::RelocationOutsideWritableSegment { offset }),
+            "{offset:#x}"
+        );
+    }
+    assert_eq!(
+        image.read_u64(0x1ff8),
+        Ok(0),
+        "the read-only half is untouched"
+    );
+    assert_eq!(image.read_u64(0x17f8), Ok(u64::MAX));
+    assert!(image.read_u64(0x1ff9).is_err());
+    // SAFETY: the page is mapped and readable; no image writes are pending.
+    let whole_page =
+        unsafe { core::slice::from_raw_parts(page.start.as_u64() as *const u8, PAGE_SIZE) };
+    let written: usize = whole_page.iter().filter(|&&byte| byte != 0).count();
+    assert_eq!(
+        written,
+        8 + 4,
+        "exactly the two accepted writes changed memory"
+    );
+    memory.release(reservation);
+}
