@@ -11,7 +11,9 @@ use keel_types::VirtAddr;
 
 use crate::image::{Image, run_finalizer, run_initializer, run_resolver};
 use crate::memory::{Memory, PAGE_SIZE, PageRange, Protection, align_down, align_up};
-use crate::object::{ObjectFile, ObjectKind, StackRequirement, SymbolBinding, SymbolKind};
+use crate::object::{
+    FunctionArray, ObjectFile, ObjectKind, StackRequirement, SymbolBinding, SymbolKind,
+};
 use crate::relocation::RelocationKind;
 use crate::symbols::{SymbolProvider, SymbolRequest};
 use crate::{LinkError, MissingSymbol, ObjectError};
@@ -145,13 +147,37 @@ impl LoadedObject {
     }
 }
 
+/// Who defines a resolved symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Definer {
+    /// The exported-symbols provider.
+    Exports,
+    /// The loaded object at this index.
+    Object(usize),
+    /// Nobody: an undefined weak reference (address 0).
+    Nothing,
+}
+
 /// What a symbol reference resolved to.
 #[derive(Debug, Clone, Copy)]
 enum Resolution {
     /// An address (0 for an undefined weak symbol).
-    Address { address: u64, size: Option<u64> },
+    Address {
+        address: u64,
+        size: Option<u64>,
+        definer: Definer,
+    },
     /// An ifunc in a loaded object: its resolver, run when relocating.
     IndirectFunction { resolver: u64 },
+}
+
+/// The resolutions of one object's symbol references, by symbol index.
+#[derive(Debug)]
+struct SymbolResolutions {
+    /// For every relocation but `COPY`.
+    ordinary: Vec<Option<Resolution>>,
+    /// For `COPY`: the definition past the requester.
+    copy_sources: Vec<Option<Resolution>>,
 }
 
 /// The linker over a memory, an exported-symbols provider and a library source.
@@ -463,27 +489,41 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
     /// their RELRO.
     fn link_new(&mut self, first_new: usize) -> Result<(), LinkError> {
         let mut missing: Vec<MissingSymbol> = Vec::new();
-        let mut resolutions: Vec<Vec<Option<Resolution>>> = Vec::new();
+        let mut resolutions: Vec<SymbolResolutions> = Vec::new();
         for index in first_new..self.objects.len() {
             let object = &self.objects[index];
-            let mut table: Vec<Option<Resolution>> = vec![None; object.file.symbols.len()];
-            let mut needs_lookup = vec![false; object.file.symbols.len()];
-            let mut copy_targets = vec![false; object.file.symbols.len()];
+            let count = object.file.symbols.len();
+            let mut table = SymbolResolutions {
+                ordinary: vec![None; count],
+                copy_sources: vec![None; count],
+            };
+            // Which symbols an ordinary relocation uses, and which a COPY does: a COPY
+            // source is looked up past the requester (whose own definition is the
+            // copy), while its other references bind to the copy.
+            let mut ordinary_uses = vec![false; count];
+            let mut copy_uses = vec![false; count];
             for relocation in &object.file.relocations {
                 if relocation.kind.uses_symbol() && relocation.symbol_index != 0 {
-                    needs_lookup[relocation.symbol_index as usize] = true;
+                    let symbol_index = relocation.symbol_index as usize;
                     if relocation.kind == RelocationKind::Copy {
-                        copy_targets[relocation.symbol_index as usize] = true;
+                        copy_uses[symbol_index] = true;
+                    } else {
+                        ordinary_uses[symbol_index] = true;
                     }
                 }
             }
-            for symbol_index in 0..table.len() {
-                if !needs_lookup[symbol_index] {
-                    continue;
-                }
-                match self.resolve_reference(index, symbol_index, copy_targets[symbol_index]) {
-                    Some(resolution) => table[symbol_index] = Some(resolution),
-                    None => {
+            for symbol_index in 0..count {
+                for is_copy in [false, true] {
+                    let used = if is_copy {
+                        copy_uses[symbol_index]
+                    } else {
+                        ordinary_uses[symbol_index]
+                    };
+                    if !used {
+                        continue;
+                    }
+                    let resolution = self.resolve_reference(index, symbol_index, is_copy);
+                    if resolution.is_none() {
                         let symbol = &object.file.symbols[symbol_index];
                         let entry = MissingSymbol {
                             name: symbol.name.clone(),
@@ -491,12 +531,17 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                                 .file
                                 .versions
                                 .required_version(symbol_index)
-                                .map(|v| v.name.clone()),
+                                .map(|requirement| requirement.name.clone()),
                             needed_by: object.name.clone(),
                         };
                         if !missing.contains(&entry) {
                             missing.push(entry);
                         }
+                    }
+                    if is_copy {
+                        table.copy_sources[symbol_index] = resolution;
+                    } else {
+                        table.ordinary[symbol_index] = resolution;
                     }
                 }
             }
@@ -547,6 +592,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
             return Some(Resolution::Address {
                 address: object.symbol_address(symbol_index),
                 size: Some(symbol.size),
+                definer: Definer::Object(requester),
             });
         }
         let version = if symbol.defined {
@@ -566,6 +612,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
             return Some(Resolution::Address {
                 address: definition.address.as_u64(),
                 size: definition.size,
+                definer: Definer::Exports,
             });
         }
         for (index, candidate) in self.objects.iter().enumerate() {
@@ -581,6 +628,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                     Resolution::Address {
                         address,
                         size: Some(definition.size),
+                        definer: Definer::Object(index),
                     }
                 });
             }
@@ -588,20 +636,12 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         (symbol.binding == SymbolBinding::Weak).then_some(Resolution::Address {
             address: 0,
             size: None,
+            definer: Definer::Nothing,
         })
     }
 
-    /// The source object of a `COPY` from `address`, checked readable for `length`.
-    fn copy_source_is_loaded_and_readable(&self, address: u64, length: u64) -> Option<bool> {
-        for object in &self.objects {
-            if object.reservation.start.as_u64() <= address && address < object.reservation.end() {
-                return Some(object.image().contains_absolute(address, length));
-            }
-        }
-        None
-    }
-
-    fn relocate(&self, index: usize, table: &[Option<Resolution>]) -> Result<(), ObjectError> {
+    fn relocate(&self, index: usize, resolutions: &SymbolResolutions) -> Result<(), ObjectError> {
+        let table = &resolutions.ordinary;
         let object = &self.objects[index];
         let image = object.image();
         let base = object.base;
@@ -655,7 +695,12 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                         .ok_or(ObjectError::SymbolIndexOutOfRange {
                             index: u64::from(relocation.symbol_index),
                         })?;
-                    let Some(Resolution::Address { address, size }) = table
+                    let Some(Resolution::Address {
+                        address,
+                        size,
+                        definer,
+                    }) = resolutions
+                        .copy_sources
                         .get(relocation.symbol_index as usize)
                         .copied()
                         .flatten()
@@ -663,18 +708,25 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                         return Err(ObjectError::CopyFromFunction { offset });
                     };
                     let length = size.map_or(symbol.size, |size| size.min(symbol.size));
-                    if address == 0 {
-                        return Err(ObjectError::CopyFromFunction { offset });
-                    }
-                    match self.copy_source_is_loaded_and_readable(address, length) {
-                        Some(false) => {
-                            return Err(ObjectError::CopySourceOutsideSegments { offset });
+                    match definer {
+                        Definer::Nothing => return Err(ObjectError::CopyFromFunction { offset }),
+                        Definer::Object(source) => {
+                            // The source must lie in its definer's readable segments, and
+                            // that definer is never the requester (so they do not overlap).
+                            let readable = source != index
+                                && self.objects[source]
+                                    .image()
+                                    .contains_absolute(address, length);
+                            if !readable {
+                                return Err(ObjectError::CopySourceOutsideSegments { offset });
+                            }
                         }
-                        // SAFETY: a loaded object's source was checked readable just
-                        // above, inside another object (COPY skips the requester); an
-                        // exported source is readable by `SymbolProvider`'s contract.
-                        _ => unsafe { image.copy_in(offset, address, length) }?,
+                        Definer::Exports => {}
                     }
+                    // SAFETY: a loaded object's source was checked just above to be
+                    // readable and in another object; an exported source is readable for
+                    // `length` (at most its reported size) by `SymbolProvider`'s contract.
+                    unsafe { image.copy_in(offset, address, length) }?;
                 }
                 RelocationKind::IndirectRelative => indirect.push(*relocation),
                 RelocationKind::TlsModuleId64
@@ -705,35 +757,38 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
 
     /// Runs the initializers of `root` and of its not yet initialized dependencies,
     /// dependencies first (post-order over `DT_NEEDED`; a cycle is broken where it is
-    /// re-entered). A PIE root runs its `DT_PREINIT_ARRAY` before everything.
+    /// re-entered), each object's `DT_INIT` then its `DT_INIT_ARRAY`. A PIE root runs
+    /// its `DT_PREINIT_ARRAY` before everything. Every function is read and checked
+    /// before the first one runs, so a bad array fails the load with nothing run.
     unsafe fn initialize(&mut self, root: ObjectId) -> Result<(), LinkError> {
         let mut order = Vec::new();
         let mut visited = vec![false; self.objects.len()];
         self.post_order(root.0, &mut visited, &mut order);
+        order.retain(|&index| !self.objects[index].initialized);
+        let mut plan = Vec::new();
         let root_object = &self.objects[root.0];
         if root_object.file.kind == ObjectKind::PositionIndependentExecutable
             && !root_object.initialized
         {
-            let preinit = root_object.file.preinit_array;
-            // SAFETY: forwarded from `load`'s caller; the object is linked.
-            unsafe { self.run_array(root.0, preinit.address, preinit.count, false) }?;
+            plan.extend(self.functions(root.0, root_object.file.preinit_array)?);
         }
-        for index in order {
-            if self.objects[index].initialized {
-                continue;
+        for &index in &order {
+            let object = &self.objects[index];
+            if let Some(init) = object.file.init {
+                // DT_INIT was checked at parse time to lie in an executable segment.
+                plan.push(object.base.wrapping_add(init));
             }
+            plan.extend(self.functions(index, object.file.init_array)?);
+        }
+        for &index in &order {
             self.objects[index].initialized = true;
             self.initialization_order.push(ObjectId(index));
-            let file = &self.objects[index].file;
-            let (init, array) = (file.init, file.init_array);
-            if let Some(init) = init {
-                let address = self.objects[index].base.wrapping_add(init);
-                // SAFETY: DT_INIT was checked at parse time to lie in an executable
-                // segment; the object and its dependencies are linked.
-                unsafe { run_initializer(address) };
-            }
-            // SAFETY: as above.
-            unsafe { self.run_array(index, array.address, array.count, false) }?;
+        }
+        for function in plan {
+            // SAFETY: each function is in its object's code (checked when planned); the
+            // objects are linked and their dependencies come first in the plan;
+            // `load`'s caller trusts the objects' code.
+            unsafe { run_initializer(function) };
         }
         Ok(())
     }
@@ -751,66 +806,56 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         order.push(index);
     }
 
-    /// Runs the `count` function pointers at `address` of object `index` (in reverse
-    /// for finalizers). Each pointer is read from the relocated image and must point
-    /// into the object's code; 0 and -1 entries are skipped, as glibc does.
-    unsafe fn run_array(
-        &self,
-        index: usize,
-        address: u64,
-        count: usize,
-        reverse: bool,
-    ) -> Result<(), LinkError> {
+    /// The function pointers of `array` in object `index`, read from the relocated
+    /// image, each checked to point into the object's code; 0 and -1 entries are
+    /// skipped, as glibc does.
+    fn functions(&self, index: usize, array: FunctionArray) -> Result<Vec<u64>, LinkError> {
         let object = &self.objects[index];
         let image = object.image();
         let error = |error| LinkError::Object {
             name: object.name.clone(),
             error,
         };
-        let mut entries = Vec::with_capacity(count);
-        for entry in 0..count as u64 {
-            let function = image.read_u64(address + entry * 8).map_err(error)?;
+        let mut functions = Vec::with_capacity(array.count);
+        for entry in 0..array.count as u64 {
+            let function = image.read_u64(array.address + entry * 8).map_err(error)?;
             if function == 0 || function == u64::MAX {
                 continue;
             }
             if !image.is_code(function) {
                 return Err(error(ObjectError::BadFunctionArray));
             }
-            entries.push(function);
+            functions.push(function);
         }
-        if reverse {
-            entries.reverse();
-        }
-        for function in entries {
-            if reverse {
-                // SAFETY: the pointer is in the object's code (checked above); the
-                // caller runs finalizers only for initialized objects.
-                unsafe { run_finalizer(function) };
-            } else {
-                // SAFETY: as above, for an initializer of a linked object.
-                unsafe { run_initializer(function) };
-            }
-        }
-        Ok(())
+        Ok(functions)
     }
 
     /// Runs the finalizers of every initialized object, in the reverse of the order
-    /// their initializers ran: `DT_FINI_ARRAY` (last entry first), then `DT_FINI`.
+    /// their initializers ran: each object's `DT_FINI_ARRAY` (last entry first), then
+    /// its `DT_FINI`. Every function is checked before the first one runs.
     ///
     /// # Safety
     /// As for [`Linker::load`]; the objects' functions are not in use any more.
     pub unsafe fn finalize(&mut self) -> Result<(), LinkError> {
-        while let Some(id) = self.initialization_order.pop() {
+        let mut plan = Vec::new();
+        for &id in self.initialization_order.iter().rev() {
             let object = &self.objects[id.0];
-            let array = object.file.fini_array;
-            // SAFETY: forwarded from the caller; the object was initialized.
-            unsafe { self.run_array(id.0, array.address, array.count, true) }?;
-            let object = &self.objects[id.0];
+            let mut functions = self.functions(id.0, object.file.fini_array)?;
+            functions.reverse();
+            plan.extend(functions);
             if let Some(fini) = object.file.fini {
-                // SAFETY: DT_FINI lies in the object's code (checked at parse time).
-                unsafe { run_finalizer(object.base.wrapping_add(fini)) };
+                // DT_FINI was checked at parse time to lie in an executable segment.
+                plan.push(object.base.wrapping_add(fini));
             }
+        }
+        for id in core::mem::take(&mut self.initialization_order) {
             self.objects[id.0].initialized = false;
+        }
+        for function in plan {
+            // SAFETY: each function is in its object's code (checked when planned), the
+            // object was initialized and is still mapped; the caller trusts the code and
+            // no longer uses the objects.
+            unsafe { run_finalizer(function) };
         }
         Ok(())
     }
