@@ -220,7 +220,8 @@ impl HostLibraries {
 
 // SAFETY: addresses come from the host's dynamic linker for its loaded libraries,
 // which stay loaded (the handles are never closed): data is readable for the size the
-// host's symbol table gives (reported; `dladdr1` knows every `dlsym` result), and
+// host's symbol table gives (reported for COPY sources, the only reads of data; dladdr1
+// knows every dlsym result), and
 // functions are C ABI entries, as the contract asks.
 unsafe impl SymbolProvider for HostLibraries {
     fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
@@ -236,7 +237,12 @@ unsafe impl SymbolProvider for HostLibraries {
             if !address.is_null() {
                 return Some(SymbolDefinition {
                     address: VirtAddr::new(address as u64),
-                    size: symbol_size(address),
+                    // dladdr1 scans symbol tables: ask only when a COPY needs it.
+                    size: if request.copy_source {
+                        symbol_size(address)
+                    } else {
+                        None
+                    },
                 });
             }
         }

@@ -607,6 +607,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         let request = SymbolRequest {
             name: &symbol.name,
             version,
+            copy_source: is_copy,
         };
         if let Some(definition) = self.exports.resolve(&request) {
             return Some(Resolution::Address {

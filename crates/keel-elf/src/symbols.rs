@@ -14,6 +14,9 @@ pub struct SymbolRequest<'a> {
     pub name: &'a str,
     /// The version, e.g. `GLIBC_2.14`; `None` for an unversioned reference.
     pub version: Option<&'a str>,
+    /// The reference is an `R_X86_64_COPY`: the definition's size matters (the copy is
+    /// bounded by it), so a provider that finds sizes slowly need find them only then.
+    pub copy_source: bool,
 }
 
 /// Where a symbol is.
@@ -22,7 +25,8 @@ pub struct SymbolDefinition {
     /// Its address (for an ifunc: the chosen implementation, already resolved).
     pub address: VirtAddr,
     /// Its size in bytes, when known (a `COPY` relocation copies the requester's
-    /// size; a known smaller source size bounds it).
+    /// size; a known smaller source size bounds it). A provider may leave it `None`
+    /// unless the request is a [`SymbolRequest::copy_source`].
     pub size: Option<u64>,
 }
 
