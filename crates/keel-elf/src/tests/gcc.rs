@@ -591,3 +591,94 @@ fn gnu_and_sysv_hash_tables_find_every_export() {
     let value = unsafe { function::<unsafe extern "C" fn() -> i32>(&linker, id, "f_299")() };
     assert_eq!(value, 299);
 }
+
+/// What the kernel's exports will be: Rust functions in an [`ExportedSymbols`] table.
+extern "C" fn exported_add(left: i32, right: i32) -> i32 {
+    left + right
+}
+
+static EXPORTED_COUNTER: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn exported_count() {
+    EXPORTED_COUNTER.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn an_object_without_libc_runs_against_exported_symbols_only() {
+    let directory = object_directory("exports");
+    // No libc at all (-nostdlib): what the first in-guest object will look like. Its
+    // DT_NEEDED on libc.so.6 (asked for explicitly) resolves to the exports; its
+    // DT_RPATH (old-style tags) finds the helper beside it.
+    shared_library(
+        &directory,
+        "helper",
+        "int helper_twice(int value) { return 2 * value; }\n",
+        &["-nostdlib"],
+    );
+    let source = r#"
+int keel_add(int left, int right);
+void keel_count(void);
+int helper_twice(int value);
+__attribute__((constructor)) static void construct(void) { keel_count(); }
+int compute(int value) { return keel_add(helper_twice(value), 1); }
+"#;
+    let library = shared_library(
+        &directory,
+        "freestanding",
+        source,
+        &[
+            "-nostdlib",
+            "-lhelper",
+            "-Wl,--disable-new-dtags",
+            "-Wl,--no-as-needed",
+            "-lc",
+        ],
+    );
+    let bytes = fs::read(&library).expect("read");
+    let parsed = crate::ObjectFile::parse(&bytes).expect("parses");
+    assert!(parsed.runpath.is_empty() && parsed.rpath == vec!["$ORIGIN".to_string()]);
+
+    let mut exports = crate::ExportedSymbols::new();
+    let definition = |address: usize| crate::SymbolDefinition {
+        address: keel_types::VirtAddr::new(address as u64),
+        size: None,
+    };
+    // SAFETY: both are `extern "C"` functions with the signatures the object declares.
+    unsafe {
+        exports.insert("keel_add", definition(exported_add as *const () as usize));
+        exports.insert(
+            "keel_count",
+            definition(exported_count as *const () as usize),
+        );
+    }
+    let options = crate::LinkerOptions {
+        default_directories: Vec::new(),
+        ..crate::LinkerOptions::default()
+    };
+    let mut linker = crate::Linker::new(
+        crate::host::HostMemory::new(),
+        exports,
+        crate::host::FileSystem,
+        options,
+    );
+    let before = EXPORTED_COUNTER.load(core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: test objects built just above.
+    let id = unsafe { linker.load(&library) }.expect("loads against the exports");
+    assert_eq!(
+        EXPORTED_COUNTER.load(core::sync::atomic::Ordering::Relaxed),
+        before + 1,
+        "the constructor ran"
+    );
+    let info = linker.object_info(id).expect("info");
+    assert!(info.dependencies.contains(&Dependency::Provided));
+    assert_eq!(
+        linker.objects().count(),
+        2,
+        "the object and its helper; libc.so.6 is the exports"
+    );
+    let compute: unsafe extern "C" fn(i32) -> i32 =
+        // SAFETY: `compute` is `int (int)`.
+        unsafe { core::mem::transmute(linker.symbol(id, "compute", None).expect("compute").as_u64() as usize) };
+    // SAFETY: as above.
+    assert_eq!(unsafe { compute(20) }, 41);
+}
