@@ -26,6 +26,9 @@ fn host_protection(protection: Protection) -> libc::c_int {
     }
 }
 
+/// Ranges up to this length are populated when mapped (see [`HostMemory`]'s `map`).
+const POPULATE_LIMIT: usize = 16 << 20;
+
 /// [`Memory`] over anonymous private mappings of the current process.
 #[derive(Debug, Default)]
 pub struct HostMemory {
@@ -107,9 +110,15 @@ unsafe impl Memory for HostMemory {
         if !self.inside_a_reservation(&range) {
             return Err(MemoryError::InvalidRange);
         }
-        // MAP_POPULATE: the linker writes every page it maps right away (file bytes,
+        // MAP_POPULATE: the linker writes most pages it maps right away (file bytes,
         // relocations), and one populating call is cheaper than a fault per page (a
-        // libsqlite3 load took 17% less in `cargo bench --bench elf`).
+        // libsqlite3 load took 17% less in `cargo bench --bench elf`). Not for large
+        // ranges, which are mostly `.bss` (or a malformed `p_memsz`) and stay lazy.
+        let populate = if range.length <= POPULATE_LIMIT {
+            libc::MAP_POPULATE
+        } else {
+            0
+        };
         // SAFETY: `MAP_FIXED` replaces pages inside one of our own reservations
         // (checked above), which only the linker uses.
         let mapped = unsafe {
@@ -117,7 +126,7 @@ unsafe impl Memory for HostMemory {
                 range.start.as_u64() as *mut libc::c_void,
                 range.length,
                 host_protection(protection),
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | populate,
                 -1,
                 0,
             )
