@@ -8,7 +8,8 @@
 //!   iteration. Ours: `Linker::load` (reads the file, parses, maps, relocates, seals
 //!   RELRO, runs the initializers), then dropping the linker (unmaps). glibc's:
 //!   `dlopen(path, RTLD_NOW | RTLD_LOCAL)` then `dlclose` (neither library is otherwise
-//!   loaded in the bench process, so every `dlopen` really loads it).
+//!   loaded in the bench process, so every `dlopen` really loads it; `libm.so.6`, which
+//!   libsqlite3 needs, stays loaded on both sides: Keel's host provider holds it open).
 //! - `lookup`: the address of `inflate` in a loaded libz. Ours: `Linker::symbol`
 //!   (GNU hash, Bloom filter, version check); glibc's: `dlsym(handle, "inflate")`.
 //!
