@@ -180,6 +180,15 @@ struct SymbolResolutions {
     copy_sources: Vec<Option<Resolution>>,
 }
 
+/// What initializing a loaded object runs, checked before anything runs.
+#[derive(Debug)]
+struct InitializationPlan {
+    /// The objects it initializes, in order.
+    objects: Vec<usize>,
+    /// Their initializer functions, in the order they run.
+    functions: Vec<u64>,
+}
+
 /// The linker over a memory, an exported-symbols provider and a library source.
 ///
 /// Dropping it releases every object's memory without running finalizers
@@ -261,13 +270,19 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         let first_new = self.objects.len();
         let result = self.load_graph(name, path, bytes).and_then(|root| {
             self.link_new(first_new)?;
-            Ok(root)
+            let plan = if self.options.run_code {
+                Some(self.plan_initialization(root)?)
+            } else {
+                None
+            };
+            Ok((root, plan))
         });
         match result {
-            Ok(root) => {
-                if self.options.run_code {
-                    // SAFETY: forwarded from the caller; every new object is linked.
-                    unsafe { self.initialize(root) }?;
+            Ok((root, plan)) => {
+                if let Some(plan) = plan {
+                    // SAFETY: forwarded from the caller; every new object is linked and
+                    // the plan's functions were checked.
+                    unsafe { self.initialize(plan) };
                 }
                 Ok(root)
             }
@@ -756,42 +771,47 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         Ok(())
     }
 
-    /// Runs the initializers of `root` and of its not yet initialized dependencies,
-    /// dependencies first (post-order over `DT_NEEDED`; a cycle is broken where it is
-    /// re-entered), each object's `DT_INIT` then its `DT_INIT_ARRAY`. A PIE root runs
-    /// its `DT_PREINIT_ARRAY` before everything. Every function is read and checked
-    /// before the first one runs, so a bad array fails the load with nothing run.
-    unsafe fn initialize(&mut self, root: ObjectId) -> Result<(), LinkError> {
-        let mut order = Vec::new();
+    /// What initializing `root` runs: the objects not yet initialized among `root` and
+    /// its dependencies, dependencies first (post-order over `DT_NEEDED`; a cycle is
+    /// broken where it is re-entered), and their functions in order: a PIE root's
+    /// `DT_PREINIT_ARRAY` first, then each object's `DT_INIT` and `DT_INIT_ARRAY`.
+    /// Every function is read and checked here, so a bad array fails the load with
+    /// nothing run.
+    fn plan_initialization(&self, root: ObjectId) -> Result<InitializationPlan, LinkError> {
+        let mut objects = Vec::new();
         let mut visited = vec![false; self.objects.len()];
-        self.post_order(root.0, &mut visited, &mut order);
-        order.retain(|&index| !self.objects[index].initialized);
-        let mut plan = Vec::new();
+        self.post_order(root.0, &mut visited, &mut objects);
+        objects.retain(|&index| !self.objects[index].initialized);
+        let mut functions = Vec::new();
         let root_object = &self.objects[root.0];
         if root_object.file.kind == ObjectKind::PositionIndependentExecutable
             && !root_object.initialized
         {
-            plan.extend(self.functions(root.0, root_object.file.preinit_array)?);
+            functions.extend(self.functions(root.0, root_object.file.preinit_array)?);
         }
-        for &index in &order {
+        for &index in &objects {
             let object = &self.objects[index];
             if let Some(init) = object.file.init {
                 // DT_INIT was checked at parse time to lie in an executable segment.
-                plan.push(object.base.wrapping_add(init));
+                functions.push(object.base.wrapping_add(init));
             }
-            plan.extend(self.functions(index, object.file.init_array)?);
+            functions.extend(self.functions(index, object.file.init_array)?);
         }
-        for &index in &order {
+        Ok(InitializationPlan { objects, functions })
+    }
+
+    /// Runs a plan from [`Linker::plan_initialization`].
+    unsafe fn initialize(&mut self, plan: InitializationPlan) {
+        for &index in &plan.objects {
             self.objects[index].initialized = true;
             self.initialization_order.push(ObjectId(index));
         }
-        for function in plan {
+        for function in plan.functions {
             // SAFETY: each function is in its object's code (checked when planned); the
             // objects are linked and their dependencies come first in the plan;
             // `load`'s caller trusts the objects' code.
             unsafe { run_initializer(function) };
         }
-        Ok(())
     }
 
     fn post_order(&self, index: usize, visited: &mut [bool], order: &mut Vec<usize>) {

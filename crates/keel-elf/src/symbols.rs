@@ -64,8 +64,8 @@ unsafe impl SymbolProvider for NoSymbols {
 /// The kernel's exported symbols: a table from `(name, version)` to a definition.
 ///
 /// An unversioned export satisfies every version of its name (as an object without
-/// `DT_VERSYM` does); a versioned export satisfies only its version, and unversioned
-/// references when it was inserted as the default.
+/// `DT_VERSYM` does); a versioned export satisfies only references to its version (an
+/// unversioned reference finds only unversioned exports).
 #[derive(Debug, Clone, Default)]
 pub struct ExportedSymbols {
     table: BTreeMap<(String, Option<String>), SymbolDefinition>,

@@ -463,3 +463,33 @@ fn deterministic_mutations_reach_every_stage() {
     }
     assert!(outcomes.len() >= 20, "{outcomes:#?}");
 }
+
+#[test]
+fn an_initializer_outside_the_code_fails_the_load_before_anything_runs() {
+    const DT_RELA: u64 = 7;
+    const DT_RELASZ: u64 = 8;
+    const DT_INIT_ARRAY: u64 = 25;
+    let mut bytes = libz();
+    let init_array = read_u64(&bytes, dynamic_value(&bytes, DT_INIT_ARRAY));
+    let table = first_relocation(&bytes, DT_RELA);
+    let count = read_u64(&bytes, dynamic_value(&bytes, DT_RELASZ)) as usize / 24;
+    let entry = (0..count)
+        .map(|index| table + index * 24)
+        .find(|&entry| read_u64(&bytes, entry) == init_array)
+        .expect("the RELATIVE relocation of DT_INIT_ARRAY[0]");
+    // Point the constructor at the init array itself: data, not code.
+    write_u64(&mut bytes, entry + 16, init_array);
+    let mut linker = super::real_libraries::host_linker();
+    // SAFETY: the load fails while planning the initializers, before any code runs
+    // (libz has no ifunc resolvers).
+    let result = unsafe { linker.load_bytes("libz.so.1", &bytes) };
+    assert_eq!(
+        result,
+        Err(LinkError::Object {
+            name: "libz.so.1".into(),
+            error: ObjectError::BadFunctionArray
+        })
+    );
+    assert_eq!(linker.objects().count(), 0);
+    assert!(linker.memory().reservations().is_empty());
+}
