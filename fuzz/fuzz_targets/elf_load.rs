@@ -13,6 +13,8 @@ use libfuzzer_sys::fuzz_target;
 struct NoLibraries;
 
 impl LibrarySource for NoLibraries {
+    type File = Vec<u8>;
+
     fn read(&mut self, _path: &str) -> Option<Vec<u8>> {
         None
     }

@@ -290,6 +290,8 @@ fn symbol_size(address: *mut libc::c_void) -> Option<u64> {
 pub struct FileSystem;
 
 impl LibrarySource for FileSystem {
+    type File = Vec<u8>;
+
     fn read(&mut self, path: &str) -> Option<Vec<u8>> {
         std::fs::read(path).ok()
     }

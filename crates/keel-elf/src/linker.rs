@@ -40,8 +40,14 @@ pub const DEFAULT_LIBRARY_DIRECTORIES: [&str; 4] = [
 /// Where object files come from, by path (the VFS in the guest, the filesystem on the
 /// host). The linker builds the candidate paths; the source only reads them.
 pub trait LibrarySource {
+    /// A file's contents: an owned buffer, or a view the source keeps valid (a
+    /// read-only mapping on the host, a page-cache or boot-image view in the guest), so
+    /// that reading need not copy. The linker only reads it, and drops it once the
+    /// object is mapped.
+    type File: AsRef<[u8]>;
+
     /// The whole file at `path`, or `None` if there is none.
-    fn read(&mut self, path: &str) -> Option<Vec<u8>>;
+    fn read(&mut self, path: &str) -> Option<Self::File>;
 }
 
 /// Settings of a [`Linker`].
@@ -248,7 +254,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         let path_candidates = self.candidates(name, None);
         let (path, bytes) = self.read_first(&path_candidates, name, "")?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.load_bytes_at(name, &path, &bytes) }
+        unsafe { self.load_bytes_at(name, &path, bytes.as_ref()) }
     }
 
     /// Like [`Linker::load`] for an object already in memory as `bytes`, known as
@@ -350,7 +356,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         candidates: &[String],
         name: &str,
         needed_by: &str,
-    ) -> Result<(String, Vec<u8>), LinkError> {
+    ) -> Result<(String, L::File), LinkError> {
         for candidate in candidates {
             if let Some(bytes) = self.libraries.read(candidate) {
                 return Ok((candidate.clone(), bytes));
@@ -393,8 +399,11 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                         break;
                     }
                     if let Some(dependency_bytes) = self.libraries.read(candidate) {
-                        found =
-                            Some(self.map_new(dependency_name, candidate, &dependency_bytes)?);
+                        found = Some(self.map_new(
+                            dependency_name,
+                            candidate,
+                            dependency_bytes.as_ref(),
+                        )?);
                         break;
                     }
                 }
