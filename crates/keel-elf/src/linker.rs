@@ -40,9 +40,8 @@ pub const DEFAULT_LIBRARY_DIRECTORIES: [&str; 4] = [
 /// Where object files come from, by path (the VFS in the guest, the filesystem on the
 /// host). The linker builds the candidate paths; the source only reads them.
 pub trait LibrarySource {
-    /// A file's contents: an owned buffer, or a view the source keeps valid (a
-    /// read-only mapping on the host, a page-cache or boot-image view in the guest), so
-    /// that reading need not copy. The linker only reads it, and drops it once the
+    /// A file's contents: an owned buffer, or a view the source keeps valid (say, of
+    /// the guest's page cache or boot image), so that reading need not copy. The linker only reads it, and drops it once the
     /// object is mapped.
     type File: AsRef<[u8]>;
 

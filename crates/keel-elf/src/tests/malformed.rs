@@ -493,3 +493,62 @@ fn an_initializer_outside_the_code_fails_the_load_before_anything_runs() {
     assert_eq!(linker.objects().count(), 0);
     assert!(linker.memory().reservations().is_empty());
 }
+
+/// Every ELF shared object installed in `/usr/lib/x86_64-linux-gnu` (with its
+/// dependencies from the filesystem, no code run): each links, or fails for a reason
+/// the linker states as not done yet or as the object's own (thread-local storage, an
+/// ifunc that would have to run, a missing symbol, a library not installed), never as
+/// malformed. Ignored by default: it depends on what the host has installed and reads
+/// every library (seconds). Run: `cargo test -p keel-elf -- --ignored --nocapture
+/// installed_libraries`.
+#[test]
+#[ignore]
+fn installed_libraries_link_or_fail_for_a_stated_reason() {
+    let mut outcomes: std::collections::BTreeMap<std::string::String, usize> = Default::default();
+    let mut unexpected = Vec::new();
+    for entry in std::fs::read_dir("/usr/lib/x86_64-linux-gnu")
+        .expect("library directory")
+        .flatten()
+    {
+        let path = entry.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(path_text) = path.to_str() else {
+            continue;
+        };
+        if !name.contains(".so") || !path.is_file() {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if !bytes.starts_with(b"\x7fELF") {
+            continue;
+        }
+        let mut linker = linker_that_runs_nothing();
+        // SAFETY: `run_code` is off: nothing of the libraries runs.
+        let result = unsafe { linker.load(path_text) }.map(|_| ());
+        let expected = match &result {
+            Ok(()) => true,
+            Err(LinkError::Object { error, .. }) => matches!(
+                error,
+                ObjectError::ThreadLocalStorageUnsupported
+                    | ObjectError::CodeExecutionRefused
+                    | ObjectError::UnsupportedRelocation {
+                        relocation_type: 36,
+                        ..
+                    } // TLSDESC
+            ),
+            Err(LinkError::MissingSymbols(_) | LinkError::LibraryNotFound { .. }) => true,
+            Err(LinkError::Memory { .. }) => false,
+        };
+        if !expected {
+            unexpected.push((name, result.clone()));
+        }
+        *outcomes.entry(outcome_name(&result)).or_default() += 1;
+    }
+    std::println!("{outcomes:#?}");
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+}
