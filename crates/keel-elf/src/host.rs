@@ -11,7 +11,8 @@ use keel_types::VirtAddr;
 
 use crate::linker::LibrarySource;
 use crate::memory::{Memory, MemoryError, PAGE_SIZE, PageRange, Protection, align_up};
-use crate::symbols::{SymbolDefinition, SymbolProvider, SymbolRequest};
+use crate::symbols::{ExportedSymbols, SymbolDefinition, SymbolProvider, SymbolRequest};
+use crate::tls::{ThreadLocalStorage, TlsError, TlsModuleId, TlsTemplate};
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -294,5 +295,149 @@ impl LibrarySource for FileSystem {
 
     fn read(&mut self, path: &str) -> Option<Vec<u8>> {
         std::fs::read(path).ok()
+    }
+}
+
+/// The templates [`HostThreadLocalStorage`] registered, by module id - 1 (`None` once
+/// unregistered; ids are never reused). Global because `__tls_get_addr` gets no
+/// context but the `tls_index` it is passed.
+static HOST_TLS_MODULES: std::sync::Mutex<Vec<Option<TlsTemplate>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// One thread's TLS blocks, by module id - 1 (null: not allocated yet), freed when the
+/// thread exits.
+struct ThreadBlocks(Vec<(*mut u8, core::alloc::Layout)>);
+
+impl Drop for ThreadBlocks {
+    fn drop(&mut self) {
+        for &(block, layout) in &self.0 {
+            if !block.is_null() {
+                // SAFETY: allocated with this layout by `host_tls_get_addr`, and the
+                // thread that used it is exiting.
+                unsafe { std::alloc::dealloc(block, layout) };
+            }
+        }
+    }
+}
+
+std::thread_local! {
+    static HOST_TLS_BLOCKS: core::cell::RefCell<ThreadBlocks> =
+        const { core::cell::RefCell::new(ThreadBlocks(Vec::new())) };
+}
+
+/// The argument of `__tls_get_addr` (x86-64 psABI `tls_index`: the two words a
+/// `DTPMOD64` and a `DTPOFF64` relocation filled).
+#[repr(C)]
+#[derive(Debug)]
+pub struct TlsIndex {
+    /// The module id.
+    pub module: u64,
+    /// The offset in the module's block.
+    pub offset: u64,
+}
+
+/// The current thread's block of `module` (allocated and initialized from the
+/// template on first use), or `None` if the module is not registered.
+fn host_thread_block(module: u64) -> Option<*mut u8> {
+    let slot = usize::try_from(module).ok()?.checked_sub(1)?;
+    HOST_TLS_BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if let Some(&(block, _)) = blocks.0.get(slot)
+            && !block.is_null()
+        {
+            return Some(block);
+        }
+        let template = (*HOST_TLS_MODULES.lock().ok()?.get(slot)?)?;
+        let layout = core::alloc::Layout::from_size_align(
+            template.block_size.max(1) as usize,
+            template.alignment as usize,
+        )
+        .ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let block = unsafe { std::alloc::alloc_zeroed(layout) };
+        if block.is_null() {
+            return None;
+        }
+        // SAFETY: the template's initialized bytes stay mapped while registered (the
+        // linker's promise to `ThreadLocalStorage`), and `initialized_size <=
+        // block_size` (checked when parsed); the block is fresh.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                template.initialized_address as *const u8,
+                block,
+                template.initialized_size as usize,
+            )
+        };
+        if blocks.0.len() <= slot {
+            blocks.0.resize(
+                slot + 1,
+                (core::ptr::null_mut(), core::alloc::Layout::new::<u8>()),
+            );
+        }
+        blocks.0[slot] = (block, layout);
+        Some(block)
+    })
+}
+
+/// `__tls_get_addr` for objects whose TLS [`HostThreadLocalStorage`] registered: the
+/// address of `index.offset` in the current thread's block of `index.module`. Aborts
+/// the process on a module it does not know (there is no way to return an error).
+///
+/// # Safety
+/// `index` points to a valid [`TlsIndex`] (the code of a linked object passes one).
+pub unsafe extern "C" fn host_tls_get_addr(index: *const TlsIndex) -> *mut u8 {
+    // SAFETY: the caller passes a valid `tls_index`.
+    let (module, offset) = unsafe { ((*index).module, (*index).offset) };
+    match host_thread_block(module) {
+        Some(block) => block.wrapping_add(offset as usize),
+        None => std::process::abort(),
+    }
+}
+
+/// Dynamic thread-local storage for the host: module ids, per-thread blocks allocated
+/// on first use by [`host_tls_get_addr`] (exported as `__tls_get_addr` by
+/// [`HostThreadLocalStorage::exports`]). No static TLS: initial-exec code
+/// (`TPOFF64`) is refused.
+#[derive(Debug, Default)]
+pub struct HostThreadLocalStorage {
+    _private: (),
+}
+
+impl HostThreadLocalStorage {
+    /// A host TLS.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `__tls_get_addr`, to put before the host's glibc in the provider chain.
+    pub fn exports() -> ExportedSymbols {
+        let mut exports = ExportedSymbols::new();
+        let definition = SymbolDefinition {
+            address: VirtAddr::new(host_tls_get_addr as *const () as u64),
+            size: None,
+        };
+        // SAFETY: `host_tls_get_addr` has glibc's `__tls_get_addr` signature and C ABI.
+        unsafe { exports.insert("__tls_get_addr", definition) };
+        exports
+    }
+}
+
+impl ThreadLocalStorage for HostThreadLocalStorage {
+    fn register(&mut self, template: &TlsTemplate) -> Result<TlsModuleId, TlsError> {
+        let mut modules = HOST_TLS_MODULES.lock().map_err(|_| TlsError::Exhausted)?;
+        modules.push(Some(*template));
+        TlsModuleId::new(modules.len() as u64).ok_or(TlsError::Exhausted)
+    }
+
+    fn static_offset(&self, _module: TlsModuleId) -> Option<i64> {
+        None
+    }
+
+    fn unregister(&mut self, module: TlsModuleId) {
+        if let Ok(mut modules) = HOST_TLS_MODULES.lock()
+            && let Some(slot) = modules.get_mut(module.get() as usize - 1)
+        {
+            *slot = None;
+        }
     }
 }

@@ -104,6 +104,7 @@ mod symbols;
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod tests;
+mod tls;
 mod version;
 
 use alloc::string::String;
@@ -117,10 +118,13 @@ pub use linker::{
 pub use memory::{Memory, MemoryError, PAGE_SIZE, PageRange, Protection};
 pub use object::{
     FunctionArray, LoadSegment, MAXIMUM_IMAGE_SPAN, ObjectFile, ObjectKind, StackRequirement,
-    Symbol, SymbolBinding, SymbolKind,
+    Symbol, SymbolBinding, SymbolKind, ThreadLocalSegment,
 };
 pub use relocation::{Relocation, RelocationKind, decode_relr};
-pub use symbols::{ExportedSymbols, NoSymbols, SymbolDefinition, SymbolProvider, SymbolRequest};
+pub use symbols::{
+    ExportedSymbols, NoSymbols, ProviderChain, SymbolDefinition, SymbolProvider, SymbolRequest,
+};
+pub use tls::{NoThreadLocalStorage, ThreadLocalStorage, TlsError, TlsModuleId, TlsTemplate};
 pub use version::{VersionDefinition, VersionRequirement, VersionTables};
 
 /// Which decoding step goblin refused.
@@ -228,8 +232,13 @@ pub enum ObjectError {
     ExecutableStackRequested,
     /// `PT_GNU_RELRO` is not inside a writable segment.
     RelroOutsideWritableSegment,
-    /// Thread-local storage (`PT_TLS`, TLS relocations) is not supported yet.
+    /// The linker's [`ThreadLocalStorage`] refused the object's `PT_TLS`, or a TLS
+    /// relocation needs what it does not give (static TLS for `TPOFF64`, a TLS symbol of
+    /// the exports, `TLSDESC`).
     ThreadLocalStorageUnsupported,
+    /// `PT_TLS` is inconsistent (`p_memsz < p_filesz`, huge, bad alignment, or its
+    /// initialized part outside every `PT_LOAD`).
+    MalformedThreadLocalSegment,
     /// The object needs text relocations (`DT_TEXTREL`): they would break W^X.
     TextRelocationsUnsupported,
     /// `DT_REL` (relocations without addend) is not used on x86-64 and not supported.

@@ -16,6 +16,7 @@ use crate::object::{
 };
 use crate::relocation::RelocationKind;
 use crate::symbols::{SymbolProvider, SymbolRequest};
+use crate::tls::{NoThreadLocalStorage, ThreadLocalStorage, TlsModuleId, TlsTemplate};
 use crate::{LinkError, MissingSymbol, ObjectError};
 
 /// The names the kernel provides itself: a `DT_NEEDED` of one of them resolves to the
@@ -113,6 +114,8 @@ struct LoadedObject {
     base: u64,
     dependencies: Vec<Dependency>,
     initialized: bool,
+    /// Its TLS module, if it has `PT_TLS`.
+    tls_module: Option<TlsModuleId>,
 }
 
 impl LoadedObject {
@@ -194,15 +197,22 @@ struct InitializationPlan {
     functions: Vec<u64>,
 }
 
-/// The linker over a memory, an exported-symbols provider and a library source.
+/// The linker over a memory, an exported-symbols provider, a library source and a
+/// thread-local storage (none by default: objects with `PT_TLS` are then refused).
 ///
 /// Dropping it releases every object's memory without running finalizers
 /// ([`Linker::finalize`] runs them).
 #[derive(Debug)]
-pub struct Linker<M: Memory, E: SymbolProvider, L: LibrarySource> {
+pub struct Linker<
+    M: Memory,
+    E: SymbolProvider,
+    L: LibrarySource,
+    T: ThreadLocalStorage = NoThreadLocalStorage,
+> {
     memory: M,
     exports: E,
     libraries: L,
+    thread_local_storage: T,
     options: LinkerOptions,
     objects: Vec<LoadedObject>,
     /// Objects in the order their initializers ran (finalizers run in reverse).
@@ -227,12 +237,27 @@ pub struct ObjectInfo {
 }
 
 impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
-    /// A linker with nothing loaded.
+    /// A linker with nothing loaded and no thread-local storage.
     pub fn new(memory: M, exports: E, libraries: L, options: LinkerOptions) -> Self {
+        Linker::with_thread_local_storage(memory, exports, libraries, NoThreadLocalStorage, options)
+    }
+}
+
+impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Linker<M, E, L, T> {
+    /// A linker with nothing loaded, whose objects' `PT_TLS` go to
+    /// `thread_local_storage`.
+    pub fn with_thread_local_storage(
+        memory: M,
+        exports: E,
+        libraries: L,
+        thread_local_storage: T,
+        options: LinkerOptions,
+    ) -> Self {
         Linker {
             memory,
             exports,
             libraries,
+            thread_local_storage,
             options,
             objects: Vec::new(),
             initialization_order: Vec::new(),
@@ -302,6 +327,9 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
     fn unload_from(&mut self, first: usize) {
         while self.objects.len() > first {
             if let Some(object) = self.objects.pop() {
+                if let Some(module) = object.tls_module {
+                    self.thread_local_storage.unregister(module);
+                }
                 self.memory.release(object.reservation);
             }
         }
@@ -425,9 +453,6 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
             error,
         };
         let file = ObjectFile::parse(bytes).map_err(object_error)?;
-        if file.has_thread_local_storage {
-            return Err(object_error(ObjectError::ThreadLocalStorageUnsupported));
-        }
         let memory_error = |error| LinkError::Memory {
             name: name.to_string(),
             error,
@@ -445,6 +470,22 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                 error,
             });
         }
+        let mut tls_module = None;
+        if let Some(segment) = file.thread_local {
+            let template = TlsTemplate {
+                initialized_address: base.wrapping_add(segment.virtual_address),
+                initialized_size: segment.file_size,
+                block_size: segment.memory_size,
+                alignment: segment.alignment,
+            };
+            match self.thread_local_storage.register(&template) {
+                Ok(module) => tls_module = Some(module),
+                Err(_) => {
+                    self.memory.release(reservation);
+                    return Err(object_error(ObjectError::ThreadLocalStorageUnsupported));
+                }
+            }
+        }
         self.objects.push(LoadedObject {
             name: name.to_string(),
             path: path.to_string(),
@@ -453,6 +494,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
             base,
             dependencies: Vec::new(),
             initialized: false,
+            tls_module,
         });
         Ok(ObjectId(self.objects.len() - 1))
     }
@@ -664,6 +706,36 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
         })
     }
 
+    /// The TLS module and the offset inside its block of what a TLS relocation of
+    /// object `requester` refers to: symbol 0 is the requester's own module at offset
+    /// 0 (local-dynamic code adds the variable's offset itself); a symbol must resolve
+    /// to a loaded object with `PT_TLS` (the exports' TLS is not reachable yet).
+    fn thread_local_definition(
+        &self,
+        requester: usize,
+        symbol_index: u32,
+        table: &[Option<Resolution>],
+    ) -> Result<(TlsModuleId, u64), ObjectError> {
+        let unsupported = ObjectError::ThreadLocalStorageUnsupported;
+        if symbol_index == 0 {
+            return Ok((self.objects[requester].tls_module.ok_or(unsupported)?, 0));
+        }
+        match table.get(symbol_index as usize).copied().flatten() {
+            Some(Resolution::Address {
+                address,
+                definer: Definer::Object(definer),
+                ..
+            }) => {
+                let object = &self.objects[definer];
+                Ok((
+                    object.tls_module.ok_or(unsupported)?,
+                    address.wrapping_sub(object.base),
+                ))
+            }
+            _ => Err(unsupported),
+        }
+    }
+
     fn relocate(&self, index: usize, resolutions: &SymbolResolutions) -> Result<(), ObjectError> {
         let table = &resolutions.ordinary;
         let object = &self.objects[index];
@@ -753,10 +825,29 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
                     unsafe { image.copy_in(offset, address, length) }?;
                 }
                 RelocationKind::IndirectRelative => indirect.push(*relocation),
-                RelocationKind::TlsModuleId64
-                | RelocationKind::TlsBlockOffset64
-                | RelocationKind::TlsThreadPointerOffset64 => {
-                    return Err(ObjectError::ThreadLocalStorageUnsupported);
+                RelocationKind::TlsModuleId64 => {
+                    let (module, _) =
+                        self.thread_local_definition(index, relocation.symbol_index, table)?;
+                    image.write_u64(offset, module.get())?;
+                }
+                RelocationKind::TlsBlockOffset64 => {
+                    let (_, block_offset) =
+                        self.thread_local_definition(index, relocation.symbol_index, table)?;
+                    image.write_u64(offset, block_offset.wrapping_add(addend))?;
+                }
+                RelocationKind::TlsThreadPointerOffset64 => {
+                    let (module, block_offset) =
+                        self.thread_local_definition(index, relocation.symbol_index, table)?;
+                    let static_offset = self
+                        .thread_local_storage
+                        .static_offset(module)
+                        .ok_or(ObjectError::ThreadLocalStorageUnsupported)?;
+                    image.write_u64(
+                        offset,
+                        (static_offset as u64)
+                            .wrapping_add(block_offset)
+                            .wrapping_add(addend),
+                    )?;
                 }
             }
         }
@@ -932,7 +1023,9 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
     }
 }
 
-impl<M: Memory, E: SymbolProvider, L: LibrarySource> Drop for Linker<M, E, L> {
+impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Drop
+    for Linker<M, E, L, T>
+{
     fn drop(&mut self) {
         self.unload_from(0);
     }

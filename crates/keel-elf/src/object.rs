@@ -62,6 +62,22 @@ impl LoadSegment {
     }
 }
 
+/// Thread-local blocks larger than this are refused as malformed.
+const MAXIMUM_TLS_BLOCK: u64 = 1 << 30;
+
+/// An object's `PT_TLS`: the template of its per-thread block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadLocalSegment {
+    /// `p_vaddr` of the initialized part (`.tdata`), relative to the link-time base.
+    pub virtual_address: u64,
+    /// `p_filesz`: bytes of `.tdata`.
+    pub file_size: u64,
+    /// `p_memsz`: the block's size (`.tdata` and `.tbss`).
+    pub memory_size: u64,
+    /// `p_align` (at least 1).
+    pub alignment: u64,
+}
+
 /// What `PT_GNU_STACK` says about the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StackRequirement {
@@ -184,8 +200,8 @@ pub struct ObjectFile {
     pub init_array: FunctionArray,
     /// `DT_FINI_ARRAY`.
     pub fini_array: FunctionArray,
-    /// The object has a `PT_TLS` segment.
-    pub has_thread_local_storage: bool,
+    /// `PT_TLS`, checked: its initialized part lies in a `PT_LOAD`.
+    pub thread_local: Option<ThreadLocalSegment>,
 }
 
 /// Translates link-time addresses to file bytes through the `PT_LOAD` segments.
@@ -416,7 +432,7 @@ impl ObjectFile {
 
         let mut relro = None;
         let mut stack = StackRequirement::Unspecified;
-        let mut has_thread_local_storage = false;
+        let mut thread_local = None;
         let mut has_interpreter = false;
         for program in &program_headers {
             match program.p_type {
@@ -445,7 +461,25 @@ impl ObjectFile {
                     }
                     stack = StackRequirement::NotExecutable;
                 }
-                program_header::PT_TLS => has_thread_local_storage = true,
+                program_header::PT_TLS => {
+                    let alignment = program.p_align.max(1);
+                    if program.p_memsz < program.p_filesz
+                        || program.p_memsz > MAXIMUM_TLS_BLOCK
+                        || !alignment.is_power_of_two()
+                        || alignment > MAXIMUM_SEGMENT_ALIGNMENT
+                        || !segments
+                            .iter()
+                            .any(|segment| segment.contains(program.p_vaddr, program.p_filesz))
+                    {
+                        return Err(ObjectError::MalformedThreadLocalSegment);
+                    }
+                    thread_local = Some(ThreadLocalSegment {
+                        virtual_address: program.p_vaddr,
+                        file_size: program.p_filesz,
+                        memory_size: program.p_memsz,
+                        alignment,
+                    });
+                }
                 program_header::PT_INTERP => has_interpreter = true,
                 _ => {}
             }
@@ -666,7 +700,7 @@ impl ObjectFile {
             )?,
             init_array: function_array(entries.init_array, entries.init_array_size, &segments)?,
             fini_array: function_array(entries.fini_array, entries.fini_array_size, &segments)?,
-            has_thread_local_storage,
+            thread_local,
             segments,
         })
     }

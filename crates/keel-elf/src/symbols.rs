@@ -61,6 +61,27 @@ unsafe impl SymbolProvider for NoSymbols {
     }
 }
 
+/// Two providers as one: `first`, then `second` (e.g. the host's `__tls_get_addr`
+/// before the host's glibc).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProviderChain<First, Second> {
+    /// Asked first.
+    pub first: First,
+    /// Asked when `first` has nothing.
+    pub second: Second,
+}
+
+// SAFETY: every answer comes from one of the two providers, which uphold the contract.
+unsafe impl<First: SymbolProvider, Second: SymbolProvider> SymbolProvider
+    for ProviderChain<First, Second>
+{
+    fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
+        self.first
+            .resolve(request)
+            .or_else(|| self.second.resolve(request))
+    }
+}
+
 /// The kernel's exported symbols: a table from `(name, version)` to a definition.
 ///
 /// An unversioned export satisfies every version of its name (as an object without

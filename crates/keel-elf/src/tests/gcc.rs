@@ -682,3 +682,114 @@ int compute(int value) { return keel_add(helper_twice(value), 1); }
     // SAFETY: as above.
     assert_eq!(unsafe { compute(20) }, 41);
 }
+
+#[test]
+fn dynamic_thread_local_storage_per_thread() {
+    let directory = object_directory("tls");
+    let library_source = r#"
+__thread int counter = 5;
+__thread char scratch[256];
+static __thread int hidden_counter = 100;
+int bump(void) { return ++counter; }
+int bump_hidden(void) { return ++hidden_counter; }
+int scratch_is_zero(void) {
+    for (int index = 0; index < 256; index++) if (scratch[index]) return 0;
+    scratch[7] = 1;
+    return 1;
+}
+void *counter_address(void) { return &counter; }
+"#;
+    shared_library(&directory, "tlsdata", library_source, &[]);
+    // Another object using the first one's TLS variable.
+    let user = shared_library(
+        &directory,
+        "tlsuser",
+        "extern __thread int counter;\nint user_bump(void) { return counter += 10; }\n",
+        &["-ltlsdata"],
+    );
+    let relocations = Command::new("readelf")
+        .args(["-rW", &user])
+        .output()
+        .expect("readelf");
+    assert!(String::from_utf8_lossy(&relocations.stdout).contains("R_X86_64_DTPMOD64"));
+
+    let exports = crate::ProviderChain {
+        first: crate::host::HostThreadLocalStorage::exports(),
+        second: crate::host::HostLibraries::glibc().expect("host glibc"),
+    };
+    let mut linker = crate::Linker::with_thread_local_storage(
+        crate::host::HostMemory::new(),
+        exports,
+        crate::host::FileSystem,
+        crate::host::HostThreadLocalStorage::new(),
+        crate::LinkerOptions::default(),
+    );
+    // SAFETY: test objects built just above.
+    let user_id = unsafe { linker.load(&user) }.expect("TLS objects load");
+    let data_id = linker
+        .objects()
+        .find(|&object| linker.object_info(object).expect("info").name == "libtlsdata.so")
+        .expect("libtlsdata.so loaded");
+    type Call = unsafe extern "C" fn() -> i32;
+    type Address = unsafe extern "C" fn() -> *mut libc::c_void;
+    let address_of = |id, name| linker.symbol(id, name, None).expect(name).as_u64() as usize;
+    // SAFETY: the C signatures above.
+    let (bump, bump_hidden, scratch_is_zero, user_bump, counter_address) = unsafe {
+        (
+            core::mem::transmute::<usize, Call>(address_of(data_id, "bump")),
+            core::mem::transmute::<usize, Call>(address_of(data_id, "bump_hidden")),
+            core::mem::transmute::<usize, Call>(address_of(data_id, "scratch_is_zero")),
+            core::mem::transmute::<usize, Call>(address_of(user_id, "user_bump")),
+            core::mem::transmute::<usize, Address>(address_of(data_id, "counter_address")),
+        )
+    };
+    // SAFETY: the C signatures above; the objects stay loaded to the end of the test.
+    unsafe {
+        assert_eq!(bump(), 6, ".tdata initializes the block");
+        assert_eq!(bump(), 7);
+        assert_eq!(user_bump(), 17, "the other object sees the same variable");
+        assert_eq!(bump_hidden(), 101);
+        assert_eq!(scratch_is_zero(), 1, ".tbss is zero");
+        assert_eq!(scratch_is_zero(), 0);
+    }
+    // SAFETY: as above.
+    let main_counter = unsafe { counter_address() } as usize;
+    let other_counter = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: as above, in a thread of its own: a block of its own.
+                unsafe {
+                    assert_eq!(bump(), 6, "a new thread starts from the template");
+                    assert_eq!(user_bump(), 16);
+                    assert_eq!(bump_hidden(), 101);
+                    assert_eq!(scratch_is_zero(), 1);
+                    counter_address() as usize
+                }
+            })
+            .join()
+            .expect("thread")
+    });
+    assert_ne!(main_counter, other_counter);
+    // SAFETY: still the main thread's block.
+    assert_eq!(unsafe { bump() }, 18);
+
+    // Initial-exec code needs static TLS, which the host does not give.
+    let initial_exec = shared_library(
+        &directory,
+        "tlsie",
+        "__thread int value;\nint get(void) { return value; }\n",
+        &["-ftls-model=initial-exec"],
+    );
+    // SAFETY: refused before any code runs.
+    let refused = unsafe { linker.load(&initial_exec) };
+    assert!(
+        matches!(
+            refused,
+            Err(LinkError::Object {
+                error: ObjectError::ThreadLocalStorageUnsupported,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
