@@ -495,10 +495,10 @@ fn an_initializer_outside_the_code_fails_the_load_before_anything_runs() {
 }
 
 /// Every ELF shared object installed in `/usr/lib/x86_64-linux-gnu` (with its
-/// dependencies from the filesystem, no code run): each links, or fails for a reason
-/// the linker states as not done yet or as the object's own (thread-local storage, an
-/// ifunc that would have to run, a missing symbol, a library not installed), never as
-/// malformed. Ignored by default: it depends on what the host has installed and reads
+/// dependencies from the filesystem and the host's dynamic TLS, no code run): each
+/// links, or fails for a reason the linker states as not done yet or as the object's
+/// own (static TLS or `TLSDESC`, an ifunc that would have to run, a missing symbol, a
+/// library not installed), never as malformed. Ignored by default: it depends on what the host has installed and reads
 /// every library (seconds). Run: `cargo test -p keel-elf -- --ignored --nocapture
 /// installed_libraries`.
 #[test]
@@ -527,7 +527,21 @@ fn installed_libraries_link_or_fail_for_a_stated_reason() {
         if !bytes.starts_with(b"\x7fELF") {
             continue;
         }
-        let mut linker = linker_that_runs_nothing();
+        let exports = crate::ProviderChain {
+            first: crate::host::HostThreadLocalStorage::exports(),
+            second: HostLibraries::glibc().expect("host glibc"),
+        };
+        let options = LinkerOptions {
+            run_code: false,
+            ..LinkerOptions::default()
+        };
+        let mut linker = Linker::with_thread_local_storage(
+            HostMemory::new(),
+            exports,
+            FileSystem,
+            crate::host::HostThreadLocalStorage::new(),
+            options,
+        );
         // SAFETY: `run_code` is off: nothing of the libraries runs.
         let result = unsafe { linker.load(path_text) }.map(|_| ());
         let expected = match &result {
