@@ -19,6 +19,10 @@
 //!   [`LinkerOptions::default_directories`]. Names in
 //!   [`LinkerOptions::provided_libraries`] ([`KERNEL_PROVIDED_LIBRARIES`]: `libc.so.6`,
 //!   `libm.so.6`, ...) are not loaded: they resolve to the exports, as in OSv.
+//! - [`ThreadLocalStorage`]: where objects with `PT_TLS` get a module id and, if it
+//!   has static TLS, a thread-pointer offset; per-thread blocks and `__tls_get_addr`
+//!   belong to the implementation. [`Linker::new`] uses [`NoThreadLocalStorage`],
+//!   which refuses them; [`Linker::with_thread_local_storage`] takes another.
 //! - [`ObjectFile`]: one object parsed and validated into owned tables;
 //!   [`RelocationKind`], the typed x86-64 relocations.
 //! - Errors: [`LinkError`] (with the object's name) over [`ObjectError`] (what is
@@ -27,7 +31,10 @@
 //!
 //! With the `host` feature (and in this crate's tests), `host` provides `HostMemory`
 //! (`mmap`/`mprotect`), `HostLibraries` (the host glibc's symbols through
-//! `dlopen`/`dlvsym`) and `FileSystem` (a [`LibrarySource`] over `std::fs`).
+//! `dlopen`/`dlvsym`), `FileSystem` (a [`LibrarySource`] over `std::fs`) and
+//! `HostThreadLocalStorage` (dynamic TLS: blocks allocated per thread on first use by
+//! its own `__tls_get_addr`, which `HostThreadLocalStorage::exports` puts before glibc
+//! in a [`ProviderChain`]; no static TLS).
 //!
 //! # What the linker does
 //! - Only `ET_DYN` objects (shared objects and PIEs) load; `ET_EXEC` is refused
@@ -50,10 +57,14 @@
 //! - Initializers run in dependency order (post-order over `DT_NEEDED`, cycles broken
 //!   where re-entered), `DT_INIT` then `DT_INIT_ARRAY`, with a PIE's
 //!   `DT_PREINIT_ARRAY` first; finalizers in exactly the reverse order.
-//! - Not yet: thread-local storage (objects with `PT_TLS`, and the `DTPMOD64`,
-//!   `DTPOFF64` and `TPOFF64` relocations, are refused with
-//!   [`ObjectError::ThreadLocalStorageUnsupported`]), `dlclose`, `RTLD_LOCAL`,
-//!   `dl_iterate_phdr`.
+//! - Thread-local storage: each `PT_TLS` template is registered with the
+//!   [`ThreadLocalStorage`] when its object is mapped (and unregistered when it is
+//!   released); `DTPMOD64` gets the defining object's module id, `DTPOFF64` the
+//!   variable's offset in its block, `TPOFF64` the implementation's static offset plus
+//!   that (refused when it has none, as on the host). A TLS symbol of the exports and
+//!   `TLSDESC` (`-mtls-dialect=gnu2`) are refused.
+//! - Not yet: `dlclose` of one object, `RTLD_LOCAL`, `dladdr`, `dl_iterate_phdr`, the
+//!   static TLS layout at thread creation (the guest's `ThreadLocalStorage`).
 //!
 //! # Hashing is Keel's own
 //! Symbol lookup goes through the object's GNU hash table (Bloom filter, buckets,
