@@ -1,12 +1,13 @@
 //! Fuzz target `elf_load`: any bytes, parsed as an ELF object and then loaded (mapped
-//! and relocated against the host glibc's symbols) with `run_code` off, so no
+//! and relocated against the host glibc's symbols, with the host's dynamic TLS) with
+//! `run_code` off, so no
 //! resolver or initializer of the input ever runs. Dependencies other than the names
 //! the kernel provides are not found (no filesystem access). Must never crash, and a
 //! failed load must leave nothing mapped.
 #![no_main]
 
-use keel_elf::host::{HostLibraries, HostMemory};
-use keel_elf::{LibrarySource, Linker, LinkerOptions, ObjectFile};
+use keel_elf::host::{HostLibraries, HostMemory, HostThreadLocalStorage};
+use keel_elf::{LibrarySource, Linker, LinkerOptions, ObjectFile, ProviderChain};
 use libfuzzer_sys::fuzz_target;
 
 /// A library source with no files.
@@ -27,8 +28,17 @@ fuzz_target!(|data: &[u8]| {
         default_directories: Vec::new(),
         ..LinkerOptions::default()
     };
-    let exports = HostLibraries::glibc().expect("host glibc");
-    let mut linker = Linker::new(HostMemory::new(), exports, NoLibraries, options);
+    let exports = ProviderChain {
+        first: HostThreadLocalStorage::exports(),
+        second: HostLibraries::glibc().expect("host glibc"),
+    };
+    let mut linker = Linker::with_thread_local_storage(
+        HostMemory::new(),
+        exports,
+        NoLibraries,
+        HostThreadLocalStorage::new(),
+        options,
+    );
     // SAFETY: `run_code` is off: the linker maps and relocates (each write checked
     // against the input's own segments) and runs none of the input's code.
     let result = unsafe { linker.load_bytes("fuzzed.so", data) };
