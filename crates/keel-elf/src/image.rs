@@ -99,15 +99,22 @@ impl<'a> Image<'a> {
     }
 
     /// Copies a segment's file bytes to its place (the rest of its memory is already
-    /// zero). `bytes` is `p_filesz` long (checked at parse time; re-checked here).
+    /// zero). The segment must be one of this image's writable segments, and `bytes`
+    /// `p_filesz` long (checked at parse time; re-checked here). `index` is the
+    /// segment's index among the object's `PT_LOAD`s, for errors.
     pub(crate) fn copy_file_bytes(
         &self,
+        index: usize,
         segment: &LoadSegment,
         bytes: &[u8],
     ) -> Result<(), ObjectError> {
         let offset = segment.virtual_address;
-        if bytes.len() as u64 != segment.file_size || !segment.contains(offset, segment.file_size) {
-            return Err(ObjectError::SegmentOutsideFile { index: 0 });
+        if bytes.len() as u64 != segment.file_size
+            || !segment.contains(offset, segment.file_size)
+            || segment.protection != Protection::ReadWrite
+            || !self.segments.contains(segment)
+        {
+            return Err(ObjectError::SegmentOutsideFile { index });
         }
         if bytes.is_empty() {
             return Ok(());
@@ -115,7 +122,7 @@ impl<'a> Image<'a> {
         let address = self
             .base
             .checked_add(offset)
-            .ok_or(ObjectError::SegmentAddressOverflow { index: 0 })?;
+            .ok_or(ObjectError::SegmentAddressOverflow { index })?;
         // SAFETY: the destination is this segment's memory image, which `new`'s contract
         // says is mapped writable while this runs; the source is a separate file buffer.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };

@@ -539,7 +539,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
             // SAFETY: this segment was just mapped writable inside the object's
             // reservation, which the linker owns; the image is used only for this copy.
             let image_for_copy = unsafe { Image::new(base, core::slice::from_ref(&writable)) };
-            image_for_copy.copy_file_bytes(&writable, file_bytes)?;
+            image_for_copy.copy_file_bytes(index, &writable, file_bytes)?;
             if segment.protection != Protection::ReadWrite {
                 memory
                     .protect(range, segment.protection)
