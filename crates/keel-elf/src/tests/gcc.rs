@@ -793,3 +793,49 @@ void *counter_address(void) { return &counter; }
         "{refused:?}"
     );
 }
+
+#[test]
+fn runpath_is_searched_before_the_default_directories() {
+    let directory = object_directory("search");
+    let near = directory.join("near");
+    let default = directory.join("default");
+    fs::create_dir_all(&near).expect("mkdir");
+    fs::create_dir_all(&default).expect("mkdir");
+    shared_library(&near, "pick", "int pick(void) { return 1; }\n", &[]);
+    shared_library(&default, "pick", "int pick(void) { return 2; }\n", &[]);
+    let near_text = near.to_str().expect("utf-8");
+    let client_source = "int pick(void);\nint chosen(void) { return pick(); }\n";
+    let rpath = format!("-Wl,-rpath,{near_text}");
+    // Linked against the default one, found at load time through the runpath.
+    let with_runpath = shared_library(
+        &directory,
+        "with_runpath",
+        client_source,
+        &["-Ldefault", "-lpick", &rpath],
+    );
+    let without = shared_library(
+        &directory,
+        "without",
+        client_source,
+        &["-Ldefault", "-lpick", "-Wl,-rpath,/nonexistent"],
+    );
+
+    type Call = unsafe extern "C" fn() -> i32;
+    for (client, expected) in [(with_runpath, 1), (without, 2)] {
+        let options = crate::LinkerOptions {
+            default_directories: vec![default.to_str().expect("utf-8").to_string()],
+            ..crate::LinkerOptions::default()
+        };
+        let mut linker = crate::Linker::new(
+            crate::host::HostMemory::new(),
+            crate::host::HostLibraries::glibc().expect("host glibc"),
+            crate::host::FileSystem,
+            options,
+        );
+        // SAFETY: test objects built just above.
+        let id = unsafe { linker.load(&client) }.expect("loads");
+        // SAFETY: `int (void)`.
+        let value = unsafe { function::<Call>(&linker, id, "chosen")() };
+        assert_eq!(value, expected, "{client}");
+    }
+}
