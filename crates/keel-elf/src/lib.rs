@@ -87,9 +87,23 @@
 //! and read from a mapped object, each bounds-checked against its segments, and the
 //! calls of initializers, finalizers and ifunc resolvers), in `linker` (the unsafe
 //! [`Linker::load`] and [`Linker::finalize`] entry points and its calls into `image`),
-//! and in `host` (`mmap`, `dlopen`); `memory` and `symbols` only declare their
-//! `unsafe trait`s (and `symbols` implements its own for its small providers). Every
-//! block has a `// SAFETY:` comment.
+//! and in `host` (`mmap`, `dlopen`/`dlvsym`/`dladdr1`, and the per-thread TLS blocks
+//! behind its `__tls_get_addr`); `memory` and `symbols` only declare their
+//! `unsafe trait`s (and `symbols` implements its own for its small providers and has
+//! the unsafe `ExportedSymbols::insert`). The test module calls into loaded objects.
+//! Every block has a `// SAFETY:` comment.
+//!
+//! # Known limits
+//! - The exports come first in the lookup chain, before every loaded object (OSv's
+//!   rule, so the kernel's libc always wins). A `COPY` relocation against an export
+//!   copies its bytes once at load time; the exporter keeps using its own copy (on the
+//!   host, glibc cannot be rebound to an executable's copy).
+//! - Segments are copied, not mapped from the file: loading costs a copy of every
+//!   file-backed byte (see `papers/0013-elf-linker.md` for what that costs).
+//! - Dropping a [`Linker`] unmaps its objects without running finalizers, and does not
+//!   undo what their code registered elsewhere (`atexit` handlers, thread-specific data
+//!   destructors): call [`Linker::finalize`] first and drop a linker only when no such
+//!   registration can outlive it.
 #![no_std]
 #![deny(unsafe_code)]
 
