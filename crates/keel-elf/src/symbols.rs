@@ -4,6 +4,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 use keel_types::VirtAddr;
 
@@ -89,7 +90,18 @@ unsafe impl<First: SymbolProvider, Second: SymbolProvider> SymbolProvider
 /// unversioned reference finds only unversioned exports).
 #[derive(Debug, Clone, Default)]
 pub struct ExportedSymbols {
-    table: BTreeMap<(String, Option<String>), SymbolDefinition>,
+    /// By name: the unversioned definition, then the versioned ones. Looked up by
+    /// `&str` without allocating.
+    table: BTreeMap<String, ExportedName>,
+    /// The number of `(name, version)` entries.
+    count: usize,
+}
+
+/// The exports of one name.
+#[derive(Debug, Clone, Default)]
+struct ExportedName {
+    unversioned: Option<SymbolDefinition>,
+    versioned: Vec<(String, SymbolDefinition)>,
 }
 
 impl ExportedSymbols {
@@ -98,15 +110,20 @@ impl ExportedSymbols {
         Self::default()
     }
 
-    /// Exports `definition` as `name` (unversioned: it satisfies every version).
+    /// Exports `definition` as `name` (unversioned: it satisfies every version),
+    /// replacing an earlier unversioned export of `name`.
     ///
     /// # Safety
     /// `definition` meets [`SymbolProvider`]'s contract.
     pub unsafe fn insert(&mut self, name: &str, definition: SymbolDefinition) {
-        self.table.insert((name.to_string(), None), definition);
+        let entry = self.table.entry(name.to_string()).or_default();
+        if entry.unversioned.replace(definition).is_none() {
+            self.count += 1;
+        }
     }
 
-    /// Exports `definition` as `name@version` only.
+    /// Exports `definition` as `name@version` only, replacing an earlier export of
+    /// that pair.
     ///
     /// # Safety
     /// `definition` meets [`SymbolProvider`]'s contract.
@@ -116,18 +133,28 @@ impl ExportedSymbols {
         version: &str,
         definition: SymbolDefinition,
     ) {
-        self.table
-            .insert((name.to_string(), Some(version.to_string())), definition);
+        let entry = self.table.entry(name.to_string()).or_default();
+        match entry
+            .versioned
+            .iter_mut()
+            .find(|(existing, _)| existing == version)
+        {
+            Some((_, existing)) => *existing = definition,
+            None => {
+                entry.versioned.push((version.to_string(), definition));
+                self.count += 1;
+            }
+        }
     }
 
-    /// The number of exports.
+    /// The number of exports (`(name, version)` pairs).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.count
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.count == 0
     }
 }
 
@@ -135,12 +162,61 @@ impl ExportedSymbols {
 // promised the contract.
 unsafe impl SymbolProvider for ExportedSymbols {
     fn resolve(&self, request: &SymbolRequest<'_>) -> Option<SymbolDefinition> {
-        let name = request.name.to_string();
+        let entry = self.table.get(request.name)?;
         if let Some(version) = request.version
-            && let Some(definition) = self.table.get(&(name.clone(), Some(version.to_string())))
+            && let Some((_, definition)) = entry.versioned.iter().find(|(name, _)| name == version)
         {
             return Some(*definition);
         }
-        self.table.get(&(name, None)).copied()
+        entry.unversioned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(address: u64) -> SymbolDefinition {
+        SymbolDefinition {
+            address: VirtAddr::new(address),
+            size: None,
+        }
+    }
+
+    fn request<'a>(name: &'a str, version: Option<&'a str>) -> SymbolRequest<'a> {
+        SymbolRequest {
+            name,
+            version,
+            copy_source: false,
+        }
+    }
+
+    #[test]
+    fn exported_symbols_match_names_and_versions() {
+        let mut exports = ExportedSymbols::new();
+        // SAFETY: the definitions are never used as addresses.
+        unsafe {
+            exports.insert("memcpy", at(0x1000));
+            exports.insert_versioned("memcpy", "GLIBC_2.14", at(0x2000));
+            exports.insert_versioned("memcpy", "GLIBC_2.14", at(0x3000));
+            exports.insert_versioned("stat", "GLIBC_2.33", at(0x4000));
+        }
+        assert_eq!(exports.len(), 3);
+        assert_eq!(
+            exports.resolve(&request("memcpy", Some("GLIBC_2.14"))),
+            Some(at(0x3000))
+        );
+        assert_eq!(
+            exports.resolve(&request("memcpy", Some("GLIBC_2.2.5"))),
+            Some(at(0x1000))
+        );
+        assert_eq!(exports.resolve(&request("memcpy", None)), Some(at(0x1000)));
+        assert_eq!(exports.resolve(&request("stat", None)), None);
+        assert_eq!(exports.resolve(&request("stat", Some("GLIBC_2.2.5"))), None);
+        assert_eq!(
+            exports.resolve(&request("stat", Some("GLIBC_2.33"))),
+            Some(at(0x4000))
+        );
+        assert_eq!(exports.resolve(&request("open", None)), None);
     }
 }
