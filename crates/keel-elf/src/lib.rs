@@ -85,8 +85,11 @@
 //! # Unsafe fence
 //! The crate root denies `unsafe_code`. It is allowed in `image` (every write into
 //! and read from a mapped object, each bounds-checked against its segments, and the
-//! calls of initializers, finalizers and ifunc resolvers), in `linker` (the unsafe
-//! [`Linker::load`] and [`Linker::finalize`] entry points and its calls into `image`),
+//! calls of initializers, finalizers and ifunc resolvers); in three small children of
+//! `linker`, whose own module has none: `linker::lifecycle` (the unsafe
+//! [`Linker::load`], [`Linker::load_bytes`] and [`Linker::finalize`], running the
+//! initializers and finalizers), `linker::mapping` (mapping segments, an object's
+//! `Image`) and `linker::relocate` (applying relocations, running ifunc resolvers);
 //! and in `host` (`mmap`, `dlopen`/`dlvsym`/`dladdr1`, and the per-thread TLS blocks
 //! behind its `__tls_get_addr`); `memory` and `symbols` only declare their
 //! `unsafe trait`s (and `symbols` implements its own for its small providers and has
@@ -117,7 +120,6 @@ mod hash;
 pub mod host;
 #[allow(unsafe_code)]
 mod image;
-#[allow(unsafe_code)]
 mod linker;
 #[allow(unsafe_code)]
 mod memory;

@@ -9,8 +9,7 @@ use alloc::vec::Vec;
 
 use keel_types::VirtAddr;
 
-use crate::image::{Image, run_finalizer, run_initializer, run_resolver};
-use crate::memory::{Memory, PAGE_SIZE, PageRange, Protection, align_down, align_up};
+use crate::memory::{Memory, PageRange};
 use crate::object::{
     FunctionArray, ObjectFile, ObjectKind, StackRequirement, SymbolBinding, SymbolKind,
 };
@@ -18,6 +17,16 @@ use crate::relocation::RelocationKind;
 use crate::symbols::{SymbolProvider, SymbolRequest};
 use crate::tls::{NoThreadLocalStorage, ThreadLocalStorage, TlsModuleId, TlsTemplate};
 use crate::{LinkError, MissingSymbol, ObjectError};
+
+// The linker's unsafe parts, each allowed by name: the entry points and the calls of
+// initializers and finalizers, the mapping of segments, the application of
+// relocations. This module itself has no unsafe code.
+#[allow(unsafe_code)]
+mod lifecycle;
+#[allow(unsafe_code)]
+mod mapping;
+#[allow(unsafe_code)]
+mod relocate;
 
 /// The names the kernel provides itself: a `DT_NEEDED` of one of them resolves to the
 /// exported-symbols provider instead of loading a file (OSv's rule).
@@ -119,14 +128,6 @@ struct LoadedObject {
 }
 
 impl LoadedObject {
-    fn image(&self) -> Image<'_> {
-        // SAFETY: the linker maps every segment before it creates an image (objects are
-        // pushed only after `map_object` succeeded), keeps the writable segments
-        // writable (RELRO pages are never written after sealing: relocations are all
-        // applied before), and owns the reservation until `Drop` releases it.
-        unsafe { Image::new(self.base, &self.file.segments) }
-    }
-
     /// This object's definition satisfying `name`/`version`, as its symbol index.
     fn find_definition(&self, name: &str, version: Option<&str>) -> Option<usize> {
         let symbols = &self.file.symbols;
@@ -261,65 +262,6 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
             options,
             objects: Vec::new(),
             initialization_order: Vec::new(),
-        }
-    }
-
-    /// Loads `name` (a path, or a name searched in the default directories) with its
-    /// dependencies, links it and runs the new objects' initializers, like
-    /// `dlopen(name, RTLD_NOW | RTLD_GLOBAL)`. On error nothing new stays mapped.
-    ///
-    /// # Safety
-    /// The objects are trusted code for this address space: their ifunc resolvers and
-    /// initializers run here, with whatever the exports provide.
-    pub unsafe fn load(&mut self, name: &str) -> Result<ObjectId, LinkError> {
-        if let Some(id) = self.find_loaded(name) {
-            return Ok(id);
-        }
-        let path_candidates = self.candidates(name, None);
-        let (path, bytes) = self.read_first(&path_candidates, name, "")?;
-        // SAFETY: forwarded from the caller.
-        unsafe { self.load_bytes_at(name, &path, bytes.as_ref()) }
-    }
-
-    /// Like [`Linker::load`] for an object already in memory as `bytes`, known as
-    /// `name`; its dependencies are searched as usual.
-    ///
-    /// # Safety
-    /// As for [`Linker::load`].
-    pub unsafe fn load_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<ObjectId, LinkError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.load_bytes_at(name, name, bytes) }
-    }
-
-    unsafe fn load_bytes_at(
-        &mut self,
-        name: &str,
-        path: &str,
-        bytes: &[u8],
-    ) -> Result<ObjectId, LinkError> {
-        let first_new = self.objects.len();
-        let result = self.load_graph(name, path, bytes).and_then(|root| {
-            self.link_new(first_new)?;
-            let plan = if self.options.run_code {
-                Some(self.plan_initialization(root)?)
-            } else {
-                None
-            };
-            Ok((root, plan))
-        });
-        match result {
-            Ok((root, plan)) => {
-                if let Some(plan) = plan {
-                    // SAFETY: forwarded from the caller; every new object is linked and
-                    // the plan's functions were checked.
-                    unsafe { self.initialize(plan) };
-                }
-                Ok(root)
-            }
-            Err(error) => {
-                self.unload_from(first_new);
-                Err(error)
-            }
         }
     }
 
@@ -499,60 +441,9 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
         Ok(ObjectId(self.objects.len() - 1))
     }
 
-    fn map_segments(
-        memory: &mut M,
-        file: &ObjectFile,
-        base: u64,
-        bytes: &[u8],
-        reservation: &PageRange,
-    ) -> Result<(), ObjectError> {
-        for (index, segment) in file.segments.iter().enumerate() {
-            let start = align_down(segment.virtual_address, PAGE_SIZE as u64);
-            let end = align_up(
-                segment.virtual_address + segment.memory_size,
-                PAGE_SIZE as u64,
-            )
-            .ok_or(ObjectError::SegmentAddressOverflow { index })?;
-            let range = PageRange {
-                start: VirtAddr::new(base.wrapping_add(start)),
-                length: (end - start) as usize,
-            };
-            if range.length == 0 {
-                continue;
-            }
-            if !reservation.contains_range(&range) {
-                return Err(ObjectError::SegmentAddressOverflow { index });
-            }
-            memory
-                .map(range, Protection::ReadWrite)
-                .map_err(ObjectError::Memory)?;
-            let file_bytes = bytes
-                .get(
-                    segment.file_offset as usize
-                        ..(segment.file_offset + segment.file_size) as usize,
-                )
-                .ok_or(ObjectError::SegmentOutsideFile { index })?;
-            // `Image` checks writes against a segment's final protection; for the copy
-            // the segment counts as writable, which it is right now.
-            let mut writable = *segment;
-            writable.protection = Protection::ReadWrite;
-            // SAFETY: this segment was just mapped writable inside the object's
-            // reservation, which the linker owns; the image is used only for this copy.
-            let image_for_copy = unsafe { Image::new(base, core::slice::from_ref(&writable)) };
-            image_for_copy.copy_file_bytes(index, &writable, file_bytes)?;
-            if segment.protection != Protection::ReadWrite {
-                memory
-                    .protect(range, segment.protection)
-                    .map_err(ObjectError::Memory)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Resolves every reference of the objects from `first_new` on, then relocates
-    /// them (dependencies first, so that `COPY` sources are relocated), then seals
-    /// their RELRO.
-    fn link_new(&mut self, first_new: usize) -> Result<(), LinkError> {
+    /// Resolves every reference of the objects from `first_new` on, before anything
+    /// is written: all the missing ones make one error.
+    fn resolve_new(&self, first_new: usize) -> Result<Vec<SymbolResolutions>, LinkError> {
         let mut missing: Vec<MissingSymbol> = Vec::new();
         let mut resolutions: Vec<SymbolResolutions> = Vec::new();
         for index in first_new..self.objects.len() {
@@ -615,30 +506,7 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
         if !missing.is_empty() {
             return Err(LinkError::MissingSymbols(missing));
         }
-        for index in (first_new..self.objects.len()).rev() {
-            let table = &resolutions[index - first_new];
-            self.relocate(index, table)
-                .map_err(|error| LinkError::Object {
-                    name: self.objects[index].name.clone(),
-                    error,
-                })?;
-        }
-        for index in first_new..self.objects.len() {
-            let object = &self.objects[index];
-            if let Some((start, length)) = object.file.relro {
-                let range = PageRange {
-                    start: VirtAddr::new(object.base.wrapping_add(start)),
-                    length: length as usize,
-                };
-                self.memory
-                    .protect(range, Protection::Read)
-                    .map_err(|error| LinkError::Memory {
-                        name: object.name.clone(),
-                        error,
-                    })?;
-            }
-        }
-        Ok(())
+        Ok(resolutions)
     }
 
     /// Finds the definition a reference of object `requester` to its symbol
@@ -736,140 +604,6 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
         }
     }
 
-    fn relocate(&self, index: usize, resolutions: &SymbolResolutions) -> Result<(), ObjectError> {
-        let table = &resolutions.ordinary;
-        let object = &self.objects[index];
-        let image = object.image();
-        let base = object.base;
-        for &offset in &object.file.packed_relative {
-            let value = image.read_u64(offset)?;
-            image.write_u64(offset, value.wrapping_add(base))?;
-        }
-        let symbol_value = |symbol_index: u32| -> Result<u64, ObjectError> {
-            match table.get(symbol_index as usize).copied().flatten() {
-                Some(Resolution::Address { address, .. }) => Ok(address),
-                Some(Resolution::IndirectFunction { .. }) if !self.options.run_code => {
-                    Err(ObjectError::CodeExecutionRefused)
-                }
-                Some(Resolution::IndirectFunction { resolver }) => {
-                    // SAFETY: the resolver is the value of an STT_GNU_IFUNC definition in
-                    // a loaded, mapped object; `load`'s caller trusts the objects' code.
-                    Ok(unsafe { run_resolver(resolver) })
-                }
-                None if symbol_index == 0 => Ok(0),
-                None => Err(ObjectError::SymbolIndexOutOfRange {
-                    index: u64::from(symbol_index),
-                }),
-            }
-        };
-        let mut indirect = Vec::new();
-        for relocation in &object.file.relocations {
-            let offset = relocation.offset;
-            let addend = relocation.addend as u64;
-            match relocation.kind {
-                RelocationKind::None => {}
-                RelocationKind::Relative => image.write_u64(offset, base.wrapping_add(addend))?,
-                RelocationKind::Absolute64
-                | RelocationKind::GlobalData
-                | RelocationKind::JumpSlot => {
-                    let value = symbol_value(relocation.symbol_index)?;
-                    image.write_u64(offset, value.wrapping_add(addend))?;
-                }
-                RelocationKind::Pc32 => {
-                    let value = symbol_value(relocation.symbol_index)?;
-                    let place = base.wrapping_add(offset);
-                    let relative = value.wrapping_add(addend).wrapping_sub(place) as i64;
-                    let narrow = i32::try_from(relative)
-                        .map_err(|_| ObjectError::RelocationOverflow { offset })?;
-                    image.write_u32(offset, narrow as u32)?;
-                }
-                RelocationKind::Copy => {
-                    let symbol = object
-                        .file
-                        .symbols
-                        .get(relocation.symbol_index as usize)
-                        .ok_or(ObjectError::SymbolIndexOutOfRange {
-                            index: u64::from(relocation.symbol_index),
-                        })?;
-                    let Some(Resolution::Address {
-                        address,
-                        size,
-                        definer,
-                    }) = resolutions
-                        .copy_sources
-                        .get(relocation.symbol_index as usize)
-                        .copied()
-                        .flatten()
-                    else {
-                        return Err(ObjectError::CopyFromFunction { offset });
-                    };
-                    let length = size.map_or(symbol.size, |size| size.min(symbol.size));
-                    match definer {
-                        Definer::Nothing => return Err(ObjectError::CopyFromFunction { offset }),
-                        Definer::Object(source) => {
-                            // The source must lie in its definer's readable segments, and
-                            // that definer is never the requester (so they do not overlap).
-                            let readable = source != index
-                                && self.objects[source]
-                                    .image()
-                                    .contains_absolute(address, length);
-                            if !readable {
-                                return Err(ObjectError::CopySourceOutsideSegments { offset });
-                            }
-                        }
-                        Definer::Exports => {}
-                    }
-                    // SAFETY: a loaded object's source was checked just above to be
-                    // readable and in another object; an exported source is readable for
-                    // `length` (at most its reported size) by `SymbolProvider`'s contract.
-                    unsafe { image.copy_in(offset, address, length) }?;
-                }
-                RelocationKind::IndirectRelative => indirect.push(*relocation),
-                RelocationKind::TlsModuleId64 => {
-                    let (module, _) =
-                        self.thread_local_definition(index, relocation.symbol_index, table)?;
-                    image.write_u64(offset, module.get())?;
-                }
-                RelocationKind::TlsBlockOffset64 => {
-                    let (_, block_offset) =
-                        self.thread_local_definition(index, relocation.symbol_index, table)?;
-                    image.write_u64(offset, block_offset.wrapping_add(addend))?;
-                }
-                RelocationKind::TlsThreadPointerOffset64 => {
-                    let (module, block_offset) =
-                        self.thread_local_definition(index, relocation.symbol_index, table)?;
-                    let static_offset = self
-                        .thread_local_storage
-                        .static_offset(module)
-                        .ok_or(ObjectError::ThreadLocalStorageUnsupported)?;
-                    image.write_u64(
-                        offset,
-                        (static_offset as u64)
-                            .wrapping_add(block_offset)
-                            .wrapping_add(addend),
-                    )?;
-                }
-            }
-        }
-        // IRELATIVE last: a resolver may read data the other relocations set up.
-        for relocation in indirect {
-            let resolver = base.wrapping_add(relocation.addend as u64);
-            if !image.is_code(resolver) {
-                return Err(ObjectError::ResolverOutsideCode {
-                    offset: relocation.offset,
-                });
-            }
-            if !self.options.run_code {
-                return Err(ObjectError::CodeExecutionRefused);
-            }
-            // SAFETY: the resolver lies in this object's executable segment (checked
-            // just above), its other relocations are applied; `load`'s caller trusts it.
-            let value = unsafe { run_resolver(resolver) };
-            image.write_u64(relocation.offset, value)?;
-        }
-        Ok(())
-    }
-
     /// What initializing `root` runs: the objects not yet initialized among `root` and
     /// its dependencies, dependencies first (post-order over `DT_NEEDED`; a cycle is
     /// broken where it is re-entered), and their functions in order: a PIE root's
@@ -897,20 +631,6 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
             functions.extend(self.functions(index, object.file.init_array)?);
         }
         Ok(InitializationPlan { objects, functions })
-    }
-
-    /// Runs a plan from [`Linker::plan_initialization`].
-    unsafe fn initialize(&mut self, plan: InitializationPlan) {
-        for &index in &plan.objects {
-            self.objects[index].initialized = true;
-            self.initialization_order.push(ObjectId(index));
-        }
-        for function in plan.functions {
-            // SAFETY: each function is in its object's code (checked when planned); the
-            // objects are linked and their dependencies come first in the plan;
-            // `load`'s caller trusts the objects' code.
-            unsafe { run_initializer(function) };
-        }
     }
 
     fn post_order(&self, index: usize, visited: &mut [bool], order: &mut Vec<usize>) {
@@ -948,36 +668,6 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
             functions.push(function);
         }
         Ok(functions)
-    }
-
-    /// Runs the finalizers of every initialized object, in the reverse of the order
-    /// their initializers ran: each object's `DT_FINI_ARRAY` (last entry first), then
-    /// its `DT_FINI`. Every function is checked before the first one runs.
-    ///
-    /// # Safety
-    /// As for [`Linker::load`]; the objects' functions are not in use any more.
-    pub unsafe fn finalize(&mut self) -> Result<(), LinkError> {
-        let mut plan = Vec::new();
-        for &id in self.initialization_order.iter().rev() {
-            let object = &self.objects[id.0];
-            let mut functions = self.functions(id.0, object.file.fini_array)?;
-            functions.reverse();
-            plan.extend(functions);
-            if let Some(fini) = object.file.fini {
-                // DT_FINI was checked at parse time to lie in an executable segment.
-                plan.push(object.base.wrapping_add(fini));
-            }
-        }
-        for id in core::mem::take(&mut self.initialization_order) {
-            self.objects[id.0].initialized = false;
-        }
-        for function in plan {
-            // SAFETY: each function is in its object's code (checked when planned), the
-            // object was initialized and is still mapped; the caller trusts the code and
-            // no longer uses the objects.
-            unsafe { run_finalizer(function) };
-        }
-        Ok(())
     }
 
     /// The address of `name` (optionally `name@version`) defined by object `id`.
