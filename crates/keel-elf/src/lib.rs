@@ -26,8 +26,9 @@
 //! - [`ObjectFile`]: one object parsed and validated into owned tables;
 //!   [`RelocationKind`], the typed x86-64 relocations.
 //! - Errors: [`LinkError`] (with the object's name) over [`ObjectError`] (what is
-//!   wrong with one object) and [`MemoryError`]. Missing symbols are reported all at
-//!   once, each with its version and the object that needs it.
+//!   wrong with one object) and [`MemoryError`], each with a `Display` message. Missing
+//!   symbols are reported all at once, each with its version and the object that needs
+//!   it.
 //!
 //! With the `host` feature (and in this crate's tests), `host` provides `HostMemory`
 //! (`mmap`/`mprotect`), `HostLibraries` (the host glibc's symbols through
@@ -114,6 +115,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "host"))]
 extern crate std;
 
+mod errors_display;
 mod hash;
 #[cfg(any(test, feature = "host"))]
 #[allow(unsafe_code)]
