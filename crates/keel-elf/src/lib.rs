@@ -64,8 +64,11 @@
 //!   variable's offset in its block, `TPOFF64` the implementation's static offset plus
 //!   that (refused when it has none, as on the host). A TLS symbol of the exports and
 //!   `TLSDESC` (`-mtls-dialect=gnu2`) are refused.
-//! - Not yet: `dlclose` of one object, `RTLD_LOCAL`, `dladdr`, `dl_iterate_phdr`, the
-//!   static TLS layout at thread creation (the guest's `ThreadLocalStorage`).
+//! - [`Linker::object_info`] reports what `dl_iterate_phdr` hands an unwinder: the
+//!   load bias, the program headers in memory and `.eh_frame_hdr` (`PT_GNU_EH_FRAME`).
+//! - Not yet: `dlclose` of one object, `RTLD_LOCAL`, `dladdr`, `dl_iterate_phdr`
+//!   itself (the libc's, over `object_info`), the static TLS layout at thread creation
+//!   (the guest's `ThreadLocalStorage`).
 //!
 //! # Hashing is Keel's own
 //! Symbol lookup goes through the object's GNU hash table (Bloom filter, buckets,

@@ -172,6 +172,14 @@ pub struct ObjectFile {
     pub stack: StackRequirement,
     /// `e_entry` (relative), zero if none.
     pub entry: u64,
+    /// Where the program header table is in the loaded image (relative), if a
+    /// `PT_LOAD` maps it (`PT_PHDR`, or the segment whose file bytes hold `e_phoff`):
+    /// what `dl_iterate_phdr` reports as `dlpi_phdr`.
+    pub program_headers: Option<u64>,
+    /// `e_phnum`.
+    pub program_header_count: u16,
+    /// `PT_GNU_EH_FRAME` (relative): `.eh_frame_hdr`, which unwinders look up.
+    pub eh_frame_header: Option<u64>,
     /// `DT_SONAME`.
     pub soname: Option<String>,
     /// `DT_NEEDED`, in order.
@@ -434,6 +442,8 @@ impl ObjectFile {
         let mut stack = StackRequirement::Unspecified;
         let mut thread_local = None;
         let mut has_interpreter = false;
+        let mut eh_frame_header = None;
+        let mut program_header_address = None;
         for program in &program_headers {
             match program.p_type {
                 program_header::PT_GNU_RELRO => {
@@ -481,6 +491,20 @@ impl ObjectFile {
                     });
                 }
                 program_header::PT_INTERP => has_interpreter = true,
+                program_header::PT_GNU_EH_FRAME
+                    if segments
+                        .iter()
+                        .any(|segment| segment.contains(program.p_vaddr, program.p_memsz)) =>
+                {
+                    eh_frame_header = Some(program.p_vaddr);
+                }
+                program_header::PT_PHDR
+                    if segments
+                        .iter()
+                        .any(|segment| segment.contains(program.p_vaddr, program.p_memsz)) =>
+                {
+                    program_header_address = Some(program.p_vaddr);
+                }
                 _ => {}
             }
         }
@@ -682,6 +706,18 @@ impl ObjectFile {
             relro,
             stack,
             entry: header.e_entry,
+            program_headers: program_header_address.or_else(|| {
+                // No PT_PHDR (shared objects rarely have one): the segment whose file
+                // bytes hold the table maps it.
+                let table_size = u64::from(header.e_phnum) * u64::from(header.e_phentsize);
+                segments.iter().find_map(|segment| {
+                    let start = header.e_phoff.checked_sub(segment.file_offset)?;
+                    (start.checked_add(table_size)? <= segment.file_size)
+                        .then(|| segment.virtual_address + start)
+                })
+            }),
+            program_header_count: header.e_phnum,
+            eh_frame_header,
             soname,
             needed,
             runpath,

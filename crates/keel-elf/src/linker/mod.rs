@@ -235,6 +235,14 @@ pub struct ObjectInfo {
     pub stack: StackRequirement,
     /// What each `DT_NEEDED` resolved to, in order.
     pub dependencies: Vec<Dependency>,
+    /// What to add to its link-time addresses (`dl_iterate_phdr`'s `dlpi_addr`).
+    pub load_bias: u64,
+    /// Its program header table in memory (`dlpi_phdr`), if a segment maps it.
+    pub program_headers: Option<VirtAddr>,
+    /// The number of program headers (`dlpi_phnum`).
+    pub program_header_count: u16,
+    /// Its `.eh_frame_hdr` in memory (`PT_GNU_EH_FRAME`), for unwinders.
+    pub eh_frame_header: Option<VirtAddr>,
 }
 
 impl<M: Memory, E: SymbolProvider, L: LibrarySource> Linker<M, E, L> {
@@ -694,6 +702,16 @@ impl<M: Memory, E: SymbolProvider, L: LibrarySource, T: ThreadLocalStorage> Link
             base: object.reservation.start,
             stack: object.file.stack,
             dependencies: object.dependencies.clone(),
+            load_bias: object.base,
+            program_headers: object
+                .file
+                .program_headers
+                .map(|address| VirtAddr::new(object.base.wrapping_add(address))),
+            program_header_count: object.file.program_header_count,
+            eh_frame_header: object
+                .file
+                .eh_frame_header
+                .map(|address| VirtAddr::new(object.base.wrapping_add(address))),
         })
     }
 

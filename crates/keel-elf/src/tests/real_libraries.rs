@@ -234,3 +234,33 @@ fn libsqlite3_in_memory_table_with_ten_thousand_rows_and_an_aggregate() {
     // SAFETY: the database is closed; nothing of sqlite is in use.
     unsafe { linker.finalize() }.expect("finalizers run");
 }
+
+#[test]
+fn what_dl_iterate_phdr_needs_is_reported() {
+    let file = std::fs::read(LIBZ).expect("libz");
+    let mut linker = host_linker();
+    // SAFETY: Debian's libz is trusted code for this process.
+    let id = unsafe { linker.load(LIBZ) }.expect("libz loads");
+    let info = linker.object_info(id).expect("info");
+    let phoff = u64::from_le_bytes(file[0x20..0x28].try_into().expect("e_phoff")) as usize;
+    let phnum = u16::from_le_bytes([file[0x38], file[0x39]]);
+    assert_eq!(info.program_header_count, phnum);
+    let headers = info
+        .program_headers
+        .expect("the first PT_LOAD maps the program headers")
+        .as_u64();
+    // SAFETY: the table lies in libz's first, readable segment, which stays mapped
+    // while `linker` lives.
+    let mapped =
+        unsafe { core::slice::from_raw_parts(headers as *const u8, usize::from(phnum) * 56) };
+    assert_eq!(mapped, &file[phoff..phoff + usize::from(phnum) * 56]);
+    let eh_frame_header = info.eh_frame_header.expect("PT_GNU_EH_FRAME").as_u64();
+    // SAFETY: `.eh_frame_hdr` lies in a readable segment of libz, still mapped.
+    let version = unsafe { *(eh_frame_header as *const u8) };
+    assert_eq!(version, 1, ".eh_frame_hdr version");
+    assert_eq!(
+        info.load_bias,
+        info.base.as_u64(),
+        "libz's first segment is at link address 0"
+    );
+}
