@@ -264,3 +264,69 @@ fn what_dl_iterate_phdr_needs_is_reported() {
         "libz's first segment is at link address 0"
     );
 }
+
+/// The protection `/proc/self/maps` shows for the page at `address` (`r-x`, ...).
+fn mapped_protection(maps: &str, address: u64) -> Option<std::string::String> {
+    maps.lines().find_map(|line| {
+        let (range, rest) = line.split_once(' ')?;
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        (start <= address && address < end).then(|| rest[..3].into())
+    })
+}
+
+#[test]
+fn the_kernel_sees_w_xor_x_and_a_read_only_relro() {
+    let bytes = std::fs::read(LIBZ).expect("libz");
+    let file = crate::ObjectFile::parse(&bytes).expect("parses");
+    let (relro_start, relro_length) = file.relro.expect("libz has PT_GNU_RELRO");
+    let mut linker = host_linker();
+    // SAFETY: Debian's libz is trusted code for this process.
+    let id = unsafe { linker.load(LIBZ) }.expect("libz loads");
+    let info = linker.object_info(id).expect("info");
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let page = crate::PAGE_SIZE as u64;
+    let mut checked = 0;
+    for segment in &file.segments {
+        let first = segment.virtual_address / page;
+        let last = (segment.virtual_address + segment.memory_size).div_ceil(page);
+        for number in first..last {
+            let link_address = number * page;
+            let in_relro = link_address >= relro_start && link_address < relro_start + relro_length;
+            let expected = match (segment.protection, in_relro) {
+                (_, true) => "r--",
+                (crate::Protection::Read, false) => "r--",
+                (crate::Protection::ReadWrite, false) => "rw-",
+                (crate::Protection::ReadExecute, false) => "r-x",
+                (crate::Protection::Inaccessible, false) => "---",
+            };
+            let address = info.load_bias + link_address;
+            assert_eq!(
+                mapped_protection(&maps, address).as_deref(),
+                Some(expected),
+                "page {link_address:#x}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+    // Nothing in the whole reservation is writable and executable.
+    for line in maps.lines() {
+        let Some((range, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((start, _)) = range.split_once('-') else {
+            continue;
+        };
+        let start = u64::from_str_radix(start, 16).unwrap_or(0);
+        if start >= info.base.as_u64() && start < info.base.as_u64() + file.image_span {
+            assert!(
+                !(rest.as_bytes()[1] == b'w' && rest.as_bytes()[2] == b'x'),
+                "{line}"
+            );
+        }
+    }
+}
