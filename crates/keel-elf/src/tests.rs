@@ -1,0 +1,5 @@
+//! Host tests: Debian's real libraries, objects gcc builds at test time, and bad input.
+
+mod gcc;
+mod malformed;
+mod real_libraries;
