@@ -1067,31 +1067,40 @@ mod tests {
     }
 
     /// A spinner takes a mutex released while it watches, without counting itself
-    /// in or sleeping. Whether the release falls inside the spin (at most 0.5–0.7 µs) is
-    /// up to the OS scheduler, so the test tries up to 1000 times and passes on the
-    /// first spin that took the mutex; only a spin that can never see a release fails.
+    /// in or sleeping: the release happens at its third look.
     #[test]
     fn waiter_takes_a_mutex_released_while_it_spins() {
+        // Deterministic: the mutex is held (by this thread, which counts as running),
+        // and the release happens at the spinner's third look, through the test
+        // parker's look hook. (The test had a second thread release it, which needed
+        // the host to schedule that thread inside the spin's window: in a CI run with
+        // the machine's two cores loaded, 1000 tries never hit it.)
         let mutex = Arc::new(Raw::new());
-        let mut spun_to_it = false;
-        for _ in 0..1000 {
-            let (handle, release) = holder(&mutex, false);
-            mutex.spin_limit.store(MAX_SPINS, CoreOrdering::Relaxed);
-            release.store(true, core::sync::atomic::Ordering::SeqCst);
-            if mutex.spin_on_owner() {
-                spun_to_it = true;
-                // SAFETY: the spin acquired it.
-                unsafe { mutex.release() };
-            }
-            handle.join().unwrap();
-            if spun_to_it {
-                break;
-            }
-        }
-        assert!(
-            spun_to_it,
-            "no spin ever took the mutex its holder released"
+        mutex.lock();
+        mutex.spin_limit.store(MAX_SPINS, CoreOrdering::Relaxed);
+        let (releaser, looks) = (
+            Arc::clone(&mutex),
+            Arc::new(core::sync::atomic::AtomicU32::new(0)),
         );
+        let counted = Arc::clone(&looks);
+        TestParker::set_look_hook(Some(std::boxed::Box::new(move || {
+            if counted.fetch_add(1, core::sync::atomic::Ordering::Relaxed) == 2 {
+                // SAFETY: the mutex is held (by this thread) and released once here.
+                unsafe { releaser.release() };
+            }
+        })));
+        let took_it = mutex.spin_on_owner();
+        TestParker::set_look_hook(None);
+        let looked = looks.load(core::sync::atomic::Ordering::Relaxed);
+        assert!(
+            took_it,
+            "the spin did not take the mutex released at its third look"
+        );
+        assert!((3..MAX_SPINS).contains(&looked), "{looked} looks");
+        assert!(mutex.is_locked());
+        // SAFETY: the spin acquired it.
+        unsafe { mutex.release() };
+        assert!(!mutex.is_locked());
     }
 
     #[test]

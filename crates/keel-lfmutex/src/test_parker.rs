@@ -20,6 +20,18 @@ static RUNNING: RunningTable = RunningTable::new();
 
 std::thread_local! {
     static CURRENT_ID: Cell<u64> = const { Cell::new(0) };
+    /// Run by this thread's next `owner_is_running` calls (one per spin look) while
+    /// set: lets a test act at an exact point of a spin.
+    static LOOK_HOOK: core::cell::RefCell<Option<std::boxed::Box<dyn FnMut()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+impl TestParker {
+    /// Makes `hook` run at each of this thread's spin looks until it is cleared with
+    /// `None`.
+    pub(crate) fn set_look_hook(hook: Option<std::boxed::Box<dyn FnMut()>>) {
+        LOOK_HOOK.with(|slot| *slot.borrow_mut() = hook);
+    }
 }
 
 // SAFETY: `std::thread::park`/`unpark` have token semantics and may return
@@ -53,6 +65,11 @@ unsafe impl Parker for TestParker {
     }
 
     fn owner_is_running(owner: ThreadId, _cpu_hint: u32) -> bool {
+        LOOK_HOOK.with(|slot| {
+            if let Some(hook) = slot.borrow_mut().as_mut() {
+                hook();
+            }
+        });
         RUNNING.is_running(owner)
     }
 }
