@@ -151,9 +151,10 @@ fn single_page(criterion: &mut Criterion) {
     group.finish();
 }
 
-fn single_page_burst(criterion: &mut Criterion) {
-    const BURST: usize = 64;
-    let mut group = criterion.benchmark_group("pagealloc/single-page-burst-64");
+/// `pagealloc/single-page-burst-BURST`: `BURST` single pages allocated, then freed;
+/// ours through a 64-page cache, the peer bare.
+fn single_page_burst<const BURST: usize>(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group(format!("pagealloc/single-page-burst-{BURST}"));
     configure(&mut group);
 
     let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
@@ -291,41 +292,6 @@ fn single_page_like_for_like(criterion: &mut Criterion) {
         });
         group.finish();
     }
-    {
-        const BURST: usize = 256;
-        let mut group = criterion.benchmark_group("pagealloc/single-page-burst-256");
-        configure(&mut group);
-        let mut metadata = vec![PageMeta::UNAVAILABLE; PAGES];
-        let mut global = keel_allocator(&mut metadata);
-        let mut cache = PerCpuPageCache::<64>::new();
-        let mut pages = [PageFrameNumber::new(0); BURST];
-        group.bench_function("keel", |bencher| {
-            bencher.iter(|| {
-                for page in &mut pages {
-                    *page = cache.alloc(&mut global, &handed_out).expect("page");
-                }
-                for &page in black_box(&pages) {
-                    cache
-                        .free(page, &mut global, &handed_out)
-                        .expect("free page");
-                }
-            });
-        });
-        cache.drain_all(&mut global);
-        let mut peer = peer_allocator();
-        let mut frames = [0usize; BURST];
-        group.bench_function("buddy_system_allocator", |bencher| {
-            bencher.iter(|| {
-                for frame in &mut frames {
-                    *frame = peer.alloc(1).expect("page");
-                }
-                for &frame in black_box(&frames) {
-                    peer.dealloc(frame, 1);
-                }
-            });
-        });
-        group.finish();
-    }
 }
 
 fn split_merge_18_levels(criterion: &mut Criterion) {
@@ -357,7 +323,8 @@ fn split_merge_18_levels(criterion: &mut Criterion) {
 criterion_group!(
     benches,
     single_page,
-    single_page_burst,
+    single_page_burst::<64>,
+    single_page_burst::<256>,
     runs,
     single_page_like_for_like,
     split_merge_18_levels
