@@ -92,6 +92,7 @@ mod heap;
 mod interrupts;
 mod liveness;
 mod memory;
+mod mutex;
 mod paging;
 mod shootdown;
 mod threads;
