@@ -43,6 +43,29 @@ fn configure<'a>(
     group
 }
 
+/// The peer of a load case: glibc's `dlopen(path, RTLD_NOW | RTLD_LOCAL)` and
+/// `dlclose`, as `glibc` in `group`.
+fn bench_glibc_dlopen(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    path: &str,
+) {
+    let c_path = CString::new(path).expect("path");
+    group.bench_function("glibc", |bencher| {
+        bencher.iter(|| {
+            // SAFETY: a NUL-terminated path to a system library.
+            let handle = unsafe {
+                libc::dlopen(
+                    black_box(c_path.as_ptr()),
+                    libc::RTLD_NOW | libc::RTLD_LOCAL,
+                )
+            };
+            assert!(!handle.is_null());
+            // SAFETY: the handle just returned, closed once.
+            unsafe { libc::dlclose(handle) };
+        });
+    });
+}
+
 fn keel_linker() -> Linker<HostMemory, HostLibraries, FileSystem> {
     Linker::new(
         HostMemory::new(),
@@ -64,21 +87,7 @@ fn load_cases(criterion: &mut Criterion) {
                 drop(linker);
             });
         });
-        let c_path = CString::new(path).expect("path");
-        group.bench_function("glibc", |bencher| {
-            bencher.iter(|| {
-                // SAFETY: a NUL-terminated path to a system library.
-                let handle = unsafe {
-                    libc::dlopen(
-                        black_box(c_path.as_ptr()),
-                        libc::RTLD_NOW | libc::RTLD_LOCAL,
-                    )
-                };
-                assert!(!handle.is_null());
-                // SAFETY: the handle just returned, closed once.
-                unsafe { libc::dlclose(handle) };
-            });
-        });
+        bench_glibc_dlopen(&mut group, path);
         group.finish();
     }
 }
@@ -137,21 +146,7 @@ fn table_cases(criterion: &mut Criterion) {
                 drop(linker);
             });
         });
-        let c_path = CString::new(path).expect("path");
-        group.bench_function("glibc", |bencher| {
-            bencher.iter(|| {
-                // SAFETY: a NUL-terminated path to a system library.
-                let handle = unsafe {
-                    libc::dlopen(
-                        black_box(c_path.as_ptr()),
-                        libc::RTLD_NOW | libc::RTLD_LOCAL,
-                    )
-                };
-                assert!(!handle.is_null());
-                // SAFETY: the handle just returned, closed once.
-                unsafe { libc::dlclose(handle) };
-            });
-        });
+        bench_glibc_dlopen(&mut group, path);
         group.finish();
     }
 }

@@ -121,6 +121,21 @@ fn handed_out_words() -> Vec<core::sync::atomic::AtomicU64> {
         .collect()
 }
 
+/// One single page allocated and freed per iteration through `cache` over `source`.
+fn cached_page_round_trips(
+    bencher: &mut criterion::Bencher<'_>,
+    cache: &mut PerCpuPageCache<64>,
+    source: &mut impl PageSource,
+    handed_out: &HandedOutPages<'_>,
+) {
+    bencher.iter(|| {
+        let page = cache.alloc(source, handed_out).expect("page");
+        cache
+            .free(black_box(page), source, handed_out)
+            .expect("free page");
+    });
+}
+
 fn single_page(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("pagealloc/single-page");
     configure(&mut group);
@@ -131,12 +146,7 @@ fn single_page(criterion: &mut Criterion) {
     let words = handed_out_words();
     let handed_out = HandedOutPages::new(&words, PageFrameNumber::new(0));
     group.bench_function("keel", |bencher| {
-        bencher.iter(|| {
-            let page = cache.alloc(&mut global, &handed_out).expect("page");
-            cache
-                .free(black_box(page), &mut global, &handed_out)
-                .expect("free page");
-        });
+        cached_page_round_trips(bencher, &mut cache, &mut global, &handed_out);
     });
     cache.drain_all(&mut global);
     assert_eq!(global.rejected_free_count(), 0);
@@ -250,24 +260,18 @@ fn single_page_like_for_like(criterion: &mut Criterion) {
         let mut global = keel_allocator(&mut metadata);
         let mut cache = PerCpuPageCache::<64>::new();
         group.bench_function("keel", |bencher| {
-            bencher.iter(|| {
-                let page = cache.alloc(&mut global, &handed_out).expect("page");
-                cache
-                    .free(black_box(page), &mut global, &handed_out)
-                    .expect("free page");
-            });
+            cached_page_round_trips(bencher, &mut cache, &mut global, &handed_out);
         });
         cache.drain_all(&mut global);
         let mut peer = peer_allocator();
         let mut peer_cache = PerCpuPageCache::<64>::new();
         group.bench_function("buddy_system_allocator", |bencher| {
-            bencher.iter(|| {
-                let mut source = PeerPages(&mut peer);
-                let page = peer_cache.alloc(&mut source, &handed_out).expect("page");
-                peer_cache
-                    .free(black_box(page), &mut source, &handed_out)
-                    .expect("free page");
-            });
+            cached_page_round_trips(
+                bencher,
+                &mut peer_cache,
+                &mut PeerPages(&mut peer),
+                &handed_out,
+            );
         });
         peer_cache.drain_all(&mut PeerPages(&mut peer));
         group.finish();
