@@ -1,0 +1,1 @@
+//! A file-backed block device for host tests (to be written).

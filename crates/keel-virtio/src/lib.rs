@@ -1,0 +1,23 @@
+//! Keel's virtio layer.
+//!
+//! - [`block`]: the block-device trait every storage consumer (the VFS, filesystems,
+//!   the block cache) is written against, and its error type.
+//! - [`blk`]: the virtio-blk driver. It wraps `virtio-drivers`' `VirtIOBlk` and lets
+//!   several threads have requests in flight at once; each request completes by a
+//!   wake-up through `keel-lfmutex`'s `Parker`, never by polling.
+//! - [`hal`]: Keel's `virtio_drivers::Hal`, over a small [`hal::DmaMemory`] trait that
+//!   the kernel implements with its page allocator and identity map.
+//! - `file` (feature `std`): a file-backed block device for host tests.
+//!
+//! Drivers are generic over `Hal`, `Transport` and `Parker`, so they run on the host
+//! against fakes (`tests/support/`) exactly as in the guest.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod blk;
+pub mod block;
+#[cfg(feature = "std")]
+pub mod file;
+pub mod hal;
