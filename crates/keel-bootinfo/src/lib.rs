@@ -20,6 +20,7 @@ use core::fmt;
 pub use keel_types::PhysAddr;
 
 pub mod madt;
+pub mod virtio_mmio;
 
 /// The value of `hvm_start_info.magic`.
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;

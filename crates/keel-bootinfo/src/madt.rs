@@ -32,6 +32,7 @@ const ENTRIES_OFFSET: usize = HEADER_LEN + 8;
 
 const TYPE_LOCAL_APIC: u8 = 0;
 const TYPE_IO_APIC: u8 = 1;
+const TYPE_INTERRUPT_OVERRIDE: u8 = 2;
 const TYPE_LOCAL_X2APIC: u8 = 9;
 
 const FLAG_ENABLED: u32 = 1 << 0;
@@ -86,6 +87,61 @@ impl fmt::Display for MadtError {
     }
 }
 
+/// I/O APICs recorded at most.
+pub const MAX_IO_APICS: usize = 8;
+/// Interrupt source overrides recorded at most.
+pub const MAX_OVERRIDES: usize = 16;
+
+/// One I/O APIC (MADT entry type 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoApicEntry {
+    /// Its I/O APIC id.
+    pub id: u8,
+    /// Physical address of its registers.
+    pub address: PhysAddr,
+    /// The first global system interrupt (GSI) its inputs serve.
+    pub gsi_base: u32,
+}
+
+/// The electrical shape of an interrupt line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineShape {
+    /// Active low (else active high).
+    pub active_low: bool,
+    /// Level triggered (else edge).
+    pub level_triggered: bool,
+}
+
+impl LineShape {
+    /// ISA interrupts: edge triggered, active high.
+    pub const ISA: Self = Self {
+        active_low: false,
+        level_triggered: false,
+    };
+}
+
+/// An interrupt source override (MADT entry type 2): ISA IRQ `source` arrives at
+/// `gsi`, with `shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptOverride {
+    /// The ISA IRQ.
+    pub source: u8,
+    /// The GSI it is wired to.
+    pub gsi: u32,
+    /// Polarity and trigger mode.
+    pub shape: LineShape,
+}
+
+/// Decodes the MPS INTI flags of an override: polarity bits 0-1 (0 = bus default,
+/// 1 = high, 3 = low), trigger bits 2-3 (0 = bus default, 1 = edge, 3 = level). ISA's
+/// default is edge, active high.
+fn line_shape(flags: u16) -> LineShape {
+    LineShape {
+        active_low: flags & 0b11 == 0b11,
+        level_triggered: (flags >> 2) & 0b11 == 0b11,
+    }
+}
+
 /// What the MADT says about the processors and the I/O APIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MadtCpus {
@@ -99,12 +155,49 @@ pub struct MadtCpus {
     pub absent: usize,
     /// Physical address of the first I/O APIC entry, if any.
     pub io_apic: Option<PhysAddr>,
+    io_apics: [IoApicEntry; MAX_IO_APICS],
+    io_apic_count: usize,
+    overrides: [Option<InterruptOverride>; MAX_OVERRIDES],
+    override_count: usize,
+    /// I/O APIC or override entries beyond the limits (not kept).
+    pub interrupt_entries_dropped: usize,
 }
 
 impl MadtCpus {
     /// Local APIC ids of the enabled CPUs, in table order (the boot CPU is usually first).
     pub fn apic_ids(&self) -> &[u32] {
         &self.apic_ids[..self.count]
+    }
+
+    /// The I/O APICs, in table order.
+    pub fn io_apics(&self) -> &[IoApicEntry] {
+        &self.io_apics[..self.io_apic_count]
+    }
+
+    /// The interrupt source overrides, in table order.
+    pub fn overrides(&self) -> impl Iterator<Item = InterruptOverride> + '_ {
+        self.overrides[..self.override_count].iter().flatten().copied()
+    }
+
+    /// Where ISA IRQ `irq` arrives: its override's GSI and shape, else GSI `irq`,
+    /// edge triggered and active high (ACPI's identity mapping for ISA IRQs).
+    pub fn isa_irq(&self, irq: u8) -> (u32, LineShape) {
+        self.overrides()
+            .find(|entry| entry.source == irq)
+            .map_or((u32::from(irq), LineShape::ISA), |entry| {
+                (entry.gsi, entry.shape)
+            })
+    }
+
+    /// The I/O APIC whose inputs include `gsi`, and the input's index: the one with
+    /// the highest base at or below `gsi` (the caller checks the index against the
+    /// chip's own count of inputs).
+    pub fn io_apic_for(&self, gsi: u32) -> Option<(IoApicEntry, u32)> {
+        self.io_apics()
+            .iter()
+            .filter(|chip| chip.gsi_base <= gsi)
+            .max_by_key(|chip| chip.gsi_base)
+            .map(|chip| (*chip, gsi - chip.gsi_base))
     }
 
     fn add(&mut self, id: u32) {
@@ -170,6 +263,11 @@ pub fn parse(bytes: &[u8]) -> Result<MadtCpus, MadtError> {
         online_capable: 0,
         absent: 0,
         io_apic: None,
+        io_apics: [IoApicEntry::default(); MAX_IO_APICS],
+        io_apic_count: 0,
+        overrides: [None; MAX_OVERRIDES],
+        override_count: 0,
+        interrupt_entries_dropped: 0,
     };
     let mut offset = ENTRIES_OFFSET;
     while offset < length {
@@ -185,6 +283,7 @@ pub fn parse(bytes: &[u8]) -> Result<MadtCpus, MadtError> {
         let minimum = match kind {
             TYPE_LOCAL_APIC => 8,
             TYPE_IO_APIC => 12,
+            TYPE_INTERRUPT_OVERRIDE => 10,
             TYPE_LOCAL_X2APIC => 16,
             _ => 2,
         };
@@ -197,8 +296,34 @@ pub fn parse(bytes: &[u8]) -> Result<MadtCpus, MadtError> {
             // Type 0: ACPI processor uid (u8), APIC id (u8), flags (u32).
             TYPE_LOCAL_APIC => cpus.note(u32_at(entry, 4), u32::from(entry[3])),
             // Type 1: I/O APIC id (u8), reserved (u8), address (u32), GSI base (u32).
-            TYPE_IO_APIC if cpus.io_apic.is_none() => {
-                cpus.io_apic = Some(PhysAddr::new(u64::from(u32_at(entry, 4))));
+            TYPE_IO_APIC => {
+                let chip = IoApicEntry {
+                    id: entry[2],
+                    address: PhysAddr::new(u64::from(u32_at(entry, 4))),
+                    gsi_base: u32_at(entry, 8),
+                };
+                cpus.io_apic.get_or_insert(chip.address);
+                if cpus.io_apic_count < MAX_IO_APICS {
+                    cpus.io_apics[cpus.io_apic_count] = chip;
+                    cpus.io_apic_count += 1;
+                } else {
+                    cpus.interrupt_entries_dropped += 1;
+                }
+            }
+            // Type 2: bus (u8, 0 = ISA), source IRQ (u8), GSI (u32), flags (u16).
+            TYPE_INTERRUPT_OVERRIDE => {
+                let flags = u16::from_le_bytes([entry[8], entry[9]]);
+                let item = InterruptOverride {
+                    source: entry[3],
+                    gsi: u32_at(entry, 4),
+                    shape: line_shape(flags),
+                };
+                if cpus.override_count < MAX_OVERRIDES {
+                    cpus.overrides[cpus.override_count] = Some(item);
+                    cpus.override_count += 1;
+                } else {
+                    cpus.interrupt_entries_dropped += 1;
+                }
             }
             // Type 9: reserved (u16), x2APIC id (u32), flags (u32), ACPI uid (u32).
             TYPE_LOCAL_X2APIC => cpus.note(u32_at(entry, 8), u32_at(entry, 4)),
@@ -261,10 +386,82 @@ mod tests {
     }
 
     fn io_apic(address: u32) -> Vec<u8> {
-        let mut entry = std::vec![1, 12, 0, 0];
+        io_apic_with(0, address, 0)
+    }
+
+    fn io_apic_with(id: u8, address: u32, gsi_base: u32) -> Vec<u8> {
+        let mut entry = std::vec![1, 12, id, 0];
         entry.extend_from_slice(&address.to_le_bytes());
-        entry.extend_from_slice(&0u32.to_le_bytes());
+        entry.extend_from_slice(&gsi_base.to_le_bytes());
         entry
+    }
+
+    fn interrupt_override(source: u8, gsi: u32, flags: u16) -> Vec<u8> {
+        let mut entry = std::vec![2, 10, 0, source];
+        entry.extend_from_slice(&gsi.to_le_bytes());
+        entry.extend_from_slice(&flags.to_le_bytes());
+        entry
+    }
+
+    #[test]
+    fn qemu_q35_lists_its_io_apic_and_the_timer_override() {
+        let cpus = parse(QEMU_Q35_SMP2_MAXCPUS4).unwrap();
+        assert_eq!(
+            cpus.io_apics(),
+            &[IoApicEntry {
+                id: 0,
+                address: PhysAddr::new(0xfec0_0000),
+                gsi_base: 0
+            }]
+        );
+        // QEMU wires the PIT's IRQ 0 to GSI 2 and marks the ACPI SCI (IRQ 9) level
+        // triggered, active high.
+        assert_eq!(cpus.isa_irq(0).0, 2);
+        assert_eq!(
+            cpus.isa_irq(9),
+            (
+                9,
+                LineShape {
+                    active_low: false,
+                    level_triggered: true
+                }
+            )
+        );
+        assert_eq!(cpus.isa_irq(4), (4, LineShape::ISA), "no override: identity");
+    }
+
+    #[test]
+    fn overrides_and_several_io_apics_route_gsis() {
+        let bytes = table(&[
+            &local_apic(0, 0, 1),
+            &io_apic_with(1, 0xfec0_0000, 0),
+            &io_apic_with(2, 0xfec1_0000, 24),
+            &interrupt_override(0, 2, 0),
+            &interrupt_override(5, 30, 0b1111),
+        ]);
+        let cpus = parse(&bytes).unwrap();
+        assert_eq!(cpus.io_apics().len(), 2);
+        assert_eq!(cpus.isa_irq(0), (2, LineShape::ISA));
+        assert_eq!(
+            cpus.isa_irq(5),
+            (
+                30,
+                LineShape {
+                    active_low: true,
+                    level_triggered: true
+                }
+            )
+        );
+        let (chip, input) = cpus.io_apic_for(30).unwrap();
+        assert_eq!((chip.id, input), (2, 6));
+        let (chip, input) = cpus.io_apic_for(23).unwrap();
+        assert_eq!((chip.id, input), (1, 23));
+        // A short override entry is malformed, not read past its end.
+        let short = table(&[&[2, 8, 0, 0, 0, 0, 0, 0]]);
+        assert!(matches!(
+            parse(&short),
+            Err(MadtError::BadEntry { kind: 2, .. })
+        ));
     }
 
     #[test]
