@@ -11,6 +11,7 @@ extern crate alloc;
 
 #[cfg(not(feature = "ktest"))]
 mod app;
+mod devices;
 #[cfg(feature = "ktest")]
 mod ktest;
 #[cfg(not(feature = "ktest"))]
@@ -88,6 +89,7 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
     print_banner(info, &memory, cpus_online, memory_start, main_tsc);
     #[cfg(feature = "ktest")]
     ktest::run_early_crash(info);
+    devices::init(info);
     // The application (or the test suite) runs as the first Keel thread; this context
     // becomes CPU 0's idle loop.
     threads::start(cpus_online, move || {
@@ -241,6 +243,11 @@ mod command_line {
         ktest_key("ktest.filter", Values::Text),
         ktest_key("ktest.only", Values::Text),
         ktest_key("ktest.expect_cpus", Values::NumberAtLeast(1)),
+        // QEMU's microvm and Firecracker name their virtio-mmio devices so (devices.rs).
+        key("virtio_mmio.device", Values::Text),
+        // The disk test's patterns (ktest/virtio.rs).
+        ktest_key("ktest.disk_seed", Values::NumberAtLeast(1)),
+        ktest_key("ktest.disk_previous_seed", Values::NumberAtLeast(0)),
         // Read by the SMP start-up in every build (smp.rs).
         key("ktest.ap_stack_above_4g", Values::Flag),
     ];

@@ -42,9 +42,14 @@ pub mod cpu;
 pub mod gdt;
 #[allow(unsafe_code)]
 pub mod interrupts;
+#[allow(unsafe_code)]
+pub mod ioapic;
+pub mod irq;
 pub mod logger;
 #[allow(unsafe_code)]
 pub mod paging;
+#[allow(unsafe_code)]
+pub mod pci;
 #[allow(unsafe_code)]
 pub mod percpu;
 #[allow(unsafe_code)]
@@ -58,6 +63,10 @@ pub mod steal_time;
 #[allow(unsafe_code)]
 pub mod time;
 pub mod tlb;
+#[allow(unsafe_code)]
+pub mod virtio_mmio;
+#[allow(unsafe_code)]
+pub mod virtio_pci;
 
 use bootinfo::{BootInfo, BootInfoError, PhysicalMemory};
 use core::fmt::Write;

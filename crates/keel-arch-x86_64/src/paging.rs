@@ -127,6 +127,8 @@ pub enum PagingError {
     OutOfTableFrames,
     /// The address is not mapped (or mapped by a 1 GiB page, which Keel never creates).
     NotMapped(keel_types::VirtAddr),
+    /// Device memory asked for is already mapped cacheable (as RAM).
+    MappedCacheable(keel_types::VirtAddr),
 }
 
 impl core::fmt::Display for PagingError {
@@ -139,6 +141,12 @@ impl core::fmt::Display for PagingError {
             Self::OutOfTableFrames => write!(f, "page-table frame region exhausted"),
             Self::NotMapped(address) => {
                 write!(f, "{address:#x} is not mapped by a 4 KiB or 2 MiB page")
+            }
+            Self::MappedCacheable(address) => {
+                write!(
+                    f,
+                    "device memory at {address:#x} is already mapped cacheable"
+                )
             }
         }
     }
@@ -682,6 +690,86 @@ fn change_last_level(
         page: address.as_u64(),
         reduced,
         split,
+    })
+}
+
+/// Identity-maps the device registers at `[start, start + size)` uncached (PCD and
+/// PWT), read-write and no-execute, for a driver: PCI configuration space (ECAM), BARs,
+/// virtio-mmio windows. Pages already mapped uncached (the memory map's reserved
+/// regions, the APICs) are left as they are; a page already mapped cacheable is an
+/// error rather than silently kept, since device registers read through a cache give
+/// stale values. Whole 2 MiB stretches that nothing maps yet get 2 MiB pages, so the
+/// 256 MiB of a PCI segment's ECAM costs one page-table frame.
+///
+/// Only non-present entries become present, so no other CPU can hold a translation to
+/// flush (see the module docs); the calling CPU flushes the pages locally.
+pub fn map_device_memory(start: keel_types::PhysAddr, size: u64) -> Result<(), PagingError> {
+    let first = start.as_u64() & !(PAGE - 1);
+    let end = start
+        .as_u64()
+        .checked_add(size.max(1))
+        .and_then(|end| end.checked_next_multiple_of(PAGE))
+        .filter(|&end| end <= 1 << 47)
+        .ok_or(PagingError::NotMapped(keel_types::VirtAddr::new(first)))?;
+    let flags =
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE | UNCACHED;
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _lock = LIVE_TABLES.lock();
+        let mut frames = TABLE_FRAMES.lock();
+        let frames = frames.as_mut().ok_or(PagingError::NoTableRegion)?;
+        let (root, _) = Cr3::read();
+        // SAFETY: CR3 holds the live root table; its frames are identity-mapped RAM
+        // (offset 0 reaches every table frame) and we hold the page-table lock.
+        let mut mapper =
+            unsafe { OffsetPageTable::new(table_at(root.start_address()), VirtAddr::new(0)) };
+        let mut address = first;
+        while address < end {
+            let (level, entry) = final_entry(address)
+                .ok_or(PagingError::NotMapped(keel_types::VirtAddr::new(address)))?;
+            let present = PageTableFlags::from_bits_truncate(entry);
+            if present.contains(PageTableFlags::PRESENT) {
+                if !present.contains(PageTableFlags::NO_CACHE) {
+                    return Err(PagingError::MappedCacheable(keel_types::VirtAddr::new(
+                        address,
+                    )));
+                }
+                let step = [1 << 39, 1 << 30, HUGE, PAGE][level];
+                address = (address & !(step - 1)) + step;
+                continue;
+            }
+            let huge = level <= 2 && address.is_multiple_of(HUGE) && address + HUGE <= end;
+            // SAFETY: an identity mapping of device registers (no RAM is aliased: the
+            // range was not mapped at all), uncached; new table frames come from the
+            // reserved region and are zeroed by the mapper.
+            let result = unsafe {
+                if huge {
+                    let page = Page::<Size2MiB>::containing_address(VirtAddr::new(address));
+                    let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(address));
+                    mapper
+                        .map_to(page, frame, flags | PageTableFlags::HUGE_PAGE, frames)
+                        .map(|flush| flush.flush())
+                        .map_err(|error| matches!(error, MapToError::FrameAllocationFailed))
+                } else {
+                    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(address));
+                    let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(address));
+                    mapper
+                        .map_to(page, frame, flags, frames)
+                        .map(|flush| flush.flush())
+                        .map_err(|error| matches!(error, MapToError::FrameAllocationFailed))
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(true) => {
+                    return Err(PagingError::OutOfTableFrames);
+                }
+                Err(false) => {
+                    return Err(PagingError::NotMapped(keel_types::VirtAddr::new(address)));
+                }
+            }
+            address += if huge { HUGE } else { PAGE };
+        }
+        Ok(())
     })
 }
 

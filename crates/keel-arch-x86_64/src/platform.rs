@@ -1,5 +1,6 @@
-//! Platform discovery from ACPI: the CPUs (local APIC ids from the MADT) and the I/O
-//! APIC. The `acpi` crate finds and validates the tables; the MADT's entries are parsed
+//! Platform discovery from ACPI: the CPUs (local APIC ids from the MADT), the I/O
+//! APICs and interrupt source overrides (MADT), and the PCI Express configuration
+//! space (ECAM) windows (MCFG). The `acpi` crate finds and validates the tables; the MADT's entries are parsed
 //! by `keel_bootinfo::madt` from the table's bytes, so that the choice of the CPUs to
 //! start (enabled ones only, not the merely online-capable) is tested on the host.
 //!
@@ -10,7 +11,8 @@
 
 use crate::paging;
 use acpi::madt::Madt;
-use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use acpi::mcfg::Mcfg;
+use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
 use keel_bootinfo::madt::{self, MadtCpus, MadtError};
 
@@ -62,10 +64,30 @@ impl AcpiHandler for IdentityMapped {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
+/// PCI segments (ECAM windows) recorded at most.
+pub const MAX_PCI_SEGMENTS: usize = 4;
+
+/// One ECAM window from the MCFG: the configuration space of buses
+/// `bus_start..=bus_end` of one PCI segment, 1 MiB per bus from `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcamWindow {
+    /// Physical address of bus 0's configuration space (even if `bus_start` > 0).
+    pub base: keel_types::PhysAddr,
+    /// The PCI segment group.
+    pub segment: u16,
+    /// First bus decoded.
+    pub bus_start: u8,
+    /// Last bus decoded.
+    pub bus_end: u8,
+}
+
 /// What ACPI says about the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Platform {
+    /// The MADT as parsed: CPUs, I/O APICs, interrupt source overrides.
+    pub madt: MadtCpus,
     cpus: MadtCpus,
+    ecam: [Option<EcamWindow>; MAX_PCI_SEGMENTS],
     /// Enabled CPUs listed beyond [`MAX_CPUS`].
     pub cpus_dropped: usize,
     /// CPUs the MADT marks online capable but not enabled (hot-pluggable, absent now):
@@ -85,6 +107,41 @@ impl Platform {
     pub fn cpu_count(&self) -> usize {
         self.cpus.apic_ids().len()
     }
+
+    /// The ECAM windows of the MCFG (none on machines without PCI Express, such as
+    /// microvm).
+    pub fn ecam_windows(&self) -> impl Iterator<Item = EcamWindow> + '_ {
+        self.ecam.iter().flatten().copied()
+    }
+}
+
+/// The MCFG's ECAM windows, if the table exists and is well formed (a length too
+/// short for its fixed part yields none rather than an underflow in the acpi crate).
+fn ecam_windows(tables: &AcpiTables<IdentityMapped>) -> [Option<EcamWindow>; MAX_PCI_SEGMENTS] {
+    let mut windows = [None; MAX_PCI_SEGMENTS];
+    let Ok(mcfg) = tables.find_table::<Mcfg>() else {
+        return windows;
+    };
+    if (mcfg.header().length as usize) < core::mem::size_of::<Mcfg>() {
+        return windows;
+    }
+    for (slot, entry) in windows.iter_mut().zip(mcfg.entries()) {
+        let (base, segment, bus_start, bus_end) = (
+            entry.base_address,
+            entry.pci_segment_group,
+            entry.bus_number_start,
+            entry.bus_number_end,
+        );
+        if bus_start <= bus_end {
+            *slot = Some(EcamWindow {
+                base: keel_types::PhysAddr::new(base),
+                segment,
+                bus_start,
+                bus_end,
+            });
+        }
+    }
+    windows
 }
 
 /// Why the platform could not be discovered.
@@ -127,7 +184,10 @@ pub fn discover(rsdp: keel_types::PhysAddr) -> Result<Platform, PlatformError> {
         )
     };
     let cpus = madt::parse(bytes).map_err(PlatformError::Madt)?;
+    drop(madt);
     Ok(Platform {
+        madt: cpus,
+        ecam: ecam_windows(&tables),
         cpus,
         cpus_dropped: cpus.dropped,
         cpus_online_capable: cpus.online_capable,

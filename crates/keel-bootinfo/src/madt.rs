@@ -176,7 +176,10 @@ impl MadtCpus {
 
     /// The interrupt source overrides, in table order.
     pub fn overrides(&self) -> impl Iterator<Item = InterruptOverride> + '_ {
-        self.overrides[..self.override_count].iter().flatten().copied()
+        self.overrides[..self.override_count]
+            .iter()
+            .flatten()
+            .copied()
     }
 
     /// Where ISA IRQ `irq` arrives: its override's GSI and shape, else GSI `irq`,
@@ -427,7 +430,11 @@ mod tests {
                 }
             )
         );
-        assert_eq!(cpus.isa_irq(4), (4, LineShape::ISA), "no override: identity");
+        assert_eq!(
+            cpus.isa_irq(4),
+            (4, LineShape::ISA),
+            "no override: identity"
+        );
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct RunArguments {
     /// Kill QEMU after this many seconds (default: no limit).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// Attach a raw disk image as virtio-blk (PCI on q35, MMIO on microvm); `,ro`
+    /// attaches it read-only. Repeat for several disks (vda, vdb, ... in order).
+    #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = qemu::parse_disk)]
+    pub disks: Vec<qemu::Disk>,
     /// Kernel arguments, after `--` (listed below), for example `-- app=lockbench
     /// log=debug`.
     #[arg(last = true, value_name = "KERNEL ARGS")]

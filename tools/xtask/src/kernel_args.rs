@@ -101,6 +101,26 @@ const KEYS: &[Key] = &[
         help: "check that the MADT lists exactly N CPUs",
     },
     Key {
+        name: "ktest.disk_seed",
+        values: Values::NumberAtLeast(1),
+        ktest_only: true,
+        help: "the disk test writes pattern N over vda's persistent area",
+    },
+    Key {
+        name: "ktest.disk_previous_seed",
+        values: Values::NumberAtLeast(0),
+        ktest_only: true,
+        help: "the disk test first checks vda's persistent area holds pattern N from the \
+               previous boot (0: a fresh, zeroed image)",
+    },
+    Key {
+        name: "virtio_mmio.device",
+        values: Values::Text,
+        ktest_only: false,
+        help: "a virtio-mmio device, SIZE@BASE:IRQ as Linux reads it (QEMU's microvm \
+               appends one per device; cargo xtask run --disk does it for you)",
+    },
+    Key {
         name: "ktest.ap_stack_above_4g",
         values: Values::Flag,
         ktest_only: false,
