@@ -26,7 +26,7 @@ use keel_arch_x86_64::virtio_pci::{self, MsixPciTransport};
 use keel_arch_x86_64::{ArchInfo, ioapic, paging, virtio_mmio};
 use keel_bootinfo::madt::LineShape;
 use keel_pagealloc::{PageFrameNumber, PageRange};
-use keel_virtio::blk::{BlkStats, DeviceInfo, VirtioBlock};
+use keel_virtio::blk::{BlkStats, VirtioBlock};
 use keel_virtio::block::BlockDevice;
 use keel_virtio::hal::{DmaMemory, KeelHal};
 use virtio_drivers::PhysAddr;
@@ -86,8 +86,6 @@ pub trait Disk: BlockDevice {
     fn handle_interrupt(&self);
     /// The driver's counters.
     fn stats(&self) -> BlkStats;
-    /// What the device is.
-    fn info(&self) -> DeviceInfo;
 }
 
 impl<T> Disk for VirtioBlock<Hal, T, KernelParker>
@@ -100,10 +98,6 @@ where
 
     fn stats(&self) -> BlkStats {
         VirtioBlock::stats(self)
-    }
-
-    fn info(&self) -> DeviceInfo {
-        VirtioBlock::info(self)
     }
 }
 

@@ -97,6 +97,7 @@ mod paging;
 mod shootdown;
 mod threads;
 mod time;
+mod virtio;
 
 /// The console as a `fmt::Write`; each `write_str` is one locked serial write, and the
 /// harness writes whole lines.

@@ -574,6 +574,16 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
         qemu_root: None,
         disks: arguments.disks,
     };
+    let mut options = options;
+    // The test suite's disk cases need their disks: attach fresh ones unless the
+    // developer gave some.
+    if ktest && options.disks.is_empty() {
+        options.disks = crate::test::ktest_disks(false)?;
+        options.append.extend([
+            "ktest.disk_seed=1".into(),
+            "ktest.disk_previous_seed=0".into(),
+        ]);
+    }
     if options.machine == Machine::Microvm {
         microvm_mmio_words(options.disks.len())?;
     }

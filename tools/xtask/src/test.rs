@@ -11,6 +11,41 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// vda of the in-guest disk tests: read-write, shared by the suite boots of one run,
+/// which check each other's patterns (kernel-bin/src/ktest/virtio.rs).
+pub const VDA_BYTES: u64 = 16 << 20;
+/// vdb: read-only.
+pub const VDB_BYTES: u64 = 1 << 20;
+
+/// Makes fresh (zeroed) disk images for the in-guest tests under
+/// target/ktest-disks/: vda (read-write), vdb (read-only) and, with
+/// `short_queue`, a third whose queue (8 entries) is too short for the driver, which
+/// must refuse it by name and boot on.
+pub fn ktest_disks(short_queue: bool) -> Result<Vec<qemu::Disk>, String> {
+    let directory = workspace_root().join("target/ktest-disks");
+    std::fs::create_dir_all(&directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let mut disks = Vec::new();
+    let images: &[(&str, u64, bool, Option<u32>)] = &[
+        ("vda.img", VDA_BYTES, false, None),
+        ("vdb.img", VDB_BYTES, true, None),
+        ("short-queue.img", 1 << 20, false, Some(8)),
+    ];
+    for &(name, bytes, read_only, queue_size) in &images[..if short_queue { 3 } else { 2 }] {
+        let path = directory.join(name);
+        let file = std::fs::File::create(&path)
+            .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+        file.set_len(bytes)
+            .map_err(|error| format!("cannot size {}: {error}", path.display()))?;
+        disks.push(qemu::Disk {
+            path,
+            read_only,
+            queue_size,
+        });
+    }
+    Ok(disks)
+}
+
 /// Time limit for one in-guest test-suite boot.
 const SUITE_LIMIT: Duration = Duration::from_secs(180);
 /// Time limit for one crash-test boot: a crash must be reported within seconds.
@@ -586,9 +621,19 @@ fn guest_stage() -> Result<Stage, String> {
             (label, image, machine, smp, memory, max_cpus, extra, None)
         })
         .chain(x2apic_suite);
-    for (label, image, machine, smp, memory, max_cpus, extra, qemu_root) in suites {
+    // vda carries each boot's pattern to the next (seed = the boot's number); the
+    // first boot also gets a disk the driver must refuse.
+    let mut disks = ktest_disks(true)?;
+    for (boot, (label, image, machine, smp, memory, max_cpus, extra, qemu_root)) in
+        suites.enumerate()
+    {
         eprintln!("xtask: booting the in-guest test suite on {label}");
-        let mut append = vec![format!("ktest.expect_cpus={smp}")];
+        let mut append = vec![
+            format!("ktest.expect_cpus={smp}"),
+            format!("ktest.disk_seed={}", boot + 1),
+            format!("ktest.disk_previous_seed={boot}"),
+            format!("ktest.expect_failed_disks={}", disks.len() - 2),
+        ];
         append.extend(extra.map(String::from));
         let wants_x2apic = qemu_root.is_some();
         let options = QemuOptions {
@@ -598,8 +643,10 @@ fn guest_stage() -> Result<Stage, String> {
             memory: memory.into(),
             append,
             qemu_root,
+            disks: disks.clone(),
             ..QemuOptions::default()
         };
+        disks.truncate(2);
         let outcome = qemu::boot_captured(image, &options, SUITE_LIMIT, Some("  | "))?;
         if wants_x2apic && !outcome.output.contains("apic:   x2APIC") {
             stage.failed += 1;
