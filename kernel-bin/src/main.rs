@@ -11,6 +11,8 @@ extern crate alloc;
 
 #[cfg(not(feature = "ktest"))]
 mod app;
+#[cfg(not(feature = "ktest"))]
+mod blkbench;
 mod devices;
 #[cfg(feature = "ktest")]
 mod ktest;
@@ -108,6 +110,7 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
             let code = match info.boot.command_line_value("app") {
                 Some("lockbench") => passed(lockbench::run(info)),
                 Some("trapbench") => passed(trapbench::run(info)),
+                Some("blkbench") => passed(blkbench::run(info)),
                 _ => app::main(info),
             };
             cpu::exit(code)
@@ -228,7 +231,10 @@ mod command_line {
 
     /// Every key the kernel reads.
     const KEYS: &[Key] = &[
-        key("app", Values::OneOf(&["default", "lockbench", "trapbench"])),
+        key(
+            "app",
+            Values::OneOf(&["default", "lockbench", "trapbench", "blkbench"]),
+        ),
         key(
             "log",
             Values::OneOf(&["off", "error", "warn", "info", "debug", "trace"]),
@@ -238,6 +244,7 @@ mod command_line {
         key("lockbench.work", Values::NumberAtLeast(0)),
         key("trapbench.trips", Values::NumberAtLeast(1)),
         key("trapbench.samples", Values::NumberAtLeast(1)),
+        key("blkbench.random_reads", Values::NumberAtLeast(1)),
         // The harness checks the crash and case names itself.
         ktest_key("ktest.crash", Values::Text),
         ktest_key("ktest.filter", Values::Text),

@@ -34,10 +34,11 @@ struct Key {
 const KEYS: &[Key] = &[
     Key {
         name: "app",
-        values: Values::OneOf(&["default", "lockbench", "trapbench"]),
+        values: Values::OneOf(&["default", "lockbench", "trapbench", "blkbench"]),
         ktest_only: false,
         help: "the application: default (kernel-bin/src/app.rs), lockbench (the \
-               lock-holder-preemption experiment), trapbench (interrupt round trips)",
+               lock-holder-preemption experiment), trapbench (interrupt round trips), \
+               blkbench (disk reads on vda, for cargo xtask bench blk)",
     },
     Key {
         name: "log",
@@ -75,6 +76,12 @@ const KEYS: &[Key] = &[
         values: Values::NumberAtLeast(1),
         ktest_only: false,
         help: "app=trapbench: samples (default 21)",
+    },
+    Key {
+        name: "blkbench.random_reads",
+        values: Values::NumberAtLeast(1),
+        ktest_only: false,
+        help: "app=blkbench: random 4 KiB reads per random workload (default 8192)",
     },
     Key {
         name: "ktest.crash",
