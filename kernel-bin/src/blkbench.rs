@@ -161,5 +161,10 @@ pub fn run(info: &ArchInfo) -> bool {
         nanos,
         before,
     );
+    kprintln!(
+        "blkbench: {} interrupts on vector {:#x} in all",
+        entry.interrupts(),
+        entry.vector
+    );
     true
 }
