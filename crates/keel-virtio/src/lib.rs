@@ -4,9 +4,12 @@
 //!   the block cache) is written against, and its error type.
 //! - [`blk`]: the virtio-blk driver. It wraps `virtio-drivers`' `VirtIOBlk` and lets
 //!   several threads have requests in flight at once; each request completes by a
-//!   wake-up through `keel-lfmutex`'s `Parker`, never by polling.
+//!   wake-up through `keel-lfmutex`'s `Parker`, never by polling (a flush is the
+//!   one exception: see the module docs).
 //! - [`hal`]: Keel's `virtio_drivers::Hal`, over a small [`hal::DmaMemory`] trait that
 //!   the kernel implements with its page allocator and identity map.
+//! - [`handoff`]: the pending-flag hand-off that lets the interrupt handler pass its
+//!   work to the queue lock's holder instead of waiting for the lock.
 //! - `file` (feature `std`): a file-backed block device for host tests.
 //!
 //! Drivers are generic over `Hal`, `Transport` and `Parker`, so they run on the host
@@ -21,3 +24,4 @@ pub mod block;
 #[cfg(feature = "std")]
 pub mod file;
 pub mod hal;
+pub mod handoff;
