@@ -97,17 +97,20 @@ pub fn parse_disk(value: &str) -> Result<Disk, String> {
     })
 }
 
-/// virtio-mmio transports of QEMU's microvm with `ioapic2=off` (hw/i386/microvm.c:
-/// eight 512-byte windows from 0xfeb00000, IRQs 5 + index on the first I/O APIC).
+/// virtio-mmio transports of QEMU's microvm with ACPI on and `ioapic2=off`: eight
+/// 512-byte windows from 0xfeb00000, wired to GSI 16 + index of the first I/O APIC
+/// (seen in QEMU 7.2's `info irq`; with `acpi=off` QEMU wires them to IRQ 5 + index
+/// instead and appends those words itself).
 const MICROVM_TRANSPORTS: usize = 8;
 const MICROVM_MMIO_BASE: u64 = 0xfeb0_0000;
 const MICROVM_MMIO_SIZE: u64 = 512;
-const MICROVM_IRQ_BASE: u64 = 5;
+const MICROVM_IRQ_BASE: u64 = 16;
 
 /// The `virtio_mmio.device=` words naming `disks` on microvm, as Firecracker names its
 /// devices. QEMU plugs the first `-device` into the last transport, the next into the
-/// one before, and so on (with `acpi=off` QEMU appends exactly these words itself, but
-/// then the guest has no MADT; with ACPI on it describes them only in the DSDT's AML).
+/// one before, and so on. (QEMU appends such words itself only with `acpi=off`, and
+/// then the guest has no MADT; with ACPI on it describes the devices only in the
+/// DSDT's AML, which Keel does not interpret.)
 pub fn microvm_mmio_words(disks: usize) -> Result<Vec<String>, String> {
     if disks > MICROVM_TRANSPORTS {
         return Err(format!(
@@ -711,12 +714,13 @@ mod tests {
             disk_arguments(Machine::Microvm, &disks[1..])[3],
             "virtio-blk-device,drive=disk0"
         );
-        // What QEMU 7.2 appends itself for two disks with acpi=off.
+        // QEMU 7.2 puts the first two disks at these windows (what it appends itself
+        // with acpi=off names the same windows, with IRQs 12 and 11).
         assert_eq!(
             microvm_mmio_words(2).unwrap(),
             [
-                "virtio_mmio.device=512@0xfeb00e00:12",
-                "virtio_mmio.device=512@0xfeb00c00:11"
+                "virtio_mmio.device=512@0xfeb00e00:23",
+                "virtio_mmio.device=512@0xfeb00c00:22"
             ]
         );
         assert!(microvm_mmio_words(9).is_err());
