@@ -468,6 +468,7 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
                             .complete_write_blocks(token, &header, buf, &mut status)
                     },
                 };
+                queue.sleepers[slot] = None;
                 // The pop published `used_event` (with VIRTIO_F_EVENT_IDX); order it
                 // before the used-index read in `peek_used`, so that a completion we do
                 // not see is one the device sees `used_event` for, and interrupts.

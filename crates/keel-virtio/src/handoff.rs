@@ -14,34 +14,40 @@
 //!   takes the lock again (with `try_lock` only), clears the flag and does the
 //!   handler's work.
 //!
-//! **No lost interrupt.** Suppose the handler raised `pending` and its `try_lock`
-//! failed because some locker L held the lock. L unlocks and then reads `pending`.
-//! This is the store-buffer pattern: the handler writes `pending` then reads the lock
-//! word; L writes the lock word (unlock) then reads `pending`. With a `SeqCst` fence
-//! between the write and the read on both sides (in [`raise`](InterruptHandoff::raise)
-//! and at the start of [`drain`](InterruptHandoff::drain)), the outcome "the handler
-//! saw the lock held *and* L saw `pending` clear" is impossible: one of the two fences
-//! comes first in the single total order of `SeqCst` operations, and the read after the
-//! later fence sees the write before the earlier one. So either the handler's
-//! `try_lock` succeeds, or L sees `pending` and drains it (or L's own `try_lock` fails
-//! because yet another locker took the lock — which then drains it after its unlock,
-//! by the same argument). The flag is cleared with a `swap` only while holding the
-//! lock, and the work is done after that swap under the same lock hold, so a raise
-//! that comes after the swap leaves `pending` set for the next drain.
+//! **No lost interrupt.** Every access to `pending` is a read-modify-write with
+//! `AcqRel` ordering: the handler's raise is `fetch_or(true)`, and the check after an
+//! unlock is `fetch_or(false)` (a read that is also a write, so that it takes a place
+//! in `pending`'s modification order). Take a raise R whose `try_lock` failed because
+//! a locker L held the lock, and L's check C after its unlock. R and C are ordered in
+//! `pending`'s modification order:
+//! - C after R: C, an RMW, reads the latest value, so it sees `true` (or a later
+//!   raise's `true`, or a `false` written by a drain that already took R's work under
+//!   the lock after R), and L drains.
+//! - C before R: R reads from C (or later), and an `AcqRel` RMW reading from an
+//!   `AcqRel` RMW synchronises with it, so L's unlock (before C in L's program order)
+//!   happens before R's `try_lock`, which therefore sees the lock free: it fails only
+//!   if another locker M took it since, and then the same two cases apply to M.
+//!
+//! So the work is always done by someone, after the raise. A plain `SeqCst` store and
+//! load with fences would also do (the store-buffer pattern), but this form needs only
+//! Release/Acquire reasoning, which loom models exactly (loom weakens `SeqCst`). The
+//! flag is cleared with a `swap` only while holding the lock, and the work is done
+//! after that swap under the same lock hold, so a raise that comes after the swap
+//! leaves `pending` set for the next check.
 //!
 //! The type is generic over the lock (any `try_lock` closure and guard), so that
 //! `loom-tests/tests/virtio_handoff.rs` model-checks exactly this code with a
 //! loom-aware lock; the driver uses it with `spin::Mutex`.
 
-use keel_sync::shim::{AtomicBool, Ordering, fence};
+use keel_sync::shim::{AtomicBool, Ordering};
 
 /// A `pending` flag between an interrupt handler and the holders of a lock (see the
 /// [module docs](self)).
 #[derive(Debug)]
 pub struct InterruptHandoff {
-    /// `true` when an interrupt was raised and its work not yet done. Written with
-    /// `SeqCst` (the store in `raise`, the `swap` in `drain`), each side's write and
-    /// read separated by a `SeqCst` fence.
+    /// `true` when an interrupt was raised and its work not yet done. Only
+    /// read-modify-writes with `AcqRel` (see the module docs), except the snapshot
+    /// in `is_pending`.
     pending: AtomicBool,
 }
 
@@ -65,15 +71,14 @@ impl InterruptHandoff {
     /// Records that an interrupt needs its work done. The caller then calls
     /// [`drain`](Self::drain).
     pub fn raise(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        // Orders the store above before the lock-word read in `drain`'s `try_lock`
-        // (the handler's half of the store-buffer argument in the module docs).
-        fence(Ordering::SeqCst);
+        // An RMW, so that a later check after an unlock either sees it or
+        // synchronises with it (module docs).
+        self.pending.fetch_or(true, Ordering::AcqRel);
     }
 
     /// Whether an interrupt is pending right now (a snapshot, for tests).
     pub fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::SeqCst)
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Does the work of every pending interrupt whose lock can be taken without
@@ -89,17 +94,16 @@ impl InterruptHandoff {
     ) -> usize {
         let mut serviced = 0;
         loop {
-            // Orders the caller's unlock (a store to the lock word) before the read of
-            // `pending` (the lock holder's half of the store-buffer argument).
-            fence(Ordering::SeqCst);
-            if !self.pending.load(Ordering::SeqCst) {
+            // A read as an RMW (`fetch_or(false)`): it either sees a raise or makes the
+            // caller's unlock visible to that raise's `try_lock` (module docs).
+            if !self.pending.fetch_or(false, Ordering::AcqRel) {
                 return serviced;
             }
             let Some(mut guard) = try_lock() else {
                 // Its holder drains after its unlock.
                 return serviced;
             };
-            if self.pending.swap(false, Ordering::SeqCst) {
+            if self.pending.swap(false, Ordering::AcqRel) {
                 service(&mut guard);
                 serviced += 1;
             }
