@@ -4,6 +4,8 @@
 //! - [`HostedArch`] / [`Machine`]: `keel-sched`'s `Arch` with Linux threads as CPUs and
 //!   user-space context switches (see [`sched`]).
 //! - [`StdParker`]: `keel-lfmutex`'s `Parker` on `std::thread::park` / `unpark`.
+//! - [`FileBlockDevice`]: `keel-virtio`'s `BlockDevice` over a host file, for the tests
+//!   of the virtio driver and, later, of the filesystems (see [`block_file`]).
 //!
 //! This is a crate of its own, with `std`, rather than a `std`/`hosted` feature of
 //! `keel-sched` and `keel-lfmutex`: Cargo unifies features across the workspace, so such
@@ -14,10 +16,12 @@
 // its `SAFETY:` argument.
 #![deny(unsafe_code)]
 
+pub mod block_file;
 #[allow(unsafe_code)]
 mod parker;
 #[allow(unsafe_code)]
 pub mod sched;
 
+pub use block_file::FileBlockDevice;
 pub use parker::StdParker;
 pub use sched::{HostedArch, Machine, interrupt_point};

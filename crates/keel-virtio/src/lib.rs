@@ -10,18 +10,13 @@
 //!   the kernel implements with its page allocator and identity map.
 //! - [`handoff`]: the pending-flag hand-off that lets the interrupt handler pass its
 //!   work to the queue lock's holder instead of waiting for the lock.
-//! - `file` (feature `std`): a file-backed block device for host tests.
+//! - A file-backed block device for host tests is `keel_hosted::FileBlockDevice`.
 //!
 //! Drivers are generic over `Hal`, `Transport` and `Parker`, so they run on the host
 //! against fakes (`tests/support/`) exactly as in the guest.
 #![no_std]
 
-#[cfg(feature = "std")]
-extern crate std;
-
 pub mod blk;
 pub mod block;
-#[cfg(feature = "std")]
-pub mod file;
 pub mod hal;
 pub mod handoff;

@@ -1,7 +1,7 @@
 //! `FileBlockDevice`: round trip on a temporary file, read-only refusal, range checks.
 
+use keel_hosted::FileBlockDevice;
 use keel_virtio::block::{BlockDevice, BlockError};
-use keel_virtio::file::FileBlockDevice;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 

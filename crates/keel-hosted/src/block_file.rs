@@ -6,7 +6,7 @@
 //! checked with the same [`check_request`] as the virtio driver's, so both refuse the
 //! same requests with the same errors.
 
-use crate::block::{BlockDevice, BlockError, SECTOR_SIZE, check_request};
+use keel_virtio::block::{BlockDevice, BlockError, SECTOR_SIZE, check_request};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
