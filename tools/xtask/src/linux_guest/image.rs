@@ -378,7 +378,7 @@ pub fn ensure_initramfs(
     for applet in applets
         .lines()
         .map(str::trim)
-        .filter(|name| !name.is_empty())
+        .filter(|name| !name.is_empty() && *name != "busybox")
     {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
             .map_err(|error| format!("cannot link busybox applet {applet}: {error}"))?;
