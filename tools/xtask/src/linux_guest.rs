@@ -35,7 +35,9 @@
 //! emulated time, comparable only with another guest in the same QEMU configuration.
 //!
 //! To try it by hand (it downloads the kernel; CI never runs it):
-//! `cargo test -p xtask linux_guest -- --ignored --nocapture`.
+//! `cargo test -p xtask linux_guest -- --ignored --nocapture`; `LINUX_GUEST_SMP` (default
+//! 2) and `LINUX_GUEST_MEMORY_MIB` (default 256) change the guest, and
+//! `LINUX_GUEST_CONSOLE=1` first boots it once more and prints its whole console.
 
 #![allow(
     dead_code,
@@ -167,6 +169,48 @@ pub fn run_blk_bench(
     memory_mib: u64,
     device_args: &[String],
 ) -> Result<Vec<BlkResult>, String> {
+    let run = boot(guest, smp, memory_mib, device_args)?;
+    for line in run.console.lines().filter(|line| {
+        line.starts_with("keel-linux-guest ") || line.starts_with("keel-blk-device ")
+    }) {
+        eprintln!("xtask: linux-guest: the guest says: {line}");
+    }
+    parse_results(&run.console).map_err(|error| format!("{error}{}", run.context()))
+}
+
+/// What one boot of the guest produced.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    /// Everything the guest printed on the serial console.
+    pub console: String,
+    /// QEMU's stderr.
+    pub qemu_errors: String,
+    /// QEMU's whole process time (boot, workloads, exit).
+    pub elapsed: Duration,
+}
+
+impl GuestRun {
+    /// The end of the console and QEMU's stderr, to append to an error message.
+    fn context(&self) -> String {
+        let mut text = format!("\n--- the guest's console ---\n{}", tail(&self.console, 60));
+        if !self.qemu_errors.trim().is_empty() {
+            text.push_str(&format!(
+                "\n--- QEMU's stderr ---\n{}",
+                self.qemu_errors.trim()
+            ));
+        }
+        text
+    }
+}
+
+/// Boots `guest` as [`run_blk_bench`] does and returns its console once it has ended
+/// through isa-debug-exit with the success code; any other end is an error.
+pub fn boot(
+    guest: &LinuxGuest,
+    smp: u32,
+    memory_mib: u64,
+    device_args: &[String],
+) -> Result<GuestRun, String> {
     ensure_qemu()?;
     let mut command = qemu_command(guest, smp, memory_mib, device_args);
     eprintln!("xtask: linux-guest: {}", command_line(&command));
@@ -221,38 +265,31 @@ pub fn run_blk_bench(
         "xtask: linux-guest: QEMU process time {:.1} s",
         elapsed.as_secs_f64()
     );
-    let context = || {
-        let mut text = format!("\n--- the guest's console ---\n{}", tail(&console, 60));
-        if !qemu_errors.trim().is_empty() {
-            text.push_str(&format!("\n--- QEMU's stderr ---\n{}", qemu_errors.trim()));
-        }
-        text
+    let run = GuestRun {
+        console,
+        qemu_errors,
+        elapsed,
     };
     let Some(exit) = exit else {
         return Err(format!(
             "the Linux guest did not finish within {} s; QEMU was killed{}",
             QEMU_TIME_LIMIT.as_secs(),
-            context()
+            run.context()
         ));
     };
     match exit.code() {
-        Some(GUEST_SUCCESS_STATUS) => {}
-        Some(GUEST_FAILURE_STATUS) => {
-            return Err(format!(
-                "the Linux guest's benchmark failed (it said why on the console){}",
-                context()
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "QEMU ended with {} instead of the guest's isa-debug-exit (a kernel panic \
-                 reboots, and -no-reboot makes that an exit with status 0){}",
-                describe_status(exit),
-                context()
-            ));
-        }
+        Some(GUEST_SUCCESS_STATUS) => Ok(run),
+        Some(GUEST_FAILURE_STATUS) => Err(format!(
+            "the Linux guest's benchmark failed (it said why on the console){}",
+            run.context()
+        )),
+        _ => Err(format!(
+            "QEMU ended with {} instead of the guest's isa-debug-exit (a kernel panic \
+             reboots, and -no-reboot makes that an exit with status 0){}",
+            describe_status(exit),
+            run.context()
+        )),
     }
-    parse_results(&console).map_err(|error| format!("{error}{}", context()))
 }
 
 /// The last `lines` lines of `text`.
@@ -440,7 +477,16 @@ mod tests {
         .into_iter()
         .map(String::from)
         .collect();
-        let results = run_blk_bench(&guest, smp, 256, &device_args)
+        let memory_mib: u64 = std::env::var("LINUX_GUEST_MEMORY_MIB")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(256);
+        if std::env::var_os("LINUX_GUEST_CONSOLE").is_some() {
+            let run = boot(&guest, smp, memory_mib, &device_args)
+                .unwrap_or_else(|error| panic!("boot: {error}"));
+            eprintln!("--- the guest's console ---\n{}---", run.console);
+        }
+        let results = run_blk_bench(&guest, smp, memory_mib, &device_args)
             .unwrap_or_else(|error| panic!("run_blk_bench: {error}"));
         for result in &results {
             eprintln!(
