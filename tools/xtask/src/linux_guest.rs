@@ -64,6 +64,26 @@ pub const WORKLOADS: [&str; 4] = [
     "rand-read-4k-qd16",
 ];
 
+/// How many 4 KiB reads each random workload issues (`RANDOM_READS` in `blkbench.c`).
+pub const RANDOM_READS: u64 = 16384;
+
+/// The xorshift64 state the random workloads start from (`SEED` in `blkbench.c`).
+pub const RANDOM_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The byte offsets the random workloads read, in the order the guest submits them, for
+/// a device of `device_bytes`: the same generator as `blkbench.c`, so that Keel's side of
+/// the bench can read the very same blocks.
+pub fn random_offsets(device_bytes: u64) -> impl Iterator<Item = u64> {
+    let blocks = (device_bytes / 4096).max(1);
+    let mut state = RANDOM_SEED;
+    (0..RANDOM_READS).map(move |_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % blocks) * 4096
+    })
+}
+
 /// A prepared Linux guest: a Debian kernel and an initramfs that runs the workloads.
 #[derive(Debug, Clone)]
 pub struct LinuxGuest {
@@ -132,7 +152,9 @@ pub fn run_blk_bench(
 /// starts with its own number: every block is written, so that no read hits a sparse
 /// file's hole, which the host would answer without touching its disk.
 pub fn create_disk_image(path: &Path, size_mib: u64) -> Result<(), String> {
-    let size = size_mib * 1024 * 1024;
+    let size = size_mib
+        .checked_mul(1024 * 1024)
+        .ok_or(format!("a {size_mib} MiB disk is too large"))?;
     if std::fs::metadata(path).is_ok_and(|meta| meta.len() == size) {
         return Ok(());
     }
@@ -147,6 +169,23 @@ pub fn create_disk_image(path: &Path, size_mib: u64) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn random_offsets_match_blkbench() {
+        let source =
+            std::fs::read_to_string(workspace_root().join("tools/linux-guest/blkbench.c")).unwrap();
+        assert!(source.contains(&format!("#define RANDOM_READS {RANDOM_READS}\n")));
+        assert!(source.contains(&format!("#define SEED {RANDOM_SEED:#x}ULL\n")));
+        let offsets: Vec<u64> = random_offsets(256 << 20).collect();
+        assert_eq!(offsets.len(), 16384);
+        // The first three, as blkbench.c's generator computes them (checked with gcc).
+        assert_eq!(offsets[..3], [81448960, 101146624, 101933056]);
+        assert!(
+            offsets
+                .iter()
+                .all(|offset| offset % 4096 == 0 && *offset < 256 << 20)
+        );
+    }
 
     /// The end-to-end check: downloads the kernel (once), boots the guest on a 256 MiB
     /// disk with virtio-blk-pci, and prints the numbers. Not for CI.
