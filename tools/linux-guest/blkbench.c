@@ -10,20 +10,28 @@
  *                      workload (emulated time under TCG). Exit status 0 on success.
  *   blkbench --exit N  writes N to isa-debug-exit (port 0xf4): QEMU exits (N << 1) | 1.
  *
- * The workloads, all with O_DIRECT so that the page cache is out of the way:
+ * The workloads, all with O_DIRECT so that the page cache is out of the way, mirror
+ * Keel's own (kernel-bin/src/blkbench.rs, app=blkbench) request for request:
  *   seq-read-4k        the whole device, 4 KiB pread()s in order (as dd iflag=direct)
  *   seq-read-64k       the whole device, 64 KiB pread()s in order
- *   rand-read-4k-qd1   RANDOM_READS 4 KiB reads at uniformly random 4 KiB-aligned
- *                      offsets, one in flight, through Linux AIO (io_submit)
- *   rand-read-4k-qd16  the same with 16 in flight (as fio --ioengine=libaio
+ *   rand-read-4k-qd1   R 4 KiB pread()s at uniformly random 4 KiB-aligned offsets by one
+ *                      thread, the offsets from xorshift64* seeded with SEED
+ *   rand-read-4k-qd16  R reads by 16 threads (thread t pinned to CPU t % CPUs, doing
+ *                      R / 16 reads, one more when t < R % 16, seeded with SEED + t)
+ * and one more, which Keel has no counterpart for yet:
+ *   rand-read-4k-qd16-aio  R reads from one thread through Linux AIO (io_submit) with
+ *                      16 in flight, seeded with SEED (as fio --ioengine=libaio
  *                      --direct=1 --iodepth=16)
- * The random offsets come from xorshift64 with a fixed seed, so every run (and Keel's
- * side of the bench, if it uses the same generator) reads the same blocks in the same
- * order: offset = (next() % (size / 4096)) * 4096, the generator starting at SEED.
- * Linux AIO is called through raw syscalls: no libaio needed in the initramfs.
+ * R is RANDOM_READS_DEFAULT unless the kernel command line says blkbench.random_reads=N
+ * (Keel reads the same option). A generator state s starts at seed | 1 and steps
+ * s ^= s >> 12; s ^= s << 25; s ^= s >> 27; its output s * 0x2545F4914F6CDD1D, modulo
+ * the device's 4 KiB blocks, picks the block. Linux AIO is called through raw syscalls:
+ * no libaio needed in the initramfs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <linux/aio_abi.h>
 #include <linux/fs.h>
@@ -37,20 +45,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RANDOM_READS 16384
-#define SEED 0x9e3779b97f4a7c15ULL
+#define RANDOM_READS_DEFAULT 8192
+#define SEED 0x5eed
 #define BLOCK 4096
 #define MAX_DEPTH 16
 
-static uint64_t rng_state;
+static uint64_t random_reads_count = RANDOM_READS_DEFAULT;
 
-static uint64_t next_random(void) {
-    uint64_t x = rng_state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    rng_state = x;
-    return x;
+/* xorshift64*, as Keel's blkbench: the state starts at seed | 1. */
+static uint64_t next_random(uint64_t *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return *state * 0x2545F4914F6CDD1DULL;
 }
 
 static uint64_t now_ns(void) {
@@ -99,17 +106,20 @@ static long io_getevents_(aio_context_t context, long min, long max, struct io_e
     return syscall(SYS_io_getevents, context, min, max, events, NULL);
 }
 
-static void arm(struct iocb *iocb, int fd, void *buffer, uint64_t blocks, unsigned slot) {
+static void arm(struct iocb *iocb, int fd, void *buffer, uint64_t blocks, unsigned slot,
+                uint64_t *state) {
     memset(iocb, 0, sizeof *iocb);
     iocb->aio_data = slot;
     iocb->aio_lio_opcode = IOCB_CMD_PREAD;
     iocb->aio_fildes = (uint32_t)fd;
     iocb->aio_buf = (uint64_t)(uintptr_t)buffer;
     iocb->aio_nbytes = BLOCK;
-    iocb->aio_offset = (int64_t)((next_random() % blocks) * BLOCK);
+    iocb->aio_offset = (int64_t)((next_random(state) % blocks) * BLOCK);
 }
 
-static int random_reads(int fd, uint64_t size, unsigned depth, const char *name, char *buffers) {
+static int aio_random_reads(int fd, uint64_t size, unsigned depth, const char *name,
+                            char *buffers) {
+    const uint64_t total = random_reads_count;
     uint64_t blocks = size / BLOCK;
     aio_context_t context = 0;
     struct iocb iocbs[MAX_DEPTH];
@@ -117,16 +127,16 @@ static int random_reads(int fd, uint64_t size, unsigned depth, const char *name,
     struct io_event events[MAX_DEPTH];
     if (io_setup_(depth, &context) < 0)
         return fail("io_setup", name);
-    rng_state = SEED;
+    uint64_t state = SEED | 1;
     uint64_t start = now_ns();
     uint64_t submitted = 0, completed = 0;
-    for (unsigned slot = 0; slot < depth && submitted < RANDOM_READS; slot++, submitted++) {
-        arm(&iocbs[slot], fd, buffers + (size_t)slot * BLOCK, blocks, slot);
+    for (unsigned slot = 0; slot < depth && submitted < total; slot++, submitted++) {
+        arm(&iocbs[slot], fd, buffers + (size_t)slot * BLOCK, blocks, slot, &state);
         pointers[slot] = &iocbs[slot];
     }
     if (io_submit_(context, (long)submitted, pointers) != (long)submitted)
         return fail("io_submit", name);
-    while (completed < RANDOM_READS) {
+    while (completed < total) {
         long got = io_getevents_(context, 1, depth, events);
         if (got < 0) {
             if (errno == EINTR)
@@ -140,9 +150,9 @@ static int random_reads(int fd, uint64_t size, unsigned depth, const char *name,
                 return fail("read", name);
             }
             completed++;
-            if (submitted < RANDOM_READS) {
+            if (submitted < total) {
                 unsigned slot = (unsigned)events[i].data;
-                arm(&iocbs[slot], fd, buffers + (size_t)slot * BLOCK, blocks, slot);
+                arm(&iocbs[slot], fd, buffers + (size_t)slot * BLOCK, blocks, slot, &state);
                 pointers[again++] = &iocbs[slot];
                 submitted++;
             }
@@ -154,6 +164,96 @@ static int random_reads(int fd, uint64_t size, unsigned depth, const char *name,
     io_destroy_(context);
     report(name, completed, completed * BLOCK, ns);
     return 0;
+}
+
+/* One reader: `reads` 4 KiB preads at random blocks, seeded with `seed`. */
+struct reader {
+    int fd;
+    uint64_t blocks;
+    uint64_t reads;
+    uint64_t seed;
+    int cpu;
+    char *buffer;
+    int error; /* errno of the first failure, 0 when all reads succeeded */
+};
+
+static void *read_randomly(void *argument) {
+    struct reader *reader = argument;
+    if (reader->cpu >= 0) {
+        cpu_set_t cpus;
+        CPU_ZERO(&cpus);
+        CPU_SET(reader->cpu, &cpus);
+        pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+    }
+    uint64_t state = reader->seed | 1;
+    for (uint64_t i = 0; i < reader->reads; i++) {
+        off_t offset = (off_t)((next_random(&state) % reader->blocks) * BLOCK);
+        ssize_t got = pread(reader->fd, reader->buffer, BLOCK, offset);
+        if (got != BLOCK) {
+            reader->error = got < 0 ? errno : EIO;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+static int threaded_random_reads(int fd, uint64_t size, unsigned threads, const char *name,
+                                 char *buffers) {
+    struct reader readers[MAX_DEPTH];
+    pthread_t handles[MAX_DEPTH];
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const uint64_t total = random_reads_count;
+    uint64_t start = now_ns();
+    for (unsigned t = 0; t < threads; t++) {
+        readers[t] = (struct reader){
+            .fd = fd,
+            .blocks = size / BLOCK,
+            .reads = total / threads + (t < total % threads),
+            .seed = SEED + t,
+            .cpu = threads > 1 && cpus > 0 ? (int)(t % (unsigned)cpus) : -1,
+            .buffer = buffers + (size_t)t * BLOCK,
+            .error = 0,
+        };
+    }
+    if (threads == 1) {
+        read_randomly(&readers[0]);
+    } else {
+        for (unsigned t = 0; t < threads; t++) {
+            int error = pthread_create(&handles[t], NULL, read_randomly, &readers[t]);
+            if (error != 0) {
+                errno = error;
+                return fail("pthread_create", name);
+            }
+        }
+        for (unsigned t = 0; t < threads; t++)
+            pthread_join(handles[t], NULL);
+    }
+    uint64_t ns = now_ns() - start;
+    for (unsigned t = 0; t < threads; t++) {
+        if (readers[t].error != 0) {
+            errno = readers[t].error;
+            return fail("pread", name);
+        }
+    }
+    report(name, total, total * BLOCK, ns);
+    return 0;
+}
+
+/* blkbench.random_reads=N from the kernel command line, if present. */
+static void read_options(void) {
+    char line[4096];
+    FILE *file = fopen("/proc/cmdline", "r");
+    if (file == NULL)
+        return;
+    if (fgets(line, sizeof line, file) != NULL) {
+        char *found = strstr(line, "blkbench.random_reads=");
+        if (found != NULL) {
+            unsigned long long value = strtoull(found + strlen("blkbench.random_reads="), NULL, 0);
+            if (value > 0)
+                random_reads_count = value;
+        }
+    }
+    fclose(file);
 }
 
 int main(int argc, char **argv) {
@@ -184,8 +284,9 @@ int main(int argc, char **argv) {
         }
         size = (uint64_t)end;
     }
-    printf("keel-blk-device path=%s bytes=%llu random_reads=%d seed=%llu\n", argv[1],
-           (unsigned long long)size, RANDOM_READS, (unsigned long long)SEED);
+    read_options();
+    printf("keel-blk-device path=%s bytes=%llu random_reads=%llu seed=%#x\n", argv[1],
+           (unsigned long long)size, (unsigned long long)random_reads_count, SEED);
     fflush(stdout);
     if (size < 65536) {
         printf("keel-blk-error device %s has only %llu bytes\n", argv[1], (unsigned long long)size);
@@ -198,8 +299,9 @@ int main(int argc, char **argv) {
     }
     if (sequential(fd, size, 4096, "seq-read-4k", buffers) != 0 ||
         sequential(fd, size, 65536, "seq-read-64k", buffers) != 0 ||
-        random_reads(fd, size, 1, "rand-read-4k-qd1", buffers) != 0 ||
-        random_reads(fd, size, 16, "rand-read-4k-qd16", buffers) != 0)
+        threaded_random_reads(fd, size, 1, "rand-read-4k-qd1", buffers) != 0 ||
+        threaded_random_reads(fd, size, 16, "rand-read-4k-qd16", buffers) != 0 ||
+        aio_random_reads(fd, size, 16, "rand-read-4k-qd16-aio", buffers) != 0)
         return 1;
     printf("keel-blk-done\n");
     fflush(stdout);

@@ -56,7 +56,7 @@ pub use results::parse_results;
 use crate::workspace_root;
 use std::path::{Path, PathBuf};
 
-/// The workloads, in the order the guest runs them.
+/// The workloads Keel runs too (`app=blkbench`), in the order the guest runs them.
 pub const WORKLOADS: [&str; 4] = [
     "seq-read-4k",
     "seq-read-64k",
@@ -64,23 +64,30 @@ pub const WORKLOADS: [&str; 4] = [
     "rand-read-4k-qd16",
 ];
 
-/// How many 4 KiB reads each random workload issues (`RANDOM_READS` in `blkbench.c`).
-pub const RANDOM_READS: u64 = 16384;
+/// Run after [`WORKLOADS`], with no Keel counterpart yet: the random reads at queue
+/// depth 16 from one thread through Linux AIO (`io_submit`), as fio's libaio engine
+/// issues them, beside `rand-read-4k-qd16`'s 16 threads of synchronous reads.
+pub const EXTRA_WORKLOADS: [&str; 1] = ["rand-read-4k-qd16-aio"];
 
-/// The xorshift64 state the random workloads start from (`SEED` in `blkbench.c`).
-pub const RANDOM_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+/// How many 4 KiB reads each random workload issues unless told otherwise: Keel's
+/// default for `blkbench.random_reads` (`RANDOM_READS_DEFAULT` in `blkbench.c`).
+pub const RANDOM_READS: u64 = 8192;
 
-/// The byte offsets the random workloads read, in the order the guest submits them, for
-/// a device of `device_bytes`: the same generator as `blkbench.c`, so that Keel's side of
-/// the bench can read the very same blocks.
-pub fn random_offsets(device_bytes: u64) -> impl Iterator<Item = u64> {
+/// The seed of the random workloads, Keel's (`SEED` in `blkbench.c`): the single reader
+/// uses it, the reader `t` of 16 uses `RANDOM_SEED + t`.
+pub const RANDOM_SEED: u64 = 0x5eed;
+
+/// The byte offsets one reader seeded with `seed` reads on a device of `device_bytes`:
+/// xorshift64* from `seed | 1`, modulo the 4 KiB blocks, as in `blkbench.c` and Keel's
+/// `kernel-bin/src/blkbench.rs`, so both guests read the very same blocks.
+pub fn random_offsets(seed: u64, reads: u64, device_bytes: u64) -> impl Iterator<Item = u64> {
     let blocks = (device_bytes / 4096).max(1);
-    let mut state = RANDOM_SEED;
-    (0..RANDOM_READS).map(move |_| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % blocks) * 4096
+    let mut state = seed | 1;
+    (0..reads).map(move |_| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % blocks) * 4096
     })
 }
 
@@ -132,14 +139,27 @@ pub fn prepare() -> Result<LinuxGuest, String> {
 
 /// Boots `guest` with `smp` vCPUs and `memory_mib` MiB, `device_args` appended verbatim
 /// (the disk: it must appear as `/dev/vda`, e.g. a virtio-blk-pci device), runs the four
-/// [`WORKLOADS`] on `/dev/vda`, and returns their results in that order.
+/// [`WORKLOADS`] on `/dev/vda` (the random ones with [`RANDOM_READS`] reads), and
+/// returns their results in that order, followed by those of [`EXTRA_WORKLOADS`].
 pub fn run_blk_bench(
     guest: &LinuxGuest,
     smp: u32,
     memory_mib: u64,
     device_args: &[String],
 ) -> Result<Vec<BlkResult>, String> {
-    let run = boot(guest, smp, memory_mib, device_args)?;
+    run_blk_bench_with_reads(guest, smp, memory_mib, device_args, RANDOM_READS)
+}
+
+/// [`run_blk_bench`] with `random_reads` reads in each random workload (Keel's
+/// `blkbench.random_reads=N`).
+pub fn run_blk_bench_with_reads(
+    guest: &LinuxGuest,
+    smp: u32,
+    memory_mib: u64,
+    device_args: &[String],
+    random_reads: u64,
+) -> Result<Vec<BlkResult>, String> {
+    let run = boot(guest, smp, memory_mib, device_args, random_reads)?;
     for line in run.console.lines().filter(|line| {
         line.starts_with("keel-linux-guest ") || line.starts_with("keel-blk-device ")
     }) {
@@ -174,12 +194,12 @@ mod tests {
     fn random_offsets_match_blkbench() {
         let source =
             std::fs::read_to_string(workspace_root().join("tools/linux-guest/blkbench.c")).unwrap();
-        assert!(source.contains(&format!("#define RANDOM_READS {RANDOM_READS}\n")));
-        assert!(source.contains(&format!("#define SEED {RANDOM_SEED:#x}ULL\n")));
-        let offsets: Vec<u64> = random_offsets(256 << 20).collect();
-        assert_eq!(offsets.len(), 16384);
+        assert!(source.contains(&format!("#define RANDOM_READS_DEFAULT {RANDOM_READS}\n")));
+        assert!(source.contains(&format!("#define SEED {RANDOM_SEED:#x}\n")));
+        let offsets: Vec<u64> = random_offsets(RANDOM_SEED, RANDOM_READS, 256 << 20).collect();
+        assert_eq!(offsets.len(), 8192);
         // The first three, as blkbench.c's generator computes them (checked with gcc).
-        assert_eq!(offsets[..3], [81448960, 101146624, 101933056]);
+        assert_eq!(offsets[..3], [25468928, 76382208, 73932800]);
         assert!(
             offsets
                 .iter()
@@ -225,7 +245,7 @@ mod tests {
             .and_then(|value| value.parse().ok())
             .unwrap_or(256);
         if std::env::var_os("LINUX_GUEST_CONSOLE").is_some() {
-            let run = boot(&guest, smp, memory_mib, &device_args)
+            let run = boot(&guest, smp, memory_mib, &device_args, RANDOM_READS)
                 .unwrap_or_else(|error| panic!("boot: {error}"));
             eprintln!("--- the guest's console ---\n{}---", run.console);
         }

@@ -1,9 +1,10 @@
 //! Reading the guest's `keel-blk-result` lines.
 
-use super::{BlkResult, WORKLOADS};
+use super::{BlkResult, EXTRA_WORKLOADS, WORKLOADS};
 
 /// The results in the console output: one line per workload,
-/// `keel-blk-result workload=NAME ops=N bytes=N ns=N`, all of [`WORKLOADS`] present.
+/// `keel-blk-result workload=NAME ops=N bytes=N ns=N`. All of [`WORKLOADS`] must be
+/// present and come first, in that order; then those of [`EXTRA_WORKLOADS`] the guest ran.
 pub fn parse_results(console: &str) -> Result<Vec<BlkResult>, String> {
     if let Some(error) = console
         .lines()
@@ -47,6 +48,12 @@ pub fn parse_results(console: &str) -> Result<Vec<BlkResult>, String> {
             .ok_or(format!("the guest printed no result for {workload}"))?;
         ordered.push(found.clone());
     }
+    ordered.extend(
+        EXTRA_WORKLOADS
+            .iter()
+            .filter_map(|workload| results.iter().find(|result| result.workload == *workload))
+            .cloned(),
+    );
     Ok(ordered)
 }
 
@@ -57,15 +64,18 @@ mod tests {
     #[test]
     fn parses_results_in_workload_order() {
         let console = "noise\n\
-            keel-blk-device path=/dev/vda bytes=268435456 random_reads=16384 seed=1\n\
+            keel-blk-device path=/dev/vda bytes=268435456 random_reads=8192 seed=0x5eed\n\
             keel-blk-result workload=seq-read-64k ops=4096 bytes=268435456 ns=2000000000\n\
             keel-blk-result workload=seq-read-4k ops=65536 bytes=268435456 ns=4000000000\r\n\
             keel-blk-result workload=rand-read-4k-qd1 ops=1000 bytes=4096000 ns=1000000000\n\
             keel-blk-result workload=rand-read-4k-qd16 ops=2000 bytes=8192000 ns=500000000\n\
+            keel-blk-result workload=rand-read-4k-qd16-aio ops=3000 bytes=12288000 ns=500000000\n\
             keel-blk-done\n";
         let results = parse_results(console).unwrap();
         let names: Vec<&str> = results.iter().map(|r| r.workload.as_str()).collect();
-        assert_eq!(names, WORKLOADS);
+        assert_eq!(names[..4], WORKLOADS);
+        assert_eq!(names[4..], EXTRA_WORKLOADS);
+        assert!((results[4].iops - 6000.0).abs() < 1e-9);
         assert!((results[0].mb_per_s - 67.108864).abs() < 1e-9);
         assert!((results[0].iops - 16384.0).abs() < 1e-9);
         assert!((results[3].iops - 4000.0).abs() < 1e-9);
