@@ -21,11 +21,13 @@
 //! Why not fio: Debian 12 packages it, but its binary links 63 shared libraries, 80 MB
 //! in all (Ceph's librbd and librados, ICU data, GnuTLS...). That would make the
 //! initramfs 80 MB, and the guest would need more than 200 MiB of memory just to hold it
-//! unpacked, which rules out giving Linux and Keel the same `-m`. `blkbench` issues the
-//! same requests fio would with `--direct=1`: `pread` on an `O_DIRECT` descriptor for the
-//! sequential reads (as `dd iflag=direct`) and Linux AIO (`io_submit`, as fio's libaio
-//! engine) for the random reads at queue depth 1 and 16, with a fixed xorshift64 seed so
-//! that every run reads the same blocks.
+//! unpacked, which rules out giving Linux and Keel the same `-m`. `blkbench` instead
+//! issues the very requests Keel's `app=blkbench` (`kernel-bin/src/blkbench.rs`) does:
+//! `pread` on an `O_DIRECT` descriptor, in order over the whole disk for the sequential
+//! reads (as `dd iflag=direct`), at offsets from Keel's generator and seeds
+//! ([`random_offsets`]) for the random reads, queue depth 16 being 16 pinned threads as
+//! in Keel. It adds `rand-read-4k-qd16-aio` ([`EXTRA_WORKLOADS`]): one thread keeping 16
+//! reads in flight with Linux AIO (`io_submit`), which is what fio's libaio engine does.
 //!
 //! [`run_blk_bench`] boots the guest on `-M q35 -accel tcg -cpu max` (the options
 //! `qemu::command` gives Keel under TCG; microvm Linux guests hang in about half the
