@@ -19,6 +19,7 @@ mod cli;
 mod features;
 mod kernel;
 mod kernel_args;
+mod linux_guest;
 mod qemu;
 mod symbols;
 mod test;
