@@ -81,6 +81,9 @@ pub fn run(arguments: &BenchArguments) -> Result<(), String> {
             known.join(", ")
         ));
     };
+    if name == "blk" {
+        return crate::bench_blk::run(arguments.quick);
+    }
     if !known.iter().any(|known| known == name) {
         return Err(format!(
             "no bench named {name:?}; the benches are {}",

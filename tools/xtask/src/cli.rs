@@ -151,7 +151,11 @@ pub fn parse() -> Result<Command, clap::Error> {
     let bench_help = if benches.is_empty() {
         "Benches: none found in benches/benches/".to_string()
     } else {
-        format!("Benches (benches/benches/*.rs): {}", benches.join(", "))
+        format!(
+            "Benches (benches/benches/*.rs): {}\nIn the guest: blk (Keel's virtio-blk reads beside a Linux guest's, \
+             same QEMU, same disk; needs root the first time to fetch Debian's kernel)",
+            benches.join(", ")
+        )
     };
     let run_help = format!(
         "{features}\n{}\n{}",

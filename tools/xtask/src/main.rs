@@ -15,6 +15,7 @@
 //! files of `benches/benches/`).
 
 mod bench;
+mod bench_blk;
 mod cli;
 mod features;
 mod kernel;
