@@ -414,32 +414,46 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
         let mut status = BlkResp::default();
 
         self.in_flight_limit.wait();
-        let mut queue = self.queue.lock();
-        let submitted = match &mut data {
-            // SAFETY: `header`, `buf` and `status` are not touched (nor moved: they
-            // are locals of this frame and borrowed `buf` outlives it) until
-            // `complete_read_blocks` below has popped this token, and this function
-            // does not return before that. `buf` is non-empty and a multiple of
-            // SECTOR_SIZE (`check_request` and the chunking), as `VirtIOBlk` asserts.
-            Data::Read(buf) => unsafe {
-                queue
-                    .device
-                    .read_blocks_nb(block_id, &mut header, buf, &mut status)
-            },
-            // SAFETY: as for the read: the buffers stay untouched and in place until
-            // `complete_write_blocks` has popped the token.
-            Data::Write(buf) => unsafe {
-                queue
-                    .device
-                    .write_blocks_nb(block_id, &mut header, buf, &mut status)
-            },
-        };
+        // Every hold of the queue lock runs without preemption (the kernel masks
+        // interrupts): a holder preempted by the timer would leave the threads that
+        // want the lock spinning for a whole time slice, the lock-holder preemption
+        // OSv's mutex exists to avoid, here inside the guest. 16 readers on 2 vCPUs
+        // ran at 4100 requests/s with preemptible holds against 10 600 for one reader.
+        let submitted = P::without_preemption(|| {
+            let mut queue = self.queue.lock();
+            let submitted = match &mut data {
+                // SAFETY: `header`, `buf` and `status` are not touched (nor moved: they
+                // are locals of this frame and borrowed `buf` outlives it) until
+                // `complete_read_blocks` below has popped this token, and this function
+                // does not return before that. `buf` is non-empty and a multiple of
+                // SECTOR_SIZE (`check_request` and the chunking), as `VirtIOBlk` asserts.
+                Data::Read(buf) => unsafe {
+                    queue
+                        .device
+                        .read_blocks_nb(block_id, &mut header, buf, &mut status)
+                },
+                // SAFETY: as for the read: the buffers stay untouched and in place until
+                // `complete_write_blocks` has popped the token.
+                Data::Write(buf) => unsafe {
+                    queue
+                        .device
+                        .write_blocks_nb(block_id, &mut header, buf, &mut status)
+                },
+            };
+            if let Ok(token) = submitted {
+                // Tokens are descriptor indices, below QUEUE_SIZE.
+                if let Some(sleeper) = queue.sleepers.get_mut(usize::from(token)) {
+                    *sleeper = None;
+                }
+            }
+            self.unlock(queue);
+            submitted
+        });
         let token = match submitted {
             Ok(token) => token,
             Err(_) => {
                 // Nothing was queued (the semaphore makes QueueFull impossible; this
                 // is a ring error), so the buffers are ours again.
-                self.unlock(queue);
                 self.in_flight_limit.post(1);
                 return Err(BlockError::Device);
             }
@@ -448,11 +462,16 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
         // Tokens are descriptor indices, below QUEUE_SIZE; the mask only keeps the
         // index in range without a panic path.
         let slot = usize::from(token) & (usize::from(QUEUE_SIZE) - 1);
-        queue.sleepers[slot] = None;
 
         loop {
-            Counters::count(&self.counters.used_ring_checks);
-            if queue.device.peek_used() == Some(token) {
+            let completed = P::without_preemption(|| {
+                let mut queue = self.queue.lock();
+                Counters::count(&self.counters.used_ring_checks);
+                if queue.device.peek_used() != Some(token) {
+                    queue.sleepers[slot] = Some(P::current());
+                    self.unlock(queue);
+                    return None;
+                }
                 let completed = match &mut data {
                     // SAFETY: the same `header`, `buf` and `status` as were given to
                     // `read_blocks_nb` for this token, which is at the used ring's head.
@@ -478,13 +497,15 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
                 if let Some(sleeper) = next {
                     self.wake(&sleeper);
                 }
-                self.in_flight_limit.post(1);
-                return Self::outcome(completed, status.status());
+                Some(completed)
+            });
+            match completed {
+                Some(completed) => {
+                    self.in_flight_limit.post(1);
+                    return Self::outcome(completed, status.status());
+                }
+                None => P::park(),
             }
-            queue.sleepers[slot] = Some(P::current());
-            self.unlock(queue);
-            P::park();
-            queue = self.queue.lock();
         }
     }
 
