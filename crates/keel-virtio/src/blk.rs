@@ -1,9 +1,10 @@
-//! The virtio-blk driver: `virtio-drivers`' `VirtIOBlk` behind Keel's [`BlockDevice`],
-//! with several requests in flight from several threads, each completed by a wake-up.
+//! The virtio-blk driver: Keel's request layer ([`crate::request`], on
+//! `virtio-drivers`' virtqueue and transports) behind Keel's [`BlockDevice`], with
+//! several requests in flight from several threads, each completed by a wake-up.
 //!
 //! # Concurrency design
 //!
-//! - **The queue lock.** The `VirtIOBlk` (its transport and its 16-entry virtqueue)
+//! - **The queue lock.** The [`BlkQueue`] (its transport and its 16-entry virtqueue)
 //!   sits behind a short `spin::Mutex`, together with one *sleeper slot* per queue
 //!   token (the handle of the thread waiting for that request, if it sleeps). The lock
 //!   is held only to add a request (`read_blocks_nb` / `write_blocks_nb`), to look at
@@ -35,23 +36,20 @@
 //!   `VIRTIO_F_INDIRECT_DESC`), else 16 / 3 = 5 (a request is a chain of three
 //!   descriptors: header, data, status). A thread waits for a unit before submitting
 //!   and posts it after popping its request.
-//! - **Flush.** `VirtIOBlk` has no non-blocking flush: `VirtIOBlk::flush` adds the
-//!   request and then *polls* the used ring until it comes back, and it assumes that
-//!   no other request is in flight (a different token at the head would make it fail
-//!   with the flush still queued). So a flush takes the flush gate (one flusher at a
-//!   time, so two flushers cannot each hold part of the units), then *all* the
-//!   semaphore's units (waiting, asleep, for the requests in flight to complete; none
-//!   can be submitted meanwhile), then the queue lock, and calls `VirtIOBlk::flush` on
-//!   the idle queue. That one request is polled, with the queue lock held, for as long
-//!   as the device takes to flush: the only polling in this driver, and its
-//!   used-ring reads are not in [`BlkStats::used_ring_checks`]. Removing it needs a
-//!   non-blocking flush in `virtio-drivers` (a `flush_nb`). A device without
-//!   `VIRTIO_BLK_F_FLUSH` has no write cache to flush, and `flush` returns at once.
+//! - **Flush** is a request like the others (VIRTIO_BLK_T_FLUSH, no data), submitted,
+//!   waited for asleep and popped in the same way: `virtio-drivers`' own `VirtIOBlk`
+//!   polls for its flush, which is why Keel builds its requests itself. A device
+//!   without `VIRTIO_BLK_F_FLUSH` has no write cache to flush, and `flush` returns at
+//!   once. It makes the writes that completed before it durable (5.2.6.1), as
+//!   [`BlockDevice::flush`] promises; writes still in flight are not waited for.
+//! - **Holds of the queue lock run without preemption** (`Parker::without_preemption`:
+//!   the kernel masks interrupts), so a holder is never descheduled with the lock held
+//!   while other threads spin for it.
 //!
 //! # Device input
 //!
-//! Requests are checked with [`check_request`] before they reach `VirtIOBlk` (which
-//! asserts on empty or unaligned buffers), writes to a read-only device are refused,
+//! Requests are checked with [`check_request`] before they reach the queue (empty or
+//! unaligned buffers never do), writes to a read-only device are refused,
 //! and a request larger than [`VirtioBlock::max_request_bytes`] (64 KiB, or the
 //! device's `size_max` if smaller) is split. A status byte other than OK, IOERR and
 //! UNSUPP is [`BlockError::Device`]; a used-ring id that is not a request in flight
@@ -68,11 +66,13 @@
 
 use crate::block::{BlockDevice, BlockError, SECTOR_SIZE, check_request};
 use crate::handoff::InterruptHandoff;
+use crate::request::{
+    BlkQueue, Data, Header, STATUS_IO_ERROR, STATUS_OK, STATUS_UNSUPPORTED, Status,
+};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
-use keel_lfmutex::{Mutex as BlockingMutex, Parker, Semaphore};
+use keel_lfmutex::{Parker, Semaphore};
 use virtio_drivers::Hal;
-use virtio_drivers::device::blk::{BlkReq, BlkResp, RespStatus, VirtIOBlk};
 use virtio_drivers::transport::{DeviceStatus, Transport};
 
 /// Why a virtio-blk device could not be brought up. The kernel prints it, naming the
@@ -159,13 +159,14 @@ pub mod features {
     pub const RING_EVENT_IDX: u64 = 1 << 29;
     /// VIRTIO_F_VERSION_1: a modern (virtio 1.0+) device.
     pub const VERSION_1: u64 = 1 << 32;
-    /// What `VirtIOBlk` accepts (its `SUPPORTED_FEATURES`): the negotiated features are
-    /// the device's features intersected with these.
+    /// What the driver accepts: the negotiated features are the device's features
+    /// intersected with these (without RING_INDIRECT_DESC when the feature
+    /// `indirect-descriptors` is off).
     pub const DRIVER_SUPPORTED: u64 = RO | FLUSH | RING_INDIRECT_DESC | RING_EVENT_IDX | VERSION_1;
 }
 
-/// Descriptors in the request queue (`VirtIOBlk`'s fixed queue size).
-pub const QUEUE_SIZE: u16 = 16;
+/// Descriptors in the request queue.
+pub use crate::request::QUEUE_SIZE;
 
 /// The largest request sent to the device; larger reads and writes are split.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -178,7 +179,7 @@ const SIZE_MAX_OFFSET: usize = 8;
 
 /// What the queue lock protects.
 struct Queue<H: Hal, T: Transport, P: Parker> {
-    device: VirtIOBlk<H, T>,
+    device: BlkQueue<H, T>,
     /// The thread asleep on each token's request, if it went to sleep; indexed by token.
     sleepers: [Option<P::Handle>; QUEUE_SIZE as usize],
 }
@@ -198,12 +199,6 @@ impl Counters {
     }
 }
 
-/// One request's data buffer, in its direction.
-enum Data<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
-}
-
 /// A virtio-blk device.
 pub struct VirtioBlock<H: Hal, T: Transport, P: Parker> {
     queue: spin::Mutex<Queue<H, T, P>>,
@@ -212,8 +207,6 @@ pub struct VirtioBlock<H: Hal, T: Transport, P: Parker> {
     /// Free request slots: `in_flight_units` when idle.
     in_flight_limit: Semaphore<P>,
     in_flight_units: usize,
-    /// One flusher at a time (a flusher collects all of `in_flight_limit`'s units).
-    flush_gate: BlockingMutex<(), P>,
     info: DeviceInfo,
     max_request_bytes: usize,
     counters: Counters,
@@ -236,7 +229,7 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
     /// Resets the device and reads its features first: a modern transport whose device
     /// lacks VIRTIO_F_VERSION_1 is [`InitError::NoUsableFeatures`], a queue shorter
     /// than [`QUEUE_SIZE`] is [`InitError::QueueTooShort`] (in both cases the device is
-    /// told FAILED); errors of `VirtIOBlk::new` are [`InitError::Virtio`].
+    /// told FAILED); errors of the queue set-up are [`InitError::Virtio`].
     pub fn new(mut transport: T) -> Result<Self, InitError> {
         transport.set_status(DeviceStatus::empty());
         let device_features = transport.read_device_features();
@@ -256,23 +249,21 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
         }
         let max_request_bytes = Self::request_limit(&transport, device_features);
 
-        let mut device = VirtIOBlk::<H, T>::new(transport).map_err(InitError::Virtio)?;
-        device.enable_interrupts();
-
-        let negotiated_features = device_features & features::DRIVER_SUPPORTED;
-        let uses_indirect = cfg!(feature = "indirect-descriptors")
-            && negotiated_features & features::RING_INDIRECT_DESC != 0;
+        let indirect_allowed = cfg!(feature = "indirect-descriptors");
+        let (device, negotiated_features) =
+            BlkQueue::<H, T>::new(transport, indirect_allowed).map_err(InitError::Virtio)?;
+        let uses_indirect = negotiated_features & features::RING_INDIRECT_DESC != 0;
         let in_flight_units = if uses_indirect {
             usize::from(QUEUE_SIZE)
         } else {
             usize::from(QUEUE_SIZE) / DESCRIPTORS_PER_DIRECT_REQUEST
         };
         let info = DeviceInfo {
-            capacity: device.capacity(),
-            read_only: device.readonly(),
+            capacity: device.capacity().map_err(InitError::Virtio)?,
+            read_only: negotiated_features & features::RO != 0,
             device_features,
             negotiated_features,
-            queue_size: device.virt_queue_size(),
+            queue_size: device.queue_size(),
         };
         Ok(Self {
             queue: spin::Mutex::new(Queue {
@@ -282,7 +273,6 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
             interrupt: InterruptHandoff::new(),
             in_flight_limit: Semaphore::new(in_flight_units),
             in_flight_units,
-            flush_gate: BlockingMutex::new(()),
             info,
             max_request_bytes,
             counters: Counters::default(),
@@ -396,6 +386,7 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
                     self.request(chunk_sector, Data::Write(chunk))?;
                 }
             }
+            Data::Flush => self.request(sector, Data::Flush)?,
         }
         Ok(())
     }
@@ -403,15 +394,8 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
     /// One request: waits for a slot, submits, sleeps until the request is at the head
     /// of the used ring, pops it and wakes the owner of the next head.
     fn request(&self, sector: u64, mut data: Data<'_>) -> Result<(), BlockError> {
-        // `check_request` bounded the sector by the capacity, a u64; on a target whose
-        // usize is narrower, a sector beyond it is out of range for `VirtIOBlk`.
-        let block_id = usize::try_from(sector).map_err(|_| BlockError::OutOfRange {
-            sector,
-            count: 0,
-            capacity: self.info.capacity,
-        })?;
-        let mut header = BlkReq::default();
-        let mut status = BlkResp::default();
+        let mut header = Header::default();
+        let mut status = Status::default();
 
         self.in_flight_limit.wait();
         // Every hold of the queue lock runs without preemption (the kernel masks
@@ -421,24 +405,15 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
         // ran at 4100 requests/s with preemptible holds against 10 600 for one reader.
         let submitted = P::without_preemption(|| {
             let mut queue = self.queue.lock();
-            let submitted = match &mut data {
-                // SAFETY: `header`, `buf` and `status` are not touched (nor moved: they
-                // are locals of this frame and borrowed `buf` outlives it) until
-                // `complete_read_blocks` below has popped this token, and this function
-                // does not return before that. `buf` is non-empty and a multiple of
-                // SECTOR_SIZE (`check_request` and the chunking), as `VirtIOBlk` asserts.
-                Data::Read(buf) => unsafe {
-                    queue
-                        .device
-                        .read_blocks_nb(block_id, &mut header, buf, &mut status)
-                },
-                // SAFETY: as for the read: the buffers stay untouched and in place until
-                // `complete_write_blocks` has popped the token.
-                Data::Write(buf) => unsafe {
-                    queue
-                        .device
-                        .write_blocks_nb(block_id, &mut header, buf, &mut status)
-                },
+            // SAFETY: `header`, the data buffer and `status` are not touched (nor
+            // moved: they are locals of this frame, and the borrowed buffer outlives
+            // it) until `complete` below has popped this token, and this function does
+            // not return before that. A data buffer is non-empty and a multiple of
+            // SECTOR_SIZE (`check_request` and the chunking).
+            let submitted = unsafe {
+                queue
+                    .device
+                    .submit(sector, &mut header, &mut data, &mut status)
             };
             if let Ok(token) = submitted {
                 // Tokens are descriptor indices, below QUEUE_SIZE.
@@ -472,20 +447,12 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
                     self.unlock(queue);
                     return None;
                 }
-                let completed = match &mut data {
-                    // SAFETY: the same `header`, `buf` and `status` as were given to
-                    // `read_blocks_nb` for this token, which is at the used ring's head.
-                    Data::Read(buf) => unsafe {
-                        queue
-                            .device
-                            .complete_read_blocks(token, &header, buf, &mut status)
-                    },
-                    // SAFETY: the same buffers as given to `write_blocks_nb`.
-                    Data::Write(buf) => unsafe {
-                        queue
-                            .device
-                            .complete_write_blocks(token, &header, buf, &mut status)
-                    },
+                // SAFETY: the same `header`, data and `status` as were given to
+                // `submit` for this token, which is at the used ring's head.
+                let completed = unsafe {
+                    queue
+                        .device
+                        .complete(token, &header, &mut data, &mut status)
                 };
                 queue.sleepers[slot] = None;
                 // The pop published `used_event` (with VIRTIO_F_EVENT_IDX); order it
@@ -502,7 +469,7 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
             match completed {
                 Some(completed) => {
                     self.in_flight_limit.post(1);
-                    return Self::outcome(completed, status.status());
+                    return Self::outcome(completed, status.byte());
                 }
                 None => P::park(),
             }
@@ -510,14 +477,11 @@ impl<H: Hal, T: Transport, P: Parker> VirtioBlock<H, T, P> {
     }
 
     /// A completed request's result: its status byte, or a failed pop.
-    fn outcome(
-        completed: Result<(), virtio_drivers::Error>,
-        status: RespStatus,
-    ) -> Result<(), BlockError> {
+    fn outcome(completed: Result<(), virtio_drivers::Error>, status: u8) -> Result<(), BlockError> {
         match status {
-            RespStatus::OK if completed.is_ok() => Ok(()),
-            RespStatus::IO_ERR => Err(BlockError::Io),
-            RespStatus::UNSUPPORTED => Err(BlockError::Unsupported),
+            STATUS_OK if completed.is_ok() => Ok(()),
+            STATUS_IO_ERROR => Err(BlockError::Io),
+            STATUS_UNSUPPORTED => Err(BlockError::Unsupported),
             _ => Err(BlockError::Device),
         }
     }
@@ -540,26 +504,13 @@ where
         self.transfer(sector, Data::Write(buf))
     }
 
-    /// Drains the queue, then sends one flush request and polls for it (see the
-    /// module docs: `VirtIOBlk` has no non-blocking flush).
+    /// One VIRTIO_BLK_T_FLUSH request, waited for asleep like any other; nothing to
+    /// do on a device without a write cache (no VIRTIO_BLK_F_FLUSH).
     fn flush(&self) -> Result<(), BlockError> {
         if self.info.negotiated_features & features::FLUSH == 0 {
             return Ok(());
         }
-        let _one_flusher = self.flush_gate.lock();
-        for _ in 0..self.in_flight_units {
-            self.in_flight_limit.wait();
-        }
-        let mut queue = self.queue.lock();
-        Counters::count(&self.counters.requests);
-        let flushed = queue.device.flush();
-        self.unlock(queue);
-        self.in_flight_limit.post(self.in_flight_units);
-        flushed.map_err(|error| match error {
-            virtio_drivers::Error::IoError => BlockError::Io,
-            virtio_drivers::Error::Unsupported => BlockError::Unsupported,
-            _ => BlockError::Device,
-        })
+        self.request(0, Data::Flush)
     }
 
     fn capacity(&self) -> u64 {

@@ -2,10 +2,11 @@
 //!
 //! - [`block`]: the block-device trait every storage consumer (the VFS, filesystems,
 //!   the block cache) is written against, and its error type.
-//! - [`blk`]: the virtio-blk driver. It wraps `virtio-drivers`' `VirtIOBlk` and lets
-//!   several threads have requests in flight at once; each request completes by a
-//!   wake-up through `keel-lfmutex`'s `Parker`, never by polling (a flush is the
-//!   one exception: see the module docs).
+//! - [`blk`]: the virtio-blk driver. It lets several threads have requests in flight
+//!   at once; each request (flushes too) completes by a wake-up through
+//!   `keel-lfmutex`'s `Parker`, never by polling.
+//! - [`request`]: the virtio-blk requests themselves on `virtio-drivers`' virtqueue
+//!   (Keel's own, because `virtio-drivers`' `VirtIOBlk` polls for its flush).
 //! - [`hal`]: Keel's `virtio_drivers::Hal`, over a small [`hal::DmaMemory`] trait that
 //!   the kernel implements with its page allocator and identity map.
 //! - [`handoff`]: the pending-flag hand-off that lets the interrupt handler pass its
@@ -20,3 +21,4 @@ pub mod blk;
 pub mod block;
 pub mod hal;
 pub mod handoff;
+pub mod request;
