@@ -243,8 +243,11 @@ impl Discovery {
             Ok(bars) => bars,
             Err(error) => return self.fail(&location, error),
         };
-        let Some(common) = virtio_pci::common_config(segment, address, &bars) else {
-            return self.fail(&location, "no virtio common configuration in a mapped BAR");
+        let Some(layout) = virtio_pci::layout(segment, address, &bars) else {
+            return self.fail(
+                &location,
+                "no virtio common or notification configuration in a mapped BAR",
+            );
         };
         let slot = leak_slot();
         let Some(vector) = irq::register(slot) else {
@@ -259,7 +262,7 @@ impl Discovery {
         };
         self.add(
             location,
-            MsixPciTransport::new(transport, common, 0),
+            MsixPciTransport::new(transport, layout, 0),
             vector,
             slot,
         );
