@@ -11,6 +11,7 @@
 //!   table ([`FdTable`] of [`OpenFile`]s, [`file`]); the system calls are its methods
 //!   (`open`, `read`, `rename`, ...), returning [`Errno`] on failure and never
 //!   panicking on any path, descriptor or flag.
+//! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
 //!
 //! Everything is generic over `keel-lfmutex`'s [`Parker`](keel_lfmutex::Parker), the
 //! "block this thread" trait: in the kernel the scheduler's, on the host
@@ -40,7 +41,7 @@
 //! `fcntl` record locks (`F_GETLK`/`F_SETLK`/`F_SETLKW`), readiness for `poll`, the
 //! `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
 //! `chmod`/`chown`, permission checks beyond `access` (Keel has one user), devfs,
-//! procfs, the cpio boot image and the persistent filesystem of issue 15.
+//! procfs and the persistent filesystem of issue 15.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -50,6 +51,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod context;
+pub mod cpio;
 pub mod dcache;
 pub mod errno;
 pub mod file;
