@@ -17,10 +17,30 @@ const TEXT: &str = "the mutex that never spins the scheduler that never ticks wh
     runs ordinary shared objects one application one address space the kernel is the \
     library and the library is the kernel";
 
+/// Prints the names at the top of the file tree.
+fn list_root(files: &keel_vfs::Context<crate::threads::KernelParker>) {
+    let Ok(fd) = files.open(b"/", keel_vfs::OpenFlags::O_DIRECTORY, 0) else {
+        return;
+    };
+    if let Ok(entries) = files.getdents(fd, 64) {
+        let names: Vec<_> = entries
+            .iter()
+            .map(|entry| alloc::string::String::from_utf8_lossy(&entry.name).into_owned())
+            .filter(|name| name != "." && name != "..")
+            .collect();
+        kprintln!("app: / holds {}", names.join(" "));
+    }
+    let _ = files.close(fd);
+}
+
 /// Runs the application and returns how the VM should exit.
 pub fn main(info: &ArchInfo) -> ExitCode {
     let start = time::now();
     kprintln!("hello from Keel: one application, one address space, no system calls");
+    // The boot image (`cargo xtask run --files DIR`): what is at the top of `/`.
+    if let (Some(files), Some(_)) = (crate::files::context(), crate::files::boot_image()) {
+        list_root(files);
+    }
 
     // A sieve of Eratosthenes over a heap-allocated table.
     let limit = 1_000_000usize;

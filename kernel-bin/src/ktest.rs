@@ -88,6 +88,7 @@ mod backtrace;
 mod boot;
 mod cpu;
 pub mod crash;
+mod files;
 mod heap;
 mod interrupts;
 mod liveness;

@@ -14,6 +14,7 @@ mod app;
 #[cfg(not(feature = "ktest"))]
 mod blkbench;
 mod devices;
+mod files;
 #[cfg(feature = "ktest")]
 mod ktest;
 #[cfg(not(feature = "ktest"))]
@@ -95,6 +96,8 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
     // The application (or the test suite) runs as the first Keel thread; this context
     // becomes CPU 0's idle loop.
     threads::start(cpus_online, move || {
+        // The VFS's locks need a Keel thread (they record their owner).
+        files::init(info);
         #[cfg(feature = "ktest")]
         ktest::run(info);
         #[cfg(not(feature = "ktest"))]

@@ -22,7 +22,7 @@
 
 use crate::{smp, threads};
 use core::ptr::NonNull;
-use keel_arch_x86_64::bootinfo::MemoryKind;
+use keel_arch_x86_64::bootinfo::{MAX_MODULES, MemoryKind};
 use keel_arch_x86_64::{ArchInfo, percpu};
 use keel_heap::{CurrentCpu, KernelHeap, PageSource as HeapPageSource};
 use keel_memmap::{BootDemand, PhysRange, PlanError};
@@ -233,7 +233,8 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     }
     let ram = &ram[..ram_count];
     let tables = info.paging.table_region_start;
-    let reserved = [
+    let mut reserved = [PhysRange::new(PhysAddr::new(0), PhysAddr::new(0)); 3 + MAX_MODULES];
+    reserved[..3].copy_from_slice(&[
         // Firmware data (BIOS data area, EBDA, the AP trampoline page).
         PhysRange::new(PhysAddr::new(0), PhysAddr::new(0x10_0000)),
         // The image is identity-mapped: its virtual addresses are physical ones.
@@ -242,10 +243,19 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
             PhysAddr::new(info.layout.end.as_u64()),
         ),
         PhysRange::new(tables, tables + keel_arch_x86_64::paging::TABLE_REGION_SIZE),
-    ];
+    ]);
+    // The loader's modules (the boot image, `-initrd`): read after the allocator is up
+    // (files.rs), so never handed out. They stay reserved afterwards.
+    let mut reserved_count = 3;
+    for module in info.boot.modules() {
+        let end = module.start.as_u64().saturating_add(module.size);
+        reserved[reserved_count] = PhysRange::new(module.start, PhysAddr::new(end));
+        reserved_count += 1;
+    }
+    let reserved = &reserved[..reserved_count];
     let plan = keel_memmap::plan(
         ram,
-        &reserved,
+        reserved,
         metadata_and_bits_bytes,
         &boot_demand(cpus_to_start(info)),
     )
@@ -285,7 +295,7 @@ pub fn init(info: &ArchInfo) -> Result<MemoryReport, MemoryError> {
     let handed_out = HandedOutPages::new(words, PageFrameNumber::new(0));
     let mut allocator = BuddyAllocator::new(metadata, PageFrameNumber::new(0));
     let mut failure = None;
-    plan.for_each_free_range(ram, &reserved, &mut |piece| {
+    plan.for_each_free_range(ram, reserved, &mut |piece| {
         let range = PageRange::new(piece.start.containing_frame(), piece.len() / PAGE_SIZE);
         if let Err(error) = allocator.add_free_range(range) {
             failure.get_or_insert(error);

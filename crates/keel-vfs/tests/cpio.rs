@@ -92,10 +92,19 @@ fn an_archive_made_by_cpio_unpacks_exactly() {
     assert_eq!(report.files, 4, "{report:?}");
     assert_eq!(report.symlinks, 1, "{report:?}");
     assert_eq!(report.hard_links, 1, "{report:?}");
-    assert_eq!(read_all(&ctx, b"/hello.txt"), b"hello from the boot image\n");
-    assert_eq!(read_all(&ctx, b"/etc/deep/deeper/data.bin"), pattern(70_000));
+    assert_eq!(
+        read_all(&ctx, b"/hello.txt"),
+        b"hello from the boot image\n"
+    );
+    assert_eq!(
+        read_all(&ctx, b"/etc/deep/deeper/data.bin"),
+        pattern(70_000)
+    );
     assert_eq!(read_all(&ctx, b"/etc/empty"), b"");
-    assert_eq!(ctx.readlink(b"/etc/link-to-hello").unwrap(), b"../hello.txt");
+    assert_eq!(
+        ctx.readlink(b"/etc/link-to-hello").unwrap(),
+        b"../hello.txt"
+    );
     assert_eq!(
         read_all(&ctx, b"/etc/link-to-hello"),
         b"hello from the boot image\n"

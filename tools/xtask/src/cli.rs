@@ -31,6 +31,19 @@ pub enum Command {
     Test(TestArguments),
     /// Run one criterion bench of benches/ and print Keel beside its peers.
     Bench(BenchArguments),
+    /// Pack a directory into a boot image (a cpio newc archive, made by the host's
+    /// cpio) that the kernel unpacks into / at boot (`run --files DIR` does both).
+    Image(ImageArguments),
+}
+
+/// `cargo xtask image`.
+#[derive(Debug, Args)]
+pub struct ImageArguments {
+    /// The directory to pack.
+    pub directory: std::path::PathBuf,
+    /// The archive to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
 }
 
 /// How to build the kernel (shared by `build` and `run`).
@@ -101,6 +114,10 @@ pub struct RunArguments {
     /// attaches it read-only. Repeat for several disks (vda, vdb, ... in order).
     #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = qemu::parse_disk)]
     pub disks: Vec<qemu::Disk>,
+    /// Pack DIR into a boot image (target/keel/files.cpio) and attach it (-initrd):
+    /// the kernel unpacks it into / at boot.
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<std::path::PathBuf>,
     /// Kernel arguments, after `--` (listed below), for example `-- app=lockbench
     /// log=debug`.
     #[arg(last = true, value_name = "KERNEL ARGS")]

@@ -18,6 +18,7 @@ mod bench;
 mod bench_blk;
 mod cli;
 mod features;
+mod image;
 mod kernel;
 mod kernel_args;
 mod linux_guest;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         cli::Command::Run(arguments) => qemu::run_command(arguments),
         cli::Command::Test(arguments) => test::run(&arguments),
         cli::Command::Bench(arguments) => bench::run(&arguments),
+        cli::Command::Image(arguments) => image::pack(&arguments.directory, &arguments.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

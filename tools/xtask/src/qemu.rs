@@ -57,6 +57,8 @@ pub struct QemuOptions {
     pub qemu_root: Option<PathBuf>,
     /// Disks, attached as virtio-blk: PCI on q35, MMIO on microvm.
     pub disks: Vec<Disk>,
+    /// The boot image (`-initrd`), a cpio newc archive.
+    pub initrd: Option<PathBuf>,
 }
 
 /// A disk image attached as a virtio-blk device.
@@ -166,6 +168,7 @@ impl Default for QemuOptions {
             append: Vec::new(),
             qemu_root: None,
             disks: Vec::new(),
+            initrd: None,
         }
     }
 }
@@ -445,6 +448,9 @@ pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
         .arg("-kernel")
         .arg(kernel)
         .args(disk_arguments(options.machine, &options.disks));
+    if let Some(initrd) = &options.initrd {
+        command.arg("-initrd").arg(initrd);
+    }
     if !append.is_empty() {
         command.args(["-append", &append.join(" ")]);
     }
@@ -576,8 +582,14 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
         append: arguments.kernel_arguments,
         qemu_root: None,
         disks: arguments.disks,
+        initrd: None,
     };
     let mut options = options;
+    if let Some(directory) = &arguments.files {
+        let image = crate::workspace_root().join("target/keel/files.cpio");
+        crate::image::pack(directory, &image)?;
+        options.initrd = Some(image);
+    }
     // The test suite's disk cases need their disks: attach fresh ones unless the
     // developer gave some.
     if ktest && options.disks.is_empty() {
@@ -586,6 +598,10 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
             "ktest.disk_seed=1".into(),
             "ktest.disk_previous_seed=0".into(),
         ]);
+    }
+    // And the boot image the file cases compare with, unless --files gave one.
+    if ktest && options.initrd.is_none() {
+        options.initrd = Some(crate::test::ktest_boot_image()?);
     }
     if options.machine == Machine::Microvm {
         microvm_mmio_words(options.disks.len())?;

@@ -46,6 +46,18 @@ pub fn ktest_disks(short_queue: bool) -> Result<Vec<qemu::Disk>, String> {
     Ok(disks)
 }
 
+/// Packs `kernel-bin/tests/fixtures/boot-image/` into target/ktest-disks/ for the
+/// in-guest file cases (kernel-bin/src/ktest/files.rs), which compare what the kernel
+/// unpacked with the fixture's bytes.
+pub fn ktest_boot_image() -> Result<std::path::PathBuf, String> {
+    let image = workspace_root().join("target/ktest-disks/boot-image.cpio");
+    crate::image::pack(
+        &workspace_root().join("kernel-bin/tests/fixtures/boot-image"),
+        &image,
+    )?;
+    Ok(image)
+}
+
 /// Time limit for one in-guest test-suite boot.
 const SUITE_LIMIT: Duration = Duration::from_secs(180);
 /// Time limit for one crash-test boot: a crash must be reported within seconds.
@@ -624,6 +636,7 @@ fn guest_stage() -> Result<Stage, String> {
     // vda carries each boot's pattern to the next (seed = the boot's number); the
     // first boot also gets a disk the driver must refuse.
     let mut disks = ktest_disks(true)?;
+    let boot_image = ktest_boot_image()?;
     for (boot, (label, image, machine, smp, memory, max_cpus, extra, qemu_root)) in
         suites.enumerate()
     {
@@ -644,6 +657,7 @@ fn guest_stage() -> Result<Stage, String> {
             append,
             qemu_root,
             disks: disks.clone(),
+            initrd: Some(boot_image.clone()),
             ..QemuOptions::default()
         };
         disks.truncate(2);

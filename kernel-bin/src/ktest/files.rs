@@ -1,0 +1,180 @@
+//! In-guest tests of the kernel's files: the boot image `cargo xtask test` attaches
+//! to every suite boot (`kernel-bin/tests/fixtures/boot-image/`, packed by the host's
+//! cpio) is unpacked into `/` exactly, and threads on every CPU create and write
+//! separate files in ramfs concurrently.
+
+use super::TestResult;
+use crate::files;
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+use keel_arch_x86_64::ArchInfo;
+use keel_vfs::{Context, FileType, OpenFlags};
+
+type Files = Context<crate::threads::KernelParker>;
+
+const HELLO: &[u8] = include_bytes!("../../tests/fixtures/boot-image/hello.txt");
+const DATA: &[u8] = include_bytes!("../../tests/fixtures/boot-image/etc/nested/data.txt");
+
+/// The whole file at `path`, or why not.
+fn read_file(files: &Files, path: &[u8]) -> Result<Vec<u8>, keel_vfs::Errno> {
+    let fd = files.open(path, OpenFlags::O_RDONLY, 0)?;
+    let mut contents = Vec::new();
+    let mut buffer = [0u8; 1000];
+    let result = loop {
+        match files.read(fd, &mut buffer) {
+            Ok(0) => break Ok(contents),
+            Ok(count) => contents.extend_from_slice(&buffer[..count]),
+            Err(errno) => break Err(errno),
+        }
+    };
+    files.close(fd)?;
+    result
+}
+
+/// The fixture's files, directories and symlink are in `/` with their exact bytes.
+fn boot_image_is_unpacked_into_the_root(_: &ArchInfo) -> TestResult {
+    let files = files::context();
+    check!(files.is_some(), "no file context");
+    let files = files.unwrap();
+    let report = files::boot_image();
+    check!(
+        report.is_some(),
+        "no boot image was unpacked (is -initrd attached?)"
+    );
+    let report = report.unwrap();
+    check!(
+        report.files == 2 && report.symlinks == 1 && report.directories == 2,
+        "the boot image's counts",
+        report
+    );
+    let hello = read_file(files, b"/hello.txt");
+    check!(hello.as_deref() == Ok(HELLO), "/hello.txt", hello);
+    let data = read_file(files, b"/etc/nested/data.txt");
+    check!(data.as_deref() == Ok(DATA), "/etc/nested/data.txt differs");
+    let link = files.readlink(b"/etc/hello-link");
+    check!(
+        link.as_deref() == Ok(&b"../hello.txt"[..]),
+        "the symlink's target",
+        link
+    );
+    let through = read_file(files, b"/etc/hello-link");
+    check!(
+        through.as_deref() == Ok(HELLO),
+        "reading through the symlink",
+        through
+    );
+    let nested = files.stat(b"/etc/nested").map(|stat| stat.file_type());
+    check!(
+        nested == Ok(Some(FileType::Directory)),
+        "/etc/nested",
+        nested
+    );
+    Ok(())
+}
+ktest!(boot_image_is_unpacked_into_the_root);
+
+const WRITERS: usize = 8;
+const FILES_EACH: usize = 16;
+
+/// The bytes of writer `writer`'s file `file`: a few KiB, different for every file.
+fn contents(writer: usize, file: usize) -> Vec<u8> {
+    let length = 1000 + (writer * 977 + file * 131) % 7000;
+    (0..length)
+        .map(|index| (index * 31 + writer * 7 + file) as u8)
+        .collect()
+}
+
+/// One writer: creates its files (in a directory shared by all and in its own),
+/// writes them in two pieces, reads each back at once.
+fn writer(files: &'static Files, writer: usize) -> Result<(), (usize, keel_vfs::Errno)> {
+    let own = format!("/writers/w{writer}");
+    files
+        .mkdir(own.as_bytes(), 0o755)
+        .map_err(|errno| (usize::MAX, errno))?;
+    for file in 0..FILES_EACH {
+        let bytes = contents(writer, file);
+        for path in [
+            format!("/writers/shared/w{writer}-f{file}"),
+            format!("{own}/f{file}"),
+        ] {
+            let flags = OpenFlags::O_RDWR | OpenFlags::O_CREAT | OpenFlags::O_EXCL;
+            let fd = files
+                .open(path.as_bytes(), flags, 0o644)
+                .map_err(|errno| (file, errno))?;
+            let (first, second) = bytes.split_at(bytes.len() / 3);
+            files.write(fd, first).map_err(|errno| (file, errno))?;
+            files.write(fd, second).map_err(|errno| (file, errno))?;
+            let mut back = vec![0u8; bytes.len()];
+            let read = files
+                .pread(fd, &mut back, 0)
+                .map_err(|errno| (file, errno))?;
+            files.close(fd).map_err(|errno| (file, errno))?;
+            if read != bytes.len() || back != bytes {
+                return Err((file, keel_vfs::Errno::EIO));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 8 threads over every CPU create and write separate files, in one shared directory
+/// and in one directory each, at the same time; every file is exact afterwards.
+fn files_eight_writers_concurrently(_: &ArchInfo) -> TestResult {
+    let files = files::context();
+    check!(files.is_some(), "no file context");
+    let files = files.unwrap();
+    let made = files
+        .mkdir(b"/writers", 0o755)
+        .and_then(|()| files.mkdir(b"/writers/shared", 0o755));
+    check!(made.is_ok(), "making the directories", made);
+    let scheduler = crate::threads::scheduler();
+    let cpus = scheduler.cpu_count();
+    let mut handles = Vec::new();
+    for index in 0..WRITERS {
+        let options = keel_sched::SpawnOptions::new().pin(keel_sched::CpuId::new(index % cpus));
+        let spawned = scheduler.spawn(options, move || writer(files, index));
+        check!(spawned.is_ok(), "spawning a writer", index);
+        handles.push(spawned.unwrap());
+    }
+    let mut failures = Vec::new();
+    for (index, handle) in handles.into_iter().enumerate() {
+        match scheduler.join(handle) {
+            Some(Ok(())) => {}
+            other => failures.push((index, other)),
+        }
+    }
+    check!(failures.is_empty(), "a writer failed", failures);
+    for index in 0..WRITERS {
+        for file in 0..FILES_EACH {
+            let bytes = contents(index, file);
+            for path in [
+                format!("/writers/shared/w{index}-f{file}"),
+                format!("/writers/w{index}/f{file}"),
+            ] {
+                let back = read_file(files, path.as_bytes());
+                check!(
+                    back.as_deref() == Ok(&bytes[..]),
+                    "a file is wrong after the join",
+                    path
+                );
+            }
+        }
+    }
+    let shared = files
+        .open(b"/writers/shared", OpenFlags::O_DIRECTORY, 0)
+        .and_then(|fd| {
+            let entries = files.getdents(fd, 1000);
+            files.close(fd)?;
+            entries
+        })
+        .map(|entries| entries.len());
+    // The files plus `.` and `..`.
+    check!(
+        shared == Ok(WRITERS * FILES_EACH + 2),
+        "the shared directory's entries",
+        shared
+    );
+    Ok(())
+}
+ktest!(files_eight_writers_concurrently);
