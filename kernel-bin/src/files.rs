@@ -1,11 +1,14 @@
 //! The kernel's files: one VFS with ramfs at `/`, filled at boot from the boot image
 //! (the loader's modules, `-initrd`, cpio "newc" archives unpacked by
-//! `keel_vfs::cpio`). Wiring only: the VFS, ramfs and the unpacker live in `keel-vfs`.
+//! `keel_vfs::cpio`), and devfs at `/dev` (its console is the serial port, its random
+//! devices RDRAND). Wiring only: the VFS, the filesystems and the unpacker
+//! live in `keel-vfs`.
 
 use crate::threads::KernelParker;
 use alloc::sync::Arc;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 use keel_vfs::cpio::{self, UnpackReport};
+use keel_vfs::devfs::{Console, Devfs, Entropy};
 use keel_vfs::{Clock, Context, Ramfs, Timespec, Vfs};
 
 /// The VFS's clock: Keel has no wall clock yet, so time stamps count from boot.
@@ -19,6 +22,38 @@ impl Clock for SinceBoot {
             sec: (nanos / 1_000_000_000) as i64,
             nsec: (nanos % 1_000_000_000) as u32,
         }
+    }
+}
+
+/// `/dev/console`: the serial console.
+#[derive(Debug)]
+struct SerialConsole;
+
+impl Console for SerialConsole {
+    fn write(&self, bytes: &[u8]) {
+        keel_arch_x86_64::serial::with_console(|port| port.write_bytes(bytes));
+    }
+}
+
+/// `/dev/random` and `/dev/urandom`: RDRAND, which the CPU reseeds from its own
+/// entropy source (Intel's DRNG guide: at least every 511 128-bit samples), with a
+/// few retries per word as Intel advises; nothing when the CPU has no RDRAND (then
+/// reads fail with EIO, see `keel_vfs::devfs`). QEMU's TCG offers it with `-cpu max`.
+#[derive(Debug)]
+struct CpuRandom;
+
+impl Entropy for CpuRandom {
+    fn fill(&self, buffer: &mut [u8]) -> bool {
+        let Some(source) = x86_64::instructions::random::RdRand::new() else {
+            return false;
+        };
+        for chunk in buffer.chunks_mut(8) {
+            let Some(word) = (0..10).find_map(|_| source.get_u64()) else {
+                return false;
+            };
+            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        }
+        true
     }
 }
 
@@ -44,6 +79,17 @@ pub fn init(info: &ArchInfo) {
     let clock: Arc<dyn Clock> = Arc::new(SinceBoot);
     let vfs = Vfs::<KernelParker>::new(Ramfs::<KernelParker>::new(clock.clone()), clock);
     let context = FILES.call_once(|| Context::new(vfs));
+    let devfs = Devfs::new(
+        Arc::new(SerialConsole),
+        Arc::new(CpuRandom),
+        Arc::new(SinceBoot),
+    );
+    if let Err(errno) = context
+        .mkdir(b"/dev", 0o755)
+        .and_then(|()| context.mount(b"/dev", devfs).map(|_| ()))
+    {
+        kprintln!("files: cannot mount devfs at /dev: {errno}");
+    }
     let mut total = UnpackReport::default();
     let modules = info.boot.modules();
     for module in modules {
@@ -66,6 +112,20 @@ pub fn init(info: &ArchInfo) {
             }
             Err(error) => kprintln!("files: boot image at {:#x}: {error}", module.start),
         }
+    }
+    // devfs goes over /dev after the boot image, which may bring a /dev of its own
+    // (its device nodes are skipped; the directory is then covered).
+    let devfs = Devfs::new(
+        Arc::new(SerialConsole),
+        Arc::new(CpuRandom),
+        Arc::new(SinceBoot),
+    );
+    let made = match context.mkdir(b"/dev", 0o755) {
+        Err(keel_vfs::Errno::EEXIST) => Ok(()),
+        other => other,
+    };
+    if let Err(errno) = made.and_then(|()| context.mount(b"/dev", devfs).map(|_| ())) {
+        kprintln!("files: cannot mount devfs at /dev: {errno}");
     }
     if !modules.is_empty() {
         kprintln!(

@@ -35,14 +35,21 @@ impl SerialPort {
     }
 }
 
-impl fmt::Write for SerialPort {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        for byte in text.bytes() {
+impl SerialPort {
+    /// Writes `bytes` as they are, `\n` as `\r\n` (a terminal's line end).
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
             if byte == b'\n' {
                 self.write_byte(b'\r');
             }
             self.write_byte(byte);
         }
+    }
+}
+
+impl fmt::Write for SerialPort {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.write_bytes(text.as_bytes());
         Ok(())
     }
 }

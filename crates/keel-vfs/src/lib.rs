@@ -12,6 +12,7 @@
 //!   (`open`, `read`, `rename`, ...), returning [`Errno`] on failure and never
 //!   panicking on any path, descriptor or flag.
 //! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
+//! - [`devfs`]: `/dev/console`, `null`, `zero`, `full`, `random` and `urandom`.
 //!
 //! Everything is generic over `keel-lfmutex`'s [`Parker`](keel_lfmutex::Parker), the
 //! "block this thread" trait: in the kernel the scheduler's, on the host
@@ -40,8 +41,8 @@
 //! # Not there yet
 //! `fcntl` record locks (`F_GETLK`/`F_SETLK`/`F_SETLKW`), readiness for `poll`, the
 //! `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
-//! `chmod`/`chown`, permission checks beyond `access` (Keel has one user), devfs,
-//! procfs and the persistent filesystem of issue 15.
+//! `chmod`/`chown`, permission checks beyond `access` (Keel has one user), procfs
+//! and the persistent filesystem of issue 15.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -53,6 +54,7 @@ extern crate std;
 pub mod context;
 pub mod cpio;
 pub mod dcache;
+pub mod devfs;
 pub mod errno;
 pub mod file;
 pub mod fs;

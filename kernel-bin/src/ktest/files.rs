@@ -1,7 +1,7 @@
 //! In-guest tests of the kernel's files: the boot image `cargo xtask test` attaches
 //! to every suite boot (`kernel-bin/tests/fixtures/boot-image/`, packed by the host's
-//! cpio) is unpacked into `/` exactly, and threads on every CPU create and write
-//! separate files in ramfs concurrently.
+//! cpio) is unpacked into `/` exactly, devfs's nodes behave, and threads on every CPU
+//! create and write separate files in ramfs concurrently.
 
 use super::TestResult;
 use crate::files;
@@ -73,6 +73,63 @@ fn boot_image_is_unpacked_into_the_root(_: &ArchInfo) -> TestResult {
     Ok(())
 }
 ktest!(boot_image_is_unpacked_into_the_root);
+
+/// devfs at /dev: null, zero, full, urandom (RDRAND under TCG's `-cpu max`) and the
+/// console behave as Linux's.
+fn devfs_nodes_behave_as_linux(_: &ArchInfo) -> TestResult {
+    let files = files::context();
+    check!(files.is_some(), "no file context");
+    let files = files.unwrap();
+    let open = |path: &[u8], flags| files.open(path, flags, 0);
+    let null = open(b"/dev/null", OpenFlags::O_RDWR);
+    check!(null.is_ok(), "opening /dev/null", null);
+    let null = null.unwrap();
+    let mut buffer = [0xaau8; 64];
+    check!(files.write(null, b"gone") == Ok(4), "writing /dev/null");
+    check!(files.read(null, &mut buffer) == Ok(0), "reading /dev/null");
+    let zero = open(b"/dev/zero", OpenFlags::O_RDONLY).unwrap_or(null);
+    check!(
+        files.read(zero, &mut buffer) == Ok(64) && buffer == [0; 64],
+        "reading /dev/zero"
+    );
+    let full = open(b"/dev/full", OpenFlags::O_WRONLY).unwrap_or(null);
+    let refused = files.write(full, b"x");
+    check!(
+        refused == Err(keel_vfs::Errno::ENOSPC),
+        "writing /dev/full",
+        refused
+    );
+    let random = open(b"/dev/urandom", OpenFlags::O_RDONLY).unwrap_or(null);
+    let (mut first, mut second) = ([0u8; 32], [0u8; 32]);
+    let reads = (
+        files.read(random, &mut first),
+        files.read(random, &mut second),
+    );
+    check!(reads == (Ok(32), Ok(32)), "reading /dev/urandom", reads);
+    check!(
+        first != second && first != [0; 32],
+        "/dev/urandom repeats itself",
+        first,
+        second
+    );
+    let console = open(b"/dev/console", OpenFlags::O_WRONLY).unwrap_or(null);
+    let line = b"    (written through /dev/console)\n";
+    check!(
+        files.write(console, line) == Ok(line.len()),
+        "writing /dev/console"
+    );
+    let stat = files.stat(b"/dev/null");
+    check!(
+        stat.map(|stat| (stat.file_type(), stat.rdev)) == Ok((Some(FileType::CharDevice), 0x103)),
+        "/dev/null is not character device 1:3",
+        stat
+    );
+    for fd in [null, zero, full, random, console] {
+        let _ = files.close(fd);
+    }
+    Ok(())
+}
+ktest!(devfs_nodes_behave_as_linux);
 
 const WRITERS: usize = 8;
 const FILES_EACH: usize = 16;
