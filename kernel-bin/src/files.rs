@@ -1,14 +1,19 @@
 //! The kernel's files: one VFS with ramfs at `/`, filled at boot from the boot image
 //! (the loader's modules, `-initrd`, cpio "newc" archives unpacked by
 //! `keel_vfs::cpio`), and devfs at `/dev` (its console is the serial port, its random
-//! devices RDRAND). Wiring only: the VFS, the filesystems and the unpacker
+//! devices RDRAND), and procfs at `/proc`. Wiring only: the VFS, the filesystems and the unpacker
 //! live in `keel-vfs`.
 
 use crate::threads::KernelParker;
+use alloc::format;
+use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt::Write;
 use keel_arch_x86_64::{ArchInfo, kprintln, time};
 use keel_vfs::cpio::{self, UnpackReport};
 use keel_vfs::devfs::{Console, Devfs, Entropy};
+use keel_vfs::procfs::{ProcSource, Procfs};
 use keel_vfs::{Clock, Context, Ramfs, Timespec, Vfs};
 
 /// The VFS's clock: Keel has no wall clock yet, so time stamps count from boot.
@@ -54,6 +59,102 @@ impl Entropy for CpuRandom {
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
         true
+    }
+}
+
+/// `/proc`'s contents: the page tables, CPUID, the page allocator and the clock.
+#[derive(Debug)]
+struct KernelProc {
+    image: (u64, u64),
+    usable_bytes: u64,
+}
+
+impl ProcSource for KernelProc {
+    /// The live page tables' mappings, coalesced, each named by what it is.
+    fn maps(&self) -> Vec<u8> {
+        let mut text = String::new();
+        keel_arch_x86_64::paging::mappings(|mapping| {
+            let name = if mapping.start < self.image.1 && mapping.end > self.image.0 {
+                "[kernel]"
+            } else if mapping.uncached {
+                "[device]"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                text,
+                "{:08x}-{:08x} r{}{}p 00000000 00:00 0          {name}",
+                mapping.start,
+                mapping.end,
+                if mapping.writable { 'w' } else { '-' },
+                if mapping.executable { 'x' } else { '-' },
+            );
+        });
+        text.into_bytes()
+    }
+
+    fn cpuinfo(&self) -> Vec<u8> {
+        let cpuid = raw_cpuid::CpuId::new();
+        let vendor = cpuid
+            .get_vendor_info()
+            .map_or_else(String::new, |vendor| String::from(vendor.as_str()));
+        let brand = cpuid
+            .get_processor_brand_string()
+            .map_or_else(String::new, |brand| String::from(brand.as_str().trim()));
+        let (family, model, stepping) = cpuid.get_feature_info().map_or((0, 0, 0), |info| {
+            (info.family_id(), info.model_id(), info.stepping_id())
+        });
+        let features = cpuid.get_feature_info();
+        let flag = |name: &'static str, present: bool| present.then_some(name);
+        let flags: Vec<&str> = features
+            .map(|info| {
+                [
+                    flag("fpu", info.has_fpu()),
+                    flag("tsc", info.has_tsc()),
+                    flag("apic", info.has_apic()),
+                    flag("sse", info.has_sse()),
+                    flag("sse2", info.has_sse2()),
+                    flag("sse3", info.has_sse3()),
+                    flag("ssse3", info.has_ssse3()),
+                    flag("sse4_1", info.has_sse41()),
+                    flag("sse4_2", info.has_sse42()),
+                    flag("x2apic", info.has_x2apic()),
+                    flag("xsave", info.has_xsave()),
+                    flag("avx", info.has_avx()),
+                    flag("rdrand", info.has_rdrand()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            })
+            .unwrap_or_default();
+        let cpus = crate::threads::try_scheduler().map_or(1, |scheduler| scheduler.cpu_count());
+        let mut text = String::new();
+        for cpu in 0..cpus {
+            let _ = write!(
+                text,
+                "processor\t: {cpu}\nvendor_id\t: {vendor}\ncpu family\t: {family}\n\
+                 model\t\t: {model}\nmodel name\t: {brand}\nstepping\t: {stepping}\n\
+                 flags\t\t: {}\n\n",
+                flags.join(" ")
+            );
+        }
+        text.into_bytes()
+    }
+
+    fn meminfo(&self) -> Vec<u8> {
+        let free = crate::memory::free_page_count() * 4;
+        format!(
+            "MemTotal:       {:>8} kB\nMemFree:        {free:>8} kB\nMemAvailable:   {free:>8} kB\n",
+            self.usable_bytes / 1024
+        )
+        .into_bytes()
+    }
+
+    /// Idle time is not counted yet: 0.00.
+    fn uptime(&self) -> Vec<u8> {
+        let centis = time::now().as_nanos() / 10_000_000;
+        format!("{}.{:02} 0.00\n", centis / 100, centis % 100).into_bytes()
     }
 }
 
@@ -126,6 +227,20 @@ pub fn init(info: &ArchInfo) {
     };
     if let Err(errno) = made.and_then(|()| context.mount(b"/dev", devfs).map(|_| ())) {
         kprintln!("files: cannot mount devfs at /dev: {errno}");
+    }
+    let procfs = Procfs::new(
+        Arc::new(KernelProc {
+            image: (info.layout.start.as_u64(), info.layout.end.as_u64()),
+            usable_bytes: info.boot.usable_memory(),
+        }),
+        Arc::new(SinceBoot),
+    );
+    let made = match context.mkdir(b"/proc", 0o555) {
+        Err(keel_vfs::Errno::EEXIST) => Ok(()),
+        other => other,
+    };
+    if let Err(errno) = made.and_then(|()| context.mount(b"/proc", procfs).map(|_| ())) {
+        kprintln!("files: cannot mount procfs at /proc: {errno}");
     }
     if !modules.is_empty() {
         kprintln!(

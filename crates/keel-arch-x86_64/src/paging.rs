@@ -773,6 +773,94 @@ pub fn map_device_memory(start: keel_types::PhysAddr, size: u64) -> Result<(), P
     })
 }
 
+/// A run of virtual pages mapped contiguously with the same rights, as
+/// `/proc/self/maps` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Writable.
+    pub writable: bool,
+    /// Executable (no NX bit).
+    pub executable: bool,
+    /// Uncached (device memory).
+    pub uncached: bool,
+}
+
+/// Reads entry `index` of the table at physical `table`.
+fn read_entry(table: u64, index: usize) -> u64 {
+    // SAFETY: `table` is the root (from CR3) or the frame of a present, non-huge entry
+    // of the live tables, identity-mapped (page-table frames are RAM); one aligned
+    // word is read, volatile, without a reference (the tables may change meanwhile:
+    // the walk is a snapshot).
+    unsafe { ((table + index as u64 * 8) as *const u64).read_volatile() }
+}
+
+/// Every present mapping of the live tables in address order, adjacent pages with the
+/// same rights (and consecutive frames: identity or not) coalesced. A snapshot taken
+/// without the page-table lock.
+pub fn mappings(mut each: impl FnMut(Mapping)) {
+    const SPANS: [u64; 4] = [1 << 39, 1 << 30, HUGE, PAGE];
+    let mut pending: Option<(Mapping, u64)> = None;
+    let mut emit = |mapping: Mapping, frame: u64, pending: &mut Option<(Mapping, u64)>| {
+        if let Some((current, next_frame)) = pending
+            && current.end == mapping.start
+            && *next_frame == frame
+            && (current.writable, current.executable, current.uncached)
+                == (mapping.writable, mapping.executable, mapping.uncached)
+        {
+            current.end = mapping.end;
+            *next_frame = frame + (mapping.end - mapping.start);
+            return;
+        }
+        if let Some((done, _)) = pending.take() {
+            each(done);
+        }
+        *pending = Some((mapping, frame + (mapping.end - mapping.start)));
+    };
+    // An explicit stack of (level, table, first virtual address, next index).
+    let (root, _) = Cr3::read();
+    let mut stack = [(0usize, 0u64, 0u64, 0usize); 4];
+    stack[0] = (0, root.start_address().as_u64(), 0, 0);
+    let mut depth = 1;
+    while depth > 0 {
+        let (level, table, base, index) = stack[depth - 1];
+        // Only the lower half (canonical addresses below 2^47) is used by Keel.
+        let limit = if level == 0 { 256 } else { 512 };
+        if index >= limit {
+            depth -= 1;
+            continue;
+        }
+        stack[depth - 1].3 += 1;
+        let entry = read_entry(table, index);
+        let flags = PageTableFlags::from_bits_truncate(entry);
+        if !flags.contains(PageTableFlags::PRESENT) {
+            continue;
+        }
+        let address = base + index as u64 * SPANS[level];
+        let leaf =
+            level == 3 || ((level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE));
+        if leaf {
+            let mapping = Mapping {
+                start: address,
+                end: address + SPANS[level],
+                writable: flags.contains(PageTableFlags::WRITABLE),
+                executable: !flags.contains(PageTableFlags::NO_EXECUTE),
+                uncached: flags.contains(PageTableFlags::NO_CACHE),
+            };
+            emit(mapping, entry & ENTRY_FRAME_MASK, &mut pending);
+        } else if depth < 4 {
+            stack[depth] = (level + 1, entry & ENTRY_FRAME_MASK, address, 0);
+            depth += 1;
+        }
+    }
+    if let Some((done, _)) = pending {
+        each(done);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@
 //!   panicking on any path, descriptor or flag.
 //! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
 //! - [`devfs`]: `/dev/console`, `null`, `zero`, `full`, `random` and `urandom`.
+//! - [`procfs`]: `/proc/cpuinfo`, `meminfo`, `uptime` and `self/maps`, generated when
+//!   read.
 //!
 //! Everything is generic over `keel-lfmutex`'s [`Parker`](keel_lfmutex::Parker), the
 //! "block this thread" trait: in the kernel the scheduler's, on the host
@@ -41,8 +43,8 @@
 //! # Not there yet
 //! `fcntl` record locks (`F_GETLK`/`F_SETLK`/`F_SETLKW`), readiness for `poll`, the
 //! `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
-//! `chmod`/`chown`, permission checks beyond `access` (Keel has one user), procfs
-//! and the persistent filesystem of issue 15.
+//! `chmod`/`chown`, permission checks beyond `access` (Keel has one user),
+//! `/proc/self/fd/`, and the persistent filesystem of issue 15.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -59,6 +61,7 @@ pub mod errno;
 pub mod file;
 pub mod fs;
 pub mod path;
+pub mod procfs;
 pub mod ramfs;
 pub mod vfs;
 

@@ -131,6 +131,81 @@ fn devfs_nodes_behave_as_linux(_: &ArchInfo) -> TestResult {
 }
 ktest!(devfs_nodes_behave_as_linux);
 
+/// The range and permissions of the `/proc/self/maps` line that holds `address`.
+fn maps_line_holding(maps: &str, address: u64) -> Option<(u64, u64, &str)> {
+    maps.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let (start, end) = words.next()?.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let permissions = words.next()?;
+        (start <= address && address < end).then_some((start, end, permissions))
+    })
+}
+
+/// `/proc/self/maps` lists the kernel's text as `r-xp` and its data as `rw-p`, from
+/// the live page tables; `/proc/cpuinfo` has one entry per CPU, `/proc/meminfo` and
+/// `/proc/uptime` their first fields.
+fn procfs_lists_the_kernels_mappings(_: &ArchInfo) -> TestResult {
+    let files = files::context();
+    check!(files.is_some(), "no file context");
+    let files = files.unwrap();
+    let maps = read_file(files, b"/proc/self/maps");
+    check!(maps.is_ok(), "reading /proc/self/maps", maps);
+    let maps = alloc::string::String::from_utf8(maps.unwrap()).unwrap_or_default();
+    let text = procfs_lists_the_kernels_mappings as *const () as u64;
+    let line = maps_line_holding(&maps, text);
+    check!(
+        line.is_some_and(|(_, _, permissions)| permissions == "r-xp"),
+        "kernel text",
+        line,
+        text
+    );
+    static DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let data = (&raw const DATA) as u64;
+    let line = maps_line_holding(&maps, data);
+    check!(
+        line.is_some_and(|(_, _, permissions)| permissions == "rw-p"),
+        "kernel data",
+        line,
+        data
+    );
+    let cpuinfo = read_file(files, b"/proc/cpuinfo").unwrap_or_default();
+    let processors = alloc::string::String::from_utf8_lossy(&cpuinfo)
+        .lines()
+        .filter(|line| line.starts_with("processor\t: "))
+        .count();
+    let cpus = crate::threads::scheduler().cpu_count();
+    check!(
+        processors == cpus,
+        "/proc/cpuinfo's processors",
+        processors,
+        cpus
+    );
+    let meminfo = read_file(files, b"/proc/meminfo").unwrap_or_default();
+    let total = alloc::string::String::from_utf8_lossy(&meminfo)
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok());
+    check!(
+        total.is_some_and(|kib| kib > 1024),
+        "/proc/meminfo's MemTotal",
+        total
+    );
+    let uptime = read_file(files, b"/proc/uptime").unwrap_or_default();
+    let seconds = alloc::string::String::from_utf8_lossy(&uptime)
+        .split_whitespace()
+        .next()
+        .and_then(|word| word.parse::<f64>().ok());
+    check!(
+        seconds.is_some_and(|seconds| seconds > 0.0),
+        "/proc/uptime",
+        seconds
+    );
+    Ok(())
+}
+ktest!(procfs_lists_the_kernels_mappings);
+
 const WRITERS: usize = 8;
 const FILES_EACH: usize = 16;
 
