@@ -1,0 +1,397 @@
+//! Keel's ext2 filesystem: an image made by `mkfs.ext2` (e2fsprogs), mounted over a
+//! [`BlockDevice`], read and written so that `e2fsck -fn` finds it clean afterwards.
+//!
+//! [`Ext2`] is the mounted filesystem. Its API is inode-level, for a VFS adapter to sit
+//! on: [`Ext2::root`], [`Ext2::lookup`] (one name in one directory), [`Ext2::stat`],
+//! [`Ext2::read_at`] / [`Ext2::write_at`], [`Ext2::create`], [`Ext2::mkdir`],
+//! [`Ext2::symlink`], [`Ext2::readlink`], [`Ext2::link`], [`Ext2::unlink`],
+//! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::readdir`],
+//! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking, symlink
+//! following (and its loop limit) and open-file lifetimes belong to the VFS above: an
+//! unlinked inode is freed when its last link goes, there is no orphan list. Errors are
+//! [`MountError`] and [`Error`]; [`Error::errno`] gives the Linux errno.
+//!
+//! # Why not a crate
+//! The issue asks for a well-kept crate if one passes the tests. The two candidates on
+//! crates.io were read (December 2026): `ext4_rs` 1.3.3 maps file blocks with extents
+//! only (it cannot read the indirect-block maps `mkfs.ext2` writes), its block-device
+//! trait cannot return an error (`read_offset(&self, usize) -> Vec<u8>`, so a failing
+//! disk must panic), and it has many `unwrap`s on on-disk values and `unsafe` blocks;
+//! `ext4-view` is well kept, no_std and forbids unsafe, but only reads. So this crate
+//! is Keel's own, written from the format's documentation (the ext2 layout as
+//! e2fsprogs and Linux's fs/ext2 define it), `#![forbid(unsafe_code)]`.
+//!
+//! # On-disk format
+//! Revisions 0 and 1, block sizes 1 KiB to 64 KiB, block maps with direct, single,
+//! double and triple indirect blocks, `i_size_high` for files of 2 GiB and more
+//! (setting `large_file` when Keel makes one), linked-list directories with or without
+//! the `filetype` feature, fast (in-inode) and slow symlinks, sparse files, inodes of
+//! any size (extra fields kept), a shared extended-attribute block's reference count.
+//! - INCOMPAT features other than `filetype` (extents, 64bit, flex_bg, meta_bg,
+//!   needs_recovery, inline_data, ...) refuse the mount with
+//!   [`MountError::UnsupportedFeatures`], which names them.
+//! - RO_COMPAT features other than `sparse_super` and `large_file` (metadata_csum,
+//!   uninit_bg, huge_file, dir_nlink, ...) mount read-only: every change returns
+//!   [`Error::ReadOnly`].
+//! - COMPAT features are kept as they are: a `dir_index` directory that Keel changes
+//!   loses its index flag (its entries stay a valid linked list), as with Linux's ext2.
+//!
+//! # Bad images
+//! Mount checks the superblock (magic, revision, block size, per-group counts against a
+//! bitmap block, first data block, inode count against the groups, inode size, first
+//! inode, free counts, the descriptor table inside the filesystem, the filesystem
+//! inside the device) and each group descriptor (bitmaps and inode table inside the
+//! filesystem, counts within the group), and the root inode. After mount every block
+//! number read from disk is range-checked before use, every directory record is
+//! checked (length non-zero, 4-aligned, inside its block, longer than its name), a
+//! directory must be whole blocks without holes, indirect chains are at most three
+//! deep by construction, and freeing an already-free block or inode is an error. Every
+//! loop is bounded by a count from the validated superblock, and every allocation by
+//! the block size or the device's size. Corruption is [`Error::Corrupted`], never a
+//! panic.
+//!
+//! # Cache and durability
+//! Every block goes through a write-back cache of [`MountOptions::cache_bytes`]
+//! (whole blocks; at least 8). Changes stay in memory until [`Ext2::sync`],
+//! [`Ext2::unmount`], or the cache being full of dirty blocks; each of these writes in
+//! two ordered passes: first the blocks that are not static metadata (file data,
+//! directory blocks, indirect blocks), then a device flush, then the inode tables,
+//! bitmaps, group descriptors and superblock, then a flush. So after a completed sync
+//! everything is durable; a crash between syncs loses what was written since the last
+//! one (the disk then holds the previous sync's state for the metadata, and possibly
+//! newer file data in blocks that were already the file's); a crash inside a sync's
+//! second pass can leave metadata half-written (bitmaps and inodes disagreeing), which
+//! `e2fsck` repairs, as with Linux's ext2 (there is no journal). A read-write mount
+//! clears the superblock's clean flag at the first sync and [`Ext2::unmount`] sets it
+//! again, so an image that was not unmounted is checked by fsck.
+//!
+//! # Concurrency
+//! All state (metadata copies and the cache) sits behind one `spin::Mutex`, held for
+//! the whole of each call, device requests included: calls from several threads are
+//! safe and serialised. There is one lock, so no lock order. This is the simple first
+//! step; per-inode locks and a cache that reads without the lock are future work.
+//!
+//! # Time
+//! Times come from the [`Clock`] given to [`Ext2::mount_with`] (seconds since 1970);
+//! [`Ext2::mount`] uses [`NoClock`] (0).
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+mod cache;
+mod error;
+mod inner;
+mod layout;
+
+pub use error::{
+    Corruption, Error, IncompatFeatures, MountError, Result, RoCompatFeatures, SuperblockProblem,
+};
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use inner::Inner;
+use keel_virtio::block::BlockDevice;
+use spin::Mutex;
+
+/// An inode number (1-based; the root is 2). Checked against the filesystem on use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InodeNumber(pub u32);
+
+/// What kind of file an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A directory entry without a type (only in a corrupted image).
+    Unknown,
+}
+
+/// An inode's attributes, as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// The inode number.
+    pub inode: InodeNumber,
+    /// The type, from the mode.
+    pub file_type: FileType,
+    /// `i_mode`: type and permission bits, as in `st_mode`.
+    pub mode: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hard links.
+    pub links: u16,
+    /// 512-byte sectors allocated (data, indirect and attribute blocks), `st_blocks`.
+    pub sectors: u32,
+    /// Last access, seconds since 1970.
+    pub atime: u32,
+    /// Last data change.
+    pub mtime: u32,
+    /// Last inode change.
+    pub ctime: u32,
+    /// The filesystem block size, `st_blksize`.
+    pub block_size: u32,
+    /// The device number of a character or block device (old or new encoding), else 0.
+    pub device: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The inode it names.
+    pub inode: InodeNumber,
+    /// The name's bytes.
+    pub name: Vec<u8>,
+    /// The type the entry records.
+    pub file_type: FileType,
+}
+
+/// Filesystem totals, as `statfs` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Bytes per block.
+    pub block_size: u32,
+    /// Blocks in the filesystem.
+    pub blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+    /// Free blocks less those reserved for root.
+    pub available_blocks: u64,
+    /// Inodes.
+    pub inodes: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
+    /// The longest name.
+    pub name_max: u32,
+}
+
+/// Options for [`Ext2::mount_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Mount read-only even if the device and features allow writing.
+    pub read_only: bool,
+    /// Bytes of block cache (rounded down to whole blocks, at least 8 blocks).
+    pub cache_bytes: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            cache_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where the filesystem's times come from.
+pub trait Clock: Send + Sync {
+    /// Seconds since 1970-01-01 UTC.
+    fn now(&self) -> u32;
+}
+
+/// A clock that is always 0 (no time source).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoClock;
+
+impl Clock for NoClock {
+    fn now(&self) -> u32 {
+        0
+    }
+}
+
+/// A mounted ext2 filesystem on a `D`. See the crate docs.
+pub struct Ext2<D: BlockDevice> {
+    inner: Mutex<Inner<D>>,
+    clock: Box<dyn Clock>,
+}
+
+impl<D: BlockDevice> fmt::Debug for Ext2<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ext2")
+            .field("statfs", &self.statfs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: BlockDevice> Ext2<D> {
+    /// Mounts the image on `device` with default options (read-write where allowed,
+    /// 4 MiB of cache) and no clock.
+    pub fn mount(device: D) -> core::result::Result<Self, MountError> {
+        Self::mount_with(device, MountOptions::default(), Box::new(NoClock))
+    }
+
+    /// Mounts the image on `device`.
+    pub fn mount_with(
+        device: D,
+        options: MountOptions,
+        clock: Box<dyn Clock>,
+    ) -> core::result::Result<Self, MountError> {
+        let mut inner = Inner::mount(device, &options)?;
+        inner.mark_mounted();
+        Ok(Self {
+            inner: Mutex::new(inner),
+            clock,
+        })
+    }
+
+    /// Whether changes are refused (asked for, a read-only device, or unknown
+    /// RO_COMPAT features).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.lock().read_only
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> InodeNumber {
+        InodeNumber(2)
+    }
+
+    /// The inode `name` names in directory `dir` (`.` and `..` included).
+    pub fn lookup(&self, dir: InodeNumber, name: &[u8]) -> Result<InodeNumber> {
+        self.inner.lock().lookup(dir.0, name).map(InodeNumber)
+    }
+
+    /// The attributes of `inode`.
+    pub fn stat(&self, inode: InodeNumber) -> Result<Metadata> {
+        self.inner.lock().stat(inode.0)
+    }
+
+    /// Reads from regular file `inode` at `offset` into `buf`; returns the bytes read
+    /// (0 at or past the end). Holes read as zeros.
+    pub fn read_at(&self, inode: InodeNumber, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.inner.lock().read_at(inode.0, offset, buf)
+    }
+
+    /// Writes `data` to regular file `inode` at `offset`, growing it; returns the bytes
+    /// written (fewer than asked only when space ran out after some were written).
+    pub fn write_at(&self, inode: InodeNumber, offset: u64, data: &[u8]) -> Result<usize> {
+        let now = self.clock.now();
+        self.inner.lock().write_at(inode.0, offset, data, now)
+    }
+
+    /// Sets the size of regular file `inode`: shrinking frees the blocks past it,
+    /// growing leaves a hole.
+    pub fn truncate(&self, inode: InodeNumber, size: u64) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().truncate(inode.0, size, now)
+    }
+
+    /// Creates an empty regular file `name` in `dir` with permission bits
+    /// `permissions` (owner root).
+    pub fn create(&self, dir: InodeNumber, name: &[u8], permissions: u16) -> Result<InodeNumber> {
+        let now = self.clock.now();
+        self.inner
+            .lock()
+            .create(dir.0, name, permissions, now)
+            .map(InodeNumber)
+    }
+
+    /// Creates directory `name` in `dir`, with `.` and `..`.
+    pub fn mkdir(&self, dir: InodeNumber, name: &[u8], permissions: u16) -> Result<InodeNumber> {
+        let now = self.clock.now();
+        self.inner
+            .lock()
+            .mkdir(dir.0, name, permissions, now)
+            .map(InodeNumber)
+    }
+
+    /// Creates symlink `name` in `dir` pointing at `target` (in the inode below 60
+    /// bytes, in a block otherwise; shorter than a block).
+    pub fn symlink(&self, dir: InodeNumber, name: &[u8], target: &[u8]) -> Result<InodeNumber> {
+        let now = self.clock.now();
+        self.inner
+            .lock()
+            .symlink(dir.0, name, target, now)
+            .map(InodeNumber)
+    }
+
+    /// The target of symlink `inode`.
+    pub fn readlink(&self, inode: InodeNumber) -> Result<Vec<u8>> {
+        self.inner.lock().readlink(inode.0)
+    }
+
+    /// Adds the name `name` in `dir` for the existing non-directory `inode`.
+    pub fn link(&self, inode: InodeNumber, dir: InodeNumber, name: &[u8]) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().link(inode.0, dir.0, name, now)
+    }
+
+    /// Removes the non-directory `name` from `dir`; its inode is freed with its last
+    /// link.
+    pub fn unlink(&self, dir: InodeNumber, name: &[u8]) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().unlink(dir.0, name, now)
+    }
+
+    /// Removes the empty directory `name` from `dir`.
+    pub fn rmdir(&self, dir: InodeNumber, name: &[u8]) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().rmdir(dir.0, name, now)
+    }
+
+    /// Renames `from_dir/from_name` to `to_dir/to_name`, replacing a target of a
+    /// compatible kind (a non-directory, or an empty directory for a directory).
+    pub fn rename(
+        &self,
+        from_dir: InodeNumber,
+        from_name: &[u8],
+        to_dir: InodeNumber,
+        to_name: &[u8],
+    ) -> Result<()> {
+        let now = self.clock.now();
+        self.inner
+            .lock()
+            .rename(from_dir.0, from_name, to_dir.0, to_name, now)
+    }
+
+    /// The entries of directory `dir`, `.` and `..` included, in on-disk order.
+    pub fn readdir(&self, dir: InodeNumber) -> Result<Vec<DirEntry>> {
+        self.inner.lock().readdir(dir.0)
+    }
+
+    /// Filesystem totals.
+    pub fn statfs(&self) -> StatFs {
+        self.inner.lock().statfs()
+    }
+
+    /// Writes every change to the device and flushes it (see the crate docs for the
+    /// order).
+    pub fn sync(&self) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().sync(now)
+    }
+
+    /// Syncs, marks the filesystem cleanly unmounted, syncs again, and gives the
+    /// device back.
+    pub fn unmount(self) -> Result<D> {
+        let now = self.clock.now();
+        let mut inner = self.inner.into_inner();
+        inner.sync(now)?;
+        inner.mark_unmounted();
+        inner.sync(now)?;
+        Ok(inner.device)
+    }
+
+    /// Dirty blocks waiting in the cache (for tests and statistics).
+    pub fn dirty_blocks(&self) -> usize {
+        self.inner.lock().cache.dirty_blocks()
+    }
+}
