@@ -9,7 +9,8 @@
 //! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking, symlink
 //! following (and its loop limit) and open-file lifetimes belong to the VFS above: an
 //! unlinked inode is freed when its last link goes, there is no orphan list. Errors are
-//! [`MountError`] and [`Error`]; [`Error::errno`] gives the Linux errno.
+//! [`MountError`] and [`Error`]; [`Error::errno`] gives the Linux errno. [`vfs::Ext2Fs`]
+//! puts a mount under Keel's VFS.
 //!
 //! # Why not a crate
 //! The issue asks for a well-kept crate if one passes the tests. The two candidates on
@@ -86,6 +87,7 @@ mod cache;
 mod error;
 mod inner;
 mod layout;
+pub mod vfs;
 
 pub use error::{
     Corruption, Error, IncompatFeatures, MountError, Result, RoCompatFeatures, SuperblockProblem,
