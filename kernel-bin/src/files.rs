@@ -1,7 +1,8 @@
 //! The kernel's files: one VFS with ramfs at `/`, filled at boot from the boot image
 //! (the loader's modules, `-initrd`, cpio "newc" archives unpacked by
 //! `keel_vfs::cpio`), and devfs at `/dev` (its console is the serial port, its random
-//! devices RDRAND), and procfs at `/proc`. Wiring only: the VFS, the filesystems and the unpacker
+//! devices RDRAND), procfs at `/proc`, and ext2 filesystems on disks where the command line says
+//! (`mount=/PATH:DISK`). Wiring only: the VFS, the filesystems and the unpacker
 //! live in `keel-vfs`.
 
 use crate::threads::KernelParker;
@@ -158,6 +159,68 @@ impl ProcSource for KernelProc {
     }
 }
 
+/// A disk the kernel found, as the block device a filesystem sits on.
+#[derive(Clone, Copy)]
+struct DiskDevice(&'static dyn crate::devices::Disk);
+
+impl keel_virtio::block::BlockDevice for DiskDevice {
+    fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), keel_virtio::block::BlockError> {
+        self.0.read(sector, buf)
+    }
+    fn write(&self, sector: u64, buf: &[u8]) -> Result<(), keel_virtio::block::BlockError> {
+        self.0.write(sector, buf)
+    }
+    fn flush(&self) -> Result<(), keel_virtio::block::BlockError> {
+        self.0.flush()
+    }
+    fn capacity(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn is_read_only(&self) -> bool {
+        self.0.is_read_only()
+    }
+}
+
+/// ext2's clock: seconds since boot (no wall clock yet).
+struct Ext2Clock;
+
+impl keel_ext2::Clock for Ext2Clock {
+    fn now(&self) -> u32 {
+        (time::now().as_nanos() / 1_000_000_000) as u32
+    }
+}
+
+/// Mounts the ext2 filesystem on disk `disk` (`vda`, ...) at `path`, making the
+/// directory if needed; the message says why not.
+fn mount_disk(context: &Context<KernelParker>, path: &str, disk: &str) -> Result<(), String> {
+    let entry = crate::devices::disks()
+        .iter()
+        .find(|entry| entry.name == disk)
+        .ok_or_else(|| format!("no disk named {disk}"))?;
+    let fs = keel_ext2::Ext2::mount_with(
+        DiskDevice(entry.disk()),
+        keel_ext2::MountOptions::default(),
+        alloc::boxed::Box::new(Ext2Clock),
+    )
+    .map_err(|error| format!("{error}"))?;
+    let read_only = fs.is_read_only();
+    match context.mkdir(path.as_bytes(), 0o755) {
+        Ok(()) | Err(keel_vfs::Errno::EEXIST) => {}
+        Err(errno) => return Err(format!("cannot make {path}: {errno}")),
+    }
+    context
+        .mount(
+            path.as_bytes(),
+            keel_ext2::vfs::Ext2Fs::<_, KernelParker>::new(fs),
+        )
+        .map_err(|errno| format!("cannot mount at {path}: {errno}"))?;
+    kprintln!(
+        "files: {disk} (ext2{}) mounted at {path}",
+        if read_only { ", read-only" } else { "" }
+    );
+    Ok(())
+}
+
 static FILES: spin::Once<Context<KernelParker>> = spin::Once::new();
 
 /// The kernel's file context (root and working directory `/`), for the application
@@ -241,6 +304,21 @@ pub fn init(info: &ArchInfo) {
     };
     if let Err(errno) = made.and_then(|()| context.mount(b"/proc", procfs).map(|_| ())) {
         kprintln!("files: cannot mount procfs at /proc: {errno}");
+    }
+    // `mount=PATH:DISK`, once per filesystem to mount.
+    for word in info.boot.command_line().split_ascii_whitespace() {
+        let Some(value) = word.strip_prefix("mount=") else {
+            continue;
+        };
+        let result = match value.split_once(':') {
+            Some((path, disk)) if path.starts_with('/') && !disk.is_empty() => {
+                mount_disk(context, path, disk)
+            }
+            _ => Err(String::from("expected mount=/PATH:DISK")),
+        };
+        if let Err(why) = result {
+            kprintln!("files: {word}: {why}");
+        }
     }
     if !modules.is_empty() {
         kprintln!(

@@ -255,6 +255,8 @@ mod command_line {
         ktest_key("ktest.expect_cpus", Values::NumberAtLeast(1)),
         // QEMU's microvm and Firecracker name their virtio-mmio devices so (devices.rs).
         key("virtio_mmio.device", Values::Text),
+        // An ext2 filesystem to mount: `mount=/PATH:DISK` (files.rs).
+        key("mount", Values::Text),
         // The disk test's patterns (ktest/virtio.rs).
         ktest_key("ktest.disk_seed", Values::NumberAtLeast(1)),
         ktest_key("ktest.disk_previous_seed", Values::NumberAtLeast(0)),

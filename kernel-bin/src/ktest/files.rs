@@ -206,6 +206,74 @@ fn procfs_lists_the_kernels_mappings(_: &ArchInfo) -> TestResult {
 }
 ktest!(procfs_lists_the_kernels_mappings);
 
+/// What suite boot `boot` writes to /data/boot-N.txt (xtask's `boot_file_contents`
+/// checks the last one with debugfs on the host).
+fn boot_file_contents(boot: u64) -> Vec<u8> {
+    format!("written by Keel's suite boot {boot}\n")
+        .repeat(200 * boot as usize)
+        .into_bytes()
+}
+
+fn seed(info: &ArchInfo, key: &str) -> u64 {
+    info.boot
+        .command_line_value(key)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The ext2 disk mounted at /data (`mount=/data:vdc`, made by mkfs.ext2 -d from the
+/// boot-image fixture): mkfs's files read back, the previous boot's file is there
+/// with its bytes, and this boot's file is written and fsynced for the next boot (and
+/// for e2fsck and debugfs on the host after the last boot).
+fn ext2_disk_keeps_files_from_boot_to_boot(info: &ArchInfo) -> TestResult {
+    let files = files::context();
+    check!(files.is_some(), "no file context");
+    let files = files.unwrap();
+    let statfs = files.statfs(b"/data").map(|statfs| statfs.fs_type);
+    check!(statfs == Ok(0xef53), "/data is not the ext2 mount", statfs);
+    let hello = read_file(files, b"/data/hello.txt");
+    check!(hello.as_deref() == Ok(HELLO), "mkfs's /hello.txt", hello);
+    let data = read_file(files, b"/data/etc/nested/data.txt");
+    check!(
+        data.as_deref() == Ok(DATA),
+        "mkfs's /etc/nested/data.txt differs"
+    );
+    let previous = seed(info, "ktest.disk_previous_seed");
+    if previous > 0 {
+        let path = format!("/data/boot-{previous}.txt");
+        let back = read_file(files, path.as_bytes());
+        check!(
+            back.as_deref() == Ok(&boot_file_contents(previous)[..]),
+            "the previous boot's file is not on the disk",
+            path
+        );
+    }
+    let this = seed(info, "ktest.disk_seed").max(1);
+    let path = format!("/data/boot-{this}.txt");
+    let contents = boot_file_contents(this);
+    let flags = OpenFlags::O_WRONLY | OpenFlags::O_CREAT | OpenFlags::O_TRUNC;
+    let fd = files.open(path.as_bytes(), flags, 0o644);
+    check!(fd.is_ok(), "creating this boot's file", fd);
+    let fd = fd.unwrap();
+    let (first, second) = contents.split_at(contents.len() / 2);
+    let written = (files.write(fd, first), files.write(fd, second));
+    check!(
+        written == (Ok(first.len()), Ok(second.len())),
+        "writing it",
+        written
+    );
+    let synced = files.fsync(fd);
+    check!(synced.is_ok(), "fsync", synced);
+    check!(files.close(fd).is_ok(), "close");
+    let back = read_file(files, path.as_bytes());
+    check!(
+        back.as_deref() == Ok(&contents[..]),
+        "reading it back in this boot"
+    );
+    Ok(())
+}
+ktest!(ext2_disk_keeps_files_from_boot_to_boot);
+
 const WRITERS: usize = 8;
 const FILES_EACH: usize = 16;
 

@@ -121,6 +121,13 @@ const KEYS: &[Key] = &[
                previous boot (0: a fresh, zeroed image)",
     },
     Key {
+        name: "mount",
+        values: Values::Text,
+        ktest_only: false,
+        help: "mount=/PATH:DISK mounts the ext2 filesystem on DISK (vda, vdb, ... in the \
+               order of --disk) at /PATH; repeat for several",
+    },
+    Key {
         name: "virtio_mmio.device",
         values: Values::Text,
         ktest_only: false,

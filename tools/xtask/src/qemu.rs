@@ -597,6 +597,7 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
         options.append.extend([
             "ktest.disk_seed=1".into(),
             "ktest.disk_previous_seed=0".into(),
+            crate::test::EXT2_MOUNT.into(),
         ]);
     }
     // And the boot image the file cases compare with, unless --files gave one.

@@ -17,10 +17,12 @@ pub const VDA_BYTES: u64 = 16 << 20;
 /// vdb: read-only.
 pub const VDB_BYTES: u64 = 1 << 20;
 
-/// Makes fresh (zeroed) disk images for the in-guest tests under
-/// target/ktest-disks/: vda (read-write), vdb (read-only) and, with
-/// `short_queue`, a third whose queue (8 entries) is too short for the driver, which
-/// must refuse it by name and boot on.
+/// Makes fresh disk images for the in-guest tests under target/ktest-disks/: vda
+/// (read-write, zeroed), vdb (read-only), with `short_queue` a disk whose queue (8
+/// entries) is too short for the driver, which must refuse it by name and boot on,
+/// and last an ext2 image made by `mkfs.ext2 -d` from the boot-image fixture, which
+/// the kernel mounts at /data ([`EXT2_MOUNT`]). Failed devices get no name, so the
+/// ext2 disk is vdc either way.
 pub fn ktest_disks(short_queue: bool) -> Result<Vec<qemu::Disk>, String> {
     let directory = workspace_root().join("target/ktest-disks");
     std::fs::create_dir_all(&directory)
@@ -43,7 +45,73 @@ pub fn ktest_disks(short_queue: bool) -> Result<Vec<qemu::Disk>, String> {
             queue_size,
         });
     }
+    let ext2 = ext2_image_path();
+    let _ = std::fs::remove_file(&ext2);
+    let made = Command::new("mkfs.ext2")
+        .args(["-q", "-F", "-b", "1024", "-d"])
+        .arg(workspace_root().join("kernel-bin/tests/fixtures/boot-image"))
+        .arg(&ext2)
+        .arg("8M")
+        .output()
+        .map_err(|error| format!("cannot run mkfs.ext2 ({error}): apt-get install e2fsprogs"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "mkfs.ext2 failed: {}",
+            String::from_utf8_lossy(&made.stderr).trim()
+        ));
+    }
+    disks.push(qemu::Disk {
+        path: ext2,
+        read_only: false,
+        queue_size: None,
+    });
     Ok(disks)
+}
+
+/// The kernel argument that mounts the ext2 test disk.
+pub const EXT2_MOUNT: &str = "mount=/data:vdc";
+
+fn ext2_image_path() -> std::path::PathBuf {
+    workspace_root().join("target/ktest-disks/ext2.img")
+}
+
+/// What suite boot `boot` (1, 2, ...) writes to /data/boot-N.txt (the same function as
+/// `boot_file_contents` in kernel-bin/src/ktest/files.rs).
+fn boot_file_contents(boot: usize) -> Vec<u8> {
+    format!("written by Keel's suite boot {boot}\n")
+        .repeat(200 * boot)
+        .into_bytes()
+}
+
+/// After the suite boots: `e2fsck -fn` finds the ext2 test disk clean, and `debugfs`
+/// reads back the file the last boot wrote through Keel's VFS.
+fn check_ext2_image(last_boot: usize) -> Result<(), String> {
+    let image = ext2_image_path();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .output()
+        .map_err(|error| format!("cannot run e2fsck ({error})"))?;
+    if !fsck.status.success() {
+        return Err(format!(
+            "e2fsck -fn finds the ext2 disk Keel wrote unclean (status {}): {}",
+            fsck.status,
+            String::from_utf8_lossy(&fsck.stdout)
+        ));
+    }
+    let name = format!("/boot-{last_boot}.txt");
+    let cat = Command::new("debugfs")
+        .args(["-R", &format!("cat {name}")])
+        .arg(&image)
+        .output()
+        .map_err(|error| format!("cannot run debugfs ({error})"))?;
+    if cat.stdout != boot_file_contents(last_boot) {
+        return Err(format!(
+            "debugfs reads {} bytes of {name} back, not what boot {last_boot} wrote",
+            cat.stdout.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Packs `kernel-bin/tests/fixtures/boot-image/` into target/ktest-disks/ for the
@@ -637,6 +705,7 @@ fn guest_stage() -> Result<Stage, String> {
     // first boot also gets a disk the driver must refuse.
     let mut disks = ktest_disks(true)?;
     let boot_image = ktest_boot_image()?;
+    let mut booted = 0;
     for (boot, (label, image, machine, smp, memory, max_cpus, extra, qemu_root)) in
         suites.enumerate()
     {
@@ -645,7 +714,8 @@ fn guest_stage() -> Result<Stage, String> {
             format!("ktest.expect_cpus={smp}"),
             format!("ktest.disk_seed={}", boot + 1),
             format!("ktest.disk_previous_seed={boot}"),
-            format!("ktest.expect_failed_disks={}", disks.len() - 2),
+            format!("ktest.expect_failed_disks={}", disks.len() - 3),
+            EXT2_MOUNT.into(),
         ];
         append.extend(extra.map(String::from));
         let wants_x2apic = qemu_root.is_some();
@@ -660,7 +730,11 @@ fn guest_stage() -> Result<Stage, String> {
             initrd: Some(boot_image.clone()),
             ..QemuOptions::default()
         };
-        disks.truncate(2);
+        // Later boots: no short-queue disk (vda, vdb and the ext2 disk stay).
+        if disks.len() == 4 {
+            disks.remove(2);
+        }
+        booted = boot + 1;
         let outcome = qemu::boot_captured(image, &options, SUITE_LIMIT, Some("  | "))?;
         if wants_x2apic && !outcome.output.contains("apic:   x2APIC") {
             stage.failed += 1;
@@ -690,6 +764,18 @@ fn guest_stage() -> Result<Stage, String> {
                     "{label}: suite ended with status {status:?} and counts {counts:?}"
                 ));
             }
+        }
+    }
+    match check_ext2_image(booted) {
+        Ok(()) => {
+            eprintln!(
+                "xtask: the ext2 disk is clean (e2fsck -fn) and boot {booted}'s file reads back (debugfs)"
+            );
+            stage.passed += 1;
+        }
+        Err(problem) => {
+            stage.failed += 1;
+            stage.problems.push(problem);
         }
     }
     for case in CRASH_CASES {
