@@ -59,6 +59,7 @@ pub mod dcache;
 pub mod devfs;
 pub mod errno;
 pub mod file;
+mod fixed;
 pub mod fs;
 pub mod path;
 pub mod procfs;

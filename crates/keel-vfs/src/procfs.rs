@@ -168,33 +168,7 @@ impl Vnode for ProcDirectory {
             .ok_or(Errno::ENOENT)
     }
 
-    fn create(&self, _name: &[u8], _mode: u32) -> Result<Arc<dyn Vnode>> {
-        Err(Errno::EPERM)
-    }
-
-    fn mkdir(&self, _name: &[u8], _mode: u32) -> Result<Arc<dyn Vnode>> {
-        Err(Errno::EPERM)
-    }
-
-    fn symlink(&self, _name: &[u8], _target: &[u8]) -> Result<Arc<dyn Vnode>> {
-        Err(Errno::EPERM)
-    }
-
-    fn link(&self, _name: &[u8], _target: &Arc<dyn Vnode>) -> Result<()> {
-        Err(Errno::EPERM)
-    }
-
-    fn unlink(&self, _name: &[u8]) -> Result<()> {
-        Err(Errno::EPERM)
-    }
-
-    fn rmdir(&self, _name: &[u8]) -> Result<()> {
-        Err(Errno::EPERM)
-    }
-
-    fn rename(&self, _old: &[u8], _new_dir: &Arc<dyn Vnode>, _new: &[u8]) -> Result<()> {
-        Err(Errno::EPERM)
-    }
+    crate::fixed::refuse_directory_changes!();
 
     /// `.`, `..`, then the entries in name order; the cookie is the position.
     fn readdir(&self, cookie: u64, max: usize) -> Result<Vec<DirEntry>> {
@@ -209,21 +183,7 @@ impl Vnode for ProcDirectory {
                 .iter()
                 .map(|(name, node)| (*name, node.ino(), node.file_type())),
         );
-        Ok(entries
-            .enumerate()
-            .skip(usize::try_from(cookie).unwrap_or(usize::MAX))
-            .take(max)
-            .map(|(position, (name, ino, file_type))| DirEntry {
-                ino,
-                file_type,
-                name: name.to_vec(),
-                next_cookie: position as u64 + 1,
-            })
-            .collect())
-    }
-
-    fn set_times(&self, _atime: Option<Timespec>, _mtime: Option<Timespec>) -> Result<()> {
-        Err(Errno::EPERM)
+        Ok(crate::fixed::listing(entries, cookie, max))
     }
 }
 

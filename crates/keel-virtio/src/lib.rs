@@ -16,9 +16,15 @@
 //! Drivers are generic over `Hal`, `Transport` and `Parker`, so they run on the host
 //! against fakes (`tests/support/`) exactly as in the guest.
 #![no_std]
+// The fence: `unsafe` only where the buffers' lifetimes meet the device (the Hal, the
+// request layer's queue calls and the driver's calls of them), each block argued.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod blk;
 pub mod block;
+#[allow(unsafe_code)]
 pub mod hal;
 pub mod handoff;
+#[allow(unsafe_code)]
 pub mod request;

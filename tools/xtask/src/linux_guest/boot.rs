@@ -24,29 +24,20 @@ pub fn qemu_command(
     device_args: &[String],
     random_reads: u64,
 ) -> Command {
-    let mut command = Command::new("qemu-system-x86_64");
-    command
-        .args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
-        .args(["-smp", &smp.to_string()])
-        .args(["-m", &format!("{memory_mib}M")])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .arg("-kernel")
-        .arg(&guest.kernel)
-        .arg("-initrd")
-        .arg(&guest.initramfs)
-        .args([
-            "-append",
-            &format!("{KERNEL_COMMAND_LINE} blkbench.random_reads={random_reads}"),
-        ])
-        .args(device_args);
+    // Keel's own QEMU command line (crate::qemu::command), so both guests of the bench
+    // get the same machine options by construction.
+    let options = crate::qemu::QemuOptions {
+        machine: crate::qemu::Machine::Q35,
+        smp,
+        memory: format!("{memory_mib}M"),
+        append: vec![format!(
+            "{KERNEL_COMMAND_LINE} blkbench.random_reads={random_reads}"
+        )],
+        initrd: Some(guest.initramfs.clone()),
+        ..crate::qemu::QemuOptions::default()
+    };
+    let mut command = crate::qemu::command(&guest.kernel, &options);
+    command.args(device_args);
     command
 }
 
