@@ -4,6 +4,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_lfmutex::{Mutex, Parker};
 
@@ -12,6 +13,7 @@ use crate::file::{
     Access, DEFAULT_FD_LIMIT, FD_CLOEXEC, FcntlCommand, Fd, FdTable, OpenFile, OpenFlags, Whence,
 };
 use crate::fs::{DirEntry, FileSystem, FileType, MODE_PERMISSIONS, Stat, StatFs, Timespec};
+use crate::lock::{Flock, LockCommand, LockKind, LockOwner, Range};
 use crate::path::{Last, Start, Walk, check_path};
 use crate::vfs::{Location, MAX_SYMLINKS, MountId, Vfs};
 
@@ -54,6 +56,19 @@ pub struct Context<P: Parker + 'static> {
     cwd: Mutex<Location, P>,
     /// The descriptors.
     files: FdTable<P>,
+    /// This context's id, unique among contexts: the owner of its POSIX record locks
+    /// and the `l_pid` that `F_GETLK` reports for them.
+    id: u64,
+}
+
+/// The next context's id (ids start at 1, as process ids do).
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl<P: Parker + 'static> Drop for Context<P> {
+    fn drop(&mut self) {
+        // A process's exit releases its locks.
+        self.vfs.locks.release_owner(LockOwner::Process(self.id));
+    }
 }
 
 impl<P: Parker + 'static> fmt::Debug for Context<P> {
@@ -84,7 +99,13 @@ impl<P: Parker + 'static> Context<P> {
             root,
             vfs,
             files: FdTable::new(limit),
+            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// This context's id (the `l_pid` of its record locks).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The VFS.
@@ -239,9 +260,19 @@ impl<P: Parker + 'static> Context<P> {
         }
     }
 
-    /// `close(fd)`.
+    /// `close(fd)`. As POSIX says, this releases every record lock this context
+    /// holds on the file, whichever descriptor took them.
     pub fn close(&self, fd: Fd) -> Result<()> {
-        self.files.remove(fd).map(drop)
+        let file = self.files.remove(fd)?;
+        self.release_posix_locks(&file);
+        Ok(())
+    }
+
+    /// Releases this context's POSIX locks on `file`'s file (it closed a descriptor).
+    fn release_posix_locks(&self, file: &OpenFile<P>) {
+        self.vfs
+            .locks
+            .release_file(file.lock_key(), LockOwner::Process(self.id));
     }
 
     /// `dup(fd)`: the lowest free descriptor, sharing `fd`'s open file.
@@ -256,7 +287,12 @@ impl<P: Parker + 'static> Context<P> {
             self.files.get(old)?;
             return Ok(new);
         }
-        self.files.duplicate_onto(old, new, false)
+        let replaced = self.files.get(new).ok();
+        self.files.duplicate_onto(old, new, false)?;
+        if let Some(replaced) = replaced {
+            self.release_posix_locks(&replaced);
+        }
+        Ok(new)
     }
 
     /// `dup3(old, new, flags)`: `flags` is 0 or `O_CLOEXEC`; `EINVAL` if `old == new`.
@@ -264,8 +300,13 @@ impl<P: Parker + 'static> Context<P> {
         if flags.bits() & !OpenFlags::O_CLOEXEC.bits() != 0 || old == new {
             return Err(Errno::EINVAL);
         }
+        let replaced = self.files.get(new).ok();
         self.files
-            .duplicate_onto(old, new, flags.contains(OpenFlags::O_CLOEXEC))
+            .duplicate_onto(old, new, flags.contains(OpenFlags::O_CLOEXEC))?;
+        if let Some(replaced) = replaced {
+            self.release_posix_locks(&replaced);
+        }
+        Ok(new)
     }
 
     /// The open file of `fd`, if it may read.
@@ -787,6 +828,69 @@ impl<P: Parker + 'static> Context<P> {
             FcntlCommand::SetFl(flags) => {
                 self.files.get(fd)?.set_flags(flags);
                 Ok(0)
+            }
+        }
+    }
+}
+
+impl<P: Parker + 'static> Context<P> {
+    /// `fcntl(fd, command, lock)` for the record-lock commands (see [`crate::lock`]).
+    /// `F_GETLK` rewrites `lock` with the first conflicting lock, or sets its kind to
+    /// `F_UNLCK` if there is none; the set commands leave it as it was.
+    pub fn fcntl_lock(&self, fd: Fd, command: LockCommand, lock: &mut Flock) -> Result<()> {
+        let file = self.files.get(fd)?;
+        if command.is_ofd() && lock.pid != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let base = match lock.whence {
+            0 => 0,
+            1 => *file.offset.lock(),
+            2 => file.location.vnode.getattr()?.size,
+            _ => return Err(Errno::EINVAL),
+        };
+        let range = Range::from_flock(base, lock.start, lock.len)?;
+        let owner = if command.is_ofd() {
+            LockOwner::Description(file.lock_owner_id())
+        } else {
+            LockOwner::Process(self.id)
+        };
+        match command {
+            LockCommand::Get | LockCommand::OfdGet => {
+                // `F_UNLCK` asks for one's own locks, for OFD locks only (Linux 6.6).
+                if lock.kind == LockKind::Unlock && command == LockCommand::Get {
+                    return Err(Errno::EINVAL);
+                }
+                let found = self.vfs.locks.get(file.lock_key(), owner, lock.kind, range);
+                if found.kind == LockKind::Unlock {
+                    // As Linux: only the type changes when nothing is in the way.
+                    lock.kind = LockKind::Unlock;
+                } else {
+                    *lock = found;
+                }
+                Ok(())
+            }
+            LockCommand::Set
+            | LockCommand::SetWait
+            | LockCommand::OfdSet
+            | LockCommand::OfdSetWait => {
+                let allowed = match lock.kind {
+                    LockKind::Read => file.access().readable(),
+                    LockKind::Write => file.access().writable(),
+                    LockKind::Unlock => true,
+                };
+                if !allowed {
+                    return Err(Errno::EBADF);
+                }
+                if command.is_ofd() && lock.kind != LockKind::Unlock {
+                    let mut registered = file.ofd_locks.lock();
+                    if registered.is_none() {
+                        *registered = Some(self.vfs.clone());
+                    }
+                }
+                let wait = matches!(command, LockCommand::SetWait | LockCommand::OfdSetWait);
+                self.vfs
+                    .locks
+                    .set(file.lock_key(), owner, lock.kind, range, wait)
             }
         }
     }

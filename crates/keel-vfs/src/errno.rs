@@ -57,6 +57,7 @@ errno! {
     EROFS = 30, "Read-only file system";
     EMLINK = 31, "Too many links";
     ERANGE = 34, "Numerical result out of range";
+    EDEADLK = 35, "Resource deadlock avoided";
     ENAMETOOLONG = 36, "File name too long";
     ENOSYS = 38, "Function not implemented";
     ENOTEMPTY = 39, "Directory not empty";

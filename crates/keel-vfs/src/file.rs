@@ -14,7 +14,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use keel_lfmutex::{Mutex, Parker};
 
 use crate::errno::{Errno, Result};
-use crate::vfs::Location;
+use crate::lock::{FileKey, LockOwner};
+use crate::vfs::{Location, Vfs};
 
 /// A file descriptor number (never negative).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -209,8 +210,10 @@ pub enum FcntlCommand {
 }
 
 impl FcntlCommand {
-    /// The command `cmd` with argument `arg`; `EINVAL` for the ones not supported
-    /// (including the record locks `F_GETLK`/`F_SETLK`/`F_SETLKW`, not yet done).
+    /// The command `cmd` with argument `arg`; `EINVAL` for the ones not supported.
+    /// The record locks (`F_GETLK`, `F_SETLK`, `F_SETLKW` and the `F_OFD_*` ones)
+    /// take a `struct flock` and are [`LockCommand`](crate::LockCommand)s, for
+    /// [`Context::fcntl_lock`](crate::Context::fcntl_lock).
     pub fn from_raw(cmd: i32, arg: u64) -> Result<Self> {
         match cmd {
             0 => Ok(Self::DupFd(arg as i32)),
@@ -237,6 +240,20 @@ pub struct OpenFile<P: Parker + 'static> {
     /// `read`/`write`/`lseek` on one description atomic with respect to each other,
     /// like Linux's `f_pos_lock`.
     pub(crate) offset: Mutex<u64, P>,
+    /// The VFS whose lock table holds this description's OFD locks, set by its first
+    /// `F_OFD_SETLK`; they are released when the description is.
+    pub(crate) ofd_locks: Mutex<Option<Arc<Vfs<P>>>, P>,
+}
+
+impl<P: Parker + 'static> Drop for OpenFile<P> {
+    fn drop(&mut self) {
+        if let Some(vfs) = self.ofd_locks.get_mut().take() {
+            vfs.locks.release_file(
+                self.lock_key(),
+                LockOwner::Description(self.lock_owner_id()),
+            );
+        }
+    }
 }
 
 impl<P: Parker + 'static> fmt::Debug for OpenFile<P> {
@@ -257,7 +274,19 @@ impl<P: Parker + 'static> OpenFile<P> {
             access,
             status: AtomicU32::new(flags.bits() & OpenFlags::SETTABLE.bits()),
             offset: Mutex::new(0),
+            ofd_locks: Mutex::new(None),
         }
+    }
+
+    /// The file, as the lock table knows it.
+    pub(crate) fn lock_key(&self) -> FileKey {
+        (self.location.mount, self.location.vnode.ino())
+    }
+
+    /// This description's identity as an OFD lock owner: its address, unique while
+    /// it lives (its locks are released before it is freed).
+    pub(crate) fn lock_owner_id(&self) -> usize {
+        core::ptr::from_ref(self) as usize
     }
 
     /// The access mode.

@@ -11,6 +11,8 @@
 //!   table ([`FdTable`] of [`OpenFile`]s, [`file`]); the system calls are its methods
 //!   (`open`, `read`, `rename`, ...), returning [`Errno`] on failure and never
 //!   panicking on any path, descriptor or flag.
+//! - [`lock`]: `fcntl` record locks, POSIX (per context) and OFD (per open file
+//!   description), with `F_SETLKW` sleeping and deadlock detection, as Linux has them.
 //! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
 //! - [`devfs`]: `/dev/console`, `null`, `zero`, `full`, `random` and `urandom`.
 //! - [`procfs`]: `/proc/cpuinfo`, `meminfo`, `uptime` and `self/maps`, generated when
@@ -41,7 +43,7 @@
 //!   only, never across I/O.
 //!
 //! # Not there yet
-//! `fcntl` record locks (`F_GETLK`/`F_SETLK`/`F_SETLKW`), readiness for `poll`, the
+//! Readiness for `poll`, the
 //! `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
 //! `chmod`/`chown`, permission checks beyond `access` (Keel has one user),
 //! `/proc/self/fd/`, and the persistent filesystem of issue 15.
@@ -61,6 +63,7 @@ pub mod errno;
 pub mod file;
 mod fixed;
 pub mod fs;
+pub mod lock;
 pub mod path;
 pub mod procfs;
 pub mod ramfs;
@@ -70,5 +73,6 @@ pub use context::{Context, TimeUpdate};
 pub use errno::{Errno, Result};
 pub use file::{Access, FcntlCommand, Fd, FdTable, OpenFile, OpenFlags, Whence};
 pub use fs::{Clock, DirEntry, FileSystem, FileType, FixedClock, Stat, StatFs, Timespec, Vnode};
+pub use lock::{Flock, LockCommand, LockKind};
 pub use ramfs::Ramfs;
 pub use vfs::{Location, MountId, Vfs};

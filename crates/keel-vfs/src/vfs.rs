@@ -11,6 +11,7 @@ use keel_lfmutex::{Mutex, Parker, RwLock};
 use crate::dcache::DentryCache;
 use crate::errno::{Errno, Result};
 use crate::fs::{Clock, FileSystem, FileType, InodeNumber, Vnode};
+use crate::lock::LockTable;
 
 /// A mount's number in the table (the root filesystem is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +102,8 @@ pub struct Vfs<P: Parker + 'static> {
     pub(crate) dcache: DentryCache<P>,
     /// The time for `utimensat`'s `UTIME_NOW`.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The `fcntl` record locks of every file.
+    pub(crate) locks: LockTable<P>,
 }
 
 impl<P: Parker + 'static> fmt::Debug for Vfs<P> {
@@ -127,7 +130,14 @@ impl<P: Parker + 'static> Vfs<P> {
             }),
             dcache: DentryCache::new(),
             clock,
+            locks: LockTable::new(),
         })
+    }
+
+    /// How many contexts sleep in `F_SETLKW` for a POSIX record lock now (a
+    /// diagnostic, like the waiters `/proc/locks` lists on Linux).
+    pub fn lock_sleepers(&self) -> usize {
+        self.locks.sleepers()
     }
 
     /// The root of the root mount.
