@@ -15,6 +15,7 @@ use crate::file::{
 use crate::fs::{DirEntry, FileSystem, FileType, MODE_PERMISSIONS, Stat, StatFs, Timespec};
 use crate::lock::{Flock, LockCommand, LockKind, LockOwner, Range};
 use crate::path::{Last, Start, Walk, check_path};
+use crate::poll::{PollEvents, PollFd, PollRegistration, PollSleeper};
 use crate::vfs::{Location, MAX_SYMLINKS, MountId, Vfs};
 
 /// `access` mode bits.
@@ -892,6 +893,60 @@ impl<P: Parker + 'static> Context<P> {
                     .locks
                     .set(file.lock_key(), owner, lock.kind, range, wait)
             }
+        }
+    }
+}
+
+impl<P: Parker + 'static> Context<P> {
+    /// `poll(fds, nfds, timeout)`: sets each entry's `revents` and returns how many
+    /// entries have any. A negative `fd` is skipped, one that is not open reports
+    /// `POLLNVAL`. With none ready it sleeps through `sleeper` until a vnode's
+    /// readiness changes or `timeout_ms` passes (negative: no limit; 0: never sleeps).
+    /// `EINVAL` for more entries than the descriptor limit, as Linux.
+    pub fn poll(
+        &self,
+        fds: &mut [PollFd],
+        timeout_ms: i32,
+        sleeper: &dyn PollSleeper,
+    ) -> Result<usize> {
+        if fds.len() > self.files.limit() {
+            return Err(Errno::EINVAL);
+        }
+        let deadline = u64::try_from(timeout_ms).ok().map(|ms| {
+            sleeper
+                .now_nanos()
+                .saturating_add(ms.saturating_mul(1_000_000))
+        });
+        let waker = (timeout_ms != 0).then(|| sleeper.waker());
+        let mut timed_out = false;
+        loop {
+            // Register only while a sleep may follow.
+            let registration = waker
+                .as_ref()
+                .filter(|_| !timed_out)
+                .map(|waker| PollRegistration { waker });
+            let mut ready = 0;
+            for entry in fds.iter_mut() {
+                entry.revents = if entry.fd < 0 {
+                    PollEvents::NONE
+                } else {
+                    match Fd::from_raw(entry.fd).and_then(|fd| self.files.get(fd)) {
+                        Ok(file) => file
+                            .location
+                            .vnode
+                            .poll(registration.as_ref())
+                            .reported_for(entry.events),
+                        Err(_) => PollEvents::POLLNVAL,
+                    }
+                };
+                if !entry.revents.is_empty() {
+                    ready += 1;
+                }
+            }
+            if ready > 0 || timeout_ms == 0 || timed_out {
+                return Ok(ready);
+            }
+            timed_out = !sleeper.sleep(deadline);
         }
     }
 }

@@ -29,6 +29,7 @@ use alloc::vec::Vec;
 use core::any::Any;
 
 use crate::errno::Result;
+use crate::poll::{PollEvents, PollRegistration};
 
 /// An inode number, unique within one filesystem.
 pub type InodeNumber = u64;
@@ -309,4 +310,11 @@ pub trait Vnode: Send + Sync + 'static {
     }
     /// Sets the access and/or modification time (`None`: leave it).
     fn set_times(&self, atime: Option<Timespec>, mtime: Option<Timespec>) -> Result<()>;
+    /// The `poll` events that hold now (see [`crate::poll`]). A vnode whose
+    /// readiness can change registers `registration` (when given) on its
+    /// [`ReadinessQueue`](crate::poll::ReadinessQueue) before reading its state. The
+    /// default, for files, directories and devices that never block, is always ready.
+    fn poll(&self, _registration: Option<&PollRegistration<'_>>) -> PollEvents {
+        PollEvents::ALWAYS_READY
+    }
 }

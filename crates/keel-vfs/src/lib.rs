@@ -13,6 +13,8 @@
 //!   panicking on any path, descriptor or flag.
 //! - [`lock`]: `fcntl` record locks, POSIX (per context) and OFD (per open file
 //!   description), with `F_SETLKW` sleeping and deadlock detection, as Linux has them.
+//! - [`poll`]: readiness for `poll`, level-triggered, with wait queues for vnodes whose
+//!   readiness changes.
 //! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
 //! - [`devfs`]: `/dev/console`, `null`, `zero`, `full`, `random` and `urandom`.
 //! - [`procfs`]: `/proc/cpuinfo`, `meminfo`, `uptime` and `self/maps`, generated when
@@ -43,8 +45,7 @@
 //!   only, never across I/O.
 //!
 //! # Not there yet
-//! Readiness for `poll`, the
-//! `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
+//! The `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
 //! `chmod`/`chown`, permission checks beyond `access` (Keel has one user),
 //! `/proc/self/fd/`, and the persistent filesystem of issue 15.
 
@@ -65,6 +66,7 @@ mod fixed;
 pub mod fs;
 pub mod lock;
 pub mod path;
+pub mod poll;
 pub mod procfs;
 pub mod ramfs;
 pub mod vfs;
@@ -74,5 +76,6 @@ pub use errno::{Errno, Result};
 pub use file::{Access, FcntlCommand, Fd, FdTable, OpenFile, OpenFlags, Whence};
 pub use fs::{Clock, DirEntry, FileSystem, FileType, FixedClock, Stat, StatFs, Timespec, Vnode};
 pub use lock::{Flock, LockCommand, LockKind};
+pub use poll::{PollEvents, PollFd, PollSleeper, PollWake, ReadinessQueue};
 pub use ramfs::Ramfs;
 pub use vfs::{Location, MountId, Vfs};
