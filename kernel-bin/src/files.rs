@@ -157,6 +157,17 @@ impl ProcSource for KernelProc {
         let centis = time::now().as_nanos() / 10_000_000;
         format!("{}.{:02} 0.00\n", centis / 100, centis % 100).into_bytes()
     }
+
+    /// The kernel's one context's descriptors.
+    fn fds(&self) -> Vec<i32> {
+        context().map_or_else(Vec::new, |files| {
+            files.open_fds().into_iter().map(|fd| fd.raw()).collect()
+        })
+    }
+
+    fn fd_target(&self, fd: i32) -> Option<Vec<u8>> {
+        context()?.fd_target(keel_vfs::Fd::from_raw(fd).ok()?).ok()
+    }
 }
 
 /// A disk the kernel found, as the block device a filesystem sits on.

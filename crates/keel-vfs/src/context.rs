@@ -163,6 +163,7 @@ impl<P: Parker + 'static> Context<P> {
         let start = self.start();
         let mut links = 0;
         let walk = self.vfs.walk(&start, path, &mut links)?;
+        let parent = walk.parent.clone();
         let (location, created) = if creating {
             self.open_create(&start, walk, follow, mode, &mut links)?
         } else {
@@ -196,7 +197,7 @@ impl<P: Parker + 'static> Context<P> {
         if flags.contains(OpenFlags::O_TRUNC) && file_type == FileType::Regular && !created {
             location.vnode.truncate(0)?;
         }
-        let file = Arc::new(OpenFile::new(location, access, flags));
+        let file = Arc::new(OpenFile::new(location, access, flags).with_parent(parent));
         self.files
             .insert(file, flags.contains(OpenFlags::O_CLOEXEC), 0)
     }
@@ -733,7 +734,14 @@ impl<P: Parker + 'static> Context<P> {
     /// `getcwd()`: the working directory's absolute path, found by walking `..` up
     /// and looking for each directory in its parent; `ENOENT` if it was removed.
     pub fn getcwd(&self) -> Result<Vec<u8>> {
-        let mut current = self.cwd.lock().clone();
+        let cwd = self.cwd.lock().clone();
+        self.directory_path(cwd)
+    }
+
+    /// The absolute path of the directory `directory`, found by walking `..` up and
+    /// looking for each directory in its parent; `ENOENT` if it was removed.
+    fn directory_path(&self, directory: Location) -> Result<Vec<u8>> {
+        let mut current = directory;
         let mut names: Vec<Vec<u8>> = Vec::new();
         while !current.same(&self.root) {
             if current.vnode.getattr()?.nlink == 0 {
@@ -948,6 +956,47 @@ impl<P: Parker + 'static> Context<P> {
             }
             timed_out = !sleeper.sleep(deadline);
         }
+    }
+}
+
+impl<P: Parker + 'static> Context<P> {
+    /// The open descriptors, in increasing order (`/proc/self/fd`'s entries).
+    pub fn open_fds(&self) -> Vec<Fd> {
+        self.files.open_descriptors()
+    }
+
+    /// What `/proc/self/fd/N` links to: the path of `fd`'s file. For a directory,
+    /// its path; for another file, the directory it was opened in and the name it
+    /// has there now. A file removed from that directory is `PATH (deleted)` as on
+    /// Linux, with PATH its directory's path and `#INODE` for the name it had; one
+    /// whose name cannot be found (moved elsewhere, or opened through a symlink to
+    /// another directory) is `inode:[INODE]`.
+    pub fn fd_target(&self, fd: Fd) -> Result<Vec<u8>> {
+        let file = self.files.get(fd)?;
+        let location = &file.location;
+        if location.is_dir() {
+            return self.directory_path(location.clone());
+        }
+        let ino = location.vnode.ino();
+        if let Some(parent) = &file.parent {
+            let directory = self.directory_path(parent.clone())?;
+            let mut path = directory.clone();
+            if path != b"/" {
+                path.push(b'/');
+            }
+            match find_name(parent, ino) {
+                Ok(name) => {
+                    path.extend_from_slice(&name);
+                    return Ok(path);
+                }
+                Err(_) if location.vnode.getattr()?.nlink == 0 => {
+                    path.extend_from_slice(alloc::format!("#{ino} (deleted)").as_bytes());
+                    return Ok(path);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(alloc::format!("inode:[{ino}]").into_bytes())
     }
 }
 

@@ -243,6 +243,9 @@ pub struct OpenFile<P: Parker + 'static> {
     /// The VFS whose lock table holds this description's OFD locks, set by its first
     /// `F_OFD_SETLK`; they are released when the description is.
     pub(crate) ofd_locks: Mutex<Option<Arc<Vfs<P>>>, P>,
+    /// The directory the file was opened in (for `/proc/self/fd`'s link), if `open`
+    /// knew it.
+    pub(crate) parent: Option<Location>,
 }
 
 impl<P: Parker + 'static> Drop for OpenFile<P> {
@@ -275,7 +278,14 @@ impl<P: Parker + 'static> OpenFile<P> {
             status: AtomicU32::new(flags.bits() & OpenFlags::SETTABLE.bits()),
             offset: Mutex::new(0),
             ofd_locks: Mutex::new(None),
+            parent: None,
         }
+    }
+
+    /// The same, remembering the directory it was opened in.
+    pub(crate) fn with_parent(mut self, parent: Location) -> Self {
+        self.parent = Some(parent);
+        self
     }
 
     /// The file, as the lock table knows it.
@@ -469,6 +479,17 @@ impl<P: Parker + 'static> FdTable<P> {
             .collect();
         drop(slots);
         drop(closed);
+    }
+
+    /// The open descriptors, in increasing order.
+    pub fn open_descriptors(&self) -> Vec<Fd> {
+        self.slots
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.is_some())
+            .map(|(index, _)| Fd(index as u32))
+            .collect()
     }
 
     /// A copy of the table (what `fork` does: the copies share open files).

@@ -317,4 +317,9 @@ pub trait Vnode: Send + Sync + 'static {
     fn poll(&self, _registration: Option<&PollRegistration<'_>>) -> PollEvents {
         PollEvents::ALWAYS_READY
     }
+    /// Whether the dentry cache may remember this directory's lookups. False for a
+    /// directory whose entries change behind the VFS's back (`/proc/self/fd`).
+    fn cache_lookups(&self) -> bool {
+        true
+    }
 }

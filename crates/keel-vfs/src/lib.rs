@@ -17,8 +17,8 @@
 //!   readiness changes.
 //! - [`cpio`]: the boot image, a cpio "newc" archive, unpacked into the VFS.
 //! - [`devfs`]: `/dev/console`, `null`, `zero`, `full`, `random` and `urandom`.
-//! - [`procfs`]: `/proc/cpuinfo`, `meminfo`, `uptime` and `self/maps`, generated when
-//!   read.
+//! - [`procfs`]: `/proc/cpuinfo`, `meminfo`, `uptime`, `self/maps` and `self/fd/`,
+//!   generated when read.
 //!
 //! Everything is generic over `keel-lfmutex`'s [`Parker`](keel_lfmutex::Parker), the
 //! "block this thread" trait: in the kernel the scheduler's, on the host
@@ -46,8 +46,7 @@
 //!
 //! # Not there yet
 //! The `*at` calls with a directory descriptor, `O_PATH`/`O_TMPFILE`, `unmount`,
-//! `chmod`/`chown`, permission checks beyond `access` (Keel has one user),
-//! `/proc/self/fd/`, and the persistent filesystem of issue 15.
+//! `chmod`/`chown`, and permission checks beyond `access` (Keel has one user).
 
 #![no_std]
 #![forbid(unsafe_code)]

@@ -236,6 +236,7 @@ impl<P: Parker + 'static> Vfs<P> {
         let vnode = match cached {
             Some(Some(vnode)) => vnode,
             Some(None) => return Err(Errno::ENOENT),
+            None if !directory.vnode.cache_lookups() => directory.vnode.lookup(name)?,
             None => match directory.vnode.lookup(name) {
                 Ok(vnode) => {
                     self.dcache

@@ -106,3 +106,113 @@ fn the_tree_is_fixed_and_dotdot_leads_back() {
         [&b"."[..], b"..", b"cpuinfo", b"meminfo", b"self", b"uptime"]
     );
 }
+
+/// A source whose `/proc/self/fd` is a context's descriptors.
+#[derive(Default)]
+struct WithFds {
+    context: std::sync::OnceLock<std::sync::Weak<common::Ctx>>,
+}
+
+impl ProcSource for WithFds {
+    fn maps(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn cpuinfo(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn meminfo(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn uptime(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn fds(&self) -> Vec<i32> {
+        let context = self.context.get().and_then(|weak| weak.upgrade());
+        context.map_or_else(Vec::new, |context| {
+            context.open_fds().into_iter().map(|fd| fd.raw()).collect()
+        })
+    }
+    fn fd_target(&self, fd: i32) -> Option<Vec<u8>> {
+        let context = self.context.get()?.upgrade()?;
+        context.fd_target(keel_vfs::Fd::from_raw(fd).ok()?).ok()
+    }
+}
+
+fn names_in(ctx: &common::Ctx, path: &[u8]) -> Vec<Vec<u8>> {
+    let fd = ctx
+        .open(path, OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY, 0)
+        .unwrap();
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let entries = ctx.getdents(fd, 2).unwrap();
+        if entries.is_empty() {
+            break;
+        }
+        names.extend(entries.into_iter().map(|entry| entry.name));
+    }
+    ctx.close(fd).unwrap();
+    names
+}
+
+#[test]
+fn proc_self_fd_follows_opens_closes_renames_and_unlinks() {
+    let ctx = Arc::new(context());
+    let source = Arc::new(WithFds::default());
+    source.context.set(Arc::downgrade(&ctx)).unwrap();
+    ctx.mkdir(b"/proc", 0o555).unwrap();
+    ctx.mount(b"/proc", Procfs::new(source, clock())).unwrap();
+    ctx.mkdir(b"/etc", 0o755).unwrap();
+
+    // Before fd 1 exists its link is absent, and stays absent for no stale reason.
+    assert_eq!(ctx.readlink(b"/proc/self/fd/1"), Err(Errno::ENOENT));
+    let file = ctx
+        .open(
+            b"/etc/config",
+            OpenFlags::O_RDWR | OpenFlags::O_CREAT,
+            0o644,
+        )
+        .unwrap();
+    ctx.chdir(b"/etc").unwrap();
+    let directory = ctx.open(b".", OpenFlags::O_RDONLY, 0).unwrap();
+    let null_dir = ctx.open(b"/proc/self/fd", OpenFlags::O_RDONLY, 0).unwrap();
+    assert_eq!((file.raw(), directory.raw(), null_dir.raw()), (0, 1, 2));
+    assert_eq!(ctx.readlink(b"/proc/self/fd/0").unwrap(), b"/etc/config");
+    assert_eq!(ctx.readlink(b"/proc/self/fd/1").unwrap(), b"/etc");
+    assert_eq!(ctx.readlink(b"/proc/self/fd/2").unwrap(), b"/proc/self/fd");
+    assert_eq!(
+        ctx.lstat(b"/proc/self/fd/0").unwrap().file_type(),
+        Some(FileType::Symlink)
+    );
+    // The listing, two entries per call (the cookie survives the pieces).
+    let mut expected: Vec<Vec<u8>> = [".", "..", "0", "1"]
+        .iter()
+        .map(|name| name.as_bytes().to_vec())
+        .collect();
+    expected.push(b"2".to_vec());
+    // names_in opens one more descriptor (3) for the listing itself.
+    expected.push(b"3".to_vec());
+    assert_eq!(names_in(&ctx, b"/proc/self/fd"), expected);
+    assert_eq!(ctx.readlink(b"/proc/self/fd/00"), Err(Errno::ENOENT));
+    assert_eq!(ctx.readlink(b"/proc/self/fd/x"), Err(Errno::ENOENT));
+
+    // A rename shows; following the link reaches the file.
+    ctx.rename(b"/etc/config", b"/etc/settings").unwrap();
+    assert_eq!(ctx.readlink(b"/proc/self/fd/0").unwrap(), b"/etc/settings");
+    ctx.write(file, b"hello").unwrap();
+    assert_eq!(ctx.stat(b"/proc/self/fd/0").unwrap().size, 5);
+    // An unlinked file is "(deleted)".
+    let ino = ctx.fstat(file).unwrap().ino;
+    ctx.unlink(b"/etc/settings").unwrap();
+    assert_eq!(
+        ctx.readlink(b"/proc/self/fd/0").unwrap(),
+        format!("/etc/#{ino} (deleted)").into_bytes()
+    );
+    // A closed descriptor's link goes at once, and a new file under its number shows.
+    ctx.close(file).unwrap();
+    assert_eq!(ctx.readlink(b"/proc/self/fd/0"), Err(Errno::ENOENT));
+    let other = ctx
+        .open(b"/etc/other", OpenFlags::O_RDWR | OpenFlags::O_CREAT, 0o644)
+        .unwrap();
+    assert_eq!(other.raw(), 0);
+    assert_eq!(ctx.readlink(b"/proc/self/fd/0").unwrap(), b"/etc/other");
+}

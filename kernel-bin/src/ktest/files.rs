@@ -145,7 +145,8 @@ fn maps_line_holding(maps: &str, address: u64) -> Option<(u64, u64, &str)> {
 
 /// `/proc/self/maps` lists the kernel's text as `r-xp` and its data as `rw-p`, from
 /// the live page tables; `/proc/cpuinfo` has one entry per CPU, `/proc/meminfo` and
-/// `/proc/uptime` their first fields.
+/// `/proc/uptime` their first fields; `/proc/self/fd/N` names an open file until it is
+/// closed.
 fn procfs_lists_the_kernels_mappings(_: &ArchInfo) -> TestResult {
     let files = files::context();
     check!(files.is_some(), "no file context");
@@ -170,6 +171,20 @@ fn procfs_lists_the_kernels_mappings(_: &ArchInfo) -> TestResult {
         line,
         data
     );
+    // /proc/self/fd: an open file's link names it, and goes when it is closed.
+    let opened = files.open(b"/proc/cpuinfo", OpenFlags::O_RDONLY, 0);
+    check!(opened.is_ok(), "opening /proc/cpuinfo", opened);
+    let fd = opened.unwrap();
+    let link = alloc::format!("/proc/self/fd/{}", fd.raw());
+    let target = files.readlink(link.as_bytes());
+    check!(
+        target.as_deref() == Ok(&b"/proc/cpuinfo"[..]),
+        "/proc/self/fd link",
+        target.map(|bytes| alloc::string::String::from_utf8_lossy(&bytes).into_owned())
+    );
+    let _ = files.close(fd);
+    let gone = files.readlink(link.as_bytes());
+    check!(gone == Err(keel_vfs::Errno::ENOENT), "closed fd's link", gone);
     let cpuinfo = read_file(files, b"/proc/cpuinfo").unwrap_or_default();
     let processors = alloc::string::String::from_utf8_lossy(&cpuinfo)
         .lines()
