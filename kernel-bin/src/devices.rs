@@ -7,6 +7,12 @@
 //! - MMIO (microvm): every `virtio_mmio.device=` word of the command line is mapped and
 //!   its interrupt routed through the I/O APIC (the MADT's chips and overrides).
 //!
+//! A virtio-rng function on PCI (`-device virtio-rng-pci`) becomes the kernel's
+//! [`virtio_entropy`] source, which `/dev/random` falls back on when the CPU has no
+//! RDRAND (files.rs). It uses virtio-drivers' `VirtIORng`, whose request waits by
+//! polling the used ring: an entropy request is rare and QEMU answers it from the
+//! host's `/dev/urandom` at once, so it gets no interrupt vector. Not on MMIO yet.
+//!
 //! Each disk is a `keel_virtio::blk::VirtioBlock` over Keel's DMA Hal ([`KernelDma`]:
 //! pages from the page allocator, identity-mapped) and the scheduler's parker, so a
 //! request's thread sleeps until the interrupt wakes it, and a CPU with nothing else
@@ -30,6 +36,7 @@ use keel_virtio::blk::{BlkStats, VirtioBlock};
 use keel_virtio::block::BlockDevice;
 use keel_virtio::hal::{DmaMemory, KeelHal};
 use virtio_drivers::PhysAddr;
+use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::virtio_device_type;
@@ -192,6 +199,40 @@ struct Discovery {
     failed: Vec<String>,
 }
 
+/// The virtio-rng device, if one was found: its requests one at a time.
+static ENTROPY: spin::Once<keel_lfmutex::Mutex<VirtIORng<Hal, PciTransport>, KernelParker>> =
+    spin::Once::new();
+
+/// Fills `buffer` from the virtio-rng device; false if there is none or it failed.
+/// Must run on a Keel thread (the device's mutex parks).
+pub fn virtio_entropy(buffer: &mut [u8]) -> bool {
+    let Some(device) = ENTROPY.get() else {
+        return false;
+    };
+    let mut device = device.lock();
+    let mut filled = 0;
+    // The device may return fewer bytes than asked: ask again, a bounded number of
+    // times, so that a device that returns nothing cannot hold the caller forever.
+    for _ in 0..buffer.len().div_ceil(16) + 16 {
+        if filled == buffer.len() {
+            return true;
+        }
+        match device.request_entropy(&mut buffer[filled..]) {
+            Ok(count) => filled += count.min(buffer.len() - filled),
+            Err(error) => {
+                log::warn!("devices: virtio-rng request failed: {error}");
+                return false;
+            }
+        }
+    }
+    filled == buffer.len()
+}
+
+/// Whether a virtio-rng device was found.
+pub fn has_virtio_entropy() -> bool {
+    ENTROPY.get().is_some()
+}
+
 impl Discovery {
     fn fail(&mut self, what: &str, reason: impl core::fmt::Display) {
         let mut text = String::new();
@@ -268,6 +309,32 @@ impl Discovery {
         );
     }
 
+    /// A virtio-rng function: no interrupt, the driver polls.
+    fn pci_rng(&mut self, segment: &mut PciSegment, address: PciAddress) {
+        let location = pci_location(address);
+        let failed = |reason: &dyn core::fmt::Display| {
+            keel_arch_x86_64::kprintln!("devices: virtio-rng at {location}: {reason}; left out");
+        };
+        if ENTROPY.get().is_some() {
+            return failed(&"a second virtio-rng device");
+        }
+        if let Err(error) = segment.prepare(address) {
+            return failed(&error);
+        }
+        let transport = match PciTransport::new::<Hal, _>(segment.root_mut(), address) {
+            Ok(transport) => transport,
+            Err(error) => return failed(&error),
+        };
+        match VirtIORng::<Hal, PciTransport>::new(transport) {
+            Ok(mut device) => {
+                device.disable_interrupts();
+                ENTROPY.call_once(|| keel_lfmutex::Mutex::new(device));
+                keel_arch_x86_64::kprintln!("devices: virtio-rng, {location}");
+            }
+            Err(error) => failed(&error),
+        }
+    }
+
     fn mmio(&mut self, info: &ArchInfo, device: keel_bootinfo::virtio_mmio::MmioDevice) {
         let mut location = String::new();
         let _ = write!(location, "mmio {:#x} irq {}", device.base, device.irq);
@@ -339,8 +406,12 @@ pub fn init(info: &ArchInfo) {
                     function.info.class,
                     function.info.subclass
                 );
-                if virtio_device_type(&function.info) == Some(DeviceType::Block) {
-                    found.pci(info, &mut segment, function.address);
+                match virtio_device_type(&function.info) {
+                    Some(DeviceType::Block) => found.pci(info, &mut segment, function.address),
+                    Some(DeviceType::EntropySource) => {
+                        found.pci_rng(&mut segment, function.address);
+                    }
+                    _ => {}
                 }
             }
         }

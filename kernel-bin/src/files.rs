@@ -43,15 +43,18 @@ impl Console for SerialConsole {
 
 /// `/dev/random` and `/dev/urandom`: RDRAND, which the CPU reseeds from its own
 /// entropy source (Intel's DRNG guide: at least every 511 128-bit samples), with a
-/// few retries per word as Intel advises; nothing when the CPU has no RDRAND (then
-/// reads fail with EIO, see `keel_vfs::devfs`). QEMU's TCG offers it with `-cpu max`.
+/// few retries per word as Intel advises; on a CPU without RDRAND, a virtio-rng
+/// device if there is one (`devices::virtio_entropy`); with neither, reads fail with
+/// EIO (see `keel_vfs::devfs`). QEMU's TCG offers RDRAND with `-cpu max`. (RDSEED,
+/// the raw conditioner output, is not used: RDRAND is what Intel recommends for
+/// random numbers, RDSEED for seeding another generator.)
 #[derive(Debug)]
-struct CpuRandom;
+struct KernelRandom;
 
-impl Entropy for CpuRandom {
+impl Entropy for KernelRandom {
     fn fill(&self, buffer: &mut [u8]) -> bool {
         let Some(source) = x86_64::instructions::random::RdRand::new() else {
-            return false;
+            return crate::devices::virtio_entropy(buffer);
         };
         for chunk in buffer.chunks_mut(8) {
             let Some(word) = (0..10).find_map(|_| source.get_u64()) else {
@@ -256,7 +259,7 @@ pub fn init(info: &ArchInfo) {
     let context = FILES.call_once(|| Context::new(vfs));
     let devfs = Devfs::new(
         Arc::new(SerialConsole),
-        Arc::new(CpuRandom),
+        Arc::new(KernelRandom),
         Arc::new(SinceBoot),
     );
     if let Err(errno) = context
@@ -292,7 +295,7 @@ pub fn init(info: &ArchInfo) {
     // (its device nodes are skipped; the directory is then covered).
     let devfs = Devfs::new(
         Arc::new(SerialConsole),
-        Arc::new(CpuRandom),
+        Arc::new(KernelRandom),
         Arc::new(SinceBoot),
     );
     let made = match context.mkdir(b"/dev", 0o755) {

@@ -261,6 +261,8 @@ mod command_line {
         ktest_key("ktest.disk_seed", Values::NumberAtLeast(1)),
         ktest_key("ktest.disk_previous_seed", Values::NumberAtLeast(0)),
         ktest_key("ktest.expect_failed_disks", Values::NumberAtLeast(0)),
+        // Whether xtask attached a virtio-rng device (ktest/virtio.rs).
+        ktest_key("ktest.expect_rng", Values::NumberAtLeast(0)),
         // Read by the SMP start-up in every build (smp.rs).
         key("ktest.ap_stack_above_4g", Values::Flag),
     ];

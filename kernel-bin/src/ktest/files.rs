@@ -184,7 +184,11 @@ fn procfs_lists_the_kernels_mappings(_: &ArchInfo) -> TestResult {
     );
     let _ = files.close(fd);
     let gone = files.readlink(link.as_bytes());
-    check!(gone == Err(keel_vfs::Errno::ENOENT), "closed fd's link", gone);
+    check!(
+        gone == Err(keel_vfs::Errno::ENOENT),
+        "closed fd's link",
+        gone
+    );
     let cpuinfo = read_file(files, b"/proc/cpuinfo").unwrap_or_default();
     let processors = alloc::string::String::from_utf8_lossy(&cpuinfo)
         .lines()

@@ -381,3 +381,31 @@ fn virtio_blk_waits_sleep_until_the_interrupt(_: &ArchInfo) -> TestResult {
     Ok(())
 }
 ktest!(virtio_blk_waits_sleep_until_the_interrupt);
+
+/// With `ktest.expect_rng=1` (xtask attaches `-device virtio-rng-pci` on q35), the
+/// virtio-rng device was found and gives bytes: two 256-byte reads, neither all zero
+/// and not equal to each other (a device or driver that returns an untouched buffer,
+/// or the same bytes twice, fails).
+fn virtio_rng_gives_fresh_bytes(info: &ArchInfo) -> TestResult {
+    let expected = seed_argument(info, "ktest.expect_rng").unwrap_or(0) == 1;
+    check!(
+        devices::has_virtio_entropy() == expected,
+        "virtio-rng found",
+        devices::has_virtio_entropy(),
+        expected
+    );
+    if !expected {
+        return Ok(());
+    }
+    let mut first = [0u8; 256];
+    let mut second = [0u8; 256];
+    check!(devices::virtio_entropy(&mut first), "first virtio-rng read");
+    check!(
+        devices::virtio_entropy(&mut second),
+        "second virtio-rng read"
+    );
+    check!(first.iter().any(|&byte| byte != 0), "all zero", first);
+    check!(first != second, "the same bytes twice", first);
+    Ok(())
+}
+ktest!(virtio_rng_gives_fresh_bytes);

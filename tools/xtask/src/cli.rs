@@ -118,6 +118,10 @@ pub struct RunArguments {
     /// the kernel unpacks it into / at boot.
     #[arg(long, value_name = "DIR")]
     pub files: Option<std::path::PathBuf>,
+    /// Attach a virtio-rng device (`-device virtio-rng-pci`; q35 only). `/dev/random`
+    /// uses it on a CPU without RDRAND. `--ktest` attaches one on q35 anyway.
+    #[arg(long)]
+    pub rng: bool,
     /// Kernel arguments, after `--` (listed below), for example `-- app=lockbench
     /// log=debug`.
     #[arg(last = true, value_name = "KERNEL ARGS")]

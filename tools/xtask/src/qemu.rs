@@ -59,6 +59,8 @@ pub struct QemuOptions {
     pub disks: Vec<Disk>,
     /// The boot image (`-initrd`), a cpio newc archive.
     pub initrd: Option<PathBuf>,
+    /// Attach a virtio-rng device (`-device virtio-rng-pci`, q35 only).
+    pub rng: bool,
 }
 
 /// A disk image attached as a virtio-blk device.
@@ -169,6 +171,7 @@ impl Default for QemuOptions {
             qemu_root: None,
             disks: Vec::new(),
             initrd: None,
+            rng: false,
         }
     }
 }
@@ -448,6 +451,10 @@ pub fn command(kernel: &Path, options: &QemuOptions) -> Command {
         .arg("-kernel")
         .arg(kernel)
         .args(disk_arguments(options.machine, &options.disks));
+    // After the disks, so that their PCI slots stay where they were.
+    if options.rng && options.machine == Machine::Q35 {
+        command.args(["-device", "virtio-rng-pci"]);
+    }
     if let Some(initrd) = &options.initrd {
         command.arg("-initrd").arg(initrd);
     }
@@ -583,6 +590,7 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
         qemu_root: None,
         disks: arguments.disks,
         initrd: None,
+        rng: arguments.rng,
     };
     let mut options = options;
     if let Some(directory) = &arguments.files {
@@ -599,6 +607,19 @@ pub fn run_command(arguments: RunArguments) -> Result<(), String> {
             "ktest.disk_previous_seed=0".into(),
             crate::test::EXT2_MOUNT.into(),
         ]);
+    }
+    // The virtio-rng case expects the device on q35.
+    if ktest && options.machine == Machine::Q35 {
+        options.rng = true;
+    }
+    if ktest {
+        options.append.push(format!(
+            "ktest.expect_rng={}",
+            u8::from(options.rng && options.machine == Machine::Q35)
+        ));
+    }
+    if options.rng && options.machine != Machine::Q35 {
+        return Err("--rng: virtio-rng is attached on q35 only (virtio-rng-pci)".into());
     }
     // And the boot image the file cases compare with, unless --files gave one.
     if ktest && options.initrd.is_none() {

@@ -715,6 +715,7 @@ fn guest_stage() -> Result<Stage, String> {
             format!("ktest.disk_seed={}", boot + 1),
             format!("ktest.disk_previous_seed={boot}"),
             format!("ktest.expect_failed_disks={}", disks.len() - 3),
+            format!("ktest.expect_rng={}", u8::from(machine == Machine::Q35)),
             EXT2_MOUNT.into(),
         ];
         append.extend(extra.map(String::from));
@@ -728,6 +729,7 @@ fn guest_stage() -> Result<Stage, String> {
             qemu_root,
             disks: disks.clone(),
             initrd: Some(boot_image.clone()),
+            rng: machine == Machine::Q35,
             ..QemuOptions::default()
         };
         // Later boots: no short-queue disk (vda, vdb and the ext2 disk stay).
