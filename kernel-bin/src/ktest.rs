@@ -88,6 +88,7 @@ mod backtrace;
 mod boot;
 mod cpu;
 pub mod crash;
+mod elf;
 mod files;
 mod heap;
 mod interrupts;

@@ -14,6 +14,7 @@ mod app;
 #[cfg(not(feature = "ktest"))]
 mod blkbench;
 mod devices;
+mod elf;
 mod files;
 #[cfg(feature = "ktest")]
 mod ktest;

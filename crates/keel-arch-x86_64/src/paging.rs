@@ -591,6 +591,107 @@ pub fn map_page_to(
     })
 }
 
+/// The access [`set_identity_access`] gives RAM pages. There is no writable and
+/// executable value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAccess {
+    /// Not present: any access faults. The entry is cleared (a guard page, unlike
+    /// this, keeps its frame), so the crash report does not call it a guard page.
+    None,
+    /// Present, read-only, no-execute.
+    Read,
+    /// Present, read-write, no-execute: what all RAM has after [`init`].
+    ReadWrite,
+    /// Present, read-only, executable.
+    ReadExecute,
+}
+
+/// Gives the `pages` identity-mapped RAM pages from `start` (page aligned) the access
+/// `access`, splitting 2 MiB pages as needed, then flushes: every online CPU when any
+/// page lost presence or rights (a shootdown, [`crate::tlb::shootdown`]), else the
+/// calling CPU only. For memory the caller owns (from the page allocator): the kernel
+/// loading an ELF object maps its segments this way. A page whose present entry maps
+/// another frame than its own address is refused ([`PagingError::NotMapped`]) before
+/// anything after it changes; pages before it keep their new access.
+///
+/// Call with no lock held that another CPU may spin on with interrupts masked (see
+/// [`crate::tlb`]).
+pub fn set_identity_access(
+    start: keel_types::VirtAddr,
+    pages: u64,
+    access: PageAccess,
+) -> Result<(), PagingError> {
+    let first = start.as_u64();
+    if !first.is_multiple_of(PAGE) {
+        return Err(PagingError::NotMapped(start));
+    }
+    let flags = match access {
+        PageAccess::None => PageTableFlags::empty(),
+        PageAccess::Read => PageTableFlags::PRESENT | PageTableFlags::NO_EXECUTE,
+        PageAccess::ReadWrite => {
+            PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE
+        }
+        PageAccess::ReadExecute => PageTableFlags::PRESENT,
+    };
+    let mut reduced = false;
+    let mut split = false;
+    let mut result = Ok(());
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        for index in 0..pages {
+            let address = first + index * PAGE;
+            let mut foreign = false;
+            let flush = change_last_level(keel_types::VirtAddr::new(address), |entry| {
+                let old = entry.flags();
+                if old.contains(PageTableFlags::PRESENT) && entry.addr().as_u64() != address {
+                    foreign = true;
+                    return false;
+                }
+                if flags.is_empty() {
+                    entry.set_unused();
+                } else {
+                    entry.set_addr(PhysAddr::new(address), flags);
+                }
+                // Lost presence, writability or execution: other CPUs must forget it.
+                old.contains(PageTableFlags::PRESENT)
+                    && (!flags.contains(PageTableFlags::PRESENT)
+                        || (old.contains(PageTableFlags::WRITABLE)
+                            && !flags.contains(PageTableFlags::WRITABLE))
+                        || (!old.contains(PageTableFlags::NO_EXECUTE)
+                            && flags.contains(PageTableFlags::NO_EXECUTE)))
+            });
+            match flush {
+                Ok(flush) => {
+                    reduced |= flush.reduced;
+                    split |= flush.split;
+                }
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+            if foreign {
+                result = Err(PagingError::NotMapped(keel_types::VirtAddr::new(address)));
+                break;
+            }
+        }
+        use crate::tlb::{self, Flush};
+        let range = if split {
+            Flush::All
+        } else {
+            Flush::Pages {
+                start,
+                count: pages,
+            }
+        };
+        if reduced || split {
+            tlb::shootdown(range);
+        } else {
+            tlb::flush_local(range);
+        }
+    });
+    result
+}
+
 /// What a change of the live tables leaves to flush, once their lock is dropped.
 #[derive(Debug, Clone, Copy)]
 struct PendingFlush {

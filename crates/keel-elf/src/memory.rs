@@ -79,7 +79,8 @@ pub enum MemoryError {
 /// in it with a protection, change protections, release the range.
 ///
 /// The host implements it over `mmap`/`mprotect` (`HostMemory`, feature `host`); the
-/// guest will implement it over Keel's page tables and page allocator.
+/// kernel over its page allocator and identity map (`KernelMemory` in
+/// `kernel-bin/src/elf.rs`).
 ///
 /// # Safety
 /// The linker writes through raw pointers into what this trait maps, and later runs

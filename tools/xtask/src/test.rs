@@ -114,15 +114,73 @@ fn check_ext2_image(last_boot: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Packs `kernel-bin/tests/fixtures/boot-image/` into target/ktest-disks/ for the
-/// in-guest file cases (kernel-bin/src/ktest/files.rs), which compare what the kernel
-/// unpacked with the fixture's bytes.
+/// Builds the in-guest test suite's boot image in target/ktest-disks/: a copy of
+/// `kernel-bin/tests/fixtures/boot-image/` plus `/lib/libkeeltest.so` and
+/// `/lib/libkeeldep.so`, built here by gcc from `kernel-bin/tests/fixtures/elf/` for
+/// the ELF case (ktest/elf.rs), packed as cpio newc.
 pub fn ktest_boot_image() -> Result<std::path::PathBuf, String> {
-    let image = workspace_root().join("target/ktest-disks/boot-image.cpio");
-    crate::image::pack(
-        &workspace_root().join("kernel-bin/tests/fixtures/boot-image"),
-        &image,
-    )?;
+    let directory = workspace_root().join("target/ktest-disks");
+    let root = directory.join("boot-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(workspace_root().join("kernel-bin/tests/fixtures/boot-image"))
+        .arg(&root)
+        .status()
+        .map_err(|error| format!("cannot run cp: {error}"))?;
+    if !copied.success() {
+        return Err(format!("cp -a of the boot-image fixture failed: {copied}"));
+    }
+    let lib = root.join("lib");
+    std::fs::create_dir_all(&lib)
+        .map_err(|error| format!("cannot create {}: {error}", lib.display()))?;
+    let sources = workspace_root().join("kernel-bin/tests/fixtures/elf");
+    // Freestanding objects that need no libc, bound at load (-z now) with RELRO.
+    let common = [
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-stack-protector",
+        "-nostdlib",
+        "-Wl,-z,now",
+        "-Wl,-z,relro",
+        "-Wl,-z,noexecstack",
+    ];
+    let objects: [(&str, &str, &[&str]); 2] = [
+        ("keeldep.c", "libkeeldep.so", &["-Wl,-soname,libkeeldep.so"]),
+        ("keeltest.c", "libkeeltest.so", &["-L", "LIB", "-lkeeldep"]),
+    ];
+    for (source, output, extra) in objects {
+        let extra = extra.iter().map(|word| {
+            if *word == "LIB" {
+                lib.display().to_string()
+            } else {
+                (*word).to_string()
+            }
+        });
+        // The source before the libraries: with Debian's --as-needed, a library
+        // named before the object that needs it is left out of DT_NEEDED.
+        let built = Command::new("gcc")
+            .args(common)
+            .arg("-o")
+            .arg(lib.join(output))
+            .arg(sources.join(source))
+            .args(extra.collect::<Vec<_>>())
+            .output()
+            .map_err(|error| format!("cannot run gcc ({error}): apt-get install gcc"))?;
+        if !built.status.success() {
+            return Err(format!(
+                "gcc {source} failed: {}",
+                String::from_utf8_lossy(&built.stderr).trim()
+            ));
+        }
+    }
+    let image = directory.join("boot-image.cpio");
+    crate::image::pack(&root, &image)?;
     Ok(image)
 }
 
