@@ -25,8 +25,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keel_elf::host::{FileSystem, HostLibraries, HostMemory};
 use keel_elf::{ExportedSymbols, Linker, LinkerOptions, ObjectFile, SymbolProvider, SymbolRequest};
+use keel_hosted::elf::{FileSystem, HostLibraries, HostMemory};
 
 const LIBZ: &str = "/usr/lib/x86_64-linux-gnu/libz.so.1";
 const LIBSQLITE3: &str = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";

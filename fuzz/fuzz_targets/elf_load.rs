@@ -6,7 +6,7 @@
 //! failed load must leave nothing mapped.
 #![no_main]
 
-use keel_elf::host::{HostLibraries, HostMemory, HostThreadLocalStorage};
+use keel_hosted::elf::{HostLibraries, HostMemory, HostThreadLocalStorage};
 use keel_elf::{LibrarySource, Linker, LinkerOptions, ObjectFile, ProviderChain};
 use libfuzzer_sys::fuzz_target;
 

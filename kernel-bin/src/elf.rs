@@ -12,6 +12,9 @@
 //! - [`VfsLibraries`]: `keel_elf::LibrarySource` over the kernel's file context.
 //! - [`kernel_exports`]: the symbols the kernel gives loaded objects. For now only a
 //!   few for tests (the libc of issue 17 will be the real table).
+//! - [`run_object`]: `app=run run.object=PATH [run.entry=NAME]` loads a shared object
+//!   (and its `DT_NEEDED`s) from the VFS, calls its `int NAME(void)` (default
+//!   `keel_main`) on the application thread, and exits with success if it returns 0.
 
 use alloc::vec::Vec;
 
@@ -179,6 +182,59 @@ impl keel_elf::LibrarySource for VfsLibraries {
         let _ = context.close(fd);
         result
     }
+}
+
+/// `app=run`: loads `run.object` from the VFS and calls its `run.entry` (default
+/// `keel_main`, `int (void)`); true if it returned 0. A load error or a missing entry
+/// is reported and is a failure.
+#[cfg(not(feature = "ktest"))]
+pub fn run_object(info: &keel_arch_x86_64::ArchInfo) -> bool {
+    use keel_arch_x86_64::kprintln;
+    let Some(object) = info.boot.command_line_value("run.object") else {
+        kprintln!("run: no object: give run.object=PATH (a shared object in the VFS)");
+        return false;
+    };
+    let entry = info
+        .boot
+        .command_line_value("run.entry")
+        .unwrap_or("keel_main");
+    let mut linker = keel_elf::Linker::new(
+        KernelMemory::default(),
+        kernel_exports(),
+        VfsLibraries,
+        keel_elf::LinkerOptions::default(),
+    );
+    // SAFETY: the user asked the kernel to run this object: it is trusted code in the
+    // kernel's address space, as every OSv application is.
+    let loaded = unsafe { linker.load(object) };
+    let id = match loaded {
+        Ok(id) => id,
+        Err(error) => {
+            kprintln!("run: cannot load {object}: {error}");
+            return false;
+        }
+    };
+    let Some(address) = linker.symbol(id, entry, None) else {
+        kprintln!("run: {object} defines no {entry}");
+        return false;
+    };
+    // SAFETY: by this mode's contract the entry is `int entry(void)` with the C ABI.
+    let function: extern "C" fn() -> i32 = unsafe { core::mem::transmute(address.as_u64()) };
+    kprintln!("run: calling {entry} of {object}");
+    let status = function();
+    kprintln!("run: {entry} returned {status}");
+    // SAFETY: the object's own finalizers, after its entry returned.
+    if let Err(error) = unsafe { linker.finalize() } {
+        kprintln!("run: finalizing {object}: {error}");
+        return false;
+    }
+    drop(linker);
+    let held = pages_held();
+    if held != 0 {
+        kprintln!("run: {held} pages of the object were not given back");
+        return false;
+    }
+    status == 0
 }
 
 /// `keel_kernel_answer`: a kernel function a loaded object can call (the in-guest

@@ -268,6 +268,14 @@ pub fn init(info: &ArchInfo) {
     {
         kprintln!("files: cannot mount devfs at /dev: {errno}");
     }
+    let random = if x86_64::instructions::random::RdRand::new().is_some() {
+        "RDRAND"
+    } else if crate::devices::has_virtio_entropy() {
+        "virtio-rng"
+    } else {
+        "nothing (reads fail with EIO)"
+    };
+    log::info!("files: /dev/random and /dev/urandom read from {random}");
     let mut total = UnpackReport::default();
     let modules = info.boot.modules();
     for module in modules {

@@ -115,6 +115,7 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
                 Some("lockbench") => passed(lockbench::run(info)),
                 Some("trapbench") => passed(trapbench::run(info)),
                 Some("blkbench") => passed(blkbench::run(info)),
+                Some("run") => passed(elf::run_object(info)),
                 _ => app::main(info),
             };
             cpu::exit(code)
@@ -237,8 +238,12 @@ mod command_line {
     const KEYS: &[Key] = &[
         key(
             "app",
-            Values::OneOf(&["default", "lockbench", "trapbench", "blkbench"]),
+            Values::OneOf(&["default", "lockbench", "trapbench", "blkbench", "run"]),
         ),
+        // `app=run`: the shared object to load from the VFS and the function to call
+        // (elf.rs).
+        key("run.object", Values::Text),
+        key("run.entry", Values::Text),
         key(
             "log",
             Values::OneOf(&["off", "error", "warn", "info", "debug", "trace"]),

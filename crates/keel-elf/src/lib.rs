@@ -30,7 +30,8 @@
 //!   symbols are reported all at once, each with its version and the object that needs
 //!   it.
 //!
-//! With the `host` feature (and in this crate's tests), `host` provides `HostMemory`
+//! On the host, `keel_hosted::elf` (also this crate's test-only `host` module: one
+//! source file, see its docs) provides `HostMemory`
 //! (`mmap`/`mprotect`), `HostLibraries` (the host glibc's symbols through
 //! `dlopen`/`dlvsym`), `FileSystem` (a [`LibrarySource`] over `std::fs`) and
 //! `HostThreadLocalStorage` (dynamic TLS: blocks allocated per thread on first use by
@@ -115,14 +116,18 @@
 #![deny(unsafe_code)]
 
 extern crate alloc;
-#[cfg(any(test, feature = "host"))]
+#[cfg(test)]
 extern crate std;
+// The test-only `host` module (keel-hosted's `elf.rs`) names this crate `keel_elf`.
+#[cfg(test)]
+extern crate self as keel_elf;
 
 mod errors_display;
 mod hash;
-#[cfg(any(test, feature = "host"))]
+#[cfg(test)]
 #[allow(unsafe_code)]
-pub mod host;
+#[path = "../../keel-hosted/src/elf.rs"]
+pub(crate) mod host;
 #[allow(unsafe_code)]
 mod image;
 mod linker;

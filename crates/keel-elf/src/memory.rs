@@ -78,7 +78,7 @@ pub enum MemoryError {
 /// Where the linker's memory comes from: reserve an address range, map zero-filled pages
 /// in it with a protection, change protections, release the range.
 ///
-/// The host implements it over `mmap`/`mprotect` (`HostMemory`, feature `host`); the
+/// The host implements it over `mmap`/`mprotect` (`keel_hosted::elf::HostMemory`); the
 /// kernel over its page allocator and identity map (`KernelMemory` in
 /// `kernel-bin/src/elf.rs`).
 ///

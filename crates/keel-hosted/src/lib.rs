@@ -4,6 +4,8 @@
 //! - [`HostedArch`] / [`Machine`]: `keel-sched`'s `Arch` with Linux threads as CPUs and
 //!   user-space context switches (see [`sched`]).
 //! - [`StdParker`]: `keel-lfmutex`'s `Parker` on `std::thread::park` / `unpark`.
+//! - [`elf`]: `keel-elf`'s memory, symbol, library and TLS traits over `mmap`, the
+//!   host's glibc and `std::fs`, so real Debian libraries load in a test process.
 //! - [`FileBlockDevice`]: `keel-virtio`'s `BlockDevice` over a host file, for the tests
 //!   of the virtio driver and, later, of the filesystems (see [`block_file`]).
 //!
@@ -16,7 +18,11 @@
 // its `SAFETY:` argument.
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
 pub mod block_file;
+#[allow(unsafe_code)]
+pub mod elf;
 #[allow(unsafe_code)]
 mod parker;
 #[allow(unsafe_code)]

@@ -34,11 +34,26 @@ struct Key {
 const KEYS: &[Key] = &[
     Key {
         name: "app",
-        values: Values::OneOf(&["default", "lockbench", "trapbench", "blkbench"]),
+        values: Values::OneOf(&["default", "lockbench", "trapbench", "blkbench", "run"]),
         ktest_only: false,
         help: "the application: default (kernel-bin/src/app.rs), lockbench (the \
                lock-holder-preemption experiment), trapbench (interrupt round trips), \
-               blkbench (disk reads on vda, for cargo xtask bench blk)",
+               blkbench (disk reads on vda, for cargo xtask bench blk), run (load \
+               run.object from the files and call its run.entry)",
+    },
+    Key {
+        name: "run.object",
+        values: Values::Text,
+        ktest_only: false,
+        help: "app=run: the shared object to load, a path or a name searched in /lib \
+               and /usr/lib (its DT_NEEDED too)",
+    },
+    Key {
+        name: "run.entry",
+        values: Values::Text,
+        ktest_only: false,
+        help: "app=run: the function to call, int NAME(void) (default keel_main); \
+               the VM exits with success if it returns 0",
     },
     Key {
         name: "log",

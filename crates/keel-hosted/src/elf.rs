@@ -1,7 +1,15 @@
-//! Host implementations (feature `host`, and this crate's tests): [`HostMemory`] over
+//! `keel-elf`'s traits on the host: [`HostMemory`] over
 //! `mmap`/`mprotect`/`munmap`, [`HostLibraries`] resolving against the host's glibc
 //! through `dlopen`/`dlsym`/`dlvsym`, and [`FileSystem`] reading libraries with
-//! `std::fs`. They let real Debian libraries run inside an ordinary test process.
+//! `std::fs`, and [`HostThreadLocalStorage`]. They let real Debian libraries run inside
+//! an ordinary test process, for the benches and fuzzing.
+//!
+//! The same file is also compiled into `keel-elf` itself, as its test-only `host`
+//! module (`#[path]`), for keel-elf's own unit tests: they cannot use this crate (a
+//! dev-dependency on a crate that depends on keel-elf would give them a second,
+//! different keel-elf), and a `host` feature on keel-elf would link `std` into the
+//! kernel through feature unification. So this file names keel-elf's items only by
+//! their public paths, `keel_elf::...` (keel-elf calls itself that in its tests).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -9,10 +17,11 @@ use std::ffi::CString;
 
 use keel_types::VirtAddr;
 
-use crate::linker::LibrarySource;
-use crate::memory::{Memory, MemoryError, PAGE_SIZE, PageRange, Protection, align_up};
-use crate::symbols::{ExportedSymbols, SymbolDefinition, SymbolProvider, SymbolRequest};
-use crate::tls::{ThreadLocalStorage, TlsError, TlsModuleId, TlsTemplate};
+use keel_elf::{
+    ExportedSymbols, LibrarySource, Memory, MemoryError, PAGE_SIZE, PageRange, Protection,
+    SymbolDefinition, SymbolProvider, SymbolRequest, ThreadLocalStorage, TlsError, TlsModuleId,
+    TlsTemplate,
+};
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -87,8 +96,9 @@ unsafe impl Memory for HostMemory {
             return Err(MemoryError::OutOfAddressSpace { length });
         }
         let start = start as u64;
-        let aligned =
-            align_up(start, alignment as u64).ok_or(MemoryError::OutOfAddressSpace { length })?;
+        let aligned = start
+            .checked_next_multiple_of(alignment as u64)
+            .ok_or(MemoryError::OutOfAddressSpace { length })?;
         let head = (aligned - start) as usize;
         let tail = padded - head - length;
         if head > 0 {
