@@ -1,0 +1,6 @@
+//! (being written)
+
+use keel_elf::ExportedSymbols;
+
+/// Adds this module's functions to the export table.
+pub(crate) fn register(_table: &mut ExportedSymbols) {}
