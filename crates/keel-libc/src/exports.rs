@@ -54,7 +54,7 @@ pub fn exports() -> ExportedSymbols {
     export(
         &mut table,
         "__errno_location",
-        crate::errno::errno_location as usize,
+        crate::errno::errno_location as *const () as usize,
     );
     crate::string::register(&mut table);
     crate::malloc::register(&mut table);

@@ -66,9 +66,15 @@ pub trait Platform: Sync {
     fn pid(&self) -> i32 {
         1
     }
-    /// `getenv`'s variables, as `NAME=value` strings.
+    /// `getenv`'s variables, as NUL-terminated `NAME=value` strings.
     fn environment(&self) -> &[&'static [u8]] {
         &[]
+    }
+    /// Ends the program with `status` (`exit`, after its handlers ran). The default
+    /// aborts, saying the status.
+    fn exit(&self, status: i32) -> ! {
+        let _ = status;
+        self.abort("exit() called: this platform cannot end the program")
     }
 }
 
