@@ -34,6 +34,20 @@ pub enum Command {
     /// Pack a directory into a boot image (a cpio newc archive, made by the host's
     /// cpio) that the kernel unpacks into / at boot (`run --files DIR` does both).
     Image(ImageArguments),
+    /// List which of an ELF object's imports (undefined dynamic symbols, with their
+    /// versions) Keel's libc provides and which it lacks.
+    Imports(ImportsArguments),
+}
+
+/// `cargo xtask imports`.
+#[derive(Debug, Args)]
+pub struct ImportsArguments {
+    /// The ELF objects (shared objects, PIEs) to check.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// Fail if any strong import is missing.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `cargo xtask image`.

@@ -19,6 +19,7 @@ mod bench_blk;
 mod cli;
 mod features;
 mod image;
+mod imports;
 mod kernel;
 mod kernel_args;
 mod linux_guest;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         cli::Command::Test(arguments) => test::run(&arguments),
         cli::Command::Bench(arguments) => bench::run(&arguments),
         cli::Command::Image(arguments) => image::pack(&arguments.directory, &arguments.output),
+        cli::Command::Imports(arguments) => imports::run(&arguments.files, arguments.strict),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
