@@ -54,17 +54,47 @@
 //! # Cache and durability
 //! Every block goes through a write-back cache of [`MountOptions::cache_bytes`]
 //! (whole blocks; at least 8). Changes stay in memory until [`Ext2::sync`],
-//! [`Ext2::unmount`], or the cache being full of dirty blocks; each of these writes in
+//! [`Ext2::unmount`], or the cache being full of dirty blocks (then everything dirty
+//! is written back, possibly in the middle of an operation); each of these writes in
 //! two ordered passes: first the blocks that are not static metadata (file data,
 //! directory blocks, indirect blocks), then a device flush, then the inode tables,
-//! bitmaps, group descriptors and superblock, then a flush. So after a completed sync
-//! everything is durable; a crash between syncs loses what was written since the last
-//! one (the disk then holds the previous sync's state for the metadata, and possibly
-//! newer file data in blocks that were already the file's); a crash inside a sync's
-//! second pass can leave metadata half-written (bitmaps and inodes disagreeing), which
-//! `e2fsck` repairs, as with Linux's ext2 (there is no journal). A read-write mount
-//! clears the superblock's clean flag at the first sync and [`Ext2::unmount`] sets it
-//! again, so an image that was not unmounted is checked by fsck.
+//! bitmaps, group descriptors and superblock, then a flush.
+//!
+//! What a completed [`Ext2::sync`] (and so `fsync` or `fdatasync` of any file through
+//! [`vfs::Ext2Fs`], which calls it) guarantees: every change made before it, to any
+//! file of the mount, is on the device and flushed. That is more than POSIX asks of
+//! `fsync` (one file, and not its directory entry): a sync is of the whole
+//! filesystem, so the file's data, its inode, its directory entries and every other
+//! change made before it are durable. After a power cut before the next sync
+//! completes, a file that was not changed after the sync (no write, truncate, unlink
+//! or rename of it or of a directory above it) reads back with exactly the synced
+//! contents under the synced path. A file changed since may read back old, new or
+//! mixed contents (data blocks are rewritten in place), may be missing, or may be
+//! unreadable ([`Error::Corrupted`]); directory blocks go out before the inodes they
+//! name, so the image then generally needs `e2fsck` (entries naming inodes not yet
+//! written, bitmaps and counts that disagree), as with Linux's ext2: there is no
+//! journal. So "a cut loses at most what was not synced" holds file by file for the
+//! files left alone since the sync; a file changed since can lose its synced state
+//! too (the write order allows, for example, a rename cut between its two directory
+//! blocks to leave the file under neither name until `e2fsck` puts it in
+//! `lost+found`).
+//!
+//! How that is tested (`tests/crash_cut.rs`): a workload through the VFS records every
+//! write and flush, and for every cut point (before each write), with the writes in
+//! order, with the next write torn after its first half of sectors, and with the
+//! writes since the last flush landing as a subset, the survivor is mounted (no
+//! panic), every unchanged file of the last completed sync is read and compared, and
+//! `e2fsck -fy` must repair it to `e2fsck -fn`-clean. The guarantee assumes whole
+//! block writes: a directory block torn at a sector boundary can leave a record that
+//! spans the tear corrupt, hiding the entries after it in that block, synced ones
+//! included, until `e2fsck` salvages the directory (the test saw such tears only in
+//! directories changed since the sync, so no synced file was lost, but nothing in
+//! the write order prevents it).
+//!
+//! [`Ext2::unmount`] syncs, sets the superblock's clean flag and syncs again: after
+//! it everything is durable and `e2fsck -fn` finds the image clean. A read-write mount
+//! clears the clean flag at the first sync, so an image that was not unmounted is
+//! checked by fsck. Dropping an [`Ext2`] without unmounting writes nothing back.
 //!
 //! # Concurrency
 //! All state (metadata copies and the cache) sits behind one `spin::Mutex`, held for

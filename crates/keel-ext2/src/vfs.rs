@@ -7,8 +7,10 @@
 //! the spin lock is never contended. (One filesystem-wide gate serialises the calls on
 //! one ext2 mount, as [`Ext2`] does already; per-inode locking is later work.)
 //!
-//! `fsync` of any file syncs the whole filesystem (everything dirty, in the order the
-//! crate docs give), so what a program fsyncs is durable. Time updates through
+//! `fsync` and `fdatasync` of any file sync the whole filesystem (everything dirty, in
+//! the order the crate docs give, which also say what survives a cut): when they
+//! return, every change made before them on this mount is durable, directory entries
+//! included. Time updates through
 //! `utimensat` are not kept: [`Ext2`] has no call for them yet, and the vnode says so
 //! with `ENOSYS` rather than report a success it did not make.
 
