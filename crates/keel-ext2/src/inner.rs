@@ -1428,6 +1428,40 @@ impl<D: BlockDevice> Inner<D> {
         self.write_inode(child, &child_inode)
     }
 
+    /// Sets the access and/or modification time (`None`: leave it) and the change time
+    /// to `now`. ext2 keeps whole seconds: where the inode has the ext4 extra time
+    /// fields, those of the times set are zeroed, so that no stale nanoseconds stay.
+    pub fn set_times(
+        &mut self,
+        ino: u32,
+        atime: Option<u32>,
+        mtime: Option<u32>,
+        now: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let mut inode = self.live_inode(ino)?;
+        // i_ctime_extra, i_mtime_extra, i_atime_extra.
+        let mut extra = vec![132];
+        if let Some(atime) = atime {
+            inode.set_atime(atime);
+            extra.push(140);
+        }
+        if let Some(mtime) = mtime {
+            inode.set_mtime(mtime);
+            extra.push(136);
+        }
+        inode.set_ctime(now);
+        if inode.raw.len() > GOOD_OLD_INODE_SIZE {
+            let extra_size = usize::from(get16(&inode.raw, GOOD_OLD_INODE_SIZE));
+            for offset in extra {
+                if offset + 4 <= GOOD_OLD_INODE_SIZE + extra_size && offset + 4 <= inode.raw.len() {
+                    put32(&mut inode.raw, offset, 0);
+                }
+            }
+        }
+        self.write_inode(ino, &inode)
+    }
+
     pub fn readdir(&mut self, ino: u32) -> Result<Vec<DirEntry>> {
         let dir = self.directory(ino)?;
         let mut entries = Vec::new();

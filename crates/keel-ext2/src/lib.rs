@@ -5,7 +5,8 @@
 //! on: [`Ext2::root`], [`Ext2::lookup`] (one name in one directory), [`Ext2::stat`],
 //! [`Ext2::read_at`] / [`Ext2::write_at`], [`Ext2::create`], [`Ext2::mkdir`],
 //! [`Ext2::symlink`], [`Ext2::readlink`], [`Ext2::link`], [`Ext2::unlink`],
-//! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::readdir`],
+//! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::set_times`],
+//! [`Ext2::readdir`],
 //! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking, symlink
 //! following (and its loop limit) and open-file lifetimes belong to the VFS above: an
 //! unlinked inode is freed when its last link goes, there is no orphan list. Errors are
@@ -104,7 +105,9 @@
 //!
 //! # Time
 //! Times come from the [`Clock`] given to [`Ext2::mount_with`] (seconds since 1970);
-//! [`Ext2::mount`] uses [`NoClock`] (0).
+//! [`Ext2::mount`] uses [`NoClock`] (0). [`Ext2::set_times`] sets the access and
+//! modification times (`utimensat`), whole seconds as ext2 keeps them (an inode's ext4
+//! extra time fields, which mkfs leaves zero, are zeroed for the times it sets).
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -392,6 +395,19 @@ impl<D: BlockDevice> Ext2<D> {
         self.inner
             .lock()
             .rename(from_dir.0, from_name, to_dir.0, to_name, now)
+    }
+
+    /// Sets the access time and/or the modification time of `inode` (`None` leaves
+    /// it), and the change time to the clock's now, as `utimensat` does. Times are
+    /// whole seconds since 1970 (ext2 keeps no nanoseconds).
+    pub fn set_times(
+        &self,
+        inode: InodeNumber,
+        atime: Option<u32>,
+        mtime: Option<u32>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().set_times(inode.0, atime, mtime, now)
     }
 
     /// The entries of directory `dir`, `.` and `..` included, in on-disk order.

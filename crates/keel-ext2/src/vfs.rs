@@ -10,9 +10,12 @@
 //! `fsync` and `fdatasync` of any file sync the whole filesystem (everything dirty, in
 //! the order the crate docs give, which also say what survives a cut): when they
 //! return, every change made before them on this mount is durable, directory entries
-//! included. Time updates through
-//! `utimensat` are not kept: [`Ext2`] has no call for them yet, and the vnode says so
-//! with `ENOSYS` rather than report a success it did not make.
+//! included.
+//!
+//! `utimensat` sets the times through [`Ext2::set_times`]: whole seconds (the
+//! nanoseconds are dropped, ext2 keeps none), clamped to what the on-disk field holds
+//! as Keel reads it, 0 to `u32::MAX` seconds since 1970; the change time becomes the
+//! mount's clock's now.
 
 use crate::{Error, Ext2, FileType as Ext2Type, InodeNumber};
 use alloc::sync::{Arc, Weak};
@@ -285,11 +288,9 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Vnode for Ext2Vnode<D, P> {
         self.fs.call(|fs| fs.sync())
     }
 
-    fn set_times(
-        &self,
-        _atime: Option<Timespec>,
-        _mtime: Option<Timespec>,
-    ) -> keel_vfs::Result<()> {
-        Err(Errno::ENOSYS)
+    fn set_times(&self, atime: Option<Timespec>, mtime: Option<Timespec>) -> keel_vfs::Result<()> {
+        let seconds = |time: Timespec| time.sec.clamp(0, i64::from(u32::MAX)) as u32;
+        self.fs
+            .call(|fs| fs.set_times(self.inode, atime.map(seconds), mtime.map(seconds)))
     }
 }
