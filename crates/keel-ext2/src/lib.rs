@@ -7,9 +7,10 @@
 //! [`Ext2::symlink`], [`Ext2::readlink`], [`Ext2::link`], [`Ext2::unlink`],
 //! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::set_times`],
 //! [`Ext2::readdir`],
-//! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking, symlink
-//! following (and its loop limit) and open-file lifetimes belong to the VFS above: an
-//! unlinked inode is freed when its last link goes, there is no orphan list. Errors are
+//! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking and symlink
+//! following (and its loop limit) belong to the VFS above; open-file lifetimes are
+//! shared with it through [`Ext2::hold`] and [`Ext2::release`] (see "Unlinked open
+//! files" below). Errors are
 //! [`MountError`] and [`Error`]; [`Error::errno`] gives the Linux errno. [`vfs::Ext2Fs`]
 //! puts a mount under Keel's VFS.
 //!
@@ -96,6 +97,21 @@
 //! it everything is durable and `e2fsck -fn` finds the image clean. A read-write mount
 //! clears the clean flag at the first sync, so an image that was not unmounted is
 //! checked by fsck. Dropping an [`Ext2`] without unmounting writes nothing back.
+//!
+//! # Unlinked open files
+//! An inode the layer above holds ([`Ext2::hold`]; [`vfs::Ext2Fs`] holds one per live
+//! vnode, so per open descriptor, working directory or dentry-cache entry) is not
+//! freed when its last link goes (unlink, or a rename over it): its links count
+//! becomes 0 on disk, its dtime stays 0, its blocks stay, and it stays readable,
+//! writable and truncatable through its inode number, as on Linux. The last
+//! [`Ext2::release`] frees it (blocks, inode, dtime set), and [`Ext2::unmount`] frees
+//! any still held. Directories are freed with their last link as before, held or not.
+//! ext2 has no orphan list (ext3/4's `s_last_orphan`), and Keel keeps none on disk:
+//! after a crash with such an inode synced, `e2fsck -fn` reports "Deleted inode N has
+//! zero dtime" and the bitmap differences of its blocks and inode; `e2fsck -fy` frees
+//! them (the data is dropped, not put in `lost+found`). Mounting such an image with
+//! Keel does not reclaim it; the inode stays allocated until `e2fsck` runs
+//! (`tests/mkfs_images.rs` checks this report and the repair).
 //!
 //! # Concurrency
 //! All state (metadata copies and the cache) sits behind one `spin::Mutex`, held for
@@ -370,7 +386,7 @@ impl<D: BlockDevice> Ext2<D> {
     }
 
     /// Removes the non-directory `name` from `dir`; its inode is freed with its last
-    /// link.
+    /// link, or at its last release if it is held ([`Ext2::hold`]).
     pub fn unlink(&self, dir: InodeNumber, name: &[u8]) -> Result<()> {
         let now = self.clock.now();
         self.inner.lock().unlink(dir.0, name, now)
@@ -427,15 +443,36 @@ impl<D: BlockDevice> Ext2<D> {
         self.inner.lock().sync(now)
     }
 
-    /// Syncs, marks the filesystem cleanly unmounted, syncs again, and gives the
-    /// device back.
+    /// Frees the unlinked inodes still held (see [`Ext2::hold`]), syncs, marks the
+    /// filesystem cleanly unmounted, syncs again, and gives the device back.
     pub fn unmount(self) -> Result<D> {
         let now = self.clock.now();
         let mut inner = self.inner.into_inner();
+        inner.free_orphans(now)?;
         inner.sync(now)?;
         inner.mark_unmounted();
         inner.sync(now)?;
         Ok(inner.device)
+    }
+
+    /// Holds `inode` open, for a VFS adapter: while it is held, removing its last
+    /// link (unlink, or a rename over it) keeps it, with a links count of 0, readable
+    /// and writable through its number, until the last [`Ext2::release`] frees it (a
+    /// directory is freed with its last link all the same). Each hold needs a release.
+    pub fn hold(&self, inode: InodeNumber) {
+        self.inner.lock().hold(inode.0);
+    }
+
+    /// Drops one hold of `inode` ([`Ext2::hold`]); the last frees it if its last link
+    /// went meanwhile. On an error it stays allocated, to be freed at unmount.
+    pub fn release(&self, inode: InodeNumber) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().release(inode.0, now)
+    }
+
+    /// Unlinked inodes kept because they are held (see [`Ext2::hold`]).
+    pub fn open_unlinked(&self) -> usize {
+        self.inner.lock().orphan_count()
     }
 
     /// Dirty blocks waiting in the cache (for tests and statistics).

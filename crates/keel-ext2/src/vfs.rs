@@ -74,20 +74,30 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Ext2Fs<D, P> {
         f(&self.fs).map_err(errno)
     }
 
-    fn vnode(&self, inode: InodeNumber) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let metadata = self.call(|fs| fs.stat(inode))?;
+    /// A vnode for the inode `find` gives, found, checked and held under one hold of
+    /// the gate (so that it cannot be freed in between).
+    fn vnode(
+        &self,
+        find: impl FnOnce(&Ext2<D>) -> crate::Result<InodeNumber>,
+    ) -> keel_vfs::Result<Arc<dyn Vnode>> {
         let fs = self.me.upgrade().ok_or(Errno::EIO)?;
-        Ok(Arc::new(Ext2Vnode {
-            fs,
-            inode,
-            kind: file_type(metadata.file_type),
-        }))
+        let (inode, kind) = self.call(|ext2| {
+            let inode = find(ext2)?;
+            let kind = file_type(ext2.stat(inode)?.file_type);
+            ext2.hold(inode);
+            Ok((inode, kind))
+        })?;
+        Ok(Arc::new(Ext2Vnode { fs, inode, kind }))
     }
 }
 
 impl<D: BlockDevice + 'static, P: Parker + 'static> FileSystem for Ext2Fs<D, P> {
     fn root(&self) -> Arc<dyn Vnode> {
         let fs = self.me.upgrade().expect("an Ext2Fs lives in its Arc");
+        {
+            let _gate = self.gate.lock();
+            self.fs.hold(self.fs.root());
+        }
         Arc::new(Ext2Vnode {
             inode: self.fs.root(),
             fs,
@@ -114,10 +124,23 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> FileSystem for Ext2Fs<D, P> 
     }
 }
 
+/// One inode, held ([`Ext2::hold`]) for the vnode's life: an unlinked file stays
+/// readable and writable through its open descriptors, and is freed when the last
+/// vnode for it goes (the VFS drops its vnodes when the last descriptor, working
+/// directory or cache entry referring to them goes).
 struct Ext2Vnode<D: BlockDevice + 'static, P: Parker + 'static> {
     fs: Arc<Ext2Fs<D, P>>,
     inode: InodeNumber,
     kind: FileType,
+}
+
+impl<D: BlockDevice + 'static, P: Parker + 'static> Drop for Ext2Vnode<D, P> {
+    /// Releases the hold. An error freeing an orphan (a device error) cannot be
+    /// returned from here: the inode stays allocated and is freed at unmount, or
+    /// reclaimed by `e2fsck`.
+    fn drop(&mut self) {
+        let _ = self.fs.call(|fs| fs.release(self.inode));
+    }
 }
 
 impl<D: BlockDevice + 'static, P: Parker + 'static> Ext2Vnode<D, P> {
@@ -180,27 +203,21 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Vnode for Ext2Vnode<D, P> {
         if self.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let inode = self.fs.call(|fs| fs.lookup(self.inode, name))?;
-        self.fs.vnode(inode)
+        self.fs.vnode(|fs| fs.lookup(self.inode, name))
     }
 
     fn create(&self, name: &[u8], mode: u32) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self
-            .fs
-            .call(|fs| fs.create(self.inode, name, Self::permissions(mode)))?;
-        self.fs.vnode(inode)
+        self.fs
+            .vnode(|fs| fs.create(self.inode, name, Self::permissions(mode)))
     }
 
     fn mkdir(&self, name: &[u8], mode: u32) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self
-            .fs
-            .call(|fs| fs.mkdir(self.inode, name, Self::permissions(mode)))?;
-        self.fs.vnode(inode)
+        self.fs
+            .vnode(|fs| fs.mkdir(self.inode, name, Self::permissions(mode)))
     }
 
     fn symlink(&self, name: &[u8], target: &[u8]) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self.fs.call(|fs| fs.symlink(self.inode, name, target))?;
-        self.fs.vnode(inode)
+        self.fs.vnode(|fs| fs.symlink(self.inode, name, target))
     }
 
     fn link(&self, name: &[u8], target: &Arc<dyn Vnode>) -> keel_vfs::Result<()> {

@@ -215,3 +215,91 @@ fn utimensat_sets_times_as_debugfs_reads_them() {
     let (ctime, _) = debugfs_time(&hello, "ctime");
     assert!(ctime >= debugfs_time(&before, "ctime").0, "{hello}");
 }
+
+/// A file unlinked while open keeps its data for its descriptors and is freed at the
+/// last close; afterwards the image is clean and the space is back.
+#[test]
+fn an_unlinked_open_file_lives_until_its_last_close() {
+    if !have_e2fsprogs("an_unlinked_open_file_lives_until_its_last_close") {
+        return;
+    }
+    let temp = TempDir::new("orphan-vfs");
+    let tree = temp.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    fill_tree(&tree);
+    let image = temp.join("image");
+    mkfs(Some(&tree), &image, 1024, 4096, &[]);
+
+    let clock = Arc::new(FixedClock(Timespec {
+        sec: 1_700_000_000,
+        nsec: 0,
+    }));
+    let vfs = Vfs::<StdParker>::new(Ramfs::<StdParker>::new(clock.clone()), clock);
+    let ctx = Context::new(vfs);
+    ctx.mkdir(b"/data", 0o755).unwrap();
+    let fs = keel_ext2::vfs::Ext2Fs::<_, StdParker>::new(mount_file(&image, 1 << 20));
+    ctx.mount(b"/data", fs).unwrap();
+    let before = ctx.statfs(b"/data").unwrap();
+
+    let contents: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let writer = ctx
+        .open(
+            b"/data/sub/orphan.bin",
+            OpenFlags::O_RDWR | OpenFlags::O_CREAT,
+            0o644,
+        )
+        .unwrap();
+    assert_eq!(ctx.write(writer, &contents), Ok(contents.len()));
+    let reader = ctx
+        .open(b"/data/sub/orphan.bin", OpenFlags::O_RDONLY, 0)
+        .unwrap();
+    ctx.unlink(b"/data/sub/orphan.bin").unwrap();
+    assert_eq!(ctx.stat(b"/data/sub/orphan.bin"), Err(Errno::ENOENT));
+    assert_eq!(ctx.fstat(writer).unwrap().nlink, 0);
+    // A new file of the same name is another inode.
+    let other = ctx
+        .open(
+            b"/data/sub/orphan.bin",
+            OpenFlags::O_RDWR | OpenFlags::O_CREAT,
+            0o644,
+        )
+        .unwrap();
+    assert_ne!(
+        ctx.fstat(other).unwrap().ino,
+        ctx.fstat(writer).unwrap().ino
+    );
+    ctx.close(other).unwrap();
+    // Written and read through the descriptors, truncated, fsynced.
+    assert_eq!(ctx.pwrite(writer, b"tail", 50_000), Ok(4));
+    let mut expected = contents.clone();
+    expected.extend_from_slice(b"tail");
+    let mut back = vec![0; expected.len() + 10];
+    assert_eq!(ctx.pread(reader, &mut back, 0), Ok(expected.len()));
+    assert_eq!(&back[..expected.len()], &expected[..]);
+    ctx.fsync(writer).unwrap();
+    ctx.ftruncate(writer, 40_000).unwrap();
+    assert_eq!(ctx.fstat(reader).unwrap().size, 40_000);
+    assert_eq!(
+        ctx.utimensat(b"/data/sub/orphan.bin", TimeUpdate::Now, TimeUpdate::Now, 0),
+        Ok(())
+    );
+    let in_use = ctx.statfs(b"/data").unwrap();
+    assert!(in_use.blocks_free < before.blocks_free);
+    ctx.close(writer).unwrap();
+    let mut back = vec![0; 100];
+    assert_eq!(ctx.pread(reader, &mut back, 39_950), Ok(50));
+    assert_eq!(&back[..50], &contents[39_950..40_000]);
+    ctx.close(reader).unwrap();
+    ctx.unlink(b"/data/sub/orphan.bin").unwrap();
+    // The last close freed it: the counts are as before it was made.
+    let after = ctx.statfs(b"/data").unwrap();
+    assert_eq!(
+        (after.blocks_free, after.files_free),
+        (before.blocks_free, before.files_free)
+    );
+    let dir = ctx.open(b"/data", OpenFlags::O_DIRECTORY, 0).unwrap();
+    ctx.fsync(dir).unwrap();
+    ctx.close(dir).unwrap();
+    drop(ctx);
+    assert_fsck_clean(&image);
+}
