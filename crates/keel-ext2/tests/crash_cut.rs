@@ -1,10 +1,11 @@
 //! Crash cuts: a workload of creates, writes, renames, truncates and unlinks with
 //! fsyncs at known points runs through Keel's VFS on an ext2 image made by
 //! `mkfs.ext2 -d`, over a device that records every write and flush. Then, for every
-//! cut point (after each write), the image a power cut would leave is rebuilt in three
-//! ways: the writes in order up to the cut; the same with the next write torn (only
-//! its first half of sectors lands); and with the writes since the last flush landing
-//! as an arbitrary subset (a disk's volatile cache reorders them). For each survivor:
+//! cut point (before each write, and after the last), the image a power cut would
+//! leave is rebuilt in three ways: the writes in order up to the cut; the same with
+//! the next write torn (only its first half of sectors lands); and with the writes
+//! since the last flush landing as a subset (a disk's volatile cache reorders them).
+//! For each survivor:
 //!
 //! - Keel mounts it without panicking (and a read of every file does not panic);
 //! - every file of the last completed fsync's state that the workload did not touch
