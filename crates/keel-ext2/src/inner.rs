@@ -4,6 +4,7 @@ use crate::cache::BlockCache;
 use crate::error::{Corruption, Error, IncompatFeatures, MountError, Result, SuperblockProblem};
 use crate::layout::*;
 use crate::{DirEntry, FileType, InodeNumber, Metadata, MountOptions, StatFs};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
 use keel_virtio::block::{BlockDevice, SECTOR_SIZE};
@@ -141,6 +142,11 @@ pub(crate) struct Inner<D> {
     filetype: bool,
     /// The superblock or a group descriptor changed since the last sync.
     metadata_dirty: bool,
+    /// Inodes held open by the layer above ([`Inner::hold`]), with their hold counts.
+    held: BTreeMap<u32, u32>,
+    /// Non-directories whose last link went while they were held: links 0 on disk
+    /// (dtime 0), blocks kept, freed at the last release or at unmount.
+    orphans: BTreeSet<u32>,
 }
 
 impl<D: BlockDevice> Inner<D> {
@@ -274,6 +280,8 @@ impl<D: BlockDevice> Inner<D> {
             pointers: block_size as u64 / 4,
             read_only,
             metadata_dirty: false,
+            held: BTreeMap::new(),
+            orphans: BTreeSet::new(),
         };
         let root = inner.read_inode(ROOT_INODE).map_err(|error| match error {
             Error::Io(error) => MountError::Io(error),
@@ -378,7 +386,7 @@ impl<D: BlockDevice> Inner<D> {
             return Err(corrupted(Corruption::InodeOutOfRange(ino)));
         }
         let inode = self.read_inode(ino)?;
-        if inode.links() == 0 {
+        if inode.links() == 0 && !self.orphans.contains(&ino) {
             return Err(corrupted(Corruption::DeletedInode(ino)));
         }
         if file_type_of_mode(inode.mode()) == FileType::Unknown {
@@ -1280,6 +1288,10 @@ impl<D: BlockDevice> Inner<D> {
         if inode.is_dir() {
             return Err(Error::NotPermitted);
         }
+        if inode.links() == 0 {
+            // Open but unlinked: as Linux, no new name for it.
+            return Err(Error::NotFound);
+        }
         if inode.links() >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -1293,7 +1305,8 @@ impl<D: BlockDevice> Inner<D> {
         self.write_inode(ino, &inode)
     }
 
-    /// Drops one link of `ino` (all of a directory's), freeing it at 0.
+    /// Drops one link of `ino` (all of a directory's), freeing it at 0, unless it is a
+    /// held non-directory: that becomes an orphan, freed at its last release.
     fn drop_link(&mut self, ino: u32, now: u32) -> Result<()> {
         let mut inode = self.read_inode(ino)?;
         let links = if inode.is_dir() {
@@ -1302,6 +1315,12 @@ impl<D: BlockDevice> Inner<D> {
             inode.links().saturating_sub(1)
         };
         if links == 0 {
+            if !inode.is_dir() && self.held.contains_key(&ino) {
+                inode.set_links(0);
+                inode.set_ctime(now);
+                self.orphans.insert(ino);
+                return self.write_inode(ino, &inode);
+            }
             return self.release_inode(ino, inode, now);
         }
         inode.set_links(links);
@@ -1428,6 +1447,40 @@ impl<D: BlockDevice> Inner<D> {
         self.write_inode(child, &child_inode)
     }
 
+    /// Sets the access and/or modification time (`None`: leave it) and the change time
+    /// to `now`. ext2 keeps whole seconds: where the inode has the ext4 extra time
+    /// fields, those of the times set are zeroed, so that no stale nanoseconds stay.
+    pub fn set_times(
+        &mut self,
+        ino: u32,
+        atime: Option<u32>,
+        mtime: Option<u32>,
+        now: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let mut inode = self.live_inode(ino)?;
+        // i_ctime_extra, i_mtime_extra, i_atime_extra.
+        let mut extra = vec![132];
+        if let Some(atime) = atime {
+            inode.set_atime(atime);
+            extra.push(140);
+        }
+        if let Some(mtime) = mtime {
+            inode.set_mtime(mtime);
+            extra.push(136);
+        }
+        inode.set_ctime(now);
+        if inode.raw.len() > GOOD_OLD_INODE_SIZE {
+            let extra_size = usize::from(get16(&inode.raw, GOOD_OLD_INODE_SIZE));
+            for offset in extra {
+                if offset + 4 <= GOOD_OLD_INODE_SIZE + extra_size && offset + 4 <= inode.raw.len() {
+                    put32(&mut inode.raw, offset, 0);
+                }
+            }
+        }
+        self.write_inode(ino, &inode)
+    }
+
     pub fn readdir(&mut self, ino: u32) -> Result<Vec<DirEntry>> {
         let dir = self.directory(ino)?;
         let mut entries = Vec::new();
@@ -1469,6 +1522,54 @@ impl<D: BlockDevice> Inner<D> {
             free_inodes: u64::from(self.sb.free_inodes),
             name_max: 255,
         }
+    }
+
+    /// Counts one more hold of `ino` (an open vnode of the layer above).
+    pub fn hold(&mut self, ino: u32) {
+        *self.held.entry(ino).or_default() += 1;
+    }
+
+    /// Drops one hold of `ino`; at the last, frees it if it is an orphan.
+    pub fn release(&mut self, ino: u32, now: u32) -> Result<()> {
+        match self.held.get_mut(&ino) {
+            None => return Ok(()),
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                return Ok(());
+            }
+            Some(_) => {
+                self.held.remove(&ino);
+            }
+        }
+        self.free_orphan(ino, now)
+    }
+
+    /// Frees orphan `ino` (nothing if it is not one); on failure it stays an orphan.
+    fn free_orphan(&mut self, ino: u32, now: u32) -> Result<()> {
+        if !self.orphans.remove(&ino) {
+            return Ok(());
+        }
+        let result = self
+            .read_inode(ino)
+            .and_then(|inode| self.release_inode(ino, inode, now));
+        if result.is_err() {
+            self.orphans.insert(ino);
+        }
+        result
+    }
+
+    /// Frees every orphan, held or not (at unmount).
+    pub fn free_orphans(&mut self, now: u32) -> Result<()> {
+        let orphans: Vec<u32> = self.orphans.iter().copied().collect();
+        for ino in orphans {
+            self.free_orphan(ino, now)?;
+        }
+        Ok(())
+    }
+
+    /// Orphans: unlinked inodes kept because they are held.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.len()
     }
 
     /// Writes the superblock and group descriptors into the cache, then every dirty

@@ -5,10 +5,12 @@
 //! on: [`Ext2::root`], [`Ext2::lookup`] (one name in one directory), [`Ext2::stat`],
 //! [`Ext2::read_at`] / [`Ext2::write_at`], [`Ext2::create`], [`Ext2::mkdir`],
 //! [`Ext2::symlink`], [`Ext2::readlink`], [`Ext2::link`], [`Ext2::unlink`],
-//! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::readdir`],
-//! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking, symlink
-//! following (and its loop limit) and open-file lifetimes belong to the VFS above: an
-//! unlinked inode is freed when its last link goes, there is no orphan list. Errors are
+//! [`Ext2::rmdir`], [`Ext2::rename`], [`Ext2::truncate`], [`Ext2::set_times`],
+//! [`Ext2::readdir`],
+//! [`Ext2::statfs`], [`Ext2::sync`] and [`Ext2::unmount`]. Path walking and symlink
+//! following (and its loop limit) belong to the VFS above; open-file lifetimes are
+//! shared with it through [`Ext2::hold`] and [`Ext2::release`] (see "Unlinked open
+//! files" below). Errors are
 //! [`MountError`] and [`Error`]; [`Error::errno`] gives the Linux errno. [`vfs::Ext2Fs`]
 //! puts a mount under Keel's VFS.
 //!
@@ -54,17 +56,62 @@
 //! # Cache and durability
 //! Every block goes through a write-back cache of [`MountOptions::cache_bytes`]
 //! (whole blocks; at least 8). Changes stay in memory until [`Ext2::sync`],
-//! [`Ext2::unmount`], or the cache being full of dirty blocks; each of these writes in
+//! [`Ext2::unmount`], or the cache being full of dirty blocks (then everything dirty
+//! is written back, possibly in the middle of an operation); each of these writes in
 //! two ordered passes: first the blocks that are not static metadata (file data,
 //! directory blocks, indirect blocks), then a device flush, then the inode tables,
-//! bitmaps, group descriptors and superblock, then a flush. So after a completed sync
-//! everything is durable; a crash between syncs loses what was written since the last
-//! one (the disk then holds the previous sync's state for the metadata, and possibly
-//! newer file data in blocks that were already the file's); a crash inside a sync's
-//! second pass can leave metadata half-written (bitmaps and inodes disagreeing), which
-//! `e2fsck` repairs, as with Linux's ext2 (there is no journal). A read-write mount
-//! clears the superblock's clean flag at the first sync and [`Ext2::unmount`] sets it
-//! again, so an image that was not unmounted is checked by fsck.
+//! bitmaps, group descriptors and superblock, then a flush.
+//!
+//! What a completed [`Ext2::sync`] (and so `fsync` or `fdatasync` of any file through
+//! [`vfs::Ext2Fs`], which calls it) guarantees: every change made before it, to any
+//! file of the mount, is on the device and flushed. That is more than POSIX asks of
+//! `fsync` (one file, and not its directory entry): a sync is of the whole
+//! filesystem, so the file's data, its inode, its directory entries and every other
+//! change made before it are durable. After a power cut before the next sync
+//! completes, a file that was not changed after the sync (no write, truncate, unlink
+//! or rename of it or of a directory above it) reads back with exactly the synced
+//! contents under the synced path. A file changed since may read back old, new or
+//! mixed contents (data blocks are rewritten in place), may be missing, or may be
+//! unreadable ([`Error::Corrupted`]); directory blocks go out before the inodes they
+//! name, so the image then generally needs `e2fsck` (entries naming inodes not yet
+//! written, bitmaps and counts that disagree), as with Linux's ext2: there is no
+//! journal. So "a cut loses at most what was not synced" holds file by file for the
+//! files left alone since the sync; a file changed since can lose its synced state
+//! too (the write order allows, for example, a rename cut between its two directory
+//! blocks to leave the file under neither name until `e2fsck` puts it in
+//! `lost+found`).
+//!
+//! How that is tested (`tests/crash_cut.rs`): a workload through the VFS records every
+//! write and flush, and for every cut point (before each write), with the writes in
+//! order, with the next write torn after its first half of sectors, and with the
+//! writes since the last flush landing as a subset, the survivor is mounted (no
+//! panic), every unchanged file of the last completed sync is read and compared, and
+//! `e2fsck -fy` must repair it to `e2fsck -fn`-clean. The guarantee assumes whole
+//! block writes: a directory block torn at a sector boundary can leave a record that
+//! spans the tear corrupt, hiding the entries after it in that block, synced ones
+//! included, until `e2fsck` salvages the directory (the test saw such tears only in
+//! directories changed since the sync, so no synced file was lost, but nothing in
+//! the write order prevents it).
+//!
+//! [`Ext2::unmount`] syncs, sets the superblock's clean flag and syncs again: after
+//! it everything is durable and `e2fsck -fn` finds the image clean. A read-write mount
+//! clears the clean flag at the first sync, so an image that was not unmounted is
+//! checked by fsck. Dropping an [`Ext2`] without unmounting writes nothing back.
+//!
+//! # Unlinked open files
+//! An inode the layer above holds ([`Ext2::hold`]; [`vfs::Ext2Fs`] holds one per live
+//! vnode, so per open descriptor, working directory or dentry-cache entry) is not
+//! freed when its last link goes (unlink, or a rename over it): its links count
+//! becomes 0 on disk, its dtime stays 0, its blocks stay, and it stays readable,
+//! writable and truncatable through its inode number, as on Linux. The last
+//! [`Ext2::release`] frees it (blocks, inode, dtime set), and [`Ext2::unmount`] frees
+//! any still held. Directories are freed with their last link as before, held or not.
+//! ext2 has no orphan list (ext3/4's `s_last_orphan`), and Keel keeps none on disk:
+//! after a crash with such an inode synced, `e2fsck -fn` reports "Deleted inode N has
+//! zero dtime" and the bitmap differences of its blocks and inode; `e2fsck -fy` frees
+//! them (the data is dropped, not put in `lost+found`). Mounting such an image with
+//! Keel does not reclaim it; the inode stays allocated until `e2fsck` runs
+//! (`tests/mkfs_images.rs` checks this report and the repair).
 //!
 //! # Concurrency
 //! All state (metadata copies and the cache) sits behind one `spin::Mutex`, held for
@@ -74,7 +121,9 @@
 //!
 //! # Time
 //! Times come from the [`Clock`] given to [`Ext2::mount_with`] (seconds since 1970);
-//! [`Ext2::mount`] uses [`NoClock`] (0).
+//! [`Ext2::mount`] uses [`NoClock`] (0). [`Ext2::set_times`] sets the access and
+//! modification times (`utimensat`), whole seconds as ext2 keeps them (an inode's ext4
+//! extra time fields, which mkfs leaves zero, are zeroed for the times it sets).
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -337,7 +386,7 @@ impl<D: BlockDevice> Ext2<D> {
     }
 
     /// Removes the non-directory `name` from `dir`; its inode is freed with its last
-    /// link.
+    /// link, or at its last release if it is held ([`Ext2::hold`]).
     pub fn unlink(&self, dir: InodeNumber, name: &[u8]) -> Result<()> {
         let now = self.clock.now();
         self.inner.lock().unlink(dir.0, name, now)
@@ -364,6 +413,19 @@ impl<D: BlockDevice> Ext2<D> {
             .rename(from_dir.0, from_name, to_dir.0, to_name, now)
     }
 
+    /// Sets the access time and/or the modification time of `inode` (`None` leaves
+    /// it), and the change time to the clock's now, as `utimensat` does. Times are
+    /// whole seconds since 1970 (ext2 keeps no nanoseconds).
+    pub fn set_times(
+        &self,
+        inode: InodeNumber,
+        atime: Option<u32>,
+        mtime: Option<u32>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().set_times(inode.0, atime, mtime, now)
+    }
+
     /// The entries of directory `dir`, `.` and `..` included, in on-disk order.
     pub fn readdir(&self, dir: InodeNumber) -> Result<Vec<DirEntry>> {
         self.inner.lock().readdir(dir.0)
@@ -381,15 +443,36 @@ impl<D: BlockDevice> Ext2<D> {
         self.inner.lock().sync(now)
     }
 
-    /// Syncs, marks the filesystem cleanly unmounted, syncs again, and gives the
-    /// device back.
+    /// Frees the unlinked inodes still held (see [`Ext2::hold`]), syncs, marks the
+    /// filesystem cleanly unmounted, syncs again, and gives the device back.
     pub fn unmount(self) -> Result<D> {
         let now = self.clock.now();
         let mut inner = self.inner.into_inner();
+        inner.free_orphans(now)?;
         inner.sync(now)?;
         inner.mark_unmounted();
         inner.sync(now)?;
         Ok(inner.device)
+    }
+
+    /// Holds `inode` open, for a VFS adapter: while it is held, removing its last
+    /// link (unlink, or a rename over it) keeps it, with a links count of 0, readable
+    /// and writable through its number, until the last [`Ext2::release`] frees it (a
+    /// directory is freed with its last link all the same). Each hold needs a release.
+    pub fn hold(&self, inode: InodeNumber) {
+        self.inner.lock().hold(inode.0);
+    }
+
+    /// Drops one hold of `inode` ([`Ext2::hold`]); the last frees it if its last link
+    /// went meanwhile. On an error it stays allocated, to be freed at unmount.
+    pub fn release(&self, inode: InodeNumber) -> Result<()> {
+        let now = self.clock.now();
+        self.inner.lock().release(inode.0, now)
+    }
+
+    /// Unlinked inodes kept because they are held (see [`Ext2::hold`]).
+    pub fn open_unlinked(&self) -> usize {
+        self.inner.lock().orphan_count()
     }
 
     /// Dirty blocks waiting in the cache (for tests and statistics).

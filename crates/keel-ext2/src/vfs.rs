@@ -7,10 +7,15 @@
 //! the spin lock is never contended. (One filesystem-wide gate serialises the calls on
 //! one ext2 mount, as [`Ext2`] does already; per-inode locking is later work.)
 //!
-//! `fsync` of any file syncs the whole filesystem (everything dirty, in the order the
-//! crate docs give), so what a program fsyncs is durable. Time updates through
-//! `utimensat` are not kept: [`Ext2`] has no call for them yet, and the vnode says so
-//! with `ENOSYS` rather than report a success it did not make.
+//! `fsync` and `fdatasync` of any file sync the whole filesystem (everything dirty, in
+//! the order the crate docs give, which also say what survives a cut): when they
+//! return, every change made before them on this mount is durable, directory entries
+//! included.
+//!
+//! `utimensat` sets the times through [`Ext2::set_times`]: whole seconds (the
+//! nanoseconds are dropped, ext2 keeps none), clamped to what the on-disk field holds
+//! as Keel reads it, 0 to `u32::MAX` seconds since 1970; the change time becomes the
+//! mount's clock's now.
 
 use crate::{Error, Ext2, FileType as Ext2Type, InodeNumber};
 use alloc::sync::{Arc, Weak};
@@ -69,20 +74,30 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Ext2Fs<D, P> {
         f(&self.fs).map_err(errno)
     }
 
-    fn vnode(&self, inode: InodeNumber) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let metadata = self.call(|fs| fs.stat(inode))?;
+    /// A vnode for the inode `find` gives, found, checked and held under one hold of
+    /// the gate (so that it cannot be freed in between).
+    fn vnode(
+        &self,
+        find: impl FnOnce(&Ext2<D>) -> crate::Result<InodeNumber>,
+    ) -> keel_vfs::Result<Arc<dyn Vnode>> {
         let fs = self.me.upgrade().ok_or(Errno::EIO)?;
-        Ok(Arc::new(Ext2Vnode {
-            fs,
-            inode,
-            kind: file_type(metadata.file_type),
-        }))
+        let (inode, kind) = self.call(|ext2| {
+            let inode = find(ext2)?;
+            let kind = file_type(ext2.stat(inode)?.file_type);
+            ext2.hold(inode);
+            Ok((inode, kind))
+        })?;
+        Ok(Arc::new(Ext2Vnode { fs, inode, kind }))
     }
 }
 
 impl<D: BlockDevice + 'static, P: Parker + 'static> FileSystem for Ext2Fs<D, P> {
     fn root(&self) -> Arc<dyn Vnode> {
         let fs = self.me.upgrade().expect("an Ext2Fs lives in its Arc");
+        {
+            let _gate = self.gate.lock();
+            self.fs.hold(self.fs.root());
+        }
         Arc::new(Ext2Vnode {
             inode: self.fs.root(),
             fs,
@@ -109,10 +124,23 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> FileSystem for Ext2Fs<D, P> 
     }
 }
 
+/// One inode, held ([`Ext2::hold`]) for the vnode's life: an unlinked file stays
+/// readable and writable through its open descriptors, and is freed when the last
+/// vnode for it goes (the VFS drops its vnodes when the last descriptor, working
+/// directory or cache entry referring to them goes).
 struct Ext2Vnode<D: BlockDevice + 'static, P: Parker + 'static> {
     fs: Arc<Ext2Fs<D, P>>,
     inode: InodeNumber,
     kind: FileType,
+}
+
+impl<D: BlockDevice + 'static, P: Parker + 'static> Drop for Ext2Vnode<D, P> {
+    /// Releases the hold. An error freeing an orphan (a device error) cannot be
+    /// returned from here: the inode stays allocated and is freed at unmount, or
+    /// reclaimed by `e2fsck`.
+    fn drop(&mut self) {
+        let _ = self.fs.call(|fs| fs.release(self.inode));
+    }
 }
 
 impl<D: BlockDevice + 'static, P: Parker + 'static> Ext2Vnode<D, P> {
@@ -175,27 +203,21 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Vnode for Ext2Vnode<D, P> {
         if self.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let inode = self.fs.call(|fs| fs.lookup(self.inode, name))?;
-        self.fs.vnode(inode)
+        self.fs.vnode(|fs| fs.lookup(self.inode, name))
     }
 
     fn create(&self, name: &[u8], mode: u32) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self
-            .fs
-            .call(|fs| fs.create(self.inode, name, Self::permissions(mode)))?;
-        self.fs.vnode(inode)
+        self.fs
+            .vnode(|fs| fs.create(self.inode, name, Self::permissions(mode)))
     }
 
     fn mkdir(&self, name: &[u8], mode: u32) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self
-            .fs
-            .call(|fs| fs.mkdir(self.inode, name, Self::permissions(mode)))?;
-        self.fs.vnode(inode)
+        self.fs
+            .vnode(|fs| fs.mkdir(self.inode, name, Self::permissions(mode)))
     }
 
     fn symlink(&self, name: &[u8], target: &[u8]) -> keel_vfs::Result<Arc<dyn Vnode>> {
-        let inode = self.fs.call(|fs| fs.symlink(self.inode, name, target))?;
-        self.fs.vnode(inode)
+        self.fs.vnode(|fs| fs.symlink(self.inode, name, target))
     }
 
     fn link(&self, name: &[u8], target: &Arc<dyn Vnode>) -> keel_vfs::Result<()> {
@@ -283,11 +305,9 @@ impl<D: BlockDevice + 'static, P: Parker + 'static> Vnode for Ext2Vnode<D, P> {
         self.fs.call(|fs| fs.sync())
     }
 
-    fn set_times(
-        &self,
-        _atime: Option<Timespec>,
-        _mtime: Option<Timespec>,
-    ) -> keel_vfs::Result<()> {
-        Err(Errno::ENOSYS)
+    fn set_times(&self, atime: Option<Timespec>, mtime: Option<Timespec>) -> keel_vfs::Result<()> {
+        let seconds = |time: Timespec| time.sec.clamp(0, i64::from(u32::MAX)) as u32;
+        self.fs
+            .call(|fs| fs.set_times(self.inode, atime.map(seconds), mtime.map(seconds)))
     }
 }

@@ -443,3 +443,88 @@ fn unknown_features_refuse_or_mount_read_only() {
     assert_eq!(fs.create(fs.root(), b"x", 0o644), Err(Error::ReadOnly));
     assert_eq!(fs.readdir(fs.root()).unwrap().len(), 3);
 }
+
+/// Held inodes ([`keel_ext2::Ext2::hold`]): the last unlink (or a rename over it)
+/// keeps a held file, the last release frees it, unmount frees those still held, and
+/// a crash leaves them for e2fsck.
+#[test]
+fn held_unlinked_inodes_are_freed_at_release_or_unmount() {
+    if !have_e2fsprogs("held_unlinked_inodes_are_freed_at_release_or_unmount") {
+        return;
+    }
+    let temp = TempDir::new("orphans");
+    let tree = temp.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    fill_tree(&tree);
+    let image = temp.join("image");
+    mkfs(Some(&tree), &image, 1024, 4096, &[]);
+    let pristine = std::fs::read(&image).unwrap();
+
+    let fs = mount_file(&image, 1 << 20);
+    let before = fs.statfs();
+    let root = fs.root();
+    let a = fs.create(root, b"a", 0o644).unwrap();
+    fs.write_at(a, 0, &pattern(30_000, 5)).unwrap();
+    let b = fs.create(root, b"b", 0o644).unwrap();
+    fs.write_at(b, 0, &pattern(20_000, 6)).unwrap();
+    fs.hold(a);
+    fs.hold(a);
+    fs.hold(b);
+    fs.unlink(root, b"a").unwrap();
+    // Renaming over a held file orphans it too.
+    let c = fs.create(root, b"c", 0o644).unwrap();
+    fs.rename(root, b"c", root, b"b").unwrap();
+    assert_eq!(fs.open_unlinked(), 2);
+    assert_eq!(fs.lookup(root, b"a"), Err(Error::NotFound));
+    assert_eq!(fs.lookup(root, b"b"), Ok(c));
+    assert_eq!(fs.stat(a).unwrap().links, 0);
+    assert_eq!(read_all(&fs, a), pattern(30_000, 5));
+    assert_eq!(fs.write_at(b, 20_000, b"more"), Ok(4));
+    // No new name for an unlinked inode (as Linux without O_TMPFILE).
+    assert_eq!(fs.link(a, root, b"again"), Err(Error::NotFound));
+    fs.release(a).unwrap();
+    assert_eq!(fs.open_unlinked(), 2);
+    fs.release(a).unwrap();
+    assert_eq!(fs.open_unlinked(), 1);
+    assert!(fs.stat(a).is_err());
+    // b stays held through unmount, which frees it.
+    fs.unlink(root, b"b").unwrap();
+    fs.sync().unwrap();
+    drop(fs.unmount().unwrap());
+    assert_fsck_clean(&image);
+    let fs = mount_file(&image, 1 << 20);
+    let after = fs.statfs();
+    assert_eq!(
+        (after.free_blocks, after.free_inodes),
+        (before.free_blocks, before.free_inodes)
+    );
+    drop(fs.unmount().unwrap());
+
+    // A crash while an unlinked file is held, after a sync wrote it with 0 links:
+    // e2fsck finds the inode and repairs the image.
+    std::fs::write(&image, &pristine).unwrap();
+    let fs = mount_file(&image, 1 << 20);
+    let a = fs.create(fs.root(), b"a", 0o644).unwrap();
+    fs.write_at(a, 0, &pattern(30_000, 5)).unwrap();
+    fs.hold(a);
+    fs.unlink(fs.root(), b"a").unwrap();
+    fs.sync().unwrap();
+    drop(fs); // no unmount, nothing more written: a power cut here
+    let (code, report) = e2fsck(&image);
+    println!("e2fsck -fn after a crash with an open unlinked file (exit {code}):\n{report}");
+    assert_eq!(code, 4, "{report}");
+    assert!(report.contains("has zero dtime"), "{report}");
+    let output = std::process::Command::new("/usr/sbin/e2fsck")
+        .arg("-fy")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(output.status.code().unwrap() <= 1, "{output:?}");
+    assert_fsck_clean(&image);
+    let fs = mount_file(&image, 1 << 20);
+    let repaired = fs.statfs();
+    assert_eq!(
+        (repaired.free_blocks, repaired.free_inodes),
+        (before.free_blocks, before.free_inodes)
+    );
+}
