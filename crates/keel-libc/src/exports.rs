@@ -60,6 +60,9 @@ pub fn exports() -> ExportedSymbols {
     crate::malloc::register(&mut table);
     crate::files::register(&mut table);
     crate::process::register(&mut table);
+    crate::math::register(&mut table);
+    crate::stdlib::register(&mut table);
+    crate::time::register(&mut table);
     crate::format::register(&mut table);
     table
 }

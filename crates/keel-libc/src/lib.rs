@@ -16,6 +16,10 @@
 //!   (the kernel heap in the guest), 16-byte aligned as glibc's.
 //! - [`files`]: `open`, `read`, `write`, `close`, `lseek`, `pread`, `pwrite`, `stat`
 //!   and friends, with their `*64` aliases, over a [`Files`] (Keel's VFS `Context`).
+//! - [`stdlib`]: `qsort`, `bsearch`, the `strto*` family, `abs`, `rand`.
+//! - [`time`]: `time`, `gettimeofday`, `clock_gettime`, `nanosleep`, `sleep`,
+//!   `usleep`, `gmtime_r`/`localtime_r` (UTC), and `sysconf`, `uname`-free basics.
+//! - [`math`]: `math.h` over the `libm` crate.
 //! - [`errno`]: `__errno_location`, through the [`Platform`].
 //! - [`process`]: `abort`, `__stack_chk_fail`, `__cxa_atexit`/`__cxa_finalize`,
 //!   `atexit`, `getenv`, `getpid`.
@@ -49,9 +53,15 @@ pub mod format;
 #[allow(unsafe_code)]
 pub mod malloc;
 #[allow(unsafe_code)]
+pub mod math;
+#[allow(unsafe_code)]
 pub mod process;
 #[allow(unsafe_code)]
+pub mod stdlib;
+#[allow(unsafe_code)]
 pub mod string;
+#[allow(unsafe_code)]
+pub mod time;
 
 pub use exports::{GLIBC_BASE_VERSION, exports};
 pub use files::Files;
@@ -69,6 +79,21 @@ pub trait Platform: Sync {
     /// `getenv`'s variables, as NUL-terminated `NAME=value` strings.
     fn environment(&self) -> &[&'static [u8]] {
         &[]
+    }
+    /// `CLOCK_REALTIME` now, as (seconds, nanoseconds) since 1970; `None` if the
+    /// platform has no wall clock (then the time calls fail with `ENOSYS`).
+    fn realtime(&self) -> Option<(i64, i64)> {
+        None
+    }
+    /// `CLOCK_MONOTONIC` now, as (seconds, nanoseconds) since some fixed point.
+    fn monotonic(&self) -> Option<(i64, i64)> {
+        None
+    }
+    /// Sleeps the calling thread for `nanos` nanoseconds; false if the platform cannot
+    /// (then `nanosleep` fails with `ENOSYS`).
+    fn sleep(&self, nanos: u64) -> bool {
+        let _ = nanos;
+        false
     }
     /// Ends the program with `status` (`exit`, after its handlers ran). The default
     /// aborts, saying the status.
