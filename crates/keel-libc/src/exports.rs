@@ -48,7 +48,15 @@ pub(crate) fn export_versioned(
     }
 }
 
-/// The whole table.
+/// The whole table with the threads: [`exports`] plus [`crate::pthread::register`]
+/// for parker `P` (the kernel's scheduler, or `StdParker` on the host).
+pub fn exports_with_threads<P: keel_lfmutex::Parker + 'static>() -> ExportedSymbols {
+    let mut table = exports();
+    crate::pthread::register::<P>(&mut table);
+    table
+}
+
+/// The table of everything but the thread functions (which need a parker).
 pub fn exports() -> ExportedSymbols {
     let mut table = ExportedSymbols::new();
     export(
@@ -61,6 +69,8 @@ pub fn exports() -> ExportedSymbols {
     crate::files::register(&mut table);
     crate::process::register(&mut table);
     crate::math::register(&mut table);
+    crate::mman::register(&mut table);
+    crate::dl::register(&mut table);
     crate::stdlib::register(&mut table);
     crate::time::register(&mut table);
     crate::format::register(&mut table);

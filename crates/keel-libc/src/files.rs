@@ -20,7 +20,8 @@ use core::ffi::{c_char, c_int, c_void};
 use keel_elf::ExportedSymbols;
 use keel_lfmutex::Parker;
 use keel_vfs::{
-    Context, Errno, FcntlCommand, Fd, Flock, LockCommand, LockKind, OpenFlags, Stat, Whence,
+    Context, Errno, FcntlCommand, Fd, Flock, LockCommand, LockKind, OpenFlags, Stat, TimeUpdate,
+    Whence,
 };
 
 use crate::exports::export;
@@ -69,6 +70,14 @@ pub trait Files: Sync {
     fn fcntl(&self, fd: i32, cmd: i32, arg: u64) -> Result<i32, Errno>;
     /// `fcntl(fd, cmd, &lock)` for the record-lock commands.
     fn fcntl_lock(&self, fd: i32, command: LockCommand, lock: &mut Flock) -> Result<(), Errno>;
+    /// `utimensat(AT_FDCWD, path, times, flags)`.
+    fn utimens(
+        &self,
+        path: &[u8],
+        atime: TimeUpdate,
+        mtime: TimeUpdate,
+        flags: u32,
+    ) -> Result<(), Errno>;
 }
 
 impl<P: Parker + 'static> Files for Context<P> {
@@ -140,6 +149,15 @@ impl<P: Parker + 'static> Files for Context<P> {
     }
     fn fcntl_lock(&self, fd: i32, command: LockCommand, lock: &mut Flock) -> Result<(), Errno> {
         Context::fcntl_lock(self, Fd::from_raw(fd)?, command, lock)
+    }
+    fn utimens(
+        &self,
+        path: &[u8],
+        atime: TimeUpdate,
+        mtime: TimeUpdate,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        Context::utimensat(self, path, atime, mtime, flags)
     }
 }
 
@@ -566,8 +584,78 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, argument: u64) -> c_int {
     }
 }
 
+/// `struct utimbuf`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Utimbuf {
+    /// `actime`.
+    pub actime: i64,
+    /// `modtime`.
+    pub modtime: i64,
+}
+
+/// `int utime(const char *, const struct utimbuf *)`: NULL sets both times to now.
+pub unsafe extern "C" fn utime(path: *const c_char, times: *const Utimbuf) -> c_int {
+    let (atime, mtime) = if times.is_null() {
+        (TimeUpdate::Now, TimeUpdate::Now)
+    } else {
+        // SAFETY: C's contract.
+        let times = unsafe { times.read() };
+        let at = |sec: i64| TimeUpdate::Set(keel_vfs::Timespec { sec, nsec: 0 });
+        (at(times.actime), at(times.modtime))
+    };
+    // SAFETY: C's contract.
+    unsafe { path_call(path, |files, path| files.utimens(path, atime, mtime, 0)) }
+}
+
+/// `int utimensat(int dirfd, const char *, const struct timespec[2], int flags)`
+/// (`AT_FDCWD` or an absolute path; `UTIME_NOW` and `UTIME_OMIT` as Linux's).
+pub unsafe extern "C" fn utimensat(
+    directory: c_int,
+    path: *const c_char,
+    times: *const [i64; 4],
+    flags: c_int,
+) -> c_int {
+    // SAFETY: C's contract.
+    if directory != AT_FDCWD && unsafe { bytes(path) }.first() != Some(&b'/') {
+        crate::set_errno(Errno::ENOSYS.raw());
+        return -1;
+    }
+    const UTIME_NOW: i64 = (1 << 30) - 1;
+    const UTIME_OMIT: i64 = (1 << 30) - 2;
+    let update = |sec: i64, nsec: i64| match nsec {
+        UTIME_NOW => TimeUpdate::Now,
+        UTIME_OMIT => TimeUpdate::Omit,
+        _ => TimeUpdate::Set(keel_vfs::Timespec {
+            sec,
+            nsec: nsec.clamp(0, u32::MAX.into()) as u32,
+        }),
+    };
+    let (atime, mtime) = if times.is_null() {
+        (TimeUpdate::Now, TimeUpdate::Now)
+    } else {
+        // SAFETY: C's contract: two timespecs.
+        let [asec, ansec, msec, mnsec] = unsafe { times.read() };
+        if !(0..1_000_000_000).contains(&ansec) && ansec != UTIME_NOW && ansec != UTIME_OMIT
+            || !(0..1_000_000_000).contains(&mnsec) && mnsec != UTIME_NOW && mnsec != UTIME_OMIT
+        {
+            crate::set_errno(Errno::EINVAL.raw());
+            return -1;
+        }
+        (update(asec, ansec), update(msec, mnsec))
+    };
+    // SAFETY: C's contract.
+    unsafe {
+        path_call(path, |files, path| {
+            files.utimens(path, atime, mtime, flags as u32)
+        })
+    }
+}
+
 /// Adds this module's functions to the export table.
 pub(crate) fn register(table: &mut ExportedSymbols) {
+    export(table, "utime", utime as *const () as usize);
+    export(table, "utimensat", utimensat as *const () as usize);
     let functions: [(&str, usize); 43] = [
         ("open", open as *const () as usize),
         ("open64", open as *const () as usize),

@@ -19,6 +19,10 @@
 //! - [`stdlib`]: `qsort`, `bsearch`, the `strto*` family, `abs`, `rand`.
 //! - [`time`]: `time`, `gettimeofday`, `clock_gettime`, `nanosleep`, `sleep`,
 //!   `usleep`, `gmtime_r`/`localtime_r` (UTC), and `sysconf`, `uname`-free basics.
+//! - [`pthread`]: threads through the platform, mutexes on keel-lfmutex
+//!   ([`pthread::register`] adds them for the caller's parker).
+//! - [`mman`]: `mmap` (anonymous, and private copies of files), `munmap`, `mremap`.
+//! - [`dl`]: `dlopen`, `dlsym`, `dlclose`, `dlerror` through the platform's linker.
 //! - [`math`]: `math.h` over the `libm` crate.
 //! - [`errno`]: `__errno_location`, through the [`Platform`].
 //! - [`process`]: `abort`, `__stack_chk_fail`, `__cxa_atexit`/`__cxa_finalize`,
@@ -44,6 +48,8 @@ extern crate alloc;
 extern crate std;
 
 #[allow(unsafe_code)]
+pub mod dl;
+#[allow(unsafe_code)]
 pub mod errno;
 mod exports;
 #[allow(unsafe_code)]
@@ -55,7 +61,11 @@ pub mod malloc;
 #[allow(unsafe_code)]
 pub mod math;
 #[allow(unsafe_code)]
+pub mod mman;
+#[allow(unsafe_code)]
 pub mod process;
+#[allow(unsafe_code)]
+pub mod pthread;
 #[allow(unsafe_code)]
 pub mod stdlib;
 #[allow(unsafe_code)]
@@ -63,7 +73,7 @@ pub mod string;
 #[allow(unsafe_code)]
 pub mod time;
 
-pub use exports::{GLIBC_BASE_VERSION, exports};
+pub use exports::{GLIBC_BASE_VERSION, exports, exports_with_threads};
 pub use files::Files;
 
 /// What the libc needs from the system under it.
@@ -94,6 +104,48 @@ pub trait Platform: Sync {
     fn sleep(&self, nanos: u64) -> bool {
         let _ = nanos;
         false
+    }
+    /// Starts a thread running `entry(argument)`; its handle (`pthread_t`), or an
+    /// errno (the default: `EAGAIN`, no threads).
+    fn spawn(
+        &self,
+        entry: pthread::ThreadEntry,
+        argument: *mut core::ffi::c_void,
+    ) -> Result<u64, i32> {
+        let _ = (entry, argument);
+        Err(11)
+    }
+    /// Waits for the thread `handle` to end; its result, or an errno (`ESRCH`).
+    fn join(&self, handle: u64) -> Result<*mut core::ffi::c_void, i32> {
+        let _ = handle;
+        Err(3)
+    }
+    /// Lets the thread `handle` end without being joined.
+    fn detach(&self, handle: u64) -> Result<(), i32> {
+        let _ = handle;
+        Err(3)
+    }
+    /// The calling thread's handle (`pthread_self`).
+    fn current_thread(&self) -> u64 {
+        0
+    }
+    /// Gives the CPU to another thread (`sched_yield`).
+    fn yield_now(&self) {}
+    /// `dlopen(path, flags)` (`None`: the program itself): a handle, or the message
+    /// `dlerror` reports. The default has no linker.
+    fn dlopen(&self, path: Option<&[u8]>, flags: i32) -> Result<usize, alloc::string::String> {
+        let _ = (path, flags);
+        Err("dlopen: this platform has no dynamic linker".into())
+    }
+    /// `dlsym(handle, name)`: the address, or the message.
+    fn dlsym(&self, handle: usize, name: &[u8]) -> Result<usize, alloc::string::String> {
+        let _ = (handle, name);
+        Err("dlsym: this platform has no dynamic linker".into())
+    }
+    /// `dlclose(handle)`.
+    fn dlclose(&self, handle: usize) -> Result<(), alloc::string::String> {
+        let _ = handle;
+        Err("dlclose: this platform has no dynamic linker".into())
     }
     /// Ends the program with `status` (`exit`, after its handlers ran). The default
     /// aborts, saying the status.

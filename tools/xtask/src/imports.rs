@@ -23,7 +23,7 @@ struct Import {
 /// The imports of the ELF file `bytes`.
 fn imports(bytes: &[u8]) -> Result<Vec<Import>, String> {
     let elf = Elf::parse(bytes).map_err(|error| format!("not an ELF object: {error}"))?;
-    let exports = keel_libc::exports();
+    let exports = keel_libc::exports_with_threads::<keel_hosted::StdParker>();
     // The version name of each version index, from the version needs.
     let mut version_names = std::collections::BTreeMap::new();
     if let Some(verneed) = &elf.verneed {

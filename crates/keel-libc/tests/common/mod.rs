@@ -36,7 +36,36 @@ impl keel_libc::Platform for TestPlatform {
         std::thread::sleep(std::time::Duration::from_nanos(nanos));
         true
     }
+    fn spawn(
+        &self,
+        entry: keel_libc::pthread::ThreadEntry,
+        argument: *mut std::ffi::c_void,
+    ) -> Result<u64, i32> {
+        let argument = argument as usize;
+        let handle = std::thread::spawn(move || {
+            // SAFETY: pthread_create's contract: the entry takes this argument.
+            unsafe { entry(argument as *mut std::ffi::c_void) as usize }
+        });
+        let id = NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        THREADS.lock().unwrap().insert(id, handle);
+        Ok(id)
+    }
+    fn join(&self, handle: u64) -> Result<*mut std::ffi::c_void, i32> {
+        let thread = THREADS.lock().unwrap().remove(&handle).ok_or(3)?;
+        thread
+            .join()
+            .map(|value| value as *mut std::ffi::c_void)
+            .map_err(|_| 22)
+    }
+    fn detach(&self, handle: u64) -> Result<(), i32> {
+        THREADS.lock().unwrap().remove(&handle).map(drop).ok_or(3)
+    }
 }
+
+/// Threads started by `spawn`, by handle.
+static THREADS: std::sync::Mutex<std::collections::BTreeMap<u64, std::thread::JoinHandle<usize>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static NEXT_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 static PLATFORM: TestPlatform = TestPlatform;
 
@@ -64,9 +93,40 @@ pub fn files() -> &'static Context<StdParker> {
             sec: 1_700_000_000,
             nsec: 0,
         }));
-        let vfs = Vfs::<StdParker>::new(Ramfs::<StdParker>::new(clock.clone()), clock);
+        let vfs = Vfs::<StdParker>::new(Ramfs::<StdParker>::new(clock.clone()), clock.clone());
         let context: &'static Context<StdParker> = Box::leak(Box::new(Context::new(vfs)));
+        // /dev as the kernel has it, and descriptors 0, 1 and 2 on its console, as a
+        // process starts with them (sqlite refuses to put a database on 0-2).
+        let devfs = keel_vfs::devfs::Devfs::new(Arc::new(Stderr), Arc::new(HostEntropy), clock);
+        context.mkdir(b"/dev", 0o755).unwrap();
+        context.mount(b"/dev", devfs).unwrap();
+        for _ in 0..3 {
+            context
+                .open(b"/dev/console", keel_vfs::OpenFlags::O_RDWR, 0)
+                .unwrap();
+        }
         keel_libc::install(&PLATFORM, context);
         context
     })
+}
+
+/// The console: the test's stderr.
+struct Stderr;
+
+impl keel_vfs::devfs::Console for Stderr {
+    fn write(&self, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(bytes);
+    }
+}
+
+/// `/dev/urandom`: the host's getrandom.
+struct HostEntropy;
+
+impl keel_vfs::devfs::Entropy for HostEntropy {
+    fn fill(&self, buffer: &mut [u8]) -> bool {
+        // SAFETY: a writable buffer of its length.
+        let filled = unsafe { libc::getrandom(buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        filled == buffer.len() as isize
+    }
 }
