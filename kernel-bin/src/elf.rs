@@ -10,8 +10,8 @@
 //!   pages back their usual read-write, no-execute access and frees them. Objects thus
 //!   live at their physical addresses, as all of Keel's RAM does.
 //! - [`VfsLibraries`]: `keel_elf::LibrarySource` over the kernel's file context.
-//! - [`kernel_exports`]: the symbols the kernel gives loaded objects. For now only a
-//!   few for tests (the libc of issue 17 will be the real table).
+//! - [`kernel_exports`]: the symbols the kernel gives loaded objects: keel-libc's
+//!   (`crate::libc`), and one of its own for the tests.
 //! - [`run_object`]: `app=run run.object=PATH [run.entry=NAME]` loads a shared object
 //!   (and its `DT_NEEDED`s) from the VFS, calls its `int NAME(void)` (default
 //!   `keel_main`) on the application thread, and exits with success if it returns 0.
@@ -243,9 +243,10 @@ extern "C" fn keel_kernel_answer() -> i64 {
     21
 }
 
-/// The symbols the kernel exports to loaded objects.
+/// The symbols the kernel exports to loaded objects: keel-libc (`crate::libc`) and
+/// the kernel's own few.
 pub fn kernel_exports() -> keel_elf::ExportedSymbols {
-    let mut exports = keel_elf::ExportedSymbols::new();
+    let mut exports = crate::libc::exports();
     // SAFETY: the address is the entry of an `extern "C"` function with the signature
     // `long (void)`, valid for the kernel's whole life.
     unsafe {

@@ -1,8 +1,8 @@
 //! The kernel's files: one VFS with ramfs at `/`, filled at boot from the boot image
 //! (the loader's modules, `-initrd`, cpio "newc" archives unpacked by
 //! `keel_vfs::cpio`), and devfs at `/dev` (its console is the serial port, its random
-//! devices RDRAND), procfs at `/proc`, and ext2 filesystems on disks where the command line says
-//! (`mount=/PATH:DISK`). Wiring only: the VFS, the filesystems and the unpacker
+//! devices RDRAND), descriptors 0-2 on `/dev/console`, procfs at `/proc`, and ext2
+//! filesystems on disks where the command line says (`mount=/PATH:DISK`). Wiring only: the VFS, the filesystems and the unpacker
 //! live in `keel-vfs`.
 
 use crate::threads::KernelParker;
@@ -276,6 +276,14 @@ pub fn init(info: &ArchInfo) {
         "nothing (reads fail with EIO)"
     };
     log::info!("files: /dev/random and /dev/urandom read from {random}");
+    // Descriptors 0, 1 and 2 on the console, as a process starts with them: C code
+    // writes to them, and some (sqlite) refuses to put its files on them.
+    for _ in 0..3 {
+        if let Err(errno) = context.open(b"/dev/console", keel_vfs::OpenFlags::O_RDWR, 0) {
+            kprintln!("files: cannot open /dev/console for stdio: {errno}");
+            break;
+        }
+    }
     let mut total = UnpackReport::default();
     let modules = info.boot.modules();
     for module in modules {

@@ -92,6 +92,7 @@ mod elf;
 mod files;
 mod heap;
 mod interrupts;
+mod libc;
 mod liveness;
 mod memory;
 mod mutex;

@@ -18,6 +18,7 @@ mod elf;
 mod files;
 #[cfg(feature = "ktest")]
 mod ktest;
+mod libc;
 #[cfg(not(feature = "ktest"))]
 mod lockbench;
 mod mem;
@@ -99,6 +100,7 @@ pub fn keel_kernel_main(info: &'static ArchInfo) -> ! {
     threads::start(cpus_online, move || {
         // The VFS's locks need a Keel thread (they record their owner).
         files::init(info);
+        libc::init();
         #[cfg(feature = "ktest")]
         ktest::run(info);
         #[cfg(not(feature = "ktest"))]

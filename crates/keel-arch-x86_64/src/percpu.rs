@@ -42,7 +42,46 @@ static PER_CPU: [PerCpu; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
-/// Points this CPU's GS base at record `index`. Call once per CPU, early.
+/// The thread control block that FS points at on every CPU, in glibc's x86-64
+/// layout (`tcbhead_t`): code compiled by gcc for Linux reads its stack-protector
+/// canary at `%fs:0x28` and its pointer guard at `%fs:0x30`, and finds the block
+/// itself at `%fs:0`. Keel's own code never uses FS. One block serves every thread
+/// (FS is not switched with threads yet), so the canary is one per boot, which is all
+/// a canary needs; thread-local variables (`__thread`) need per-thread blocks, which
+/// the ELF linker's static TLS will bring.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct ThreadControlBlock {
+    /// `tcb`: the block's own address.
+    pub tcb: AtomicU64,
+    /// `dtv`: none.
+    pub dtv: AtomicU64,
+    /// `self`: the block's own address again.
+    pub self_pointer: AtomicU64,
+    /// `multiple_threads`, `gscope_flag`, `sysinfo`.
+    reserved: [AtomicU64; 2],
+    /// `stack_guard`, at 0x28.
+    pub stack_guard: AtomicU64,
+    /// `pointer_guard`, at 0x30.
+    pub pointer_guard: AtomicU64,
+}
+
+const _: () = assert!(core::mem::offset_of!(ThreadControlBlock, stack_guard) == 0x28);
+const _: () = assert!(core::mem::offset_of!(ThreadControlBlock, pointer_guard) == 0x30);
+
+/// The one block (see [`ThreadControlBlock`]).
+pub static THREAD_CONTROL_BLOCK: ThreadControlBlock = ThreadControlBlock {
+    tcb: AtomicU64::new(0),
+    dtv: AtomicU64::new(0),
+    self_pointer: AtomicU64::new(0),
+    reserved: [const { AtomicU64::new(0) }; 2],
+    // Replaced at the boot CPU's init by a random value where RDRAND exists.
+    stack_guard: AtomicU64::new(0x4b65_656c_00c0_ffee),
+    pointer_guard: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+};
+
+/// Points this CPU's GS base at record `index`, and its FS base at the
+/// [`THREAD_CONTROL_BLOCK`]. Call once per CPU, early.
 pub fn init_this_cpu(index: usize, apic_id: u32) {
     let record = &PER_CPU[index];
     record.index.store(index, Ordering::Relaxed);
@@ -50,6 +89,30 @@ pub fn init_this_cpu(index: usize, apic_id: u32) {
     // SAFETY: IA32_GS_BASE only affects gs-relative accesses, which only this module
     // makes; the record is a static that lives forever.
     unsafe { Msr::new(IA32_GS_BASE).write(record as *const PerCpu as u64) };
+    let block = &THREAD_CONTROL_BLOCK as *const ThreadControlBlock as u64;
+    if index == 0 && THREAD_CONTROL_BLOCK.tcb.load(Ordering::Relaxed) == 0 {
+        THREAD_CONTROL_BLOCK.tcb.store(block, Ordering::Relaxed);
+        THREAD_CONTROL_BLOCK
+            .self_pointer
+            .store(block, Ordering::Relaxed);
+        if let Some(random) = x86_64::instructions::random::RdRand::new() {
+            // glibc zeroes the canary's low byte, so that a string overflow that
+            // copies up to a NUL cannot reproduce it.
+            if let Some(value) = (0..10).find_map(|_| random.get_u64()) {
+                THREAD_CONTROL_BLOCK
+                    .stack_guard
+                    .store(value & !0xff, Ordering::Relaxed);
+            }
+            if let Some(value) = (0..10).find_map(|_| random.get_u64()) {
+                THREAD_CONTROL_BLOCK
+                    .pointer_guard
+                    .store(value, Ordering::Relaxed);
+            }
+        }
+    }
+    // SAFETY: FS-relative accesses are made only by loaded objects' code, which finds
+    // this static block (glibc's layout) there; the block lives forever.
+    unsafe { Msr::new(IA32_FS_BASE).write(block) };
 }
 
 /// CPUs marked online so far.

@@ -114,10 +114,20 @@ fn check_ext2_image(last_boot: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Debian's libraries the libc case loads, and their names in the boot image.
+const DEBIAN_LIBRARIES: [(&str, &str); 2] = [
+    ("/lib/x86_64-linux-gnu/libz.so.1", "libz.so.1"),
+    (
+        "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0",
+        "libsqlite3.so.0",
+    ),
+];
+
 /// Builds the in-guest test suite's boot image in target/ktest-disks/: a copy of
 /// `kernel-bin/tests/fixtures/boot-image/` plus `/lib/libkeeltest.so` and
 /// `/lib/libkeeldep.so`, built here by gcc from `kernel-bin/tests/fixtures/elf/` for
-/// the ELF case (ktest/elf.rs), packed as cpio newc.
+/// the ELF case (ktest/elf.rs), and Debian's `libz.so.1` and `libsqlite3.so.0` in
+/// `/lib/x86_64-linux-gnu/` for the libc case (ktest/libc.rs), packed as cpio newc.
 pub fn ktest_boot_image() -> Result<std::path::PathBuf, String> {
     let directory = workspace_root().join("target/ktest-disks");
     let root = directory.join("boot-root");
@@ -178,6 +188,16 @@ pub fn ktest_boot_image() -> Result<std::path::PathBuf, String> {
                 String::from_utf8_lossy(&built.stderr).trim()
             ));
         }
+    }
+    // Debian's own libz and libsqlite3, unmodified, for the libc case: copied (the
+    // symlinks' targets) under the names their users ask for.
+    let debian = root.join("lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&debian)
+        .map_err(|error| format!("cannot create {}: {error}", debian.display()))?;
+    for (source, name) in DEBIAN_LIBRARIES {
+        std::fs::copy(source, debian.join(name)).map_err(|error| {
+            format!("cannot copy {source} ({error}): apt-get install zlib1g libsqlite3-0")
+        })?;
     }
     let image = directory.join("boot-image.cpio");
     crate::image::pack(&root, &image)?;
